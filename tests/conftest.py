@@ -1,0 +1,45 @@
+"""Shared test helpers.
+
+Tests that need something a laptop may lack (Chromium, the sample scans in ``../shared``) call
+:func:`require`: it skips with the reason, except under ``TMD_NB_STRICT=1`` (set by ``.ci/run``),
+where a missing requirement is a failure and any skip fails the session.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+STRICT = os.environ.get("TMD_NB_STRICT") == "1"
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_TMD = ROOT.parent / "shared" / "data" / "tmd"
+
+
+def require(ok: bool, reason: str) -> None:
+    """Skip the calling test with ``reason`` unless ``ok`` (fail instead under TMD_NB_STRICT=1)."""
+    if ok:
+        return
+    if STRICT:
+        pytest.fail(f"required in CI (TMD_NB_STRICT=1): {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def tmd_samples() -> Path:
+    """The folder of real TrueMap scans beside the repository."""
+    require(SHARED_TMD.is_dir() and any(SHARED_TMD.glob("*.tmd")),
+            f"sample scans not found at {SHARED_TMD} (they live in shared/data/tmd beside the repository)")
+    return SHARED_TMD
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if not STRICT:
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = reporter.stats.get("skipped", []) if reporter else []
+    if skipped:
+        if reporter:
+            reporter.write_line(f"TMD_NB_STRICT=1: {len(skipped)} test(s) skipped; in CI every test must run", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
