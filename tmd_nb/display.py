@@ -1,0 +1,372 @@
+"""Show a height map in a notebook without printing it: a summary table and a small picture.
+
+Used by ``%tmd_load`` (its result is a :class:`HeightMapResult`) and by the ipywidgets panel.
+A height map can hold tens of millions of values, so nothing here ever prints the values:
+statistics are computed in bounded chunks and the picture is drawn from a strided
+downsample of at most ``max_pixels`` per side.
+
+This module imports numpy and the standard library only; matplotlib is imported inside
+:func:`preview_png` (through :class:`matplotlib.figure.Figure`, never pyplot, so the user's
+backend is left alone). It never imports IPython or ipywidgets.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+import reprlib
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from .codec import split_height_map
+
+__all__ = [
+    "HeightMapResult",
+    "downsample",
+    "png_img_tag",
+    "preview_png",
+    "summary",
+    "summary_html",
+    "summary_text",
+]
+
+#: Non-finite values (NaN, +-inf) are drawn in this colour, outside the colour map.
+BAD_COLOR = "#ff00ff"
+#: Elements per chunk when computing statistics: bounds the temporaries for huge arrays.
+_STATS_CHUNK = 1 << 20
+#: Metadata rows shown before "... and N more".
+MAX_META_ROWS = 40
+#: Longest value repr shown in a metadata row.
+MAX_REPR = 80
+
+
+# --------------------------------------------------------------------------- picture
+
+def downsample(height_map: np.ndarray, max_pixels: int = 256) -> np.ndarray:
+    """A strided view of ``height_map`` with at most ``max_pixels`` rows and columns.
+
+    Strided slicing (not block means) keeps it a cheap view even of a memory map, and keeps
+    isolated NaN/inf pixels visible instead of smearing them into their neighbours.
+    """
+    if max_pixels < 1:
+        raise ValueError(f"max_pixels must be at least 1, not {max_pixels}")
+    rows, cols = height_map.shape
+    step = max(1, math.ceil(max(rows, cols) / max_pixels))
+    return height_map[::step, ::step]
+
+
+def _as_float(small: np.ndarray) -> np.ndarray:
+    """The values to draw: magnitude for complex, 0/1 for bool, float64 for everything."""
+    if small.dtype.kind == "c":
+        return np.abs(small).astype(np.float64)
+    return small.astype(np.float64)
+
+
+def preview_png(height_map: np.ndarray, *, max_pixels: int = 256, title: str | None = None,
+                label: str | None = None) -> bytes:
+    """A small PNG image of ``height_map`` with a colour bar.
+
+    The array is downsampled first, so a 4000 x 4000 map renders as fast as a small one.
+    NaN and infinite values are masked and drawn in :data:`BAD_COLOR`; complex maps show
+    their magnitude. ``label`` names the colour bar (default "height", "|height|" for complex).
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    import matplotlib
+
+    array = np.asarray(height_map)
+    if array.ndim != 2:
+        raise ValueError(f"a height map must be 2-D, not {array.ndim}-D of shape {array.shape}")
+    rows, cols = array.shape
+    if rows == 0 or cols == 0:
+        raise ValueError(f"cannot draw an empty height map of shape {array.shape}")
+    values = _as_float(downsample(array, max_pixels))
+    finite = np.isfinite(values)
+    masked = np.ma.masked_array(values, mask=~finite)
+    if finite.any():
+        vmin, vmax = float(values[finite].min()), float(values[finite].max())
+    else:
+        vmin, vmax = 0.0, 1.0
+    if vmin == vmax:  # a constant map: centre its single colour
+        pad = abs(vmin) * 0.5 or 0.5
+        vmin, vmax = vmin - pad, vmax + pad
+
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad=BAD_COLOR)
+    fig = Figure(figsize=(4.6, 3.6), dpi=80, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ratio = max(rows, cols) / min(rows, cols)
+    # extent in original pixel indices, so the axes read as row/column of the full map
+    image = ax.imshow(masked, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest",
+                      extent=(-0.5, cols - 0.5, rows - 0.5, -0.5),
+                      aspect="equal" if ratio <= 8 else "auto")
+    ax.set_xlabel("column", fontsize=8)
+    ax.set_ylabel("row", fontsize=8)
+    ax.tick_params(labelsize=7)
+    colorbar = fig.colorbar(image, ax=ax, shrink=0.9)
+    colorbar.ax.tick_params(labelsize=7)
+    if label is None:
+        label = "|height|" if array.dtype.kind == "c" else "height"
+    colorbar.set_label(label, fontsize=8, parse_math=False)
+    notes = []
+    if not finite.all():
+        notes.append("magenta: NaN/inf" if finite.any() else "no finite values")
+    if values.shape != array.shape:
+        notes.append(f"shown at {values.shape[0]} x {values.shape[1]}")
+    if title is not None:
+        ax.set_title(title, fontsize=9, parse_math=False)
+    if notes:
+        fig.supxlabel("; ".join(notes), fontsize=7, color="0.35")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def png_img_tag(png: bytes, alt: str = "height map preview") -> str:
+    """An HTML ``<img>`` embedding ``png`` as a base64 data URI (notebooks keep it in the file)."""
+    encoded = base64.b64encode(png).decode("ascii")
+    return f'<img src="data:image/png;base64,{encoded}" alt="{html.escape(alt)}"/>'
+
+
+# --------------------------------------------------------------------------- summary
+
+class _ShortRepr(reprlib.Repr):
+    """``reprlib`` limits plus arrays as ``array(shape, dtype)``, never their values."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.maxstring = 60
+        self.maxother = 60
+        self.maxlist = self.maxtuple = self.maxset = self.maxdict = 6
+        self.maxlevel = 3
+
+    def repr_ndarray(self, obj: np.ndarray, level: int) -> str:
+        return _array_repr(obj)
+
+    def repr_memmap(self, obj: np.ndarray, level: int) -> str:
+        return _array_repr(obj)
+
+
+def _array_repr(array: np.ndarray) -> str:
+    if array.ndim == 0 and array.dtype.kind in "biufcUSMm" and array.dtype.itemsize <= 256:
+        return f"array({array.item()!r}, {array.dtype})"
+    return f"array({array.shape}, {array.dtype})"
+
+
+_SHORT = _ShortRepr()
+
+
+def short_repr(value: Any, limit: int = MAX_REPR) -> str:
+    """A one-line repr of a metadata value, at most ``limit`` characters."""
+    text = _SHORT.repr(value).replace("\n", " ")
+    if len(text) > limit:
+        text = text[: limit - 1] + "\u2026"
+    return text
+
+
+def _type_name(value: Any) -> str:
+    kind = type(value)
+    if kind.__module__ in ("builtins", "numpy"):
+        return kind.__qualname__
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
+def _stats(array: np.ndarray) -> dict[str, Any]:
+    """min/max/mean of the finite values and NaN/inf counts, in chunks of rows.
+
+    Bounded temporaries: a 4000 x 4000 float64 map is never copied whole. Complex maps are
+    summarised by their magnitude.
+    """
+    rows, cols = array.shape
+    step = max(1, _STATS_CHUNK // max(cols, 1))
+    kind = array.dtype.kind
+    lo: Any = None
+    hi: Any = None
+    total = 0.0
+    count = nan = inf = 0
+    for start in range(0, rows, step):
+        chunk = array[start:start + step]
+        if kind == "c":
+            chunk = np.abs(chunk)
+        if kind in "fc":
+            finite = np.isfinite(chunk)
+            nans = int(np.count_nonzero(np.isnan(chunk)))
+            nan += nans
+            n_finite = int(np.count_nonzero(finite))
+            inf += chunk.size - n_finite - nans
+            if n_finite == 0:
+                continue
+            if n_finite != chunk.size:
+                chunk = chunk[finite]
+        elif kind == "b":
+            chunk = chunk.view(np.uint8)
+        if chunk.size == 0:
+            continue
+        c_lo, c_hi = chunk.min(), chunk.max()
+        lo = c_lo if lo is None else min(lo, c_lo)
+        hi = c_hi if hi is None else max(hi, c_hi)
+        total += float(np.sum(chunk, dtype=np.float64))
+        count += chunk.size
+    result: dict[str, Any] = {"finite": count, "nan": nan, "inf": inf}
+    if count:
+        if kind == "b":
+            lo, hi = bool(lo), bool(hi)
+        result.update(min=lo.item() if hasattr(lo, "item") else lo,
+                      max=hi.item() if hasattr(hi, "item") else hi,
+                      mean=total / count)
+    return result
+
+
+def summary(data: np.ndarray | Mapping[str, Any]) -> dict[str, Any]:
+    """Facts about a height map (array or dict with "height_map") for display.
+
+    Keys: ``shape``, ``dtype``, ``size``, ``nbytes``, ``finite``, ``nan``, ``inf``, ``min``,
+    ``max``, ``mean`` (the last three only when there are finite values; of the magnitude for
+    complex maps, flagged by ``magnitude``), and ``metadata``: a list of
+    ``(key, type name, short repr)`` rows. Raises ``TypeError``/``ValueError`` like the exporters.
+    """
+    array, meta = split_height_map(data)
+    info: dict[str, Any] = {
+        "shape": tuple(array.shape),
+        "dtype": str(array.dtype),
+        "size": int(array.size),
+        "nbytes": int(array.nbytes),
+        "magnitude": array.dtype.kind == "c",
+    }
+    info.update(_stats(array))
+    info["metadata"] = [(str(key), _type_name(value), short_repr(value)) for key, value in meta.items()]
+    return info
+
+
+def _format_number(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int):
+        return str(value)
+    return f"{value:.6g}"
+
+
+def _stats_line(info: Mapping[str, Any]) -> str:
+    prefix = "|z| " if info["magnitude"] else ""
+    if info["finite"]:
+        text = (f"{prefix}min {_format_number(info['min'])}, max {_format_number(info['max'])}, "
+                f"mean {_format_number(info['mean'])}")
+    else:
+        text = "no finite values"
+    extra = []
+    if info["nan"]:
+        extra.append(f"{info['nan']:,} NaN")
+    if info["inf"]:
+        extra.append(f"{info['inf']:,} inf")
+    if extra and info["finite"]:
+        text += f" (ignoring {', '.join(extra)})"
+    elif extra:
+        text += f" ({', '.join(extra)})"
+    return text
+
+
+def _shape_text(shape: tuple[int, ...]) -> str:
+    return " x ".join(str(n) for n in shape)
+
+
+def _size_text(nbytes: int) -> str:
+    size = float(nbytes)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{int(size)} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def summary_text(data: np.ndarray | Mapping[str, Any]) -> str:
+    """A few lines of plain text: shape, dtype, statistics and one line per metadata key."""
+    info = summary(data)
+    lines = [f"height map {_shape_text(info['shape'])} {info['dtype']} ({_size_text(info['nbytes'])})",
+             f"  {_stats_line(info)}"]
+    meta = info["metadata"]
+    if meta:
+        lines.append(f"  metadata ({len(meta)} key{'s' if len(meta) != 1 else ''}):")
+        width = min(24, max(len(key) for key, _, _ in meta[:MAX_META_ROWS]))
+        for key, kind, text in meta[:MAX_META_ROWS]:
+            lines.append(f"    {short_repr(key, 24) if len(key) > 24 else key:<{width}}  {kind}: {text}")
+        if len(meta) > MAX_META_ROWS:
+            lines.append(f"    ... and {len(meta) - MAX_META_ROWS} more")
+    else:
+        lines.append("  no metadata")
+    return "\n".join(lines)
+
+
+def summary_html(data: np.ndarray | Mapping[str, Any]) -> str:
+    """An HTML fragment: a header line, the statistics and a metadata table (all escaped)."""
+    info = summary(data)
+    esc = html.escape
+    parts = [
+        '<div class="tmd-nb-summary">',
+        f"<b>height map</b> {esc(_shape_text(info['shape']))} <code>{esc(info['dtype'])}</code> "
+        f"({esc(_size_text(info['nbytes']))})<br/>",
+        f"{esc(_stats_line(info))}",
+    ]
+    meta = info["metadata"]
+    if meta:
+        parts.append('<table class="tmd-nb-metadata"><thead><tr><th style="text-align:left">key</th>'
+                     '<th style="text-align:left">type</th><th style="text-align:left">value</th></tr></thead><tbody>')
+        for key, kind, text in meta[:MAX_META_ROWS]:
+            parts.append(f'<tr><td style="text-align:left"><code>{esc(short_repr(key, 40) if len(key) > 40 else key)}'
+                         f'</code></td><td style="text-align:left">{esc(kind)}</td>'
+                         f'<td style="text-align:left"><code>{esc(text)}</code></td></tr>')
+        if len(meta) > MAX_META_ROWS:
+            parts.append(f'<tr><td colspan="3">... and {len(meta) - MAX_META_ROWS} more</td></tr>')
+        parts.append("</tbody></table>")
+    else:
+        parts.append("<br/><i>no metadata</i>")
+    parts.append("</div>")
+    return "".join(parts)
+
+
+# --------------------------------------------------------------------------- result
+
+def _is_height_map_dict(data: Mapping[str, Any]) -> bool:
+    array = data.get("height_map")
+    return (isinstance(array, np.ndarray) and array.ndim == 2 and array.size > 0
+            and array.dtype.kind in "biufc" and array.dtype.fields is None)
+
+
+class HeightMapResult(dict):
+    """``{"height_map": array, **metadata}`` as returned by ``%tmd_load``.
+
+    A plain ``dict`` (so every exporter accepts it) that displays as a summary and a small
+    picture in a notebook, and as a short summary in a terminal, never as a wall of numbers.
+    If the user removes or replaces ``"height_map"`` with something else, it falls back to
+    the ordinary dict display.
+    """
+
+    __slots__ = ()
+
+    def _repr_html_(self) -> str | None:
+        if not _is_height_map_dict(self):
+            return None
+        image = png_img_tag(preview_png(self["height_map"]))
+        return (f'<div class="tmd-nb-result" style="display:flex;gap:1em;align-items:flex-start;flex-wrap:wrap">'
+                f"<div>{summary_html(self)}</div><div>{image}</div></div>")
+
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
+        if cycle:
+            p.text("HeightMapResult({...})")
+        elif _is_height_map_dict(self):
+            p.text(summary_text(self))
+        else:
+            p.text("HeightMapResult(")
+            p.pretty(dict(self))
+            p.text(")")
+
+    def __repr__(self) -> str:
+        if _is_height_map_dict(self):
+            array = self["height_map"]
+            keys = [k for k in self if k != "height_map"]
+            shown = ", ".join(repr(k) for k in keys[:6]) + (", ..." if len(keys) > 6 else "")
+            return f"HeightMapResult(height_map={_array_repr(array)}, metadata keys=[{shown}])"
+        return f"HeightMapResult({dict.__repr__(self)})"
