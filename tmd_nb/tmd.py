@@ -1,0 +1,320 @@
+"""Read and write TrueMap / GelSight ``.tmd`` height-map files.
+
+On-disk layout
+--------------
+All numbers are little-endian. Offsets below are from the start of the file.
+
+``header``
+    ASCII text ending in a NUL byte. It starts with ``Binary TrueMap Data File`` (real files
+    vary in letter case, e.g. ``Binary Truemap Data File``), followed by
+
+    * ``" v2.0\\r\\n\\0"`` in TrueMap v2.0 files: 32 bytes in all, so the header fills the
+      32-byte field exactly, with no padding;
+    * ``"\\r\\n\\0"`` in the older v1 files: 27 bytes, not padded either.
+
+``comment``
+    ASCII text ending in a NUL byte, of any length, starting right after the header's NUL;
+    it may be empty (the NUL alone). TrueMap v6 writes ``"Created by TrueMap v6\\r\\n\\0"``
+    (24 bytes, so its dimensions start at byte 56); GelSight writes an empty comment (its
+    dimensions start at byte 33); v1 files seen so far have an empty comment (byte 27, so
+    their dimensions start at byte 28).
+
+``dimensions``
+    ``uint32 width``, ``uint32 height``, ``float32 x_length``, ``float32 y_length`` (in mm),
+    then, in v2.0 files only, ``float32 x_offset``, ``float32 y_offset``.
+
+``data``
+    ``width * height`` float32 heights, row-major: ``height`` rows of ``width`` values.
+
+Nothing follows the data: the file size must equal the end of the dimensions plus
+``4 * width * height``, and a file where it does not is rejected. The version (hence whether
+offsets are present) is read from the header text; both dimensions must be at least 1.
+
+Python mapping
+--------------
+:func:`load_tmd` returns ``{"height_map": float32 array (height, width), "x_length",
+"y_length", "x_offset", "y_offset": float, "comment": str, "tmd_version": int}``. Lengths and
+offsets are the exact float32 values as Python floats. ``tmd_version`` is ``2`` for v2.0 files
+and ``1`` for v1 files; v1 files store no offsets, and theirs are reported as ``0.0`` (the
+origin) so that code over a folder of mixed scans needs no special case; ``tmd_version == 1``
+tells they were not stored. The comment is returned verbatim (trailing ``"\\r\\n"``
+included), decoded as Latin-1 so that any byte survives; it is ASCII in every known file.
+
+:func:`export_to_tmd` always writes a v2.0 file with the canonical header
+``Binary TrueMap Data File v2.0\\r\\n\\0``. Loading a v2.0 file and exporting the result
+reproduces the file byte for byte, except that a header spelled in another letter case
+(``Truemap``) is written in the canonical case.
+
+This module imports only numpy, the standard library and tmd_nb's own codec modules.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+import stat
+import struct
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from .atomic import atomic_write
+from .codec import split_height_map
+from .container import Progress
+from .errors import FormatError, MetadataNotStoredWarning
+
+__all__ = ["MAGIC", "HEADER_V2", "export_to_tmd", "load_tmd", "looks_like_tmd"]
+
+MAGIC = b"Binary TrueMap Data File"
+HEADER_V2 = MAGIC + b" v2.0\r\n\0"
+HEADER_V1 = MAGIC + b"\r\n\0"
+_MAGIC_LOWER = MAGIC.lower()
+_DTYPE = np.dtype("<f4")
+_DIMS_V1 = struct.Struct("<IIff")
+_DIMS_V2 = struct.Struct("<IIffff")
+_HEADER_MAX = 64  # the header's NUL must come within this many bytes
+_CHUNK = 8 << 20  # bytes per read/write call, so progress can be reported
+_HEAD_READ = 64 << 10
+_KNOWN_KEYS = frozenset({"height_map", "x_length", "y_length", "x_offset", "y_offset", "comment", "tmd_version"})
+
+PathLike = str | os.PathLike[str]
+
+
+def looks_like_tmd(head: bytes) -> bool:
+    """Whether ``head`` (the first bytes of a file) starts with the TrueMap header, in any letter case."""
+    return bytes(head[:len(MAGIC)]).lower() == _MAGIC_LOWER
+
+
+class _Head:
+    """The start of an open file, read on demand, never past the file's size."""
+
+    def __init__(self, fp: Any, size: int) -> None:
+        self.fp = fp
+        self.size = size
+        self.buf = bytearray()
+
+    def ensure(self, n: int) -> None:
+        """Read until ``n`` bytes (or the whole file, if shorter) are in ``buf``."""
+        n = min(n, self.size)
+        while len(self.buf) < n:
+            chunk = self.fp.read(max(n - len(self.buf), _HEAD_READ))
+            if not chunk:
+                break
+            self.buf += chunk
+
+    def find_nul(self, start: int) -> int:
+        """Index of the first NUL at or after ``start``, or -1 if the file has none."""
+        pos = start
+        while True:
+            i = self.buf.find(0, pos)
+            if i >= 0 or len(self.buf) >= self.size:
+                return i
+            pos = len(self.buf)
+            self.ensure(len(self.buf) + _HEAD_READ)
+            if len(self.buf) == pos:  # the file shrank under us
+                return -1
+
+
+def _parse_version(header: bytes, where: str) -> int:
+    rest = header[len(MAGIC):].strip(b" \r\n\t").lower()
+    if rest == b"":
+        return 1
+    if rest in (b"v2.0", b"v2"):
+        return 2
+    raise FormatError(f"{where} is a TrueMap file of unsupported version {rest.decode('latin-1')!r} "
+                      "(supported: v1 and v2.0)")
+
+
+def load_tmd(path: PathLike, *, mmap: bool = False, progress: Progress | None = None) -> dict[str, Any]:
+    """Load a TrueMap v1 / v2.0 or GelSight ``.tmd`` file (layout: see the module docstring).
+
+    Returns ``{"height_map": float32 array (height, width), "x_length", "y_length", "x_offset",
+    "y_offset", "comment", "tmd_version"}``; v1 files report offsets ``0.0`` and
+    ``tmd_version`` 1. Every value is a type :func:`tmd_nb.export_to_npz` stores as is.
+    With ``mmap=True`` the height map is a read-only memory map of the file.
+    ``progress(done_bytes, total_bytes)`` is called as the heights are read.
+    Raises :class:`~tmd_nb.errors.FormatError` for a file that is not a well-formed ``.tmd``
+    file; the file's size is checked against its header before anything is allocated.
+    """
+    where = repr(os.fspath(path))
+    with open(path, "rb") as fp:
+        st = os.fstat(fp.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise FormatError(f"{where} is not a regular file")
+        size = st.st_size
+        if size == 0:
+            raise FormatError(f"{where} is empty, not a TrueMap .tmd file")
+        head = _Head(fp, size)
+        head.ensure(_HEAD_READ)
+        if not looks_like_tmd(head.buf):
+            raise FormatError(f"{where} is not a TrueMap .tmd file: it does not start with {MAGIC.decode()!r} "
+                              f"(it starts with {bytes(head.buf[:32])!r})")
+        header_end = head.buf.find(0, len(MAGIC), _HEADER_MAX)
+        if header_end < 0:
+            if size <= _HEADER_MAX and len(head.buf) == size:
+                raise FormatError(f"{where} is truncated: its {size} bytes end inside the header "
+                                  "(no NUL after 'Binary TrueMap Data File...')")
+            raise FormatError(f"{where} has a malformed header: no NUL within its first {_HEADER_MAX} bytes")
+        version = _parse_version(bytes(head.buf[:header_end]), where)
+        comment_start = header_end + 1
+        comment_end = head.find_nul(comment_start)
+        if comment_end < 0:
+            raise FormatError(f"{where} is truncated: the comment starting at byte {comment_start} has no "
+                              f"terminating NUL before the end of the file ({size} bytes)")
+        comment = bytes(head.buf[comment_start:comment_end]).decode("latin-1")
+        dims = _DIMS_V2 if version == 2 else _DIMS_V1
+        data_start = comment_end + 1 + dims.size
+        if data_start > size:
+            raise FormatError(f"{where} is truncated: its {size} bytes end inside the dimensions "
+                              f"(bytes {comment_end + 1}..{data_start - 1})")
+        head.ensure(data_start)
+        if len(head.buf) < data_start:
+            raise FormatError(f"{where} is truncated: it shrank to {len(head.buf)} bytes while being read")
+        values = dims.unpack_from(head.buf, comment_end + 1)
+        width, height, x_length, y_length = values[:4]
+        x_offset, y_offset = values[4:] if version == 2 else (0.0, 0.0)
+        if width == 0 or height == 0:
+            raise FormatError(f"{where} declares an empty height map ({width} x {height}); "
+                              "a scan has at least one point")
+        # Python ints: no overflow, and the size is checked before anything is allocated.
+        count = width * height
+        expected = data_start + _DTYPE.itemsize * count
+        if expected != size:
+            problem = (f"is truncated: {size - data_start} of {expected - data_start} data bytes present"
+                       if expected > size else f"has {size - expected} bytes after the height data")
+            raise FormatError(f"{where} {problem} (header: TrueMap v{'2.0' if version == 2 else '1'}, "
+                              f"{width} x {height} float32 heights from byte {data_start}, so "
+                              f"{expected} bytes in all; the file has {size})")
+        if mmap:
+            height_map: np.ndarray = np.memmap(fp, dtype=_DTYPE, mode="r", offset=data_start, shape=(height, width))
+        else:
+            fp.seek(data_start)
+            height_map = _read_heights(fp, count, where, progress).reshape(height, width)
+    if not height_map.dtype.isnative:  # pragma: no cover - big-endian hosts only
+        height_map = height_map.astype(np.float32)
+    return {
+        "height_map": height_map,
+        "x_length": x_length,
+        "y_length": y_length,
+        "x_offset": x_offset,
+        "y_offset": y_offset,
+        "comment": comment,
+        "tmd_version": version,
+    }
+
+
+def _read_heights(fp: Any, count: int, where: str, progress: Progress | None) -> np.ndarray:
+    """Read ``count`` float32 values straight into one array: no per-value Python work."""
+    array = np.empty(count, dtype=_DTYPE)
+    buf = memoryview(array).cast("B")
+    total = len(buf)
+    done = 0
+    while done < total:
+        n = fp.readinto(buf[done:done + _CHUNK])
+        if not n:
+            raise FormatError(f"{where} is truncated: it shrank while being read "
+                              f"({done} of {total} data bytes present)")
+        done += n
+        if progress is not None:
+            progress(done, total)
+    return array
+
+
+def _float32_heights(array: np.ndarray) -> np.ndarray:
+    """``array`` as little-endian float32, refusing any value that float32 would change."""
+    kind = array.dtype.kind
+    if kind == "c":
+        raise ValueError(f"height map has complex dtype {array.dtype}; a .tmd file holds real float32 heights "
+                         "(save .real / .imag separately, or use export_to_npz)")
+    if kind not in "biuf":  # pragma: no cover - split_height_map already refuses these
+        raise ValueError(f"height map has dtype {array.dtype}, not a real numeric dtype")
+    if array.dtype == _DTYPE or kind == "b" or (kind in "iuf" and array.dtype.itemsize <= 2):
+        return array.astype(_DTYPE, copy=False)  # float16, (u)int8/16 and bool are exact in float32
+    with np.errstate(over="ignore", invalid="ignore"):
+        converted = array.astype(_DTYPE)
+        if kind == "f":
+            back = converted.astype(array.dtype)
+            exact = (back == array) | (np.isnan(back) & np.isnan(array))
+        else:
+            # Compare as integers: a float64 comparison would round large int64 values.
+            wide = converted.astype(np.float64)
+            info = np.iinfo(array.dtype)
+            in_range = (wide >= info.min) & (wide <= float(info.max)) & (wide < 2.0 ** (info.bits - (kind == "i")))
+            back = np.where(in_range, wide, 0).astype(array.dtype)
+            exact = in_range & (back == array)
+    if not exact.all():
+        bad = np.unravel_index(int(np.argmin(exact)), array.shape)
+        raise ValueError(
+            f"height map of dtype {array.dtype} holds values that float32 cannot represent exactly "
+            f"(first at index {tuple(int(i) for i in bad)}: {array[bad]!r}); a .tmd file stores float32, "
+            "so convert explicitly with height_map.astype(numpy.float32) if rounding is acceptable")
+    return converted
+
+
+def _float32_value(meta: Mapping[str, Any], key: str, default: float) -> bytes:
+    value = meta.get(key)
+    if value is None:
+        value = default
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{key} must be a real number, not {type(value).__module__}.{type(value).__qualname__}")
+    as_float = float(value)
+    with np.errstate(over="ignore"):
+        as_f32 = np.array([as_float], dtype=_DTYPE)
+    if not math.isfinite(as_float) or not np.isfinite(as_f32[0]):
+        raise ValueError(f"{key} must be a finite number within float32 range, not {value!r}")
+    return as_f32.tobytes()
+
+
+def export_to_tmd(data: np.ndarray | Mapping[str, Any], output_path: PathLike, *,
+                  progress: Progress | None = None) -> str:
+    """Save a height map as a TrueMap v2.0 ``.tmd`` file at exactly ``output_path``; return its absolute path.
+
+    ``data`` is a 2-D array or a dict with ``"height_map"`` and optionally ``x_length``,
+    ``y_length`` (mm; default: width and height, i.e. a 1 mm pixel pitch), ``x_offset``,
+    ``y_offset`` (default 0.0) and ``comment`` (ASCII without NUL; default empty, written
+    verbatim). Lengths and offsets are stored as float32, the nearest float32 to the value given
+    (values :func:`load_tmd` returned come back bit for bit). Heights of any real numeric dtype
+    are accepted when float32 represents every value exactly; otherwise ``ValueError`` says
+    which value would be rounded. Other keys cannot be stored in a ``.tmd`` file: a
+    :class:`~tmd_nb.errors.MetadataNotStoredWarning` names them. Everything is validated before
+    the file is touched, and the file is replaced atomically.
+    """
+    array, meta = split_height_map(data)
+    height, width = array.shape
+    if width == 0 or height == 0:
+        raise ValueError(f"height map is empty (shape {array.shape}); a .tmd file holds at least one point")
+    if width > 0xFFFFFFFF or height > 0xFFFFFFFF:
+        raise ValueError(f"height map shape {array.shape} is too large for a .tmd file (uint32 dimensions)")
+    heights = np.ascontiguousarray(_float32_heights(array))
+    comment = meta.get("comment")
+    if comment is None:
+        comment = ""
+    if not isinstance(comment, str):
+        raise TypeError(f"comment must be a str, not {type(comment).__module__}.{type(comment).__qualname__}")
+    if not comment.isascii() or "\0" in comment:
+        raise ValueError(f"comment must be ASCII text without NUL characters to fit a .tmd file: {comment[:80]!r}")
+    fields = b"".join([
+        _float32_value(meta, "x_length", float(width)),
+        _float32_value(meta, "y_length", float(height)),
+        _float32_value(meta, "x_offset", 0.0),
+        _float32_value(meta, "y_offset", 0.0),
+    ])
+    extra = [k for k in meta if k not in _KNOWN_KEYS]
+    if extra:
+        names = ", ".join(repr(k) for k in extra[:10]) + (", ..." if len(extra) > 10 else "")
+        warnings.warn(f"a .tmd file stores the height map, lengths, offsets and comment only; not saved to "
+                      f"{os.fspath(output_path)!r}: {names}. Use export_to_npz to keep them.",
+                      MetadataNotStoredWarning, stacklevel=2)
+    header = HEADER_V2 + comment.encode("ascii") + b"\0" + struct.pack("<II", width, height) + fields
+    body = memoryview(heights.reshape(-1)).cast("B")
+    total = len(body)
+    with atomic_write(output_path) as fp:
+        fp.write(header)
+        for start in range(0, total, _CHUNK):
+            fp.write(body[start:start + _CHUNK])
+            if progress is not None:
+                progress(min(start + _CHUNK, total), total)
+    return os.path.abspath(output_path)
