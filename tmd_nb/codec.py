@@ -199,7 +199,7 @@ def load(path: PathLike, *, progress: Progress | None = None) -> dict[str, Any]:
 
     Returns ``{"height_map": array, **metadata}`` for NPY, NPZ and ``.tmd`` files alike.
     """
-    from . import tmd
+    from . import tmd  # imported here: tmd.py builds on this module
 
     with open(path, "rb") as fp:
         head = fp.read(64)

@@ -160,6 +160,10 @@ def encode(meta: Mapping[str, Any], reserved: set[str] | None = None) -> tuple[d
             return {TAG: "path", "class": _PATH_TYPES[t], "value": str(value)}
         if t is np.ndarray:
             return store(value, path)
+        if t is np.str_:
+            return {TAG: "numpy.str_", "value": str(value)}
+        if t is np.bytes_:
+            return {TAG: "numpy.bytes_", "base64": base64.b64encode(bytes(value)).decode("ascii")}
         if isinstance(value, np.generic) and is_array_kind(value.dtype):
             return {TAG: "numpy.scalar", "dtype": value.dtype.str,
                     "base64": base64.b64encode(value.tobytes()).decode("ascii"),
@@ -247,9 +251,13 @@ def decode(obj: Mapping[str, Any], arrays: Mapping[str, np.ndarray], where: str 
             except (NotImplementedError, TypeError):  # a concrete path of the other platform
                 pure = pathlib.PurePosixPath if cls is pathlib.PosixPath else pathlib.PureWindowsPath
                 return pure(_str(value["value"]))
+        if tag == "numpy.str_":
+            return np.str_(_str(value["value"]))
+        if tag == "numpy.bytes_":
+            return np.bytes_(base64.b64decode(_str(value["base64"]), validate=True))
         if tag == "numpy.scalar":
             dtype = np.dtype(_str(value["dtype"]))
-            if not is_array_kind(dtype):
+            if not is_array_kind(dtype) or dtype.kind in "US":
                 raise ValueError(f"dtype {dtype} is not allowed")
             raw = base64.b64decode(_str(value["base64"]), validate=True)
             if len(raw) != dtype.itemsize:

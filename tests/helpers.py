@@ -1,0 +1,103 @@
+"""Comparison and generation helpers shared by the codec tests."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import pathlib
+import struct
+import zoneinfo
+from typing import Any
+
+import numpy as np
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as npst
+
+
+def assert_identical(a: Any, b: Any, path: str = "") -> None:
+    """Assert ``b`` is ``a`` again: same types all the way down, same bits for numbers and arrays."""
+    assert type(a) is type(b), f"{path}: type {type(a).__name__} came back as {type(b).__name__}"
+    if isinstance(a, np.ndarray):
+        assert a.dtype.str == b.dtype.str and a.dtype == b.dtype, f"{path}: dtype {a.dtype.str} != {b.dtype.str}"
+        assert a.shape == b.shape, f"{path}: shape {a.shape} != {b.shape}"
+        assert a.tobytes() == b.tobytes(), f"{path}: array bits differ"
+    elif isinstance(a, np.generic):
+        assert a.dtype == b.dtype and a.dtype.str == b.dtype.str, f"{path}: dtype {a.dtype} != {b.dtype}"
+        assert a.tobytes() == b.tobytes(), f"{path}: scalar bits differ"
+    elif isinstance(a, float):
+        assert (math.isnan(a) and math.isnan(b)) or struct.pack("<d", a) == struct.pack("<d", b), f"{path}: {a!r} != {b!r}"
+    elif isinstance(a, complex):
+        assert_identical(a.real, b.real, path + ".real")
+        assert_identical(a.imag, b.imag, path + ".imag")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), f"{path}: length {len(a)} != {len(b)}"
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_identical(x, y, f"{path}[{i}]")
+    elif isinstance(a, dict):
+        assert list(a) == list(b), f"{path}: keys {list(a)} != {list(b)}"
+        for k in a:
+            assert_identical(a[k], b[k], f"{path}[{k!r}]")
+    elif isinstance(a, (dt.datetime, dt.time)):
+        assert a == b and a.fold == b.fold, f"{path}: {a!r} != {b!r}"
+        assert _tz_id(a.tzinfo) == _tz_id(b.tzinfo), f"{path}: tz {a.tzinfo!r} != {b.tzinfo!r}"
+        if isinstance(a, dt.datetime):
+            assert a.utcoffset() == b.utcoffset() and a.replace(tzinfo=None) == b.replace(tzinfo=None)
+    else:
+        assert a == b, f"{path}: {a!r} != {b!r}"
+
+
+def _tz_id(tz: dt.tzinfo | None) -> Any:
+    if tz is None:
+        return None
+    if isinstance(tz, zoneinfo.ZoneInfo):
+        return ("zone", tz.key)
+    return ("offset", tz.utcoffset(None))
+
+
+HEIGHT_DTYPES = st.one_of(
+    npst.boolean_dtypes(),
+    npst.integer_dtypes(endianness="=") | npst.integer_dtypes(endianness="<") | npst.integer_dtypes(endianness=">"),
+    npst.unsigned_integer_dtypes(endianness="<") | npst.unsigned_integer_dtypes(endianness=">"),
+    npst.floating_dtypes(endianness="<") | npst.floating_dtypes(endianness=">"),
+    npst.complex_number_dtypes(endianness="<") | npst.complex_number_dtypes(endianness=">"),
+)
+
+height_maps = HEIGHT_DTYPES.flatmap(
+    lambda d: npst.arrays(d, npst.array_shapes(min_dims=2, max_dims=2, min_side=0, max_side=12),
+                          elements=npst.from_dtype(d, allow_nan=True, allow_infinity=True) if d.kind in "fc" else None))
+
+ARRAY_DTYPES = st.one_of(
+    HEIGHT_DTYPES,
+    npst.unicode_string_dtypes(endianness="<", max_len=6),
+    npst.byte_string_dtypes(max_len=6),
+    npst.datetime64_dtypes(endianness="<"),
+    npst.timedelta64_dtypes(endianness=">"),
+)
+
+metadata_arrays = ARRAY_DTYPES.flatmap(lambda d: npst.arrays(d, npst.array_shapes(min_dims=0, max_dims=3, max_side=4)))
+numpy_scalars = ARRAY_DTYPES.flatmap(lambda d: npst.arrays(d, ())).map(lambda a: a[()])
+
+fixed_offsets = st.integers(-23 * 3600, 23 * 3600).map(lambda s: dt.timezone(dt.timedelta(seconds=s)))
+zones = st.none() | st.just(dt.timezone.utc) | fixed_offsets | st.timezones()
+any_text = st.text(st.characters(codec=None, exclude_categories=()), max_size=20)
+
+metadata_leaves = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.integers(min_value=2**53 - 2, max_value=2**70),
+    st.integers(max_value=-(2**53) + 2, min_value=-(2**70)),
+    st.floats(allow_nan=True, allow_infinity=True), st.complex_numbers(allow_nan=True, allow_infinity=True),
+    any_text, st.binary(max_size=16),
+    st.datetimes(timezones=zones), st.dates(), st.times(timezones=st.none() | fixed_offsets), st.timedeltas(),
+    st.builds(pathlib.PurePosixPath, any_text), st.builds(pathlib.PureWindowsPath, st.text(max_size=8)),
+    st.builds(pathlib.Path, st.text(max_size=8)),
+    numpy_scalars, metadata_arrays,
+)
+
+metadata_values = st.recursive(
+    metadata_leaves,
+    lambda inner: st.lists(inner, max_size=4) | st.lists(inner, max_size=4).map(tuple)
+    | st.dictionaries(any_text | st.just("__tmd_type__"), inner, max_size=4),
+    max_leaves=20,
+)
+
+metadata_dicts = st.dictionaries(any_text.filter(lambda k: k != "height_map") | st.sampled_from(
+    ["metadata", "mask", "__tmd_nb_format__", "__array_0__", "units"]), metadata_values, max_size=6)
