@@ -208,5 +208,5 @@ def load(path: PathLike, *, progress: Progress | None = None) -> dict[str, Any]:
     if head.startswith(ZIP_MAGIC) or head.startswith(b"PK\x05\x06"):
         return load_from_npz(path, progress=progress)
     if tmd.looks_like_tmd(head):
-        return tmd.load_tmd(path)
+        return tmd.load_tmd(path, progress=progress)
     raise FormatError(f"{os.fspath(path)!r} is not an NPY, NPZ or TMD file (it starts with {head[:16]!r})")
