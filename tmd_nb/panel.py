@@ -416,7 +416,7 @@ class ExportPanel(widgets.VBox):
 
     ``namespace`` is where variables are listed from (default: the IPython user namespace, which
     is what ``%tmd_panel`` passes). The public API mirrors the widgets: :attr:`selected`,
-    :attr:`path`, :attr:`format`, :attr:`metadata`, :attr:`status`, :meth:`refresh`,
+    :attr:`path`, :attr:`format`, :attr:`overwrite`, :attr:`metadata`, :attr:`status`, :meth:`refresh`,
     :meth:`add_row` and :meth:`save`.
     """
 
@@ -538,6 +538,15 @@ class ExportPanel(widgets.VBox):
         if value not in _EXTENSION:
             raise ValueError(f"unknown format {value!r}; choose one of {', '.join(_EXTENSION)}")
         self._format.value = value
+
+    @property
+    def overwrite(self) -> bool:
+        """Whether replacing the existing file at :attr:`path` is confirmed (reset when the path changes)."""
+        return self._overwrite.value
+
+    @overwrite.setter
+    def overwrite(self, value: bool) -> None:
+        self._overwrite.value = bool(value)
 
     @property
     def metadata(self) -> dict[str, Any]:
@@ -674,7 +683,7 @@ class ExportPanel(widgets.VBox):
         if fmt == "tmd":
             from . import tmd
 
-            return tmd.export_to_tmd(data, target)
+            return tmd.export_to_tmd(data, target, progress=progress)
         raise ValueError(f"unknown format {fmt!r}")  # pragma: no cover - the dropdown limits it
 
     def _on_progress(self, done: int, total: int) -> None:
