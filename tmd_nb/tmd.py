@@ -149,6 +149,8 @@ def load_tmd(path: PathLike, *, mmap: bool = False, progress: Progress | None = 
             raise FormatError(f"{where} is empty, not a TrueMap .tmd file")
         head = _Head(fp, size)
         head.ensure(_HEAD_READ)
+        if len(head.buf) < len(MAGIC) and _MAGIC_LOWER.startswith(bytes(head.buf).lower()):
+            raise FormatError(f"{where} is truncated: its {size} bytes end inside the header")
         if not looks_like_tmd(head.buf):
             raise FormatError(f"{where} is not a TrueMap .tmd file: it does not start with {MAGIC.decode()!r} "
                               f"(it starts with {bytes(head.buf[:32])!r})")
@@ -249,7 +251,7 @@ def _float32_heights(array: np.ndarray) -> np.ndarray:
         bad = np.unravel_index(int(np.argmin(exact)), array.shape)
         raise ValueError(
             f"height map of dtype {array.dtype} holds values that float32 cannot represent exactly "
-            f"(first at index {tuple(int(i) for i in bad)}: {array[bad]!r}); a .tmd file stores float32, "
+            f"(first at index {tuple(int(i) for i in bad)}: {array[bad].item()!r}); a .tmd file stores float32, "
             "so convert explicitly with height_map.astype(numpy.float32) if rounding is acceptable")
     return converted
 
