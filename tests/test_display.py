@@ -1,0 +1,209 @@
+"""Display helpers: the PNG preview, the summaries and HeightMapResult's notebook/terminal reprs."""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from tmd_nb import display, export_to_npz, load
+from tmd_nb.display import HeightMapResult, preview_png, summary, summary_html, summary_text
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _decode(png: bytes) -> np.ndarray:
+    """RGBA pixels of a PNG (matplotlib reads PNG without pyplot)."""
+    from matplotlib import image
+
+    return image.imread(io.BytesIO(png), format="png")
+
+
+def _png_size(png: bytes) -> tuple[int, int]:
+    assert png.startswith(PNG_SIGNATURE)
+    width = int.from_bytes(png[16:20], "big")
+    height = int.from_bytes(png[20:24], "big")
+    return width, height
+
+
+@pytest.mark.parametrize("array", [
+    np.random.default_rng(0).normal(size=(40, 60)),
+    np.arange(12, dtype=np.int16).reshape(3, 4),
+    np.eye(5, dtype=bool),
+    (np.arange(6) + 1j * np.arange(6)).reshape(2, 3),
+    np.full((7, 7), 3.5),                  # constant
+    np.full((4, 4), np.nan),               # all NaN
+    np.array([[np.inf, -np.inf], [np.nan, 1.0]]),
+    np.ones((1, 3000), dtype=np.float32),  # extreme aspect
+    np.arange(20.0).reshape(4, 5)[:, ::2],  # non-contiguous
+    np.array([[2**62, -2**62]], dtype=np.int64),
+], ids=["normal", "int16", "bool", "complex", "constant", "all-nan", "inf", "strip", "strided", "int64-huge"])
+def test_preview_png_draws_any_height_map(array: np.ndarray) -> None:
+    png = preview_png(array, title="a $title$ with dollars")
+    width, height = _png_size(png)
+    assert 100 < width < 800 and 100 < height < 800
+    assert _decode(png).shape[:2] == (height, width)
+
+
+def test_preview_marks_non_finite_values_in_their_own_colour() -> None:
+    finite = np.linspace(0, 1, 64 * 64).reshape(64, 64)
+    holed = finite.copy()
+    holed[:32, :32] = np.nan  # a quarter of the map
+    magenta = np.array([1.0, 0.0, 1.0])
+
+    def magenta_pixels(png: bytes) -> int:
+        rgb = _decode(png)[..., :3]
+        return int(np.count_nonzero(np.all(np.abs(rgb - magenta) < 0.02, axis=-1)))
+
+    assert magenta_pixels(preview_png(finite)) == 0
+    assert magenta_pixels(preview_png(holed)) > 1000
+
+
+def test_preview_of_a_large_map_is_fast_and_downsampled_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    big = np.random.default_rng(1).random((4000, 4000))
+    preview_png(np.zeros((2, 2)))  # import matplotlib outside the timing
+    drawn: list[tuple[int, int]] = []
+    original = display._as_float
+    monkeypatch.setattr(display, "_as_float", lambda a: drawn.append(a.shape) or original(a))
+    start = time.perf_counter()
+    preview_png(big, max_pixels=256)
+    elapsed = time.perf_counter() - start
+    assert drawn and max(drawn[0]) <= 256
+    assert elapsed < 1.0, f"preview of 4000 x 4000 took {elapsed:.2f} s"
+
+
+def test_downsample_limits_both_sides_and_is_a_view() -> None:
+    array = np.zeros((1000, 300))
+    small = display.downsample(array, 100)
+    assert max(small.shape) <= 100 and small.base is array
+    assert display.downsample(np.zeros((5, 5)), 100).shape == (5, 5)
+    with pytest.raises(ValueError, match="max_pixels"):
+        display.downsample(array, 0)
+
+
+def test_preview_never_touches_pyplot_or_the_backend() -> None:
+    code = ("import matplotlib, sys, numpy as np; matplotlib.use('svg'); from tmd_nb.display import preview_png; "
+            "preview_png(np.ones((3, 3))); assert 'matplotlib.pyplot' not in sys.modules, 'pyplot imported'; "
+            "assert matplotlib.get_backend() == 'svg', matplotlib.get_backend(); "
+            "assert 'IPython' not in sys.modules and 'ipywidgets' not in sys.modules; print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
+
+
+def test_summary_statistics_ignore_nan_and_inf() -> None:
+    array = np.array([[1.0, np.nan, 3.0], [np.inf, -2.0, np.nan]])
+    info = summary(array)
+    assert info["shape"] == (2, 3) and info["dtype"] == "float64"
+    assert (info["min"], info["max"], info["mean"]) == (-2.0, 3.0, pytest.approx(2 / 3))
+    assert (info["finite"], info["nan"], info["inf"]) == (3, 2, 1)
+    text = summary_text(array)
+    assert "min -2, max 3, mean 0.666667" in text and "2 NaN" in text and "1 inf" in text
+
+
+def test_summary_of_all_nan_reports_no_finite_values() -> None:
+    info = summary(np.full((3, 3), np.nan, dtype=np.float32))
+    assert "min" not in info and info["nan"] == 9
+    assert "no finite values" in summary_text(np.full((3, 3), np.nan))
+    assert "no finite values" in summary_html(np.full((3, 3), np.nan))
+
+
+def test_summary_of_integer_bool_and_complex_maps() -> None:
+    ints = np.array([[2**62, 2**62 + 1]], dtype=np.int64)
+    info = summary(ints)
+    assert info["min"] == 2**62 and info["max"] == 2**62 + 1 and isinstance(info["min"], int)
+    flags = summary(np.array([[True, False, False, False]]))
+    assert (flags["min"], flags["max"], flags["mean"]) == (False, True, 0.25)
+    waves = summary(np.array([[3 + 4j, np.nan + 0j]]))
+    assert waves["magnitude"] and waves["max"] == 5.0 and waves["nan"] == 1
+    assert "|z|" in summary_text(np.array([[3 + 4j]]))
+
+
+def test_summary_stats_of_a_large_map_match_numpy_in_chunks() -> None:
+    big = np.random.default_rng(2).normal(size=(3000, 1000)).astype(np.float32)
+    big[::7, ::3] = np.nan
+    info = summary(big)
+    assert info["min"] == float(np.nanmin(big)) and info["max"] == float(np.nanmax(big))
+    assert info["mean"] == pytest.approx(float(np.nanmean(big, dtype=np.float64)), rel=1e-9)
+    assert info["nan"] == int(np.isnan(big).sum())
+
+
+def test_metadata_table_shows_types_and_short_reprs_never_array_values() -> None:
+    data = {
+        "height_map": np.zeros((2, 2)),
+        "units": "µm",
+        "mask": np.arange(1_000_000).reshape(1000, 1000),
+        "nested": {"calibration": np.full(50, 7.25)},
+        "long": "x" * 10_000,
+        "<script>": "<b>bold</b> & more",
+    }
+    rows = {key: (kind, text) for key, kind, text in summary(data)["metadata"]}
+    assert rows["units"] == ("str", "'µm'")
+    assert rows["mask"] == ("ndarray", "array((1000, 1000), int64)")
+    assert "array((50,), float64)" in rows["nested"][1] and "7.25" not in rows["nested"][1]
+    assert len(rows["long"][1]) <= display.MAX_REPR
+    text = summary_text(data)
+    html = summary_html(data)
+    for rendered in (text, html):
+        assert "999999" not in rendered and "x" * 200 not in rendered
+    assert "<script>" not in html and "&lt;script&gt;" in html
+    assert "<b>bold</b>" not in html and "&lt;b&gt;bold&lt;/b&gt;" in html
+
+
+def test_many_metadata_keys_are_cut_short() -> None:
+    data = {"height_map": np.zeros((2, 2)), **{f"k{i}": i for i in range(500)}}
+    text = summary_text(data)
+    assert f"and {500 - display.MAX_META_ROWS} more" in text
+    assert text.count("\n") < display.MAX_META_ROWS + 10
+
+
+def test_summary_rejects_what_is_not_a_height_map() -> None:
+    with pytest.raises(ValueError, match="2-D"):
+        summary(np.zeros(5))
+    with pytest.raises(ValueError, match="height_map"):
+        summary({"z": np.zeros((2, 2))})
+
+
+def test_height_map_result_is_a_plain_dict_that_exports(tmp_path) -> None:
+    result = HeightMapResult(height_map=np.arange(6.0).reshape(2, 3), units="nm")
+    assert isinstance(result, dict)
+    export_to_npz(result, tmp_path / "r.npz")
+    back = load(tmp_path / "r.npz")
+    assert back["units"] == "nm" and np.array_equal(back["height_map"], result["height_map"])
+
+
+def test_height_map_result_html_has_summary_table_and_inline_png() -> None:
+    result = HeightMapResult(height_map=np.random.default_rng(3).random((500, 400)), units="µm", note="<i>hi</i>")
+    html = result._repr_html_()
+    assert "500 x 400" in html and "float64" in html and "<table" in html and "units" in html
+    assert "&lt;i&gt;hi&lt;/i&gt;" in html
+    match = re.search(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
+    assert match, "no inline PNG"
+    assert base64.b64decode(match.group(1)).startswith(PNG_SIGNATURE)
+    assert len(html) < 400_000
+
+
+def test_height_map_result_pretty_is_short_text() -> None:
+    from IPython.lib.pretty import pretty
+
+    result = HeightMapResult(height_map=np.random.default_rng(4).random((2000, 2000)), units="um")
+    text = pretty(result)
+    assert text.startswith("height map 2000 x 2000 float64")
+    assert "units" in text and text.count("\n") < 10
+    assert "HeightMapResult(height_map=array((2000, 2000), float64)" in repr(result)
+    assert len(pretty([result, result])) < 2000
+
+
+def test_height_map_result_falls_back_when_height_map_is_gone() -> None:
+    from IPython.lib.pretty import pretty
+
+    result = HeightMapResult(height_map=np.zeros((2, 2)))
+    result["height_map"] = "replaced"
+    assert result._repr_html_() is None
+    assert "replaced" in pretty(result) and "replaced" in repr(result)
