@@ -34,6 +34,13 @@ def synthetic(draw: st.DrawFn) -> bytes:
                          dtype="<f4").tobytes())
 
 
+class Scans(list):
+    """The original files; a short repr, so hypothesis never renders megabytes of bytes."""
+
+    def __repr__(self) -> str:
+        return f"<{len(self)} sample scans>"
+
+
 @st.composite
 def mutated(draw: st.DrawFn, originals: list[bytes]) -> bytes:
     # An index, not the bytes themselves, so that hypothesis never prints a whole scan.
@@ -58,7 +65,7 @@ def mutated(draw: st.DrawFn, originals: list[bytes]) -> bytes:
 
 
 def test_mutated_files_load_consistently_or_raise_format_error(tmd_samples: Path, tmp_path: Path) -> None:
-    originals = [(tmd_samples / name).read_bytes() for name in SAMPLE_NAMES]
+    originals = Scans((tmd_samples / name).read_bytes() for name in SAMPLE_NAMES)
     path = tmp_path / "fuzz.tmd"
     outcomes = {"loaded": 0, "refused": 0}
 
