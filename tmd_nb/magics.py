@@ -243,11 +243,11 @@ class ProgressBar:
     only its success line. Redraws are throttled; ``close()`` ends the line if one was drawn.
     """
 
-    def __init__(self, label: str, stream: TextIO | None = None, *, after: float = PROGRESS_AFTER,
+    def __init__(self, label: str, stream: TextIO | None = None, *, after: float | None = None,
                  clock: Callable[[], float] = time.monotonic, width: int = 30) -> None:
         self.label = label
         self.stream = stream
-        self.after = after
+        self.after = PROGRESS_AFTER if after is None else after
         self.clock = clock
         self.width = width
         self.start = clock()
