@@ -140,9 +140,9 @@ def _parse_header(fp: BinaryIO, where: str) -> tuple[np.dtype, tuple[int, ...], 
             shape, fortran, dtype = npformat.read_array_header_2_0(fp, max_header_size=MAX_HEADER_SIZE)
         else:
             raise FormatError(f"{where} uses unsupported NPY format version {version}")
-    except FormatError:
+    except (FormatError, OSError):
         raise
-    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError, EOFError, OverflowError) as exc:
+    except Exception as exc:  # numpy's header parser raises ValueError, SyntaxError, tokenize.TokenError...
         raise FormatError(f"{where} has a malformed NPY header: {exc}") from None
     if dtype.hasobject:
         raise FormatError(f"{where} holds Python objects (dtype {dtype}); loading them would need pickle, which is refused")
@@ -284,6 +284,7 @@ class _Codec:
             raise ValueError(f"compression level must be an int from 0 to 9 or None, not {level!r}")
         self.level = level
         if level <= 3 and _isal_zlib is not None:
+            # ISA-L's own level 0 (static Huffman codes) grows float data by 3-20%: level 0 stores.
             self.module: Any = _isal_zlib
             self.lib_level = level
             self.prime = False
@@ -360,9 +361,11 @@ def write_npz(fp: BinaryIO, members: Mapping[str, np.ndarray], *, compress: bool
 
     ``compress=False`` stores the bytes as they are. With ``compress=True``, ``level`` is:
 
-    * ``None`` (the default, :data:`DEFAULT_LEVEL` = 2): fast. Levels ``0``-``3`` are ISA-L's
-      levels (0 fastest, 2 its usual balance, 3 its most thorough); without ``isal`` installed,
-      zlib's fast levels (1-3) stand in, so the file is of the same kind, only slower to make.
+    * ``None`` (the default, :data:`DEFAULT_LEVEL` = 2): fast. Levels ``1``-``3`` are ISA-L's
+      levels (1 fastest, 2 its usual balance and the best on height maps, 3 its most thorough);
+      without ``isal`` installed, zlib's fast levels 1-3 stand in, so the file is of the same
+      kind, only slower to make.
+    * ``0``: no compression, as in zlib (the members are stored, like ``compress=False``).
     * ``4``-``9``: zlib's own levels, for when size matters more than time; ``6`` (what
       ``numpy.savez_compressed`` uses) and up give a file no larger than ``numpy.savez_compressed``'s.
 
@@ -371,6 +374,8 @@ def write_npz(fp: BinaryIO, members: Mapping[str, np.ndarray], *, compress: bool
     standard deflate stream. ``progress(done_bytes, total_bytes)`` counts array data bytes.
     """
     codec = _Codec(level) if compress else None
+    if codec is not None and codec.level == 0:
+        codec = None
     items = []
     for name, array in members.items():
         if not isinstance(name, str) or not name:
