@@ -7,14 +7,15 @@ reads only that folder: ``runtime.txt`` picks the Python version of its conda ba
 repository has been copied in (because the file names a local path, ``.``, which therefore
 means the repository itself).
 
-These tests check that without Docker:
+These tests check, without Docker, that
 
 * the ``repo2docker --no-build`` command line accepts a clone-like copy of the repository, and
   the Dockerfile it renders installs ``binder/requirements.txt`` from the repository root, with
   the Python buildpack on Python 3.11;
 * a fresh virtual environment built as that Dockerfile would (repo2docker's base packages, then
   ``pip install -r binder/requirements.txt`` from the root) installs tmd_nb, has everything the
-  notebooks import, and runs the notebooks in a kernel of that environment.
+  notebooks import, and runs the notebooks in a kernel of that environment;
+* the README's Binder badge opens the quick-start notebook in JupyterLab.
 """
 
 from __future__ import annotations
@@ -86,6 +87,15 @@ def test_binder_folder_specifies_python_and_installs_the_repository() -> None:
     requires = re.search(r'^requires-python\s*=\s*"([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.M).group(1)
     assert runtime_version() in SpecifierSet(requires), (runtime_version(), requires)
     assert runtime_version() == "3.11"
+
+
+def test_readme_badge_opens_the_quick_start_in_jupyterlab() -> None:
+    readme = (ROOT / "README.md").read_text()
+    badge = re.search(r"\[!\[Binder\]\(https://mybinder\.org/badge_logo\.svg\)\]"
+                      r"\((https://mybinder\.org/v2/gh/[\w.-]+/[\w.-]+/HEAD\?urlpath=lab/tree/([^)\s]+))\)", readme)
+    assert badge, "README.md has no Binder badge linking to a notebook in JupyterLab (urlpath=lab/tree/...)"
+    assert badge.group(2) == "notebooks/01_quickstart.ipynb", badge.group(1)
+    assert (ROOT / badge.group(2)).is_file()
 
 
 def test_repo2docker_command_line_accepts_the_repository(repo: Path) -> None:
