@@ -28,12 +28,13 @@ SAVED = re.compile(r"^Saved (?P<name>.+) \((?P<shape>[\d x]+) (?P<dtype>\w+), (?
 
 
 @pytest.fixture(scope="session")
-def shell(tmp_path_factory: pytest.TempPathFactory) -> InteractiveShell:
-    """One InteractiveShell for the session (IPython allows one), its profile and history kept in tmp."""
-    os.environ["IPYTHONDIR"] = str(tmp_path_factory.mktemp("ipythondir"))
-    config = Config()
-    config.HistoryManager.hist_file = ":memory:"
-    return InteractiveShell.instance(config=config)
+def shell(tmp_path_factory: pytest.TempPathFactory):
+    """The session's InteractiveShell (IPython keeps one), its profile and history kept out of ~."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("IPYTHONDIR", str(tmp_path_factory.mktemp("ipythondir")))
+        config = Config()
+        config.HistoryManager.hist_file = ":memory:"
+        yield InteractiveShell.instance(config=config)
 
 
 @pytest.fixture

@@ -29,6 +29,7 @@ __all__ = [
     "downsample",
     "png_img_tag",
     "preview_png",
+    "short_repr",
     "summary",
     "summary_html",
     "summary_text",
