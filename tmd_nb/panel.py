@@ -233,10 +233,10 @@ def _height_map_of(value: Any) -> tuple[np.ndarray, dict[str, Any]] | None:
 
 def _size_text(nbytes: int) -> str:
     size = float(nbytes)
-    for unit in ("bytes", "KB", "MB", "GB"):
-        if size < 1000 or unit == "GB":
+    for unit in ("bytes", "KiB", "MiB", "GiB"):  # binary units, as in the summary beside the preview
+        if size < 1024 or unit == "GiB":
             return f"{int(size)} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
-        size /= 1000
+        size /= 1024
     raise AssertionError("unreachable")
 
 
@@ -253,8 +253,19 @@ def _plain_error(exc: BaseException) -> str:
     return text[0].upper() + text[1:]
 
 
+def _blocking_file(target: str) -> str | None:
+    """The existing non-folder among the parents of ``target`` (where a folder would be needed), if any."""
+    parent = os.path.dirname(target)
+    while parent and not os.path.exists(parent):
+        up = os.path.dirname(parent)
+        if up == parent:
+            return None
+        parent = up
+    return parent if parent and not os.path.isdir(parent) else None
+
+
 def _html_line(text: str, color: str | None = None, icon: str = "") -> str:
-    body = html.escape(f"{icon} {text}".strip())
+    body = html.escape(f"{icon} {text}".strip(), quote=False)  # element text: quotes need no escaping
     return f'<span style="color:{color}">{body}</span>' if color else body
 
 
@@ -659,6 +670,7 @@ class ExportPanel(widgets.VBox):
         finally:
             self._validate()  # re-enables Save and flags the file that now exists
         elapsed = time.perf_counter() - start
+        self._overwrite.value = False  # the file now exists: saving again needs a new confirmation
         self._progress.value = 1.0
         self._progress.bar_style = "success"
         size = os.path.getsize(written)
@@ -813,6 +825,8 @@ class ExportPanel(widgets.VBox):
             self._problem = "type a file name in Path"
         elif os.path.isdir(target):
             self._problem = f"{target} is a folder; add a file name"
+        elif _blocking_file(target) is not None:
+            self._problem = f"{_blocking_file(target)} is a file, not a folder, so it cannot hold {os.path.basename(target)}"
         elif exists and not self._overwrite.value:
             self._problem = _EXISTS_PROBLEM
         else:
