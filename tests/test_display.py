@@ -207,3 +207,19 @@ def test_height_map_result_falls_back_when_height_map_is_gone() -> None:
     result["height_map"] = "replaced"
     assert result._repr_html_() is None
     assert "replaced" in pretty(result) and "replaced" in repr(result)
+
+
+def test_summary_never_copies_a_large_map_whole() -> None:
+    import tracemalloc
+
+    big = np.random.default_rng(7).random((2000, 2000))  # 32 MB
+    big[::5] = np.nan
+    preview_png(np.zeros((2, 2)))  # matplotlib's import is not the map's cost
+    tracemalloc.start()
+    try:
+        summary(big)
+        preview_png(big)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < big.nbytes / 2, f"peak {peak / 2**20:.1f} MiB for a {big.nbytes / 2**20:.0f} MiB map"
