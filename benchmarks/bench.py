@@ -1,0 +1,331 @@
+"""Time tmd_nb's savers and loaders against numpy's on the same arrays, in one run.
+
+    python benchmarks/bench.py            # the full run (a few minutes on 2 cores)
+    python benchmarks/bench.py --quick    # a smoke run of a few seconds
+
+Every number is the median of several repeats, measured through the public API
+(``tmd_nb.export_to_npz``, ``load_from_npz``, ``export_to_npy``, ``load_from_npy``,
+``load_tmd``), on files in a temporary directory (warm page cache). Peak memory is the
+tracemalloc peak of one extra, separate run of the operation: every numpy array and Python
+object allocated during it (the array being saved is allocated before, so a save's peak is
+what the save adds on top of it; a load's includes the array it returns). Throughput is
+array bytes (MB = 10^6 bytes) per second; ratio is array bytes / file bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import tracemalloc
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import tmd_nb  # noqa: E402
+from tmd_nb import container  # noqa: E402
+
+SAMPLES = ROOT.parent / "shared" / "data" / "tmd"
+MB = 1e6
+
+
+# ------------------------------------------------------------------------------------------
+# data
+# ------------------------------------------------------------------------------------------
+
+def smooth_surface(n: int, seed: int = 0) -> np.ndarray:
+    """A float64 rough surface in mm: power-law spectrum (self-affine, like machined or worn
+    surfaces), 5 um rms, plus 20 nm of white measurement noise. Deterministic for a seed."""
+    rng = np.random.default_rng(seed)
+    spectrum = np.fft.rfft2(rng.standard_normal((n, n)))
+    ky = np.fft.fftfreq(n)[:, None]
+    kx = np.fft.rfftfreq(n)[None, :]
+    k = np.hypot(kx, ky)
+    k[0, 0] = 1.0
+    spectrum *= k ** -1.6
+    spectrum[0, 0] = 0.0
+    z = np.fft.irfft2(spectrum, s=(n, n))
+    z *= 0.005 / z.std()
+    z += rng.normal(0.0, 2e-5, z.shape)
+    return z
+
+
+def quantise(z: np.ndarray, bits: int = 15) -> np.ndarray:
+    """Heights on a grid of 2**bits steps over their range, as the real TrueMap scans are."""
+    step = (z.max() - z.min()) / 2**bits
+    return np.round((z - z.min()) / step) * step
+
+
+@dataclass
+class Dataset:
+    name: str
+    array: np.ndarray
+    tmd_path: Path | None = None  # a real scan: time load_tmd on it
+
+
+def datasets(quick: bool, tmp: Path) -> list[Dataset]:
+    sizes = [256, 512] if quick else [1000, 4000]
+    out = []
+    for n in sizes:
+        z = smooth_surface(n)
+        q = quantise(z)
+        out.append(Dataset(f"synthetic {n}x{n} float32", q.astype(np.float32)))
+        if n == sizes[-1]:
+            out.append(Dataset(f"synthetic {n}x{n} float32, unquantised", z.astype(np.float32)))
+        out.append(Dataset(f"synthetic {n}x{n} float64", q))
+        del z, q
+    for path in sorted(SAMPLES.glob("v2_*.tmd")) if SAMPLES.is_dir() else []:
+        scan = tmd_nb.load_tmd(path)["height_map"]
+        out.append(Dataset(f"scan {path.stem} {scan.shape[1]}x{scan.shape[0]}", scan, path))
+    for d in out:  # synthetic float32 maps get a .tmd copy, to time the TMD reader at size
+        if d.tmd_path is None and d.array.dtype == np.float32 and "unquantised" not in d.name:
+            d.tmd_path = Path(tmd_nb.export_to_tmd({"height_map": d.array, "x_length": 1.0, "y_length": 1.0},
+                                                   tmp / f"{d.array.shape[0]}.tmd"))
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# measuring
+# ------------------------------------------------------------------------------------------
+
+@dataclass
+class Timing:
+    label: str
+    seconds: float
+    nbytes: int
+    file_bytes: int | None
+    peak: int
+
+    @property
+    def mbps(self) -> float:
+        return self.nbytes / MB / self.seconds
+
+    @property
+    def ratio(self) -> str:
+        return f"{self.nbytes / self.file_bytes:.3f}" if self.file_bytes else ""
+
+
+def measure(label: str, fn: Callable[[], object], nbytes: int, repeats: int, file: Path | None = None) -> Timing:
+    times = []
+    for _ in range(repeats):
+        gc.collect()
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    gc.collect()
+    tracemalloc.start()
+    tracemalloc.reset_peak()
+    try:
+        fn()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    size = file.stat().st_size if file is not None else None
+    return Timing(label, statistics.median(times), nbytes, size, peak)
+
+
+def fsynced(save: Callable[[str], None], path: Path) -> Callable[[], None]:
+    """numpy's save followed by fsync, the durability every tmd_nb save gives."""
+    def run() -> None:
+        save(str(path))
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    return run
+
+
+@dataclass
+class Row:
+    data: str
+    op: str
+    ours: Timing
+    theirs: Timing
+
+
+def bench_dataset(d: Dataset, tmp: Path, repeats: int, levels: list[int]) -> list[Row]:
+    a = d.array
+    n = a.nbytes
+    p = {k: tmp / k for k in ("t.npz", "t6.npz", "t9.npz", "ts.npz", "t.npy", "n.npz", "ns.npz", "n.npy")}
+    for f in p.values():
+        f.unlink(missing_ok=True)
+    rows = []
+
+    def row(op: str, ours: Timing, theirs: Timing) -> None:
+        rows.append(Row(d.name, op, ours, theirs))
+
+    np_savez_c = measure("np.savez_compressed", lambda: np.savez_compressed(p["n.npz"], height_map=a), n, repeats,
+                         p["n.npz"])
+    row("NPZ save, compressed (default)",
+        measure("export_to_npz", lambda: tmd_nb.export_to_npz({"height_map": a}, p["t.npz"]), n, repeats, p["t.npz"]),
+        np_savez_c)
+    for level in levels:
+        key = f"t{level}.npz"
+        row(f"NPZ save, level={level}",
+            measure(f"export_to_npz level={level}",
+                    lambda: tmd_nb.export_to_npz({"height_map": a}, p[key], level=level), n, repeats, p[key]),
+            np_savez_c)
+    row("NPZ load, tmd_nb's compressed file",
+        measure("load_from_npz", lambda: tmd_nb.load_from_npz(p["t.npz"]), n, repeats, p["t.npz"]),
+        measure("np.load", lambda: np.load(p["t.npz"])["height_map"], n, repeats, p["t.npz"]))
+    row("NPZ load, numpy's compressed file",
+        measure("load_from_npz", lambda: tmd_nb.load_from_npz(p["n.npz"]), n, repeats, p["n.npz"]),
+        measure("np.load", lambda: np.load(p["n.npz"])["height_map"], n, repeats, p["n.npz"]))
+    row("NPZ save, stored (compress=False)",
+        measure("export_to_npz(compress=False)",
+                lambda: tmd_nb.export_to_npz({"height_map": a}, p["ts.npz"], compress=False), n, repeats, p["ts.npz"]),
+        measure("np.savez + fsync", fsynced(lambda f: np.savez(f, height_map=a), p["ns.npz"]), n, repeats, p["ns.npz"]))
+    row("NPZ load, stored",
+        measure("load_from_npz", lambda: tmd_nb.load_from_npz(p["ts.npz"]), n, repeats, p["ts.npz"]),
+        measure("np.load", lambda: np.load(p["ns.npz"])["height_map"], n, repeats, p["ns.npz"]))
+    row("NPY save",
+        measure("export_to_npy", lambda: tmd_nb.export_to_npy(a, p["t.npy"]), n, repeats, p["t.npy"]),
+        measure("np.save + fsync", fsynced(lambda f: np.save(f, a), p["n.npy"]), n, repeats, p["n.npy"]))
+    offset = p["n.npy"].stat().st_size - n
+    row("NPY load",
+        measure("load_from_npy", lambda: tmd_nb.load_from_npy(p["t.npy"]), n, repeats, p["t.npy"]),
+        measure("np.load", lambda: np.load(p["n.npy"]), n, repeats, p["n.npy"]))
+    row("NPY load vs raw read",
+        measure("load_from_npy", lambda: tmd_nb.load_from_npy(p["t.npy"]), n, repeats, p["t.npy"]),
+        measure("np.fromfile", lambda: np.fromfile(p["n.npy"], dtype=a.dtype, offset=offset), n, repeats, p["n.npy"]))
+    if d.tmd_path is not None:
+        t = d.tmd_path
+        start = t.stat().st_size - n
+        row("TMD load",
+            measure("load_tmd", lambda: tmd_nb.load_tmd(t), n, repeats, t),
+            measure("np.fromfile", lambda: np.fromfile(t, dtype="<f4", offset=start).reshape(a.shape), n, repeats, t))
+    return rows
+
+
+# ------------------------------------------------------------------------------------------
+# report
+# ------------------------------------------------------------------------------------------
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count()
+    try:
+        import isal
+
+        isal_version = isal.__version__
+    except ImportError:
+        isal_version = "not installed (zlib fallback)"
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
+    return (f"machine: {cpu}, {os.cpu_count()} cores ({usable} usable), {platform.system()} {platform.release()}\n"
+            f"python {platform.python_version()}, numpy {np.__version__}, isal {isal_version}, "
+            f"tmd_nb {tmd_nb.__version__}; deflate threads {container._threads(None)}; load average {load}")
+
+
+def table(rows: list[Row]) -> str:
+    head = (f"{'data':<40} {'operation':<35} | {'tmd_nb':<14} {'ms':>8} {'MB/s':>7} {'ratio':>6} {'peak MB':>7} | "
+            f"{'numpy baseline':<20} {'ms':>8} {'MB/s':>7} {'ratio':>6} {'peak MB':>7} | {'speed':>6} {'size':>6}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        o, t = r.ours, r.theirs
+        size = f"{o.file_bytes / t.file_bytes:.3f}" if o.file_bytes and t.file_bytes and "save" in r.op else ""
+        lines.append(
+            f"{r.data:<40} {r.op:<35} | {'':<14} {o.seconds * 1e3:8.1f} {o.mbps:7.0f} {o.ratio:>6} {o.peak / MB:7.1f} | "
+            f"{t.label:<20} {t.seconds * 1e3:8.1f} {t.mbps:7.0f} {t.ratio:>6} {t.peak / MB:7.1f} | "
+            f"{t.seconds / o.seconds:5.2f}x {size:>6}")
+    return "\n".join(lines)
+
+
+LEGEND = """\
+speed = numpy time / tmd_nb time (above 1: tmd_nb is faster); size = tmd_nb file / numpy file.
+Baselines: np.savez_compressed and np.load exactly as called (no fsync); "np.savez + fsync" and
+"np.save + fsync" add os.fsync of the written file, since every tmd_nb save is fsynced (atomic,
+durable). tmd_nb's times include its atomic temp-file write, fsync and rename. np.fromfile reads
+the raw array bytes (no header parsing, no checks): the floor for any reader."""
+
+
+def targets(rows: list[Row], big: str) -> str:
+    by = {(r.data, r.op): r for r in rows}
+    out = []
+    for data in (big, big + ", unquantised"):
+        def get(op: str) -> Row | None:
+            return by.get((data, op))
+
+        save = get("NPZ save, compressed (default)")
+        if save is None:
+            continue
+        speed = save.theirs.seconds / save.ours.seconds
+        grow = save.ours.file_bytes / save.theirs.file_bytes
+        out.append(f"[{data}]")
+        out.append(f"  compressed save >= 15x np.savez_compressed, file <= 5% larger: {speed:.1f}x, "
+                   f"{(grow - 1) * 100:+.1f}% -> {'MET' if speed >= 15 and grow <= 1.05 else 'NOT MET'}")
+        small = get("NPZ save, level=6")
+        if small is not None:
+            g6 = small.ours.file_bytes / small.theirs.file_bytes
+            out.append(f"  level=6 file no larger than np.savez_compressed's: {(g6 - 1) * 100:+.3f}%, "
+                       f"{small.theirs.seconds / small.ours.seconds:.1f}x its speed -> {'MET' if g6 <= 1 else 'NOT MET'}")
+        for op, what in (("NPZ load, numpy's compressed file", "numpy's file"),
+                         ("NPZ load, tmd_nb's compressed file", "tmd_nb's file")):
+            r = get(op)
+            s = r.theirs.seconds / r.ours.seconds
+            out.append(f"  compressed load >= 2x np.load ({what}): {s:.2f}x -> {'MET' if s >= 2 else 'NOT MET'}")
+        r = get("NPY save")
+        s = r.theirs.seconds / r.ours.seconds
+        out.append(f"  NPY save >= 0.8x np.save + fsync: {s:.2f}x -> {'MET' if s >= 0.8 else 'NOT MET'}")
+        r = get("NPY load")
+        s = r.theirs.seconds / r.ours.seconds
+        out.append(f"  NPY load >= 0.8x np.load: {s:.2f}x -> {'MET' if s >= 0.8 else 'NOT MET'}")
+        peaks = [r.ours.peak for r in rows if r.data == data and "save" in r.op]
+        out.append(f"  a save adds <= 64 MB of peak memory: at most {max(peaks) / MB:.1f} MB "
+                   f"(array {save.ours.nbytes / MB:.0f} MB) -> {'MET' if max(peaks) <= 64 * 2**20 else 'NOT MET'}")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small arrays, one repeat: a smoke run")
+    parser.add_argument("--repeats", type=int, default=None, help="repeats per measurement (default 5, quick 1)")
+    parser.add_argument("--levels", default="6,9", help="extra compression levels to time (comma-separated)")
+    parser.add_argument("--dir", default=None, help="where to write the files (default: a temporary directory)")
+    args = parser.parse_args(argv)
+    repeats = args.repeats or (1 if args.quick else 5)
+    levels = [int(x) for x in args.levels.split(",") if x.strip()]
+    started = time.perf_counter()
+    print(machine(), flush=True)
+    with tempfile.TemporaryDirectory(dir=args.dir, prefix="tmd_nb-bench-") as tmp:
+        data = datasets(args.quick, Path(tmp))
+        rows: list[Row] = []
+        for d in data:
+            rows += bench_dataset(d, Path(tmp), repeats, levels)
+            print(f"  measured {d.name}", file=sys.stderr, flush=True)
+    print(f"median of {repeats} repeat(s); files in a temporary directory on {args.dir or tempfile.gettempdir()}")
+    print()
+    print(table(rows))
+    print()
+    print(LEGEND)
+    big = [d.name for d in data if d.name.startswith("synthetic") and d.name.endswith("float32")][-1]
+    print()
+    print("Targets (on " + big + "):")
+    print(targets(rows, big))
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
+    print(f"\ntotal {time.perf_counter() - started:.0f} s; load average at the end {load}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

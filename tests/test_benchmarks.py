@@ -1,0 +1,31 @@
+"""The benchmark script runs end to end and prints its table (speed is not asserted here)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+
+@pytest.mark.slow
+def test_bench_quick_prints_the_table(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--quick", "--dir", str(tmp_path)],
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert out.startswith("machine: ")
+    assert "numpy " in out and "isal " in out
+    for op in ("NPZ save, compressed (default)", "NPZ load, numpy's compressed file", "NPZ save, stored",
+               "NPY save", "NPY load", "TMD load"):
+        assert op in out, op
+    for baseline in ("np.savez_compressed", "np.load", "np.save + fsync", "np.fromfile"):
+        assert baseline in out, baseline
+    rows = [line for line in out.splitlines() if line.startswith("synthetic 512x512 float32 ")]
+    assert len(rows) >= 10
+    for line in rows:  # every row has a speed ratio against numpy
+        assert line.rstrip().split("|")[-1].split()[0].endswith("x")
+    assert "Targets (on synthetic 512x512 float32)" in out
+    assert list(tmp_path.iterdir()) == []  # the temporary files are gone
