@@ -46,16 +46,19 @@ NOT_IN_CLONE = shutil.ignore_patterns(".git", ".venv", "venv", "build", "dist", 
 def clone_like_copy(dest: Path) -> Path:
     """Copy what a clone of the repository holds to ``dest`` (committed and not-ignored files)."""
     git = shutil.which("git")
+    listing = None
     if git and (ROOT / ".git").exists():
-        listing = subprocess.run([git, "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                                 check=True, capture_output=True).stdout.decode()
-        for name in filter(None, listing.split("\0")):
-            source = ROOT / name
-            if source.is_file():  # listed but deleted in the working tree: not in the next commit either
-                (dest / name).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(source, dest / name)
-    else:  # e.g. an unpacked source archive
+        found = subprocess.run([git, "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                               capture_output=True)
+        listing = found.stdout.decode() if found.returncode == 0 else None
+    if listing is None:  # no git (e.g. an unpacked source archive): copy all but build products
         shutil.copytree(ROOT, dest, ignore=NOT_IN_CLONE, dirs_exist_ok=True)
+        return dest
+    for name in filter(None, listing.split("\0")):
+        source = ROOT / name
+        if source.is_file():  # listed but deleted in the working tree: not in the next commit either
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest / name)
     return dest
 
 
