@@ -159,19 +159,25 @@ def test_preview_shows_picture_and_summary(ns: dict) -> None:
     assert 100 < width < 600 and 100 < height < 600
     summary = panel._summary.value
     array = ns["scan"]["height_map"]
-    assert "30 x 40" in summary and "float32" in summary
+    assert "30 \u00d7 40" in summary and "float32" in summary
     assert f"min {float(array.min()):.6g}" in summary and f"max {float(array.max()):.6g}" in summary
+    assert "units" not in summary  # the metadata is in the editor, not repeated here
+    ns["ints"] = np.array([[123456789, -5]])
+    panel.refresh()
+    panel.selected = "ints"
+    assert "min -5, max 123456789" in panel._summary.value  # integers in full, not 1.23457e+08
 
 
 def test_preview_of_4000_by_4000_is_downsampled_and_quick() -> None:
     big = np.random.default_rng(1).random((4000, 4000))
-    panel = ExportPanel(namespace={"small": np.zeros((2, 2)), "big": big})
+    panel = ExportPanel(namespace={"a_small": np.zeros((2, 2)), "big": big})
+    assert panel.selected == "a_small"
     start = time.perf_counter()
     panel._picker.value = "big"
     elapsed = time.perf_counter() - start
     width, height = _png_size(panel._preview_image.value)
     assert width < 600 and height < 600  # a small picture, drawn from a downsampled view
-    assert "4000 x 4000" in panel._summary.value
+    assert "4000 \u00d7 4000" in panel._summary.value
     print(f"select + preview of a 4000 x 4000 float64 map: {elapsed:.2f} s")
     assert elapsed < 10, f"selecting a 4000 x 4000 map took {elapsed:.1f} s"
 
@@ -262,7 +268,8 @@ def test_suggested_keys_bring_their_type(ns: dict) -> None:
     assert stamp._type.value == "datetime" and stamp.error is None
     assert abs(stamp.parsed - dt.datetime.now().astimezone()) < dt.timedelta(minutes=5)
     assert "timestamp" not in panel._rows[0]._key.options  # a key in use is no longer suggested
-    buttons["x_length"].click()  # already there: no duplicate row
+    assert buttons["x_length"].disabled and not buttons["units"].disabled
+    buttons["x_length"].click()  # already there: no duplicate row (headless, a disabled button still clicks)
     assert [row.key for row in panel._rows] == ["x_length", "timestamp"]
     assert "already in the metadata" in panel.status
     # Typing a suggested key into a fresh row also picks its type.

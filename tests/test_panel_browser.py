@@ -152,6 +152,12 @@ def _wait_for_kernel(page, expect) -> None:
     expect(idle.first).to_be_visible()
 
 
+def _wait_for_new_picture(page, image, old_src: str | None) -> None:
+    """Wait until the preview <img> shows a new picture, fully decoded (ipywidgets swaps its blob URL)."""
+    page.wait_for_function("([img, old]) => img.src && img.src !== old && img.complete && img.naturalWidth > 0",
+                           arg=[image.element_handle(), old_src], timeout=UI_TIMEOUT_MS)
+
+
 def _save_screenshot(page, name: str, tmp_path: Path, element=None) -> Path:
     """Screenshot into tmp_path, then keep a copy in test-artifacts/ (git-ignored) for people to look at."""
     shot = tmp_path / name
@@ -195,8 +201,11 @@ def test_export_panel_in_jupyterlab(lab: Lab, tmp_path: Path) -> None:
                 labels = picker.locator("option").all_text_contents()
                 index = next(i for i, text in enumerate(labels) if text.startswith("surface"))
                 assert "240 \u00d7 320 float32" in labels[index].replace("\xa0", " ")
+                image = panel.locator(".tmd-panel-preview")
+                old_picture = image.get_attribute("src")
                 picker.select_option(index=index)
-                expect(panel.locator(".tmd-panel-summary")).to_contain_text("240 x 320")
+                expect(panel.locator(".tmd-panel-summary")).to_contain_text("240 \u00d7 320 float32")
+                _wait_for_new_picture(page, image, old_picture)
 
                 panel.locator(".tmd-panel-add-row").click()
                 row = panel.locator(".tmd-meta-row").last
@@ -220,6 +229,17 @@ def test_export_panel_in_jupyterlab(lab: Lab, tmp_path: Path) -> None:
                 expect(panel.locator(".tmd-panel-exists")).to_contain_text("already exists")
                 expect(save).to_be_disabled()
                 shot = _save_screenshot(page, "panel.png", tmp_path, panel)
+
+                # The dict sample: its metadata prefilled as typed rows, the mask read-only.
+                index = next(i for i, text in enumerate(labels) if text.startswith("scan"))
+                old_picture = image.get_attribute("src")
+                picker.select_option(index=index)
+                expect(panel.locator(".tmd-panel-summary")).to_contain_text("240 \u00d7 320 float64")
+                _wait_for_new_picture(page, image, old_picture)
+                expect(panel.locator(".tmd-meta-row")).to_have_count(6)
+                expect(panel.locator(".tmd-meta-readonly .tmd-meta-value input")).to_have_value("array(240, 320) bool")
+                expect(panel.locator(".tmd-panel-path input")).to_have_value("browser_export.npz")  # typed paths stay
+                _save_screenshot(page, "panel-scan.png", tmp_path, panel)
             except Exception:
                 _save_screenshot(page, "panel-failure.png", tmp_path)
                 raise

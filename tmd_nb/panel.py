@@ -269,22 +269,51 @@ def _html_line(text: str, color: str | None = None, icon: str = "") -> str:
     return f'<span style="color:{color}">{body}</span>' if color else body
 
 
-def _preview(image: widgets.Image, info: widgets.HTML, data: Any, title: str) -> None:
-    """Fill the preview image and summary for ``data``; an unplottable map gets a plain note."""
+def _number(value: Any) -> str:
+    return str(value) if isinstance(value, (bool, int)) else f"{value:.6g}"
+
+
+def _facts_html(array: np.ndarray) -> str:
+    """Shape, dtype, size and value range of a height map (its metadata is in the editor below)."""
+    from . import display
+
+    info = display.summary(array)
+    prefix = "|z| " if info["magnitude"] else ""
+    lines = [f"<b>height map</b> {html.escape(_shape_text(info['shape']))} <code>{html.escape(info['dtype'])}</code> "
+             f"({_size_text(info['nbytes'])})"]
+    if info["finite"]:
+        lines.append(html.escape(f"{prefix}min {_number(info['min'])}, max {_number(info['max'])}, "
+                                 f"mean {_number(info['mean'])}"))
+    else:
+        lines.append("no finite values")
+    counts = [f"{info[k]:,} {k.replace('nan', 'NaN')}" for k in ("nan", "inf") if info[k]]
+    if counts:
+        lines.append(html.escape(", ".join(counts)))
+    return "<br/>".join(lines)
+
+
+def _preview(image: widgets.Image, info: widgets.HTML, data: Any, title: str, *, with_metadata: bool) -> None:
+    """Fill the preview image and summary for ``data``; an unplottable map gets a plain note.
+
+    The picture is set first: it is the slowest part for the browser to show, and the summary
+    changing last tells a person (and a browser test) that the preview is complete.
+    """
     from . import display
 
     array, _ = codec.split_height_map(data)
-    try:
-        info.value = display.summary_html(data)
-    except (TypeError, ValueError) as exc:
-        info.value = _html_line(f"No summary: {_plain_error(exc)}", _RED)
+    note = ""
     try:
         image.value = display.preview_png(array, max_pixels=256, title=title)
         image.layout.display = None
     except (TypeError, ValueError) as exc:
         image.value = b""
         image.layout.display = "none"
-        info.value += "<br/>" + _html_line(f"No picture: {_plain_error(exc)}", _ORANGE)
+        note = "<br/>" + _html_line(f"No picture: {_plain_error(exc)}", _ORANGE)
+    try:
+        text = display.summary_html(data) if with_metadata else _facts_html(array)
+    except (TypeError, ValueError) as exc:
+        text = _html_line(f"No summary: {_plain_error(exc)}", _RED)
+    info.value = text + note
 
 
 # --------------------------------------------------------------------------- metadata rows
@@ -738,7 +767,7 @@ class ExportPanel(widgets.VBox):
                 self._rows.append(_MetadataRow(key, *rendered, on_change=self._validate,
                                                on_remove=self._remove_row, taken=self._taken_keys))
         self._rows_box.children = tuple(self._rows)
-        _preview(self._preview_image, self._summary, value, name)
+        _preview(self._preview_image, self._summary, value, name, with_metadata=False)
         if not self._path_edited:
             self._set_path(name + _EXTENSION[self._format.value])
 
@@ -803,6 +832,9 @@ class ExportPanel(widgets.VBox):
                 if first is None:
                     label = f"metadata {key!r}" if not isinstance(key, str) or key.strip() else f"metadata row {index}"
                     first = f"{label}: {row.error}"
+        taken = self._taken_keys()
+        for button in self._suggest_buttons:  # a key already present is edited in its row, not added again
+            button.disabled = button.description in taken
         if n_bad > 1 and first is not None:
             first += f" (and {n_bad - 1} more invalid row{'s' if n_bad > 2 else ''})"
 
@@ -1002,7 +1034,7 @@ class LoadPanel(widgets.VBox):
             return
         elapsed = time.perf_counter() - start
         self._data, self._loaded_path = data, target
-        _preview(self._preview_image, self._summary, data, os.path.basename(target))
+        _preview(self._preview_image, self._summary, data, os.path.basename(target), with_metadata=True)
         self._set_status(f"Loaded {target} ({_size_text(os.path.getsize(target))}, {elapsed:.2f} s). "
                          "Choose a name and press Bind.", None)
         if not self._name_edited:
