@@ -504,6 +504,19 @@ def test_relative_path_is_relative_to_the_working_directory(ns: dict, tmp_path: 
     assert (tmp_path / "flat.npz").is_file()
 
 
+def test_unexpected_errors_still_end_in_the_status_line(ns: dict, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(tmd_nb.codec, "export_to_npz", broken)
+    panel = ExportPanel(namespace=ns)
+    panel.path = tmp_path / "x.npz"
+    assert panel.save() is None
+    assert panel.status == "Not saved: unexpected RuntimeError: disk on fire"
+    assert not panel._save_button.disabled
+
+
 def test_parse_value_rejects_unknown_types() -> None:
     with pytest.raises(ValueError, match="unknown value type"):
         parse_value("decimal", "1")
@@ -523,6 +536,7 @@ def test_load_panel_previews_and_binds(ns: dict, tmp_path: Path) -> None:
     assert panel._bind_button.disabled
     panel._path.value = "my scan-1.npz"
     assert panel.status.startswith(f"Loaded {tmp_path / 'my scan-1.npz'}")
+    assert panel._progress.value == 1.0 and panel._progress.bar_style == "success"
     assert "30 x 40" in panel._summary.value and "units" in panel._summary.value
     assert _png_size(panel._preview_image.value)[0] < 600
     assert panel.name == "my_scan_1" and not panel._bind_button.disabled
@@ -559,6 +573,7 @@ def test_load_panel_errors_are_plain(tmp_path: Path) -> None:
     panel = LoadPanel(namespace={}, directory=tmp_path)
     panel.path = "broken.npz"
     assert panel.status.startswith("Could not load: ") and "broken.npz" in panel.status
+    assert panel._progress.bar_style == "danger"
     assert "Traceback" not in panel.status and panel._bind_button.disabled and panel.data is None
     panel.path = "missing.npz"
     assert panel.status == f"No file at {tmp_path / 'missing.npz'}."

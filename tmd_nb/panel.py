@@ -609,9 +609,8 @@ class ExportPanel(widgets.VBox):
         """
         found: dict[str, Any] = {}
         labels: list[tuple[str, str]] = []
-        for name in sorted(self._namespace, key=str.lower):
-            if not isinstance(name, str) or name.startswith("_"):
-                continue
+        names = [name for name in self._namespace if isinstance(name, str) and not name.startswith("_")]
+        for name in sorted(names, key=lambda n: (n.lower(), n)):
             value = self._namespace[name]
             split = _height_map_of(value)
             if split is None:
@@ -695,6 +694,10 @@ class ExportPanel(widgets.VBox):
         except (FormatError, OSError, TypeError, ValueError, OverflowError, MemoryError) as exc:
             self._progress.bar_style = "danger"
             self._set_status(f"Not saved: {_plain_error(exc)}", _RED, "\u2717")
+            return None
+        except Exception as exc:  # a bug: still one line in the panel, where the person is looking
+            self._progress.bar_style = "danger"
+            self._set_status(f"Not saved: unexpected {type(exc).__name__}: {exc}", _RED, "\u2717")
             return None
         finally:
             self._validate()  # re-enables Save and flags the file that now exists
@@ -903,16 +906,18 @@ class LoadPanel(widgets.VBox):
         self._name_note = widgets.HTML()
         self._bind_button = widgets.Button(description="Bind", icon="check", button_style="primary",
                                            disabled=True, layout=widgets.Layout(width="8em"))
+        self._progress = widgets.FloatProgress(value=0.0, min=0.0, max=1.0, layout=widgets.Layout(width="20em"))
         self._status = widgets.HTML()
         for child, css in ((self._path, "tmd-load-path"), (self._refresh_button, "tmd-load-refresh"),
                            (self._preview_image, "tmd-load-preview"), (self._summary, "tmd-load-summary"),
                            (self._name, "tmd-load-name"), (self._what, "tmd-load-as"),
                            (self._name_note, "tmd-load-name-note"), (self._bind_button, "tmd-load-bind"),
-                           (self._status, "tmd-load-status")):
+                           (self._progress, "tmd-load-progress"), (self._status, "tmd-load-status")):
             child.add_class(css)
         super().__init__([
             self._title,
             widgets.HBox([self._path, self._refresh_button]),
+            self._progress,
             widgets.HBox([self._preview_image, self._summary], layout=widgets.Layout(align_items="flex-start")),
             widgets.HBox([self._name, self._what]),
             self._name_note,
@@ -1027,11 +1032,19 @@ class LoadPanel(widgets.VBox):
 
     def _read(self, target: str) -> None:
         start = time.perf_counter()
+        self._progress.value, self._progress.bar_style = 0.0, ""
+        self._set_status(f"Loading {target} \u2026", None)
         try:
-            data = codec.load(target)
-        except (FormatError, OSError, TypeError, ValueError, MemoryError) as exc:
+            data = codec.load(target, progress=self._on_progress)
+        except (FormatError, OSError, TypeError, ValueError, OverflowError, MemoryError) as exc:
+            self._progress.bar_style = "danger"
             self._set_status(f"Could not load: {_plain_error(exc)}", _RED, "\u2717")
             return
+        except Exception as exc:  # a bug: still one line in the panel
+            self._progress.bar_style = "danger"
+            self._set_status(f"Could not load: unexpected {type(exc).__name__}: {exc}", _RED, "\u2717")
+            return
+        self._progress.value, self._progress.bar_style = 1.0, "success"
         elapsed = time.perf_counter() - start
         self._data, self._loaded_path = data, target
         _preview(self._preview_image, self._summary, data, os.path.basename(target), with_metadata=True)
@@ -1043,6 +1056,9 @@ class LoadPanel(widgets.VBox):
                 self._name.value = _identifier_for(target)
             finally:
                 self._setting_name = False
+
+    def _on_progress(self, done: int, total: int) -> None:
+        self._progress.value = done / total if total else 1.0
 
     def _on_name(self, change: dict[str, Any]) -> None:
         if not self._setting_name:
