@@ -543,6 +543,7 @@ def test_load_panel_previews_and_binds(ns: dict, tmp_path: Path) -> None:
     panel._bind_button.click()
     assert_identical(tmd_nb.load_from_npz(tmp_path / "my scan-1.npz"), dict(target["my_scan_1"]))
     assert "my_scan_1 now holds the height map and 10 metadata keys" in panel.status
+    assert panel._name_note.value == ""  # no warning about replacing what was just bound
 
     panel._path.value = str(tmp_path / "flat.npy")
     assert panel.name == "flat"  # a suggested name follows the file
@@ -551,6 +552,9 @@ def test_load_panel_previews_and_binds(ns: dict, tmp_path: Path) -> None:
     assert "already exists" not in panel._name_note.value
     panel._bind_button.click()
     assert_identical(ns["flat"], target["flat_map"])
+    target["flat_map"] = "something else"
+    panel._validate()
+    assert "Bind will replace it" in panel._name_note.value
     panel._bind_button.click()
     assert "replaced the previous value" in panel.status
 

@@ -215,6 +215,8 @@ def test_export_panel_in_jupyterlab(lab: Lab, tmp_path: Path) -> None:
                 value.fill("4x2")
                 expect(row.locator(".tmd-meta-check")).to_contain_text("not a whole number")
                 expect(panel.locator(".tmd-panel-save")).to_be_disabled()
+                expect(panel.locator(".tmd-panel-problems")).to_contain_text("metadata 'sample_id'")
+                _save_screenshot(page, "panel-invalid.png", tmp_path, panel)
                 value.fill("42")
                 expect(row.locator(".tmd-meta-check")).to_contain_text("\u2713")
 
@@ -240,6 +242,12 @@ def test_export_panel_in_jupyterlab(lab: Lab, tmp_path: Path) -> None:
                 expect(panel.locator(".tmd-meta-readonly .tmd-meta-value input")).to_have_value("array(240, 320) bool")
                 expect(panel.locator(".tmd-panel-path input")).to_have_value("browser_export.npz")  # typed paths stay
                 _save_screenshot(page, "panel-scan.png", tmp_path, panel)
+
+                # The load panel of the notebook was bound by a scripted cell; it rendered too.
+                loader = page.locator(".tmd-load-panel")
+                expect(loader.locator(".tmd-load-status")).to_contain_text("scan_again now holds the height map")
+                expect(loader.locator(".tmd-load-summary")).to_contain_text("operator")
+                _save_screenshot(page, "load-panel.png", tmp_path, loader)
             except Exception:
                 _save_screenshot(page, "panel-failure.png", tmp_path)
                 raise

@@ -891,6 +891,7 @@ class LoadPanel(widgets.VBox):
         self._name_edited = False
         self._setting_name = False
         self._status_text = ""
+        self._bound: Any = None  # the object Bind put into the namespace last (not "replaced" by itself)
 
         self._title = widgets.HTML("<b>Load a height map</b>")
         self._path = widgets.Combobox(description="File", placeholder="path of a .npz, .npy or .tmd file",
@@ -987,13 +988,14 @@ class LoadPanel(widgets.VBox):
         name = self._name.value.strip()
         replaced = name in self._namespace
         if self._what.value == "array":
-            self._namespace[name] = self._data["height_map"]
+            self._bound = self._data["height_map"]
             what = "the height map"
         else:
             from .display import HeightMapResult
 
-            self._namespace[name] = HeightMapResult(self._data)
+            self._bound = HeightMapResult(self._data)
             what = f"the height map and {len(self._data) - 1} metadata key{'s' if len(self._data) != 2 else ''}"
+        self._namespace[name] = self._bound
         self._set_status(f"{name} now holds {what} from {self._loaded_path}"
                          + (" (it replaced the previous value)." if replaced else "."), _GREEN, "\u2713")
         self._validate()
@@ -1080,7 +1082,7 @@ class LoadPanel(widgets.VBox):
         problem = self._problem()
         if problem is not None and self._data is not None:
             self._name_note.value = _html_line(problem, _RED, "\u2717")
-        elif problem is None and name in self._namespace:
+        elif problem is None and name in self._namespace and self._namespace[name] is not self._bound:
             self._name_note.value = _html_line(f"{name} already exists; Bind will replace it.", _ORANGE, "\u26a0")
         else:
             self._name_note.value = ""
