@@ -150,3 +150,19 @@ def test_directory_target_is_refused_without_side_effects(tmp_path):
 def test_parent_directories_are_created_for_a_valid_save(tmp_path):
     path = tmd_nb.export_to_npz({"height_map": np.zeros((2, 2))}, tmp_path / "a" / "b" / "c.npz")
     assert os.path.isfile(path)
+
+
+def test_a_long_file_name_that_fits_can_be_written(tmp_path):
+    name = "é" * 100 + "x" * 46 + ".npz"  # 250 bytes: fits, but not with a temporary suffix added
+    assert len(os.fsencode(name)) == 250
+    path = export_to_npz({"height_map": np.zeros((2, 2))}, tmp_path / name)
+    assert os.listdir(tmp_path) == [name] and load_from_npz(path)["height_map"].shape == (2, 2)
+    assert atomic.temporary_name(str(tmp_path / name)).startswith(str(tmp_path / ".éé"))
+
+
+def test_a_too_long_name_is_reported_with_the_target_path(tmp_path):
+    name = "y" * 300 + ".npz"
+    with pytest.raises(OSError) as info:
+        export_to_npz({"height_map": np.zeros((2, 2))}, tmp_path / name)
+    assert name in str(info.value) or name in str(getattr(info.value, "filename", ""))
+    assert os.listdir(tmp_path) == []

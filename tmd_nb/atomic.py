@@ -18,10 +18,22 @@ from typing import BinaryIO
 __all__ = ["atomic_write", "temporary_name"]
 
 
+_NAME_MAX = 255  # bytes in one path component on the usual file systems
+
+
 def temporary_name(target: str) -> str:
-    """The hidden temporary path used while ``target`` is being written."""
+    """The hidden temporary path used while ``target`` is being written.
+
+    Named after the target; a very long target name is shortened so that the temporary name
+    still fits where the target's own name fits.
+    """
     directory, name = os.path.split(target)
-    return os.path.join(directory, f".{name}.{secrets.token_hex(4)}.tmp")
+    suffix = f".{secrets.token_hex(4)}.tmp"
+    room = _NAME_MAX - 1 - len(suffix)
+    encoded = os.fsencode(name)
+    if len(encoded) > room:
+        name = os.fsdecode(encoded[:room])
+    return os.path.join(directory, f".{name}{suffix}")
 
 
 def _fsync_directory(directory: str) -> None:
