@@ -539,3 +539,29 @@ def surface(n: int, seed: int = 0) -> np.ndarray:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return (np.round(z / step) * step).astype(np.float32)
+
+
+def test_large_saves_write_back_while_writing(tmp_path, monkeypatch):
+    """Disk write-back starts during a large save (fdatasync from a helper), and the file is right."""
+    monkeypatch.setattr(container, "WRITE_BEHIND", 1 << 14)
+    monkeypatch.setattr(container, "DEFLATE_CHUNK", 1 << 14)
+    synced: list[int] = []
+    real = os.fdatasync
+
+    def counting(fd):
+        synced.append(fd)
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", counting)
+    a = sample("<f8", (200, 300))
+    for compress in (True, False):
+        synced.clear()
+        path = save_npz(tmp_path / f"{compress}.npz", {"a": a}, compress=compress, threads=2)
+        assert synced and same(np.load(path)["a"], a)
+    synced.clear()
+    with open(tmp_path / "a.npy", "wb") as fp:
+        write_npy(fp, a)
+    assert synced and same(np.load(tmp_path / "a.npy"), a)
+    synced.clear()
+    write_npy(io.BytesIO(), a)  # nothing to sync, nothing breaks
+    assert not synced

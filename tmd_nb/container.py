@@ -28,6 +28,7 @@ import io
 import math
 import os
 import struct
+import threading
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -68,6 +69,8 @@ INFLATE_PIECE = 1 << 21
 # lower it to exercise the Zip64 structures without writing 4 GiB.
 ZIP64_LIMIT = 0xFFFFFFFF
 ZIP64_COUNT_LIMIT = 0xFFFF
+# Large saves start writing back to disk every this many bytes, while they go on (see _WriteBehind).
+WRITE_BEHIND = 1 << 24
 # The fast default: ISA-L level 2 (see write_npz for what every level means).
 DEFAULT_LEVEL = 2
 MAX_THREADS = 8
@@ -120,6 +123,65 @@ def _threads(threads: int | None) -> int:
     except (AttributeError, OSError):  # pragma: no cover - not Linux
         n = os.cpu_count() or 1
     return max(1, min(n, MAX_THREADS))
+
+
+class _WriteBehind:
+    """Start the disk write-back of a large save while it is still being written.
+
+    The caller fsyncs at the end for durability (tmd_nb saves through ``atomic_write``); by then
+    most of the data is already on disk, because a helper thread has been calling ``fdatasync``
+    every :data:`WRITE_BEHIND` bytes, overlapping the disk with the compression. Files without a
+    descriptor, and small saves, are left alone. Errors here are ignored: the final fsync is the
+    one that reports them.
+    """
+
+    def __init__(self, fp: BinaryIO, total: int) -> None:
+        self.fp = fp
+        self.pending = 0
+        self.thread: threading.Thread | None = None
+        self.fd = -1
+        if total < 2 * WRITE_BEHIND:
+            return
+        try:
+            self.fd = fp.fileno()
+        except (AttributeError, OSError, ValueError):
+            return
+        self.wake = threading.Event()
+        self.stop = False
+        self.requested = False
+        self.thread = threading.Thread(target=self._run, name="tmd_nb-write-behind", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        sync = getattr(os, "fdatasync", os.fsync)
+        while True:
+            self.wake.wait()
+            self.wake.clear()
+            if self.requested:
+                self.requested = False
+                try:
+                    sync(self.fd)
+                except OSError:
+                    return
+            if self.stop:
+                return
+
+    def wrote(self, n: int) -> None:
+        if self.thread is None:
+            return
+        self.pending += n
+        if self.pending >= WRITE_BEHIND:
+            self.pending = 0
+            self.fp.flush()
+            self.requested = True
+            self.wake.set()
+
+    def close(self) -> None:
+        if self.thread is not None:
+            self.stop = True
+            self.wake.set()
+            self.thread.join()
+            self.thread = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -211,11 +273,16 @@ def write_npy(fp: BinaryIO, array: np.ndarray, progress: Progress | None = None)
     fp.write(_header_bytes(array, "array"))
     total = array.nbytes
     done = 0
-    for piece in _data_pieces(array, CHUNK):
-        fp.write(piece)
-        done += len(piece)
-        if progress is not None:
-            progress(done, total)
+    behind = _WriteBehind(fp, total)
+    try:
+        for piece in _data_pieces(array, CHUNK):
+            fp.write(piece)
+            behind.wrote(len(piece))
+            done += len(piece)
+            if progress is not None:
+                progress(done, total)
+    finally:
+        behind.close()
     if progress is not None and total == 0:
         progress(0, 0)
 
@@ -389,13 +456,15 @@ def write_npz(fp: BinaryIO, members: Mapping[str, np.ndarray], *, compress: bool
     workers = _threads(threads) if compress else 1
     entries: list[_Entry] = []
     pool: ThreadPoolExecutor | None = None
+    behind = _WriteBehind(fp, total)
     try:
         for name, array, header in items:
-            if compress and workers > 1 and pool is None and array.nbytes > DEFLATE_CHUNK:
+            if codec is not None and workers > 1 and pool is None and array.nbytes > DEFLATE_CHUNK:
                 pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tmd_nb-deflate")
-            entries.append(_write_member(fp, name, header, array, codec, pool, workers, reporter))
+            entries.append(_write_member(fp, name, header, array, codec, pool, workers, reporter, behind))
         _write_central_directory(fp, entries)
     finally:
+        behind.close()
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
     reporter.finish()
@@ -416,7 +485,7 @@ class _Reporter:
 
 
 def _write_member(fp: BinaryIO, name: str, header: bytes, array: np.ndarray, codec: _Codec | None,
-                  pool: ThreadPoolExecutor | None, workers: int, reporter: _Reporter) -> _Entry:
+                  pool: ThreadPoolExecutor | None, workers: int, reporter: _Reporter, behind: _WriteBehind) -> _Entry:
     try:
         raw_name = (name + ".npy").encode("ascii")
         flags = 0
@@ -443,9 +512,10 @@ def _write_member(fp: BinaryIO, name: str, header: bytes, array: np.ndarray, cod
         for piece in _data_pieces(array, CHUNK):
             crc = _crc32(piece, crc)
             fp.write(piece)
+            behind.wrote(len(piece))
             reporter.add(len(piece))
     else:
-        crc = _deflate_member(fp, header, array, codec, pool, workers, reporter)
+        crc = _deflate_member(fp, header, array, codec, pool, workers, reporter, behind)
     end = fp.tell()
     entry.crc, entry.csize = crc, end - data_start
     if not zip64 and entry.csize >= ZIP64_LIMIT:  # pragma: no cover - deflate never grows data by 1/8
@@ -463,7 +533,7 @@ def _write_member(fp: BinaryIO, name: str, header: bytes, array: np.ndarray, cod
 
 
 def _deflate_member(fp: BinaryIO, header: bytes, array: np.ndarray, codec: _Codec, pool: ThreadPoolExecutor | None,
-                    workers: int, reporter: _Reporter) -> int:
+                    workers: int, reporter: _Reporter, behind: _WriteBehind) -> int:
     """Deflate header + array bytes into ``fp`` as one stream; return the CRC-32 of the input."""
     crc = 0
     in_flight: collections.deque[tuple[Future[bytes], int]] = collections.deque()
@@ -474,17 +544,23 @@ def _deflate_member(fp: BinaryIO, header: bytes, array: np.ndarray, codec: _Code
         zdict = _tail(previous, _WINDOW) if codec.prime and previous else None
         previous = pieces
         if pool is None:
-            fp.write(codec.compress(pieces, zdict, final))
+            out = codec.compress(pieces, zdict, final)
+            fp.write(out)
+            behind.wrote(len(out))
             reporter.add(data_bytes)
             continue
         in_flight.append((pool.submit(codec.compress, pieces, zdict, final), data_bytes))
         while len(in_flight) > workers:
             future, n = in_flight.popleft()
-            fp.write(future.result())
+            out = future.result()
+            fp.write(out)
+            behind.wrote(len(out))
             reporter.add(n)
     while in_flight:
         future, n = in_flight.popleft()
-        fp.write(future.result())
+        out = future.result()
+        fp.write(out)
+        behind.wrote(len(out))
         reporter.add(n)
     return crc
 
