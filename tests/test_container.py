@@ -565,3 +565,13 @@ def test_large_saves_write_back_while_writing(tmp_path, monkeypatch):
     synced.clear()
     write_npy(io.BytesIO(), a)  # nothing to sync, nothing breaks
     assert not synced
+
+
+def test_a_fifo_is_refused_without_blocking(tmp_path):
+    require(hasattr(os, "mkfifo"), "no FIFOs on this platform")
+    fifo = tmp_path / "pipe.npz"
+    os.mkfifo(fifo)
+    with pytest.raises(FormatError, match="not a regular file"):
+        read_npz(fifo)
+    with pytest.raises(FormatError, match="not a regular file"):
+        read_npy(fifo)

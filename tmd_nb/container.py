@@ -27,6 +27,7 @@ import collections
 import io
 import math
 import os
+import stat
 import struct
 import threading
 import time
@@ -107,6 +108,17 @@ if _isal_zlib is not None:
 
 def _describe(path: str | os.PathLike[str]) -> str:
     return repr(os.fspath(path))
+
+
+def _open(path: str | os.PathLike[str], where: str) -> BinaryIO:
+    """Open for unbuffered reading; refuse a FIFO or socket, whose open or read could block forever."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        mode = 0  # let open() raise the proper OSError
+    if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+        raise FormatError(f"{where} is not a regular file (a pipe or socket)")
+    return open(path, "rb", buffering=0)  # type: ignore[return-value]
 
 
 def _crc32(data: Any, crc: int = 0) -> int:
@@ -294,7 +306,7 @@ def read_npy(path: str | os.PathLike[str], *, mmap: bool = False, progress: Prog
     ``progress(done_bytes, total_bytes)``.
     """
     where = _describe(path)
-    with open(path, "rb", buffering=0) as fp:
+    with _open(path, where) as fp:
         size = os.fstat(fp.fileno()).st_size
         dtype, shape, fortran, offset = _parse_header(fp, where)  # type: ignore[arg-type]
         expected = offset + _nbytes(dtype, shape)
@@ -863,7 +875,7 @@ def read_npz(path: str | os.PathLike[str], *, progress: Progress | None = None) 
     ``progress(done_bytes, total_bytes)`` counts uncompressed member bytes.
     """
     where = _describe(path)
-    with open(path, "rb", buffering=0) as f:
+    with _open(path, where) as f:
         size = os.fstat(f.fileno()).st_size
         try:
             members, cd_offset = _central_directory(f, size, where)  # type: ignore[arg-type]
