@@ -575,3 +575,75 @@ def test_a_fifo_is_refused_without_blocking(tmp_path):
         read_npz(fifo)
     with pytest.raises(FormatError, match="not a regular file"):
         read_npy(fifo)
+
+
+def index_of(data: bytes) -> tuple[int, list[int]]:
+    """Position and values of tmd_nb's chunk index extra field (first member); ValueError if none."""
+    extra = zipfile.ZipFile(io.BytesIO(data)).infolist()[0].extra
+    pos = 0
+    while pos + 4 <= len(extra):
+        tag, size = struct.unpack_from("<HH", extra, pos)
+        if tag == container._INDEX_EXTRA:
+            at = data.rindex(extra) + pos + 4
+            return at, list(struct.unpack_from(f"<{size // 8}Q", data, at))
+        pos += 4 + size
+    raise ValueError("no chunk index")
+
+
+def test_chunk_index_lets_members_inflate_in_parallel(tmp_path, monkeypatch):
+    require(container._isal_zlib is not None, "isal (ISA-L) is not installed")
+    monkeypatch.setattr(container, "DEFLATE_CHUNK", 1 << 13)
+    monkeypatch.setattr(container, "INFLATE_PIECE", 1 << 12)
+    a = surface(150)
+    path = save_npz(tmp_path / "p.npz", {"a": a, "b": np.arange(10)}, threads=2)
+    _, values = index_of(path.read_bytes())
+    pairs = list(zip(values[::2], values[1::2]))
+    # every chunk boundary: the header travels with the first chunk of array data
+    assert [u for _, u in pairs] == [128 + (i + 1) * (1 << 13) for i in range(-(-a.nbytes // (1 << 13)) - 1)]
+    assert pairs == sorted(pairs)
+    calls: list[tuple[int, int]] = []
+    for threads in (1, 2, 3):
+        got = read_npz(path, threads=threads, progress=lambda d, t: calls.append((d, t)))
+        assert same(got["a"], a) and same(got["b"], np.arange(10))
+        check_progress(calls, sum(i.file_size for i in zipfile.ZipFile(path).infolist()))
+        calls.clear()
+    # any subset of restart points still works: long members keep at most MAX_INDEX of them
+    monkeypatch.setattr(container, "MAX_INDEX", 3)
+    path = save_npz(tmp_path / "q.npz", {"a": a}, threads=2)
+    assert 1 <= len(index_of(path.read_bytes())[1]) // 2 <= 3
+    assert same(read_npz(path, threads=2)["a"], a)
+    # zlib levels prime each chunk with the previous one's tail: no restart points, no index
+    path = save_npz(tmp_path / "z.npz", {"a": a}, level=6, threads=2)
+    with pytest.raises(ValueError):
+        index_of(path.read_bytes())
+
+
+def test_lying_chunk_index_is_refused(tmp_path, monkeypatch):
+    require(container._isal_zlib is not None, "isal (ISA-L) is not installed")
+    monkeypatch.setattr(container, "DEFLATE_CHUNK", 1 << 13)
+    a = surface(120)
+    good = save_npz(tmp_path / "g.npz", {"a": a}, threads=2).read_bytes()
+    pos, values = index_of(good)
+    assert len(values) >= 6
+
+    def patched(new: list[int]) -> bytes:
+        return good[:pos] + struct.pack(f"<{len(new)}Q", *new) + good[pos + 8 * len(new):]
+
+    lies = {
+        "compressed offset off by one": [values[0] + 1, *values[1:]],
+        "compressed offset inside a chunk": [values[0] // 2, *values[1:]],
+        "uncompressed offset shifted": [values[0], values[1] + 4, *values[2:]],
+        "uncompressed offset short": [values[0], values[1] - 4, *values[2:]],
+        "not increasing": [values[2], values[3], values[0], values[1], *values[4:]],
+        "past the end": [*values[:-2], 10**9, values[-1]],
+        "header split": [values[0], 5, *values[2:]],
+    }
+    for what, new in lies.items():
+        path = tmp_path / "lie.npz"
+        path.write_bytes(patched(new))
+        with pytest.raises(FormatError, match="index|corrupt") as info:
+            read_npz(path, threads=2)
+        assert "'a.npy'" in str(info.value), what
+        # other readers do not use the index: the stream itself is intact
+        assert same(np.load(path)["a"], a), what
+        assert same(read_npz(path, threads=1)["a"], a), what

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import collections
 import io
+import itertools
 import math
 import os
 import stat
@@ -96,6 +97,11 @@ _DEFLATED = 8
 _METHOD_NAMES = {1: "shrink", 6: "implode", 9: "deflate64", 12: "bzip2", 14: "lzma", 93: "zstandard",
                  95: "xz", 98: "ppmd", 99: "AES encryption"}
 _ZIP64_EXTRA = 0x0001
+# tmd_nb's own extra field (central directory only; other readers skip it): where the deflate
+# stream of a member restarts from scratch (after a sync flush, no reference to earlier data),
+# as pairs of (compressed, uncompressed) offsets, so that the pieces can be inflated in parallel.
+_INDEX_EXTRA = 0x746E
+MAX_INDEX = 256
 _WINDOW = 1 << 15
 
 # Everything a hostile or damaged archive can make the parsing and inflating code raise.
@@ -423,12 +429,13 @@ def _dos_time() -> tuple[int, int]:
 
 
 class _Entry:
-    __slots__ = ("name", "flags", "method", "crc", "csize", "usize", "offset", "zip64")
+    __slots__ = ("name", "flags", "method", "crc", "csize", "usize", "offset", "zip64", "index")
 
     def __init__(self, name: bytes, flags: int, method: int, usize: int, offset: int, zip64: bool) -> None:
         self.name, self.flags, self.method, self.usize, self.offset, self.zip64 = name, flags, method, usize, offset, zip64
         self.crc = 0
         self.csize = 0
+        self.index: list[tuple[int, int]] = []
 
 
 def write_npz(fp: BinaryIO, members: Mapping[str, np.ndarray], *, compress: bool = True, level: int | None = None,
@@ -527,7 +534,7 @@ def _write_member(fp: BinaryIO, name: str, header: bytes, array: np.ndarray, cod
             behind.wrote(len(piece))
             reporter.add(len(piece))
     else:
-        crc = _deflate_member(fp, header, array, codec, pool, workers, reporter, behind)
+        crc = _deflate_member(fp, header, array, codec, pool, workers, reporter, behind, entry.index)
     end = fp.tell()
     entry.crc, entry.csize = crc, end - data_start
     if not zip64 and entry.csize >= ZIP64_LIMIT:  # pragma: no cover - deflate never grows data by 1/8
@@ -545,9 +552,17 @@ def _write_member(fp: BinaryIO, name: str, header: bytes, array: np.ndarray, cod
 
 
 def _deflate_member(fp: BinaryIO, header: bytes, array: np.ndarray, codec: _Codec, pool: ThreadPoolExecutor | None,
-                    workers: int, reporter: _Reporter, behind: _WriteBehind) -> int:
-    """Deflate header + array bytes into ``fp`` as one stream; return the CRC-32 of the input."""
+                    workers: int, reporter: _Reporter, behind: _WriteBehind, index: list[tuple[int, int]]) -> int:
+    """Deflate header + array bytes into ``fp`` as one stream; return the CRC-32 of the input.
+
+    Unless chunks are primed with their predecessor's tail, every chunk boundary is a point where
+    the stream restarts from scratch: they are appended to ``index`` as (compressed, uncompressed)
+    offsets from the start of the member.
+    """
     crc = 0
+    start = fp.tell()
+    done_in = 0
+    written: list[int] = []
     in_flight: collections.deque[tuple[Future[bytes], int]] = collections.deque()
     previous: list[memoryview] | None = None
     for pieces, data_bytes, final in _jobs(header, array):
@@ -555,11 +570,15 @@ def _deflate_member(fp: BinaryIO, header: bytes, array: np.ndarray, codec: _Code
             crc = _crc32(p, crc)
         zdict = _tail(previous, _WINDOW) if codec.prime and previous else None
         previous = pieces
+        if done_in and not codec.prime:  # where this chunk starts: the previous one ended flushed
+            index.append((-1, done_in))  # compressed offset filled in once it is written
+        done_in += sum(len(p) for p in pieces)
         if pool is None:
             out = codec.compress(pieces, zdict, final)
             fp.write(out)
             behind.wrote(len(out))
             reporter.add(data_bytes)
+            written.append(len(out))
             continue
         in_flight.append((pool.submit(codec.compress, pieces, zdict, final), data_bytes))
         while len(in_flight) > workers:
@@ -568,12 +587,21 @@ def _deflate_member(fp: BinaryIO, header: bytes, array: np.ndarray, codec: _Code
             fp.write(out)
             behind.wrote(len(out))
             reporter.add(n)
+            written.append(len(out))
     while in_flight:
         future, n = in_flight.popleft()
         out = future.result()
         fp.write(out)
         behind.wrote(len(out))
         reporter.add(n)
+        written.append(len(out))
+    if index:
+        ends = list(itertools.accumulate(written))
+        assert fp.tell() - start == ends[-1] and len(index) == len(ends) - 1
+        index[:] = [(ends[i], u) for i, (_, u) in enumerate(index)]
+        if len(index) > MAX_INDEX:  # any subset of restart points is still valid
+            step = math.ceil(len(index) / MAX_INDEX)
+            index[:] = index[step - 1::step]
     return crc
 
 
@@ -594,6 +622,9 @@ def _write_central_directory(fp: BinaryIO, entries: list[_Entry]) -> None:
             fields.append(offset)
             offset = 0xFFFFFFFF
         extra = struct.pack(f"<HH{len(fields)}Q", _ZIP64_EXTRA, 8 * len(fields), *fields) if fields else b""
+        if e.index:
+            flat = [x for pair in e.index for x in pair]
+            extra += struct.pack(f"<HH{len(flat)}Q", _INDEX_EXTRA, 8 * len(flat), *flat)
         version = 45 if fields else 20
         out.append(_CENTRAL.pack(_SIG_CENTRAL, (3 << 8) | version, version, e.flags, e.method, mtime, mdate, e.crc,
                                  csize, usize, len(e.name), len(extra), 0, 0, 0, 0o100644 << 16, offset))
@@ -617,13 +648,29 @@ def _write_central_directory(fp: BinaryIO, entries: list[_Entry]) -> None:
 # --------------------------------------------------------------------------------------------
 
 class _Member:
-    __slots__ = ("name", "key", "flags", "method", "crc", "csize", "usize", "offset", "start")
+    __slots__ = ("name", "key", "flags", "method", "crc", "csize", "usize", "offset", "start", "index")
 
     def __init__(self, name: str, flags: int, method: int, crc: int, csize: int, usize: int, offset: int) -> None:
         self.name, self.flags, self.method, self.crc = name, flags, method, crc
         self.csize, self.usize, self.offset = csize, usize, offset
         self.key = name[:-4]
         self.start = -1
+        self.index: list[tuple[int, int]] = []
+
+
+def _index_values(extra: bytes, where: str) -> list[tuple[int, int]]:
+    """tmd_nb's chunk index from a central directory extra field (empty if there is none)."""
+    pos = 0
+    while pos + 4 <= len(extra):
+        tag, size = struct.unpack_from("<HH", extra, pos)
+        if tag == _INDEX_EXTRA:
+            body = extra[pos + 4:pos + 4 + size]
+            if size % 16 or len(body) != size:
+                raise FormatError(f"{where} has a malformed tmd_nb chunk index")
+            flat = struct.unpack(f"<{size // 8}Q", body)
+            return list(zip(flat[::2], flat[1::2]))
+        pos += 4 + size
+    return []
 
 
 def _zip64_values(extra: bytes, wanted: list[bool], where: str) -> list[int]:
@@ -721,6 +768,7 @@ def _central_directory(f: BinaryIO, size: int, where: str) -> tuple[list[_Member
         if disk_start not in (0, 0xFFFF):
             raise FormatError(f"{member} lies on another disk of a multi-disk archive")
         members.append(_Member(name, flags, method, crc, csize, usize, offset))
+        members[-1].index = _index_values(extra, member)
     if pos != len(cd):
         raise FormatError(f"{where} has {len(cd) - pos} stray bytes in its central directory")
     return members, cd_offset
@@ -868,13 +916,17 @@ class _MemberStream:
                               f"{self.m.crc:#010x}")
 
 
-def read_npz(path: str | os.PathLike[str], *, progress: Progress | None = None) -> dict[str, np.ndarray]:
+def read_npz(path: str | os.PathLike[str], *, progress: Progress | None = None,
+             threads: int | None = None) -> dict[str, np.ndarray]:
     """Read every ``.npy`` member of a zip archive, in archive order, keyed by name without ``.npy``.
 
     Deflated members are inflated (ISA-L where installed) straight into the preallocated arrays;
-    ``progress(done_bytes, total_bytes)`` counts uncompressed member bytes.
+    the members tmd_nb wrote carry an index of restart points in their deflate stream, and are
+    inflated on ``threads`` threads (default: every available core). ``progress(done_bytes,
+    total_bytes)`` counts uncompressed member bytes.
     """
     where = _describe(path)
+    workers = _threads(threads)
     with _open(path, where) as f:
         size = os.fstat(f.fileno()).st_size
         try:
@@ -912,7 +964,7 @@ def read_npz(path: str | os.PathLike[str], *, progress: Progress | None = None) 
         for m in members:
             member = f"{where} member {m.name!r}"
             try:
-                out[m.key] = _read_member(f, m, member, advance)  # type: ignore[arg-type]
+                out[m.key] = _read_member(f, m, member, advance, workers)  # type: ignore[arg-type]
             except FormatError:
                 raise
             except _DECODE_ERRORS as exc:
@@ -922,7 +974,7 @@ def read_npz(path: str | os.PathLike[str], *, progress: Progress | None = None) 
         return out
 
 
-def _read_member(f: BinaryIO, m: _Member, where: str, advance: Callable[[int], None]) -> np.ndarray:
+def _read_member(f: BinaryIO, m: _Member, where: str, advance: Callable[[int], None], threads: int) -> np.ndarray:
     stream = _MemberStream(f, m, where)
     prefix_len = min(m.usize, 12)
     head = stream.read(prefix_len)
@@ -945,6 +997,98 @@ def _read_member(f: BinaryIO, m: _Member, where: str, advance: Callable[[int], N
         raise FormatError(f"{where} has a malformed NPY header")
     advance(len(head))
     array = _empty(dtype, shape, fortran, where)
-    stream.readinto(_bytes_of(array), advance)
-    stream.finish()
+    buf = _bytes_of(array)
+    if m.index and m.method == _DEFLATED and threads > 1 and _isal_zlib is not None:
+        _inflate_parallel(f, m, head, buf, where, advance, threads)
+    else:
+        stream.readinto(buf, advance)
+        stream.finish()
     return array
+
+
+_SYNC_MARK = b"\x00\x00\xff\xff"  # the empty stored block a sync flush ends with
+_PROBE = b"\x03\x00"  # an empty final block: ends the stream only if it comes where a block may start
+
+
+def _inflate_parallel(f: BinaryIO, m: _Member, head: bytes, buf: memoryview, where: str,
+                      advance: Callable[[int], None], threads: int) -> None:
+    """Inflate the pieces between the restart points of tmd_nb's chunk index on several threads.
+
+    Each piece is inflated from scratch; one that refers to data before its start fails to
+    inflate. A piece must end with a sync-flush mark, and an empty final block appended to it must
+    end the stream exactly: then a sequential inflater is at the same block boundary there, so the
+    result is exactly what any other reader of the archive gets (and the CRC is checked too).
+    """
+    hlen = len(head)
+    bounds = [(0, 0), *m.index, (m.csize, m.usize)]
+    bad = f"{where} has a malformed tmd_nb chunk index"
+    for (c0, u0), (c1, u1) in zip(bounds, bounds[1:]):
+        if not (c0 < c1 and u0 < u1) or u1 - u0 > (c1 - c0) * MAX_DEFLATE_RATIO + 1024:
+            raise FormatError(bad)
+    if bounds[1][1] < hlen:
+        raise FormatError(bad)
+    fd = f.fileno()
+
+    def piece(i: int) -> tuple[int, int]:
+        (c0, u0), (c1, u1) = bounds[i], bounds[i + 1]
+        last = i == len(bounds) - 2
+        if not last and os.pread(fd, 4, m.start + c1 - 4) != _SYNC_MARK:
+            raise FormatError(f"{bad}: no flush point at compressed offset {c1}")
+        d = _isal_zlib.decompressobj(-15)
+        cpos, pos, crc, tail = c0, u0, 0, b""
+        while True:
+            if not tail and cpos < c1:
+                n = min(INFLATE_PIECE, c1 - cpos)
+                tail = os.pread(fd, n, m.start + cpos)
+                if len(tail) != n:
+                    raise FormatError(f"{where} is truncated: its compressed data is cut off")
+                cpos += n
+                if cpos == c1 and not last:
+                    tail += _PROBE
+            out = d.decompress(tail, INFLATE_PIECE)
+            tail = d.unconsumed_tail
+            if out:
+                end = pos + len(out)
+                if end > u1:
+                    raise FormatError(f"{bad}: a piece inflates to more than it says")
+                if pos < hlen:
+                    k = min(hlen - pos, len(out))
+                    if out[:k] != head[pos:pos + k]:
+                        raise FormatError(f"{bad}: it disagrees with the stream")
+                    buf[0:len(out) - k] = out[k:]
+                else:
+                    buf[pos - hlen:end - hlen] = out
+                crc = _isal_zlib.crc32(out, crc)
+                pos = end
+            elif d.eof or cpos >= c1:
+                break
+            if d.eof:
+                break
+        if pos != u1 or not d.eof or d.unused_data or tail or cpos != c1:
+            raise FormatError(f"{bad}: a piece does not inflate to exactly its {u1 - u0} bytes")
+        return crc, u1 - u0
+
+    crc: int | None = None
+    reported = hlen  # the header was reported already
+
+    def collect(future: Future[tuple[int, int]]) -> None:
+        nonlocal crc, reported
+        part_crc, n = future.result()
+        crc = part_crc if crc is None else _isal_zlib.crc32_combine(crc, part_crc, n)
+        advance(n - reported)
+        reported = 0
+
+    pending: collections.deque[Future[tuple[int, int]]] = collections.deque()
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tmd_nb-inflate") as pool:
+        try:
+            for i in range(len(bounds) - 1):
+                pending.append(pool.submit(piece, i))
+                if len(pending) > threads:
+                    collect(pending.popleft())
+            while pending:
+                collect(pending.popleft())
+        finally:
+            for future in pending:
+                future.cancel()
+    if crc != m.crc:
+        raise FormatError(f"{where} is corrupt: CRC-32 {crc:#010x} does not match the stored {m.crc:#010x}")
