@@ -7,7 +7,9 @@ Speed
     made), deflates them with Intel ISA-L (``isal``) where it is installed and plain ``zlib``
     otherwise, on every core for large members (chunks are compressed in parallel and joined into
     one valid deflate stream), and writes the zip structures itself (Zip64 where needed). The
-    readers inflate (ISA-L where installed) or read straight into the preallocated result.
+    readers inflate (ISA-L where installed) or read straight into the preallocated result; the
+    members tmd_nb writes also carry an index of the points where their deflate stream restarts
+    (an extra field other zip readers skip), so they are inflated on every core too.
     Whatever the writer produces is an ordinary NPZ that plain ``numpy.load`` opens.
 
 Safety
@@ -998,7 +1000,7 @@ def _read_member(f: BinaryIO, m: _Member, where: str, advance: Callable[[int], N
     advance(len(head))
     array = _empty(dtype, shape, fortran, where)
     buf = _bytes_of(array)
-    if m.index and m.method == _DEFLATED and threads > 1 and _isal_zlib is not None:
+    if m.index and m.method == _DEFLATED and threads > 1 and _isal_zlib is not None and hasattr(os, "pread"):
         _inflate_parallel(f, m, head, buf, where, advance, threads)
     else:
         stream.readinto(buf, advance)
