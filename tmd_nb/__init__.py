@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .codec import export_to_npy, export_to_npz, load, load_from_npy, load_from_npz
+from .codec import export_to_npy, export_to_npz, height_map_of, load, load_from_npy, load_from_npz, save
 from .errors import FormatError, MetadataNotStoredWarning
 
 __version__ = "0.1.0"
@@ -20,10 +20,12 @@ __all__ = [
     "export_to_npy",
     "export_to_npz",
     "export_to_tmd",
+    "height_map_of",
     "load",
     "load_from_npy",
     "load_from_npz",
     "load_tmd",
+    "save",
 ]
 
 

@@ -49,9 +49,11 @@ __all__ = [
     "FORMAT_VERSION",
     "export_to_npy",
     "export_to_npz",
+    "height_map_of",
     "load",
     "load_from_npy",
     "load_from_npz",
+    "save",
 ]
 
 FORMAT_VERSION = 1
@@ -62,6 +64,9 @@ _RESERVED = {HEIGHT_MAP, METADATA, VERSION_MEMBER}
 _HEIGHT_KINDS = frozenset("biufc")
 
 PathLike = str | os.PathLike[str]
+
+#: File extension -> format name, as :func:`save` reads it from a path.
+EXTENSIONS = {".npz": "npz", ".npy": "npy", ".tmd": "tmd"}
 
 
 def split_height_map(data: Any, what: str = "data") -> tuple[np.ndarray, dict[str, Any]]:
@@ -90,6 +95,26 @@ def split_height_map(data: Any, what: str = "data") -> tuple[np.ndarray, dict[st
     if array.dtype.kind not in _HEIGHT_KINDS or array.dtype.fields is not None:
         raise TypeError(f"{what} has dtype {array.dtype}; a height map must be bool, integer, float or complex")
     return array, meta
+
+
+def height_map_of(value: Any) -> np.ndarray | None:
+    """The array :func:`split_height_map` would accept in ``value`` (itself or its "height_map"), else None.
+
+    For listing what can be saved (completion, the panel's picker): it never raises, whatever
+    the user's object does, and never reads the array's values.
+    """
+    try:
+        if isinstance(value, Mapping):
+            if HEIGHT_MAP not in value:
+                return None
+            value = value[HEIGHT_MAP]
+        if not isinstance(value, np.ndarray) or isinstance(value, np.ma.MaskedArray):
+            return None
+        if value.ndim != 2 or value.dtype.kind not in _HEIGHT_KINDS or value.dtype.fields is not None:
+            return None
+        return np.asarray(value)
+    except Exception:  # noqa: BLE001 - a user mapping's __contains__/__getitem__ may do anything
+        return None
 
 
 def export_to_npy(data: np.ndarray | Mapping[str, Any], output_path: PathLike, *,
@@ -210,3 +235,31 @@ def load(path: PathLike, *, progress: Progress | None = None) -> dict[str, Any]:
     if tmd.looks_like_tmd(head):
         return tmd.load_tmd(path, progress=progress)
     raise FormatError(f"{os.fspath(path)!r} is not an NPY, NPZ or TMD file (it starts with {head[:16]!r})")
+
+
+def save(data: np.ndarray | Mapping[str, Any], path: PathLike, *, format: str | None = None,
+         compress: bool = True, level: int | None = None, progress: Progress | None = None) -> str:
+    """Save ``data`` as NPZ, NPY or TMD: the counterpart of :func:`load`.
+
+    ``format`` is ``"npz"``, ``"npy"`` or ``"tmd"``; ``None`` takes it from the extension of
+    ``path`` (``ValueError`` for any other, before anything is written). ``compress`` and
+    ``level`` apply to NPZ only. NPY and TMD hold less than a dict may carry: their writers warn
+    with :class:`~tmd_nb.errors.MetadataNotStoredWarning`. Returns the absolute path written.
+    """
+    if format is None:
+        ext = os.path.splitext(os.fspath(path))[1].lower()
+        if ext not in EXTENSIONS:
+            raise ValueError(f"cannot tell the format of {os.fspath(path)!r} from its extension "
+                             f"{ext or '(none)'}: use .npz, .npy or .tmd, or pass format=")
+        format = EXTENSIONS[ext]
+    if format == "npz":
+        return export_to_npz(data, path, compress=compress, level=level, progress=progress)
+    if format not in ("npy", "tmd"):
+        raise ValueError(f"unknown format {format!r}; choose 'npz', 'npy' or 'tmd'")
+    if not compress or level is not None:
+        raise ValueError(f"compress and level apply to NPZ only, not {format.upper()}")
+    if format == "npy":
+        return export_to_npy(data, path, progress=progress)
+    from . import tmd  # imported here: tmd.py builds on this module
+
+    return tmd.export_to_tmd(data, path, progress=progress)
