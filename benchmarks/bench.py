@@ -299,11 +299,11 @@ def targets(rows: list[Row], big: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small arrays, one repeat: a smoke run")
-    parser.add_argument("--repeats", type=int, default=None, help="repeats per measurement (default 3, quick 1)")
+    parser.add_argument("--repeats", type=int, default=None, help="repeats per measurement (default 5, quick 1)")
     parser.add_argument("--levels", default="6", help="extra compression levels to time (comma-separated)")
     parser.add_argument("--dir", default=None, help="where to write the files (default: a temporary directory)")
     args = parser.parse_args(argv)
-    repeats = args.repeats or (1 if args.quick else 3)
+    repeats = args.repeats or (1 if args.quick else 5)
     levels = [int(x) for x in args.levels.split(",") if x.strip()]
     started = time.perf_counter()
     print(machine(), flush=True)
