@@ -370,8 +370,9 @@ class _Codec:
         if type(level) is not int or not 0 <= level <= 9:
             raise ValueError(f"compression level must be an int from 0 to 9 or None, not {level!r}")
         self.level = level
+        # Level 0 means "stored" (write_npz never deflates with it): ISA-L's own level 0 uses
+        # static Huffman codes only, and grows float data by 3-20%.
         if level <= 3 and _isal_zlib is not None:
-            # ISA-L's own level 0 (static Huffman codes) grows float data by 3-20%: level 0 stores.
             self.module: Any = _isal_zlib
             self.lib_level = level
             self.prime = False
