@@ -135,7 +135,9 @@ def test_empty_namespace_says_what_to_do() -> None:
     assert panel.save() is None and "no height map" in panel.status
 
 
-def test_without_ipython_a_namespace_is_required() -> None:
+def test_without_ipython_a_namespace_is_required(monkeypatch: pytest.MonkeyPatch) -> None:
+    # no running shell, even when another test module left IPython's singleton behind
+    monkeypatch.setattr("IPython.get_ipython", lambda: None)
     with pytest.raises(RuntimeError, match=r"namespace=globals\(\)"):
         ExportPanel()
     with pytest.raises(RuntimeError, match="LoadPanel"):
@@ -422,7 +424,7 @@ def test_errors_become_one_plain_sentence(ns: dict, tmp_path: Path) -> None:
     panel.path = tmp_path / "a_file" / "sub" / "inside.npz"  # a file where a folder should be
     assert panel._save_button.disabled
     assert f"{tmp_path / 'a_file'} is a file, not a folder" in panel._problems.value
-    panel.path = tmp_path / ("x" * 250 + ".npz")  # fine to type, but too long once saving starts
+    panel.path = tmp_path / ("x" * 300 + ".npz")  # fine to type, but too long once saving starts
     assert not panel._save_button.disabled
     assert panel.save() is None
     assert panel.status.startswith("Not saved: File name too long: ") and "Traceback" not in panel.status
