@@ -19,7 +19,7 @@ from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
 from traitlets.config import Config
 
-from tmd_nb import codec, export_to_npz, load, magics
+from tmd_nb import arguments, codec, completion, export_to_npz, load, magics
 from tmd_nb.display import HeightMapResult
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -437,6 +437,7 @@ def test_completion_offers_directories_and_height_map_files_for_path(ip, tmp_pat
     assert completions(ip, "%tmd_load my") == ['%tmd_load "my scan.npz"']
     assert completions(ip, '%tmd_load "my') == ['%tmd_load "my scan.npz"']
     assert completions(ip, "%tmd_load 'my") == ["%tmd_load 'my scan.npz'"]
+    assert completions(ip, "%tmd_load my\\ s") == ['%tmd_load "my scan.npz"']  # escaped as %tmd_load reads it
     assert completions(ip, "scan = %tmd_load a") == ["scan = %tmd_load a.npz"]
     assert completions(ip, "%tmd_load -n x c") == ["%tmd_load -n x c.tmd"]
     monkeypatch.setenv("HOME", str(tmp_path))
@@ -454,7 +455,7 @@ def test_completer_is_removed_on_unload(ip, tmp_path) -> None:
     assert completions(ip, "%tmd_load on") == ["%tmd_load only.npz"]
     ip.run_line_magic("unload_ext", "tmd_nb")
     ids = [getattr(m, "matcher_identifier", None) for m in ip.Completer.custom_matchers]
-    assert magics.MATCHER_ID not in ids
+    assert completion.MATCHER_ID not in ids
     # IPython's own file completer may still answer, but not with our quoting/filtering
     assert '%tmd_load "my' not in completions(ip, "%tmd_load on")
 
@@ -473,7 +474,7 @@ def test_load_unload_reload_extension(ip, capsys) -> None:
     ip.run_line_magic("reload_ext", "tmd_nb")
     assert {"tmd_export", "tmd_load", "tmd_panel"} <= set(line)
     ids = [getattr(m, "matcher_identifier", None) for m in ip.Completer.custom_matchers]
-    assert ids.count(magics.MATCHER_ID) == 1
+    assert ids.count(completion.MATCHER_ID) == 1
     ip.user_ns["z"] = np.zeros((2, 2))
     _, out, _ = run(ip, capsys, "%tmd_export z after_reload.npz")
     saved_line(out)
@@ -539,17 +540,26 @@ def test_panel_magic_shows_the_export_and_load_panels_on_the_user_namespace(ip, 
 # --------------------------------------------------------------------------- plain functions
 
 def test_split_line_is_shell_like_outside_brackets_and_python_inside() -> None:
-    assert magics.split_line('scan["a b"] "x y.npz" -m k=[1, "2 3"] a\\ b \'q"r\'') == \
+    assert arguments.split_line('scan["a b"] "x y.npz" -m k=[1, "2 3"] a\\ b \'q"r\'') == \
         ['scan["a b"]', "x y.npz", "-m", 'k=[1, "2 3"]', "a b", 'q"r']
-    assert magics.split_line('  "" x  ') == ["", "x"]
+    assert arguments.split_line('  "" x  ') == ["", "x"]
     with pytest.raises(UsageError, match="unclosed ' quote"):
-        magics.split_line("x 'y")
+        arguments.split_line("x 'y")
+
+
+def test_one_tokenizer_runs_and_completes_the_same_words() -> None:
+    line = 'scan["a b"] "x y.npz" -m k=[1, "2 3"] a\\ b \'q"r\''
+    assert arguments.tokenize(line, partial=True).words == arguments.split_line(line)[:-1]
+    assert arguments.tokenize(line + " ", partial=True) == (arguments.split_line(line), "", "", None)
+    assert arguments.tokenize('z "my sc', partial=True) == (["z"], '"my sc', "my sc", '"')
+    assert arguments.tokenize("z my\\ sc", partial=True) == (["z"], "my\\ sc", "my sc", None)
+    assert arguments.tokenize('z scan["a', partial=True) == (["z"], 'scan["a', 'scan["a', None)  # not a path
 
 
 def test_parse_meta_prefers_literals() -> None:
-    assert magics.parse_meta(["a=1", "b=1.5", "c='s'", "d=s", "e=None", "f={'x': 1}", "g=1e3", "h= 2 ", "i=x=y"]) == \
+    assert arguments.parse_meta(["a=1", "b=1.5", "c='s'", "d=s", "e=None", "f={'x': 1}", "g=1e3", "h= 2 ", "i=x=y"]) == \
         {"a": 1, "b": 1.5, "c": "s", "d": "s", "e": None, "f": {"x": 1}, "g": 1000.0, "h": 2, "i": "x=y"}
-    assert magics.parse_meta(None) == {}
+    assert arguments.parse_meta(None) == {}
 
 
 def test_resolve_name_never_calls_anything() -> None:
@@ -558,10 +568,10 @@ def test_resolve_name_never_calls_anything() -> None:
             return np.zeros((2, 2))
 
     namespace = {"t": Trap(), "k": "key"}
-    assert magics.resolve_name("t[k]", namespace).shape == (2, 2)
+    assert arguments.resolve_name("t[k]", namespace).shape == (2, 2)
     for expr in ("t.__class__.__init__()", "(lambda: 1)()", "t[k()]", "[t][0]", "t if t else t"):
         with pytest.raises(UsageError):
-            magics.resolve_name(expr, namespace)
+            arguments.resolve_name(expr, namespace)
 
 
 def test_export_height_map_function_refuses_overwrite(tmp_path) -> None:

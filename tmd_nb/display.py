@@ -26,10 +26,14 @@ from .codec import split_height_map
 
 __all__ = [
     "HeightMapResult",
+    "count_text",
     "downsample",
     "png_img_tag",
     "preview_png",
+    "shape_text",
     "short_repr",
+    "size_text",
+    "stats_text",
     "summary",
     "summary_html",
     "summary_text",
@@ -244,14 +248,14 @@ def summary(data: np.ndarray | Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _format_number(value: Any) -> str:
-    if isinstance(value, bool):
-        return str(value)
-    if isinstance(value, int):
+    """Integers and bools in full (123456789, not 1.23457e+08), other numbers to 6 significant digits."""
+    if isinstance(value, (bool, int)):
         return str(value)
     return f"{value:.6g}"
 
 
-def _stats_line(info: Mapping[str, Any]) -> str:
+def stats_text(info: Mapping[str, Any]) -> str:
+    """``min .., max .., mean ..`` of a :func:`summary`, and how many NaN/inf values were left out."""
     prefix = "|z| " if info["magnitude"] else ""
     if info["finite"]:
         text = (f"{prefix}min {_format_number(info['min'])}, max {_format_number(info['max'])}, "
@@ -270,15 +274,22 @@ def _stats_line(info: Mapping[str, Any]) -> str:
     return text
 
 
-def _shape_text(shape: tuple[int, ...]) -> str:
-    return " x ".join(str(n) for n in shape)
+def count_text(count: int, noun: str) -> str:
+    """``"1 metadata key"``, ``"2 metadata keys"``: a count with its noun, plural when it is not 1."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
-def _size_text(nbytes: int) -> str:
+def shape_text(shape: tuple[int, ...], times: str = "x") -> str:
+    """``"300 x 200"``; the panel passes ``times="\u00d7"`` for a typeset multiplication sign."""
+    return f" {times} ".join(str(n) for n in shape)
+
+
+def size_text(nbytes: int, byte_unit: str = "B") -> str:
+    """A byte count in binary units: ``"512 B"``, ``"1.5 KiB"``, ... up to GiB."""
     size = float(nbytes)
-    for unit in ("B", "KiB", "MiB", "GiB"):
+    for unit in (byte_unit, "KiB", "MiB", "GiB"):
         if size < 1024 or unit == "GiB":
-            return f"{int(size)} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+            return f"{int(size)} {unit}" if unit == byte_unit else f"{size:.1f} {unit}"
         size /= 1024
     raise AssertionError("unreachable")
 
@@ -286,11 +297,11 @@ def _size_text(nbytes: int) -> str:
 def summary_text(data: np.ndarray | Mapping[str, Any]) -> str:
     """A few lines of plain text: shape, dtype, statistics and one line per metadata key."""
     info = summary(data)
-    lines = [f"height map {_shape_text(info['shape'])} {info['dtype']} ({_size_text(info['nbytes'])})",
-             f"  {_stats_line(info)}"]
+    lines = [f"height map {shape_text(info['shape'])} {info['dtype']} ({size_text(info['nbytes'])})",
+             f"  {stats_text(info)}"]
     meta = info["metadata"]
     if meta:
-        lines.append(f"  metadata ({len(meta)} key{'s' if len(meta) != 1 else ''}):")
+        lines.append(f"  metadata ({count_text(len(meta), 'key')}):")
         width = min(24, max(len(key) for key, _, _ in meta[:MAX_META_ROWS]))
         for key, kind, text in meta[:MAX_META_ROWS]:
             lines.append(f"    {short_repr(key, 24) if len(key) > 24 else key:<{width}}  {kind}: {text}")
@@ -307,9 +318,9 @@ def summary_html(data: np.ndarray | Mapping[str, Any]) -> str:
     esc = html.escape
     parts = [
         '<div class="tmd-nb-summary">',
-        f"<b>height map</b> {esc(_shape_text(info['shape']))} <code>{esc(info['dtype'])}</code> "
-        f"({esc(_size_text(info['nbytes']))})<br/>",
-        f"{esc(_stats_line(info))}",
+        f"<b>height map</b> {esc(shape_text(info['shape']))} <code>{esc(info['dtype'])}</code> "
+        f"({esc(size_text(info['nbytes']))})<br/>",
+        f"{esc(stats_text(info))}",
     ]
     meta = info["metadata"]
     if meta:
