@@ -27,7 +27,6 @@ import ast
 import datetime as dt
 import html
 import keyword
-import math
 import os
 import time
 import warnings
@@ -39,7 +38,10 @@ import numpy as np
 
 from . import codec
 from . import metadata as _metadata
-from .errors import FormatError, MetadataNotStoredWarning
+from .display import (HeightMapResult, count_text, preview_png, shape_text, short_repr, size_text, stats_text, summary,
+                      summary_html)
+from .errors import FormatError
+from .saving import HOLDS, keys_text, save_reporting
 
 __all__ = ["ExportPanel", "LoadPanel", "SUGGESTED_KEYS", "VALUE_TYPES", "parse_value"]
 
@@ -73,8 +75,8 @@ FORMATS: list[tuple[str, str, str]] = [
     ("TMD (TrueMap)", "tmd", ".tmd"),
 ]
 _EXTENSION = {fmt: ext for _, fmt, ext in FORMATS}
-_KNOWN_EXTENSIONS = {".npz", ".npy", ".tmd"}
-_LOADABLE_EXTENSIONS = (".npz", ".npy", ".tmd")
+_KNOWN_EXTENSIONS = tuple(codec.EXTENSIONS)  # what save() and load() read formats from
+_TIMES = "\u00d7"  # shapes in the panel read 30 \u00d7 40
 _LITERAL_LIMIT = 500  # longest repr shown as an editable literal
 _RED = "#c9302c"
 _GREEN = "#2e7d32"
@@ -190,14 +192,12 @@ def _check_storable(key: str, value: Any) -> None:
 
 def _describe(value: Any) -> str:
     """A short description of a read-only value; arrays by shape and dtype, never their values."""
-    from .display import short_repr
-
     if isinstance(value, np.ndarray):
         return f"array({', '.join(str(n) for n in value.shape)}) {value.dtype}"
     if type(value) is dict:
-        return f"dict with {len(value)} key{'s' if len(value) != 1 else ''}: {short_repr(value, 60)}"
+        return f"dict with {count_text(len(value), 'key')}: {short_repr(value, 60)}"
     if type(value) in (list, tuple):
-        return f"{type(value).__name__} of {len(value)} item{'s' if len(value) != 1 else ''}: {short_repr(value, 60)}"
+        return f"{type(value).__name__} of {count_text(len(value), 'item')}: {short_repr(value, 60)}"
     return f"{type(value).__name__}: {short_repr(value, 70)}"
 
 
@@ -217,31 +217,6 @@ def _user_namespace(namespace: MutableMapping[str, Any] | None, who: str) -> Mut
         raise RuntimeError(f"{who}() without a namespace needs IPython or Jupyter; outside them pass the "
                            f"variables explicitly, e.g. {who}(namespace=globals())")
     return shell.user_ns
-
-
-def _height_map_of(value: Any) -> tuple[np.ndarray, dict[str, Any]] | None:
-    """(array, metadata) if ``value`` is exportable, else None. Never touches the array's values."""
-    if not isinstance(value, (np.ndarray, Mapping)):
-        return None
-    if isinstance(value, Mapping) and "height_map" not in value:
-        return None
-    try:
-        return codec.split_height_map(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def _size_text(nbytes: int) -> str:
-    size = float(nbytes)
-    for unit in ("bytes", "KiB", "MiB", "GiB"):  # binary units, as in the summary beside the preview
-        if size < 1024 or unit == "GiB":
-            return f"{int(size)} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")
-
-
-def _shape_text(shape: tuple[int, ...]) -> str:
-    return " \u00d7 ".join(str(n) for n in shape)
 
 
 def _plain_error(exc: BaseException) -> str:
@@ -269,27 +244,12 @@ def _html_line(text: str, color: str | None = None, icon: str = "") -> str:
     return f'<span style="color:{color}">{body}</span>' if color else body
 
 
-def _number(value: Any) -> str:
-    return str(value) if isinstance(value, (bool, int)) else f"{value:.6g}"
-
-
 def _facts_html(array: np.ndarray) -> str:
     """Shape, dtype, size and value range of a height map (its metadata is in the editor below)."""
-    from . import display
-
-    info = display.summary(array)
-    prefix = "|z| " if info["magnitude"] else ""
-    lines = [f"<b>height map</b> {html.escape(_shape_text(info['shape']))} <code>{html.escape(info['dtype'])}</code> "
-             f"({_size_text(info['nbytes'])})"]
-    if info["finite"]:
-        lines.append(html.escape(f"{prefix}min {_number(info['min'])}, max {_number(info['max'])}, "
-                                 f"mean {_number(info['mean'])}"))
-    else:
-        lines.append("no finite values")
-    counts = [f"{info[k]:,} {k.replace('nan', 'NaN')}" for k in ("nan", "inf") if info[k]]
-    if counts:
-        lines.append(html.escape(", ".join(counts)))
-    return "<br/>".join(lines)
+    info = summary(array)
+    shape = html.escape(shape_text(info["shape"], _TIMES))
+    return (f"<b>height map</b> {shape} <code>{html.escape(info['dtype'])}</code> "
+            f"({size_text(info['nbytes'], 'bytes')})<br/>{html.escape(stats_text(info))}")
 
 
 def _preview(image: widgets.Image, info: widgets.HTML, data: Any, title: str, *, with_metadata: bool) -> None:
@@ -298,19 +258,17 @@ def _preview(image: widgets.Image, info: widgets.HTML, data: Any, title: str, *,
     The picture is set first: it is the slowest part for the browser to show, and the summary
     changing last tells a person (and a browser test) that the preview is complete.
     """
-    from . import display
-
     array, _ = codec.split_height_map(data)
     note = ""
     try:
-        image.value = display.preview_png(array, max_pixels=256, title=title)
+        image.value = preview_png(array, max_pixels=256, title=title)
         image.layout.display = None
     except (TypeError, ValueError) as exc:
         image.value = b""
         image.layout.display = "none"
         note = "<br/>" + _html_line(f"No picture: {_plain_error(exc)}", _ORANGE)
     try:
-        text = display.summary_html(data) if with_metadata else _facts_html(array)
+        text = summary_html(data) if with_metadata else _facts_html(array)
     except (TypeError, ValueError) as exc:
         text = _html_line(f"No summary: {_plain_error(exc)}", _RED)
     info.value = text + note
@@ -449,9 +407,44 @@ class _ReadOnlyRow(widgets.HBox):
             self.add_class("tmd-invalid")
 
 
+# --------------------------------------------------------------------------- panels
+
+class _Panel(widgets.VBox):
+    """What both panels share: a path field, a progress bar and a one-line status.
+
+    A subclass creates ``_path``, ``_progress`` and ``_status`` before it shows anything.
+    """
+
+    _path: widgets.Text | widgets.Combobox
+    _progress: widgets.FloatProgress
+    _status: widgets.HTML
+    _status_text = ""
+
+    @property
+    def path(self) -> str:
+        """The path as typed (a relative path is relative to the kernel's working directory)."""
+        return self._path.value
+
+    @path.setter
+    def path(self, value: str | os.PathLike[str]) -> None:
+        self._path.value = os.fspath(value)
+
+    @property
+    def status(self) -> str:
+        """The status line as plain text: what was done, or what went wrong."""
+        return self._status_text
+
+    def _set_status(self, text: str, color: str | None, icon: str = "") -> None:
+        self._status_text = text
+        self._status.value = _html_line(text, color, icon)
+
+    def _on_progress(self, done: int, total: int) -> None:
+        self._progress.value = done / total if total else 1.0
+
+
 # --------------------------------------------------------------------------- export panel
 
-class ExportPanel(widgets.VBox):
+class ExportPanel(_Panel):
     """Export a height map of the notebook interactively: pick, preview, edit metadata, save.
 
     ``namespace`` is where variables are listed from (default: the IPython user namespace, which
@@ -467,7 +460,6 @@ class ExportPanel(widgets.VBox):
         self._current: Any = None  # the object whose metadata the rows show
         self._path_edited = False  # False while the path is the one we suggested
         self._setting_path = False
-        self._status_text = ""
         self._problem: str | None = None
         self._refreshing = False
 
@@ -560,15 +552,6 @@ class ExportPanel(widgets.VBox):
         self._picker.value = name
 
     @property
-    def path(self) -> str:
-        """The output path as typed (relative paths are relative to the kernel's working directory)."""
-        return self._path.value
-
-    @path.setter
-    def path(self, value: str | os.PathLike[str]) -> None:
-        self._path.value = os.fspath(value)
-
-    @property
     def format(self) -> str:
         """``"npz"``, ``"npz-uncompressed"``, ``"npy"`` or ``"tmd"``."""
         return self._format.value
@@ -596,11 +579,6 @@ class ExportPanel(widgets.VBox):
             raise ValueError(self._problem)
         return {row.key: row.parsed for row in self._rows}
 
-    @property
-    def status(self) -> str:
-        """The status line as plain text: what was written, or what went wrong."""
-        return self._status_text
-
     def refresh(self) -> None:
         """List the exportable variables again (new ones appear, deleted ones go).
 
@@ -612,14 +590,13 @@ class ExportPanel(widgets.VBox):
         names = [name for name in self._namespace if isinstance(name, str) and not name.startswith("_")]
         for name in sorted(names, key=lambda n: (n.lower(), n)):
             value = self._namespace[name]
-            split = _height_map_of(value)
-            if split is None:
+            array = codec.height_map_of(value)
+            if array is None:
                 continue
-            array, meta = split
             found[name] = value
-            label = f"{name}  \u2014  {_shape_text(array.shape)} {array.dtype}"
+            label = f"{name}  \u2014  {shape_text(array.shape, _TIMES)} {array.dtype}"
             if isinstance(value, Mapping):
-                label += f", dict with {len(meta)} metadata key{'s' if len(meta) != 1 else ''}"
+                label += f", dict with {count_text(len(value) - 1, 'metadata key')}"
             labels.append((label, name))
         previous, previous_object = self._picker.value, self._current
         self._objects = found
@@ -675,22 +652,18 @@ class ExportPanel(widgets.VBox):
         array, _ = codec.split_height_map(self._objects[name])
         data = {"height_map": array, **{row.key: row.parsed for row in self._rows}}
         target = self._target()
-        fmt = self._format.value
+        fmt, compress = ("npz", False) if self._format.value == "npz-uncompressed" else (self._format.value, True)
 
         self._save_button.disabled = True
         self._progress.bar_style = ""
         self._progress.value = 0.0
         self._set_status(f"Saving {name} to {target} \u2026", None)
-        notes: list[str] = []
         start = time.perf_counter()
         try:
-            with warnings.catch_warnings(record=True) as caught:
+            with warnings.catch_warnings(record=True) as caught:  # shown in the status line
                 warnings.simplefilter("always")
-                written = self._write(fmt, data, target)
-            for warning in caught:
-                if fmt == "npy" and issubclass(warning.category, MetadataNotStoredWarning):
-                    continue  # said below in plain words
-                notes.append(str(warning.message))
+                saved = save_reporting(data, target, format=fmt, compress=compress, progress=self._on_progress)
+            notes = [str(warning.message) for warning in caught]
         except (FormatError, OSError, TypeError, ValueError, OverflowError, MemoryError) as exc:
             self._progress.bar_style = "danger"
             self._set_status(f"Not saved: {_plain_error(exc)}", _RED, "\u2717")
@@ -705,40 +678,18 @@ class ExportPanel(widgets.VBox):
         self._overwrite.value = False  # the file now exists: saving again needs a new confirmation
         self._progress.value = 1.0
         self._progress.bar_style = "success"
-        size = os.path.getsize(written)
-        message = f"Saved {name} to {written} ({_size_text(size)}, {elapsed:.2f} s)."
-        if fmt == "npy" and len(data) > 1:
-            keys = ", ".join(repr(k) for k in list(data)[1:6]) + (", \u2026" if len(data) > 6 else "")
-            notes.append(f"NPY holds the height map only, so the metadata ({keys}) was not stored; "
-                         "choose NPZ to keep it.")
+        written = saved.path
+        message = f"Saved {name} to {written} ({size_text(os.path.getsize(written), 'bytes')}, {elapsed:.2f} s)."
+        if saved.lost:
+            notes.append(f"{fmt.upper()} holds {HOLDS[fmt]} only, so the metadata ({keys_text(saved.lost)}) "
+                         "was not stored; choose NPZ to keep it.")
         self._set_status(" ".join([message, *notes]), _ORANGE if notes else _GREEN, "\u2713")
         return written
 
     # ------------------------------------------------------------------ internals
 
-    def _write(self, fmt: str, data: dict[str, Any], target: str) -> str:
-        progress = self._on_progress
-        if fmt == "npz":
-            return codec.export_to_npz(data, target, compress=True, progress=progress)
-        if fmt == "npz-uncompressed":
-            return codec.export_to_npz(data, target, compress=False, progress=progress)
-        if fmt == "npy":
-            return codec.export_to_npy(data, target, progress=progress)
-        if fmt == "tmd":
-            from . import tmd
-
-            return tmd.export_to_tmd(data, target, progress=progress)
-        raise ValueError(f"unknown format {fmt!r}")  # pragma: no cover - the dropdown limits it
-
-    def _on_progress(self, done: int, total: int) -> None:
-        self._progress.value = done / total if total else 1.0
-
     def _target(self) -> str:
         return os.path.abspath(os.path.expanduser(self._path.value.strip()))
-
-    def _set_status(self, text: str, color: str | None, icon: str = "") -> None:
-        self._status_text = text
-        self._status.value = _html_line(text, color, icon)
 
     def _taken_keys(self) -> set[str]:
         return {row.key for row in self._rows}
@@ -839,7 +790,7 @@ class ExportPanel(widgets.VBox):
         for button in self._suggest_buttons:  # a key already present is edited in its row, not added again
             button.disabled = button.description in taken
         if n_bad > 1 and first is not None:
-            first += f" (and {n_bad - 1} more invalid row{'s' if n_bad > 2 else ''})"
+            first += f" (and {count_text(n_bad - 1, 'more invalid row')})"
 
         # The output file: flagged as soon as the path points at something that exists.
         target = self._target() if self._path.value.strip() else None
@@ -875,7 +826,7 @@ class ExportPanel(widgets.VBox):
 
 # --------------------------------------------------------------------------- load panel
 
-class LoadPanel(widgets.VBox):
+class LoadPanel(_Panel):
     """Load a height-map file interactively: pick it, see its summary and preview, bind it to a name.
 
     ``namespace`` receives the variable (default: the IPython user namespace). The bound value is
@@ -890,7 +841,6 @@ class LoadPanel(widgets.VBox):
         self._loaded_path: str | None = None
         self._name_edited = False
         self._setting_name = False
-        self._status_text = ""
         self._bound: Any = None  # the object Bind put into the namespace last (not "replaced" by itself)
 
         self._title = widgets.HTML("<b>Load a height map</b>")
@@ -936,15 +886,6 @@ class LoadPanel(widgets.VBox):
     # ------------------------------------------------------------------ public API
 
     @property
-    def path(self) -> str:
-        """The file path as typed (relative to the kernel's working directory)."""
-        return self._path.value
-
-    @path.setter
-    def path(self, value: str | os.PathLike[str]) -> None:
-        self._path.value = os.fspath(value)
-
-    @property
     def name(self) -> str:
         """The variable name the data will be bound to."""
         return self._name.value
@@ -958,17 +899,12 @@ class LoadPanel(widgets.VBox):
         """The loaded ``{"height_map": ..., **metadata}``, or None if no file is loaded."""
         return self._data
 
-    @property
-    def status(self) -> str:
-        """The status line as plain text."""
-        return self._status_text
-
     def refresh(self) -> None:
         """List the loadable files (.npz, .npy, .tmd) of the folder in the file field's suggestions."""
         folder = self._directory or os.getcwd()
         try:
             names = sorted(entry.name for entry in os.scandir(folder)
-                           if entry.is_file() and entry.name.lower().endswith(_LOADABLE_EXTENSIONS))
+                           if entry.is_file() and entry.name.lower().endswith(_KNOWN_EXTENSIONS))
         except OSError:
             names = []
         if self._directory is not None:
@@ -991,10 +927,8 @@ class LoadPanel(widgets.VBox):
             self._bound = self._data["height_map"]
             what = "the height map"
         else:
-            from .display import HeightMapResult
-
             self._bound = HeightMapResult(self._data)
-            what = f"the height map and {len(self._data) - 1} metadata key{'s' if len(self._data) != 2 else ''}"
+            what = f"the height map and {count_text(len(self._data) - 1, 'metadata key')}"
         self._namespace[name] = self._bound
         self._set_status(f"{name} now holds {what} from {self._loaded_path}"
                          + (" (it replaced the previous value)." if replaced else "."), _GREEN, "\u2713")
@@ -1002,10 +936,6 @@ class LoadPanel(widgets.VBox):
         return name
 
     # ------------------------------------------------------------------ internals
-
-    def _set_status(self, text: str, color: str | None, icon: str = "") -> None:
-        self._status_text = text
-        self._status.value = _html_line(text, color, icon)
 
     def _target(self) -> str:
         text = os.path.expanduser(self._path.value.strip())
@@ -1050,7 +980,7 @@ class LoadPanel(widgets.VBox):
         elapsed = time.perf_counter() - start
         self._data, self._loaded_path = data, target
         _preview(self._preview_image, self._summary, data, os.path.basename(target), with_metadata=True)
-        self._set_status(f"Loaded {target} ({_size_text(os.path.getsize(target))}, {elapsed:.2f} s). "
+        self._set_status(f"Loaded {target} ({size_text(os.path.getsize(target), 'bytes')}, {elapsed:.2f} s). "
                          "Choose a name and press Bind.", None)
         if not self._name_edited:
             self._setting_name = True
@@ -1058,9 +988,6 @@ class LoadPanel(widgets.VBox):
                 self._name.value = _identifier_for(target)
             finally:
                 self._setting_name = False
-
-    def _on_progress(self, done: int, total: int) -> None:
-        self._progress.value = done / total if total else 1.0
 
     def _on_name(self, change: dict[str, Any]) -> None:
         if not self._setting_name:
