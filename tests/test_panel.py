@@ -574,6 +574,25 @@ def test_load_panel_suggested_name_follows_the_file(tmp_path: Path) -> None:
     assert panel.bind() is None and panel.status.startswith("Not bound:")
 
 
+def test_load_panel_state_after_bind_follows_the_next_file(tmp_path: Path) -> None:
+    tmd_nb.export_to_npy(np.zeros((2, 2)), tmp_path / "one.npy")
+    tmd_nb.export_to_npy(np.ones((3, 3)), tmp_path / "two.npy")
+    target: dict = {}
+    panel = LoadPanel(namespace=target, directory=tmp_path)
+    panel.path = "one.npy"
+    panel.name = "surface"  # typed, so it stays when another file is picked
+    assert panel.bind() == "surface" and panel._name_note.value == ""
+    panel.path = "two.npy"
+    assert panel.name == "surface" and panel.data["height_map"].shape == (3, 3)
+    # Bind would now put other data over what it bound before: that is a replacement again
+    assert "Bind will replace it" in panel._name_note.value
+    assert panel.bind() == "surface" and "replaced the previous value" in panel.status
+    assert target["surface"]["height_map"].shape == (3, 3) and panel._name_note.value == ""
+    panel.path = "missing.npy"  # nothing loaded: the bar no longer shows the last load's success
+    assert panel.data is None and panel._bind_button.disabled
+    assert panel._progress.value == 0.0 and panel._progress.bar_style == ""
+
+
 def test_load_panel_errors_are_plain(tmp_path: Path) -> None:
     (tmp_path / "broken.npz").write_bytes(b"PK\x03\x04 this is not a zip archive")
     panel = LoadPanel(namespace={}, directory=tmp_path)

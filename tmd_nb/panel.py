@@ -947,7 +947,10 @@ class LoadPanel(_Panel):
         self._load()
 
     def _load(self) -> None:
-        self._data, self._loaded_path = None, None
+        # Forget the previous file entirely: its data, its progress, and which value Bind put into
+        # the namespace (binding new data over it must be flagged as a replacement again).
+        self._data, self._loaded_path, self._bound = None, None, None
+        self._progress.value, self._progress.bar_style = 0.0, ""
         self._preview_image.layout.display = "none"
         self._summary.value = ""
         text = self._path.value.strip()
@@ -964,7 +967,6 @@ class LoadPanel(_Panel):
 
     def _read(self, target: str) -> None:
         start = time.perf_counter()
-        self._progress.value, self._progress.bar_style = 0.0, ""
         self._set_status(f"Loading {target} \u2026", None)
         try:
             data = codec.load(target, progress=self._on_progress)
