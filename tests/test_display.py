@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import io
 import re
 import subprocess
 import sys
 import time
+import zoneinfo
+from pathlib import PurePosixPath
 
 import numpy as np
 import pytest
@@ -154,6 +157,43 @@ def test_metadata_table_shows_types_and_short_reprs_never_array_values() -> None
         assert "999999" not in rendered and "x" * 200 not in rendered
     assert "<script>" not in html and "&lt;script&gt;" in html
     assert "<b>bold</b>" not in html and "&lt;b&gt;bold&lt;/b&gt;" in html
+
+
+def test_metadata_values_read_naturally_and_are_cut_at_the_end() -> None:
+    paris = zoneinfo.ZoneInfo("Europe/Paris")
+    data = {
+        "height_map": np.zeros((2, 2)),
+        "taken": dt.datetime(2024, 5, 1, 12, 30, 15, 123456, tzinfo=paris),
+        "day": dt.date(2024, 5, 1),
+        "clock": dt.time(8, 15),
+        "source": PurePosixPath("/data/scans/run 3.tmd"),
+        "runs": [dt.date(2024, 5, 1), PurePosixPath("a.tmd")],
+        "long": "<" + "y" * 200,
+        "gain": np.float32(1.25),
+    }
+    rows = {key: (kind, text) for key, kind, text in summary(data)["metadata"]}
+    assert rows["taken"] == ("datetime.datetime", "2024-05-01T12:30:15.123456+02:00")
+    assert rows["day"] == ("datetime.date", "2024-05-01")
+    assert rows["clock"] == ("datetime.time", "08:15:00")
+    assert rows["source"][1] == "/data/scans/run 3.tmd"
+    assert rows["runs"][1] == "[2024-05-01, a.tmd]"
+    assert rows["gain"][1] == "np.float32(1.25)"
+    long = rows["long"][1]
+    assert long.startswith("'<yyyy") and long.endswith("\u2026") and "..." not in long
+    assert len(long) <= display.MAX_REPR
+    # a value too long for the row is cut at its end, never in the middle of a repr
+    cut = display.short_repr(dt.datetime(2024, 5, 1, tzinfo=paris), 12)
+    assert cut == "2024-05-01T\u2026"
+    assert display.short_repr(list(range(3)) + ["x" * 100], 40).endswith("\u2026") and "..." not in \
+        display.short_repr(["x" * 100], 200)
+    html = summary_html(data)
+    assert "2024-05-01T12:30:15.123456+02:00" in html and "&#x27;&lt;yyyy" in html and "<yyyy" not in html
+
+    class Broken:
+        def __repr__(self):
+            raise RuntimeError("no repr")
+
+    assert display.short_repr(Broken()).startswith("<Broken instance at 0x")
 
 
 def test_many_metadata_keys_are_cut_short() -> None:

@@ -13,11 +13,13 @@ backend is left alone). It never imports IPython or ipywidgets.
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import html
 import io
 import math
 import reprlib
 from collections.abc import Mapping
+from pathlib import PurePath
 from typing import Any
 
 import numpy as np
@@ -140,7 +142,12 @@ def png_img_tag(png: bytes, alt: str = "height map preview") -> str:
 # --------------------------------------------------------------------------- summary
 
 class _ShortRepr(reprlib.Repr):
-    """``reprlib`` limits plus arrays as ``array(shape, dtype)``, never their values."""
+    """``reprlib`` limits, cut at the end (never mid-repr), and readable forms of common values.
+
+    Arrays show as ``array(shape, dtype)``, never their values; dates and times as ISO 8601,
+    paths as their text, so a timestamp reads ``2024-05-01T12:00:00+02:00`` rather than a cut
+    ``datetime.datetime(2024, 5, 1...``.
+    """
 
     def __init__(self) -> None:
         super().__init__()
@@ -149,11 +156,39 @@ class _ShortRepr(reprlib.Repr):
         self.maxlist = self.maxtuple = self.maxset = self.maxdict = 6
         self.maxlevel = 3
 
+    def repr1(self, x: Any, level: int) -> str:
+        if isinstance(x, (dt.datetime, dt.date, dt.time)):
+            return x.isoformat()
+        if isinstance(x, PurePath):
+            return str(x)
+        return super().repr1(x, level)
+
+    def repr_str(self, x: str, level: int) -> str:
+        if len(x) <= self.maxstring:
+            return repr(x)
+        return repr(x[: self.maxstring]) + "\u2026"
+
+    def repr_instance(self, x: Any, level: int) -> str:
+        return _cut(_safe_repr(x), self.maxother)
+
     def repr_ndarray(self, obj: np.ndarray, level: int) -> str:
         return _array_repr(obj)
 
     def repr_memmap(self, obj: np.ndarray, level: int) -> str:
         return _array_repr(obj)
+
+
+def _safe_repr(x: Any) -> str:
+    try:
+        return repr(x)
+    except Exception:  # noqa: BLE001 - a user object's __repr__ may do anything
+        return f"<{type(x).__name__} instance at {id(x):#x}>"
+
+
+def _cut(text: str, limit: int) -> str:
+    """``text`` on one line, at most ``limit`` characters, cut at the end with an ellipsis."""
+    text = text.replace("\n", " ")
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
 
 
 def _array_repr(array: np.ndarray) -> str:
@@ -166,11 +201,8 @@ _SHORT = _ShortRepr()
 
 
 def short_repr(value: Any, limit: int = MAX_REPR) -> str:
-    """A one-line repr of a metadata value, at most ``limit`` characters."""
-    text = _SHORT.repr(value).replace("\n", " ")
-    if len(text) > limit:
-        text = text[: limit - 1] + "\u2026"
-    return text
+    """A one-line repr of a metadata value, at most ``limit`` characters (readable forms, see above)."""
+    return _cut(_SHORT.repr(value), limit)
 
 
 def _type_name(value: Any) -> str:
