@@ -164,5 +164,19 @@ def test_a_too_long_name_is_reported_with_the_target_path(tmp_path):
     name = "y" * 300 + ".npz"
     with pytest.raises(OSError) as info:
         export_to_npz({"height_map": np.zeros((2, 2))}, tmp_path / name)
-    assert name in str(info.value) or name in str(getattr(info.value, "filename", ""))
+    assert info.value.filename == str(tmp_path / name) and info.value.filename2 is None
     assert os.listdir(tmp_path) == []
+
+
+def test_errors_name_the_target_not_the_temporary_file(tmp_path, monkeypatch):
+    real_open = os.open
+
+    def refuse_temporaries(path, *args):
+        if os.path.basename(path).startswith("."):
+            raise PermissionError(13, "Permission denied", path)
+        return real_open(path, *args)
+
+    monkeypatch.setattr(atomic.os, "open", refuse_temporaries)
+    with pytest.raises(PermissionError) as info:
+        export_to_npz({"height_map": np.zeros((2, 2))}, tmp_path / "a.npz")
+    assert info.value.filename == str(tmp_path / "a.npz")

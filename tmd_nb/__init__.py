@@ -21,6 +21,7 @@ __all__ = [
     "export_to_npz",
     "export_to_tmd",
     "height_map_of",
+    "LoadPanel",
     "load",
     "load_from_npy",
     "load_from_npz",

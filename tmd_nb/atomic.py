@@ -49,6 +49,11 @@ def _fsync_directory(directory: str) -> None:
         os.close(fd)
 
 
+def _naming(exc: OSError, target: str) -> OSError:
+    """The same error about the file the user asked for, not about our hidden temporary file."""
+    return type(exc)(exc.errno, exc.strerror, target)
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
     """Open a binary file that replaces ``path`` atomically when the block ends without error.
@@ -76,6 +81,8 @@ def atomic_write(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
         except FileExistsError:  # pragma: no cover - 32 random bits collided
             continue
+        except OSError as exc:
+            raise _naming(exc, target) from exc
         break
     try:
         with os.fdopen(fd, "wb") as fp:
@@ -84,7 +91,10 @@ def atomic_write(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
             os.fsync(fp.fileno())
         if mode is not None:
             os.chmod(tmp, mode)
-        os.replace(tmp, target)
+        try:
+            os.replace(tmp, target)
+        except OSError as exc:
+            raise _naming(exc, target) from exc
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
