@@ -1001,7 +1001,8 @@ def _read_member(f: BinaryIO, m: _Member, where: str, advance: Callable[[int], N
     advance(len(head))
     array = _empty(dtype, shape, fortran, where)
     buf = _bytes_of(array)
-    if m.index and m.method == _DEFLATED and threads > 1 and _isal_zlib is not None and hasattr(os, "pread"):
+    if (m.index and m.method == _DEFLATED and threads > 1 and hasattr(os, "pread")
+            and hasattr(_isal_zlib, "crc32_combine")):  # isal installed, and recent enough
         _inflate_parallel(f, m, head, buf, where, advance, threads)
     else:
         stream.readinto(buf, advance)
