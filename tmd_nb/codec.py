@@ -157,6 +157,10 @@ def export_to_npz(data: Mapping[str, Any], output_path: PathLike, compress: bool
 
     Everything is validated before the file is touched; a value that cannot be stored raises
     ``TypeError`` naming its key path. Returns the absolute path written.
+
+    ``level``: ``None`` (fast, ISA-L level 2), ``1``-``3`` (ISA-L), ``4``-``9`` (zlib; ``6`` and up
+    give files no larger than ``np.savez_compressed``'s), ``0`` (stored). ``progress(done_bytes,
+    total_bytes)`` is called as the array data is written.
     """
     members = encode_npz_members(data)
     with atomic_write(output_path) as fp:
