@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import tmd_nb  # noqa: E402
-from tmd_nb import container  # noqa: E402
+from tmd_nb import deflate  # noqa: E402
 
 SAMPLES = ROOT.parent / "shared" / "data" / "tmd"
 MB = 1e6
@@ -234,7 +234,7 @@ def machine() -> str:
     load = " ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
     return (f"machine: {cpu}, {os.cpu_count()} cores ({usable} usable), {platform.system()} {platform.release()}\n"
             f"python {platform.python_version()}, numpy {np.__version__}, isal {isal_version}, "
-            f"tmd_nb {tmd_nb.__version__}; deflate threads {container._threads(None)}; load average {load}")
+            f"tmd_nb {tmd_nb.__version__}; deflate threads {deflate._threads(None)}; load average {load}")
 
 
 def table(rows: list[Row]) -> str:

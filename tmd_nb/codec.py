@@ -41,9 +41,11 @@ from typing import Any
 import numpy as np
 
 from . import metadata as _metadata
+from ._io import Progress
 from .atomic import atomic_write
-from .container import NPY_MAGIC, ZIP_MAGIC, Progress, read_npy, read_npz, write_npy, write_npz
 from .errors import FormatError, MetadataNotStoredWarning
+from .npy import NPY_MAGIC, read_npy, write_npy
+from .npz import ZIP_MAGIC, read_npz, write_npz
 
 __all__ = [
     "FORMAT_VERSION",

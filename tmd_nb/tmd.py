@@ -61,9 +61,9 @@ from typing import Any
 
 import numpy as np
 
+from ._io import Progress
 from .atomic import atomic_write
 from .codec import split_height_map
-from .container import Progress
 from .errors import FormatError, MetadataNotStoredWarning
 
 __all__ = ["MAGIC", "HEADER_V2", "export_to_tmd", "load_tmd", "looks_like_tmd"]

@@ -1,0 +1,114 @@
+"""Plumbing the NPY, deflate and NPZ modules share: opening files safely, progress, write-behind.
+
+Tunables here are read as ``_io.CHUNK`` (never imported by name) by the other modules, so that
+one assignment changes them everywhere (tests lower them to exercise many chunks cheaply).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+from collections.abc import Callable
+from typing import BinaryIO
+
+from .errors import FormatError
+
+__all__ = ["Progress"]
+
+Progress = Callable[[int, int], None]
+
+# Unit of I/O and of progress reports when reading and writing uncompressed data.
+CHUNK = 1 << 23
+# Large saves start writing back to disk every this many bytes, while they go on (see _WriteBehind).
+WRITE_BEHIND = 1 << 24
+
+
+def _describe(path: str | os.PathLike[str]) -> str:
+    return repr(os.fspath(path))
+
+
+def _open(path: str | os.PathLike[str], where: str) -> BinaryIO:
+    """Open for unbuffered reading; refuse a FIFO or socket, whose open or read could block forever."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        mode = 0  # let open() raise the proper OSError
+    if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+        raise FormatError(f"{where} is not a regular file (a pipe or socket)")
+    return open(path, "rb", buffering=0)  # type: ignore[return-value]
+
+
+class _WriteBehind:
+    """Start the disk write-back of a large save while it is still being written.
+
+    The caller fsyncs at the end for durability (tmd_nb saves through ``atomic_write``); by then
+    most of the data is already on disk, because a helper thread has been calling ``fdatasync``
+    every :data:`WRITE_BEHIND` bytes, overlapping the disk with the compression. Files without a
+    descriptor, and small saves, are left alone. Errors here are ignored: the final fsync is the
+    one that reports them.
+    """
+
+    def __init__(self, fp: BinaryIO, total: int) -> None:
+        self.fp = fp
+        self.pending = 0
+        self.thread: threading.Thread | None = None
+        self.fd = -1
+        if total < 2 * WRITE_BEHIND:
+            return
+        try:
+            self.fd = fp.fileno()
+        except (AttributeError, OSError, ValueError):
+            return
+        self.wake = threading.Event()
+        self.stop = False
+        self.requested = False
+        self.thread = threading.Thread(target=self._run, name="tmd_nb-write-behind", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        sync = getattr(os, "fdatasync", os.fsync)
+        while True:
+            self.wake.wait()
+            self.wake.clear()
+            if self.requested:
+                self.requested = False
+                try:
+                    sync(self.fd)
+                except OSError:
+                    return
+            if self.stop:
+                return
+
+    def wrote(self, n: int) -> None:
+        if self.thread is None:
+            return
+        self.pending += n
+        if self.pending >= WRITE_BEHIND:
+            self.pending = 0
+            self.fp.flush()
+            self.requested = True
+            self.wake.set()
+
+    def close(self) -> None:
+        if self.thread is not None:
+            self.stop = True
+            self.wake.set()
+            self.thread.join()
+            self.thread = None
+
+
+class _Reporter:
+    """Running total for ``progress(done_bytes, total_bytes)``, fed by whoever writes the bytes."""
+
+    def __init__(self, progress: Progress | None, total: int) -> None:
+        self.progress, self.total, self.done = progress, total, 0
+
+    def add(self, n: int) -> None:
+        if n and self.progress is not None:
+            self.done += n
+            self.progress(self.done, self.total)
+
+    def finish(self) -> None:
+        if self.progress is not None and self.total == 0:
+            self.progress(0, 0)

@@ -1,0 +1,210 @@
+"""NPY files: the header numpy writes and reads, and the array bytes, streamed and read defensively.
+
+Format (as :mod:`numpy.lib.format` defines it; tmd_nb writes byte-identical files)
+    * 6 bytes of magic, ``\\x93NUMPY`` (:data:`NPY_MAGIC`);
+    * 2 bytes of version, major then minor: ``1 0``, or ``2 0`` when the header needs more than
+      65535 bytes (only versions 1.0 and 2.0 are read);
+    * the header length ``HEADER_LEN``: 2 bytes (version 1.0) or 4 bytes (2.0), little-endian;
+    * the header: the ASCII repr of a Python dict with the keys ``'descr'`` (the dtype, as
+      :func:`numpy.lib.format.dtype_to_descr` gives it), ``'fortran_order'`` (bool) and
+      ``'shape'`` (tuple of ints), padded with spaces and ended with ``\\n`` so that the array
+      data start at a multiple of 64 bytes;
+    * the array data: ``prod(shape) * itemsize`` bytes, in C order, or Fortran order when
+      ``fortran_order`` is true, nothing after them.
+
+Speed
+    Writing streams the bytes of the array in pieces (slices of a contiguous array, copies of at
+    most one piece of any other), so no copy of the array is ever made; reading goes straight into
+    the preallocated result, or memory-maps the file.
+
+Safety
+    No pickle is ever loaded: object dtypes are refused, and so are structured and subarray
+    dtypes (the kinds read are :data:`ALLOWED_KINDS`); headers longer than
+    :data:`MAX_HEADER_SIZE` are refused, and the size the header claims must be exactly what the
+    file stores before anything is allocated for it. Every malformed input raises
+    :class:`~tmd_nb.errors.FormatError` naming the file and the problem.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import struct
+from collections.abc import Iterator
+from typing import BinaryIO
+
+import numpy as np
+from numpy.lib import format as npformat
+
+from . import _io
+from ._io import Progress, _describe, _open, _WriteBehind
+from .errors import FormatError
+
+__all__ = ["NPY_MAGIC", "read_npy", "write_npy"]
+
+NPY_MAGIC = b"\x93NUMPY"
+# dtype kinds a member may have: bool, integers, floats, complex, str, bytes, datetime64, timedelta64.
+ALLOWED_KINDS = frozenset("biufcUSMm")
+MAX_HEADER_SIZE = 10_000
+
+
+def _parse_header(fp: BinaryIO, where: str) -> tuple[np.dtype, tuple[int, ...], bool, int]:
+    """Read an NPY header from ``fp``; return dtype, shape, fortran order and header length."""
+    magic = fp.read(len(NPY_MAGIC))
+    if magic != NPY_MAGIC:
+        raise FormatError(f"{where} is not an NPY array (bad magic bytes {magic[:8]!r})")
+    try:
+        fp.seek(0)
+        version = npformat.read_magic(fp)
+        if version == (1, 0):
+            shape, fortran, dtype = npformat.read_array_header_1_0(fp, max_header_size=MAX_HEADER_SIZE)
+        elif version == (2, 0):
+            shape, fortran, dtype = npformat.read_array_header_2_0(fp, max_header_size=MAX_HEADER_SIZE)
+        else:
+            raise FormatError(f"{where} uses unsupported NPY format version {version}")
+    except (FormatError, OSError):
+        raise
+    except Exception as exc:  # numpy's header parser raises ValueError, SyntaxError, tokenize.TokenError...
+        raise FormatError(f"{where} has a malformed NPY header: {exc}") from None
+    if dtype.hasobject:
+        raise FormatError(f"{where} holds Python objects (dtype {dtype}); loading them would need pickle, which is refused")
+    if dtype.kind not in ALLOWED_KINDS or dtype.fields is not None or dtype.subdtype is not None:
+        raise FormatError(f"{where} has unsupported dtype {dtype}")
+    if any(n < 0 for n in shape):
+        raise FormatError(f"{where} has a negative dimension in its shape {shape}")
+    return dtype, tuple(int(n) for n in shape), bool(fortran), fp.tell()
+
+
+def _header_length(prefix: bytes, where: str) -> int:
+    """The whole header's length from its first 12 bytes (fewer if the data are shorter).
+
+    Lets a stream read exactly the header, and no more, before parsing it.
+    """
+    if not prefix.startswith(NPY_MAGIC) or len(prefix) < 10:
+        raise FormatError(f"{where} is not an NPY array (bad magic bytes {prefix[:8]!r})")
+    if prefix[6:8] == b"\x01\x00":
+        hlen = 10 + struct.unpack_from("<H", prefix, 8)[0]
+    else:
+        hlen = 12 + (struct.unpack_from("<I", prefix, 8)[0] if len(prefix) >= 12 else 0)
+    if hlen > MAX_HEADER_SIZE + 12:
+        raise FormatError(f"{where} has an NPY header of {hlen} bytes, more than the {MAX_HEADER_SIZE} allowed")
+    return hlen
+
+
+def _nbytes(dtype: np.dtype, shape: tuple[int, ...]) -> int:
+    return math.prod(shape) * dtype.itemsize
+
+
+def _header_bytes(array: np.ndarray, what: str) -> bytes:
+    """The NPY header numpy itself would write for ``array`` (format 1.0, or 2.0 if it must)."""
+    dtype = array.dtype
+    if dtype.hasobject:
+        raise ValueError(f"{what} has dtype {dtype}: Python objects cannot be saved without pickle, which is refused")
+    if dtype.kind not in ALLOWED_KINDS or dtype.fields is not None or dtype.subdtype is not None:
+        raise TypeError(f"{what} has unsupported dtype {dtype}; use a bool, numeric, str, bytes or datetime dtype")
+    header = npformat.header_data_from_array_1_0(array)
+    buf = io.BytesIO()
+    try:
+        npformat.write_array_header_1_0(buf, header)
+    except ValueError:  # header longer than 64 KiB (a huge number of dimensions)
+        buf = io.BytesIO()
+        npformat.write_array_header_2_0(buf, header)
+    return buf.getvalue()
+
+
+def _data_pieces(array: np.ndarray, piece: int) -> Iterator[memoryview]:
+    """The bytes of ``array`` in the order its NPY header promises, in pieces of at most ``piece``.
+
+    Contiguous arrays (C or Fortran order) are sliced without copying; other layouts are copied
+    one piece at a time, never as a whole.
+    """
+    if array.nbytes == 0:
+        return
+    if array.flags.c_contiguous:
+        flat = array.reshape(-1)
+    elif array.flags.f_contiguous:
+        flat = array.T.reshape(-1)
+    else:
+        flat = None
+    if flat is not None:
+        raw = memoryview(flat.view(np.uint8))
+        for start in range(0, len(raw), piece):
+            yield raw[start:start + piece]
+        return
+    step = max(1, piece // array.itemsize)
+    for block in np.nditer(array, flags=["external_loop", "buffered", "zerosize_ok"], buffersize=step, order="C"):
+        yield memoryview(block.tobytes())  # nditer reuses its buffer: this copy is one piece only
+
+
+def write_npy(fp: BinaryIO, array: np.ndarray, progress: Progress | None = None) -> None:
+    """Write ``array`` to ``fp`` in NPY format (no pickle), streamed in pieces without a copy.
+
+    ``progress(done_bytes, total_bytes)`` is called after each piece of array data.
+    """
+    array = np.asanyarray(array)
+    fp.write(_header_bytes(array, "array"))
+    total = array.nbytes
+    done = 0
+    behind = _WriteBehind(fp, total)
+    try:
+        for piece in _data_pieces(array, _io.CHUNK):
+            fp.write(piece)
+            behind.wrote(len(piece))
+            done += len(piece)
+            if progress is not None:
+                progress(done, total)
+    finally:
+        behind.close()
+    if progress is not None and total == 0:
+        progress(0, 0)
+
+
+def read_npy(path: str | os.PathLike[str], *, mmap: bool = False, progress: Progress | None = None) -> np.ndarray:
+    """Read an NPY file; with ``mmap`` the result is a read-only memory map.
+
+    The data are read straight into the result (no intermediate buffer), in pieces that drive
+    ``progress(done_bytes, total_bytes)``.
+    """
+    where = _describe(path)
+    with _open(path, where) as fp:
+        size = os.fstat(fp.fileno()).st_size
+        dtype, shape, fortran, offset = _parse_header(fp, where)  # type: ignore[arg-type]
+        expected = offset + _nbytes(dtype, shape)
+        if expected != size:
+            raise FormatError(
+                f"{where}: header claims {expected - offset} data bytes but the file stores {size - offset}")
+        if mmap and math.prod(shape) > 0:
+            array: np.ndarray = np.memmap(fp, dtype=dtype, mode="r", offset=offset, shape=shape,
+                                          order="F" if fortran else "C")
+            if progress is not None:
+                progress(array.nbytes, array.nbytes)
+            return array
+        array = _empty(dtype, shape, fortran, where)
+        buf = _bytes_of(array)
+        total = len(buf)
+        done = 0
+        while done < total:
+            n = fp.readinto(buf[done:done + _io.CHUNK])
+            if not n:
+                raise FormatError(f"{where} is truncated: {done} of {total} data bytes present")
+            done += n
+            if progress is not None:
+                progress(done, total)
+        if progress is not None and total == 0:
+            progress(0, 0)
+        return array
+
+
+def _empty(dtype: np.dtype, shape: tuple[int, ...], fortran: bool, where: str) -> np.ndarray:
+    try:
+        return np.empty(shape, dtype=dtype, order="F" if fortran else "C")
+    except (MemoryError, ValueError) as exc:
+        raise FormatError(f"{where}: cannot allocate an array of shape {shape} and dtype {dtype}: {exc}") from None
+
+
+def _bytes_of(array: np.ndarray) -> memoryview:
+    """A writable byte view of a freshly allocated (hence contiguous) array."""
+    if array.nbytes == 0:
+        return memoryview(bytearray())
+    return memoryview(array.reshape(-1, order="A").view(np.uint8))
