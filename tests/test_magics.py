@@ -309,7 +309,7 @@ def test_load_returns_a_result_that_can_be_assigned(ip, capsys, tmp_path) -> Non
 def test_load_with_name_binds_and_prints_one_line(ip, capsys, tmp_path) -> None:
     np.save(tmp_path / "a.npy", np.ones((3, 2), dtype=np.uint8))
     _, out, _ = run(ip, capsys, "%tmd_load a.npy -n arr")
-    assert re.fullmatch(rf"Loaded a\.npy into arr \(3 x 2 uint8, 0 metadata keys\) in [\d.]+ m?s\n", out)
+    assert re.fullmatch(r"Loaded a\.npy into arr \(3 x 2 uint8, 0 metadata keys\) in [\d.]+ m?s\n", out)
     assert ip.user_ns["arr"]["height_map"].dtype == np.uint8
     _, out, _ = run(ip, capsys, "%tmd_load --name=again a.npy")
     assert "into again" in out and "again" in ip.user_ns
