@@ -106,16 +106,8 @@ def height_map_of(value: Any) -> np.ndarray | None:
     the user's object does, and never reads the array's values.
     """
     try:
-        if isinstance(value, Mapping):
-            if HEIGHT_MAP not in value:
-                return None
-            value = value[HEIGHT_MAP]
-        if not isinstance(value, np.ndarray) or isinstance(value, np.ma.MaskedArray):
-            return None
-        if value.ndim != 2 or value.dtype.kind not in _HEIGHT_KINDS or value.dtype.fields is not None:
-            return None
-        return np.asarray(value)
-    except Exception:  # noqa: BLE001 - a user mapping's __contains__/__getitem__ may do anything
+        return split_height_map(value)[0]
+    except Exception:  # noqa: BLE001 - not a height map, or a user mapping whose lookups misbehave
         return None
 
 
