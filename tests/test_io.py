@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from tmd_nb import _io, deflate
+from tmd_nb import _io, deflate, load, load_tmd
 from tmd_nb.errors import FormatError
 from tmd_nb.npy import read_npy, write_npy
 from tmd_nb.npz import read_npz
@@ -51,3 +51,6 @@ def test_a_fifo_is_refused_without_blocking(tmp_path):
         read_npz(fifo)
     with pytest.raises(FormatError, match="not a regular file"):
         read_npy(fifo)
+    for reader in (load, load_tmd):  # these sniff or parse the head of the file: same refusal
+        with pytest.raises(FormatError, match="not a regular file"):
+            reader(fifo)

@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from . import metadata as _metadata
-from ._io import Progress
+from ._io import Progress, _open
 from .atomic import atomic_write
 from .errors import FormatError, MetadataNotStoredWarning
 from .npy import NPY_MAGIC, read_npy, write_npy
@@ -224,7 +224,7 @@ def load(path: PathLike, *, progress: Progress | None = None) -> dict[str, Any]:
     """
     from . import tmd  # imported here: tmd.py builds on this module
 
-    with open(path, "rb") as fp:
+    with _open(path, repr(os.fspath(path))) as fp:  # a pipe is refused, not waited on
         head = fp.read(64)
     if head.startswith(NPY_MAGIC):
         return {HEIGHT_MAP: load_from_npy(path, progress=progress)}

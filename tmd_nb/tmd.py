@@ -61,7 +61,7 @@ from typing import Any
 
 import numpy as np
 
-from ._io import Progress
+from ._io import Progress, _open
 from .atomic import atomic_write
 from .codec import split_height_map
 from .errors import FormatError, MetadataNotStoredWarning
@@ -140,7 +140,7 @@ def load_tmd(path: PathLike, *, mmap: bool = False, progress: Progress | None = 
     file; the file's size is checked against its header before anything is allocated.
     """
     where = repr(os.fspath(path))
-    with open(path, "rb") as fp:
+    with _open(path, where) as fp:  # refuses a pipe before opening it: open() would block
         st = os.fstat(fp.fileno())
         if not stat.S_ISREG(st.st_mode):
             raise FormatError(f"{where} is not a regular file")
