@@ -311,17 +311,17 @@ def count_text(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
-def shape_text(shape: tuple[int, ...], times: str = "x") -> str:
-    """``"300 x 200"``; the panel passes ``times="\u00d7"`` for a typeset multiplication sign."""
-    return f" {times} ".join(str(n) for n in shape)
+def shape_text(shape: tuple[int, ...]) -> str:
+    """``"300 x 200"``: plain ASCII, so the magics' lines, the panels and the picture read alike."""
+    return " x ".join(str(n) for n in shape)
 
 
-def size_text(nbytes: int, byte_unit: str = "B") -> str:
+def size_text(nbytes: int) -> str:
     """A byte count in binary units: ``"512 B"``, ``"1.5 KiB"``, ... up to GiB."""
     size = float(nbytes)
-    for unit in (byte_unit, "KiB", "MiB", "GiB"):
+    for unit in ("B", "KiB", "MiB", "GiB"):
         if size < 1024 or unit == "GiB":
-            return f"{int(size)} {unit}" if unit == byte_unit else f"{size:.1f} {unit}"
+            return f"{int(size)} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     raise AssertionError("unreachable")
 

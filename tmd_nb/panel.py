@@ -76,7 +76,6 @@ FORMATS: list[tuple[str, str, str]] = [
 ]
 _EXTENSION = {fmt: ext for _, fmt, ext in FORMATS}
 _KNOWN_EXTENSIONS = tuple(codec.EXTENSIONS)  # what save() and load() read formats from
-_TIMES = "\u00d7"  # shapes in the panel read 30 \u00d7 40
 _LITERAL_LIMIT = 500  # longest repr shown as an editable literal
 _RED = "#c9302c"
 _GREEN = "#2e7d32"
@@ -247,9 +246,9 @@ def _html_line(text: str, color: str | None = None, icon: str = "") -> str:
 def _facts_html(array: np.ndarray) -> str:
     """Shape, dtype, size and value range of a height map (its metadata is in the editor below)."""
     info = summary(array)
-    shape = html.escape(shape_text(info["shape"], _TIMES))
+    shape = html.escape(shape_text(info["shape"]))
     return (f"<b>height map</b> {shape} <code>{html.escape(info['dtype'])}</code> "
-            f"({size_text(info['nbytes'], 'bytes')})<br/>{html.escape(stats_text(info))}")
+            f"({size_text(info['nbytes'])})<br/>{html.escape(stats_text(info))}")
 
 
 def _preview(image: widgets.Image, info: widgets.HTML, data: Any, title: str, *, with_metadata: bool) -> None:
@@ -594,7 +593,7 @@ class ExportPanel(_Panel):
             if array is None:
                 continue
             found[name] = value
-            label = f"{name}  \u2014  {shape_text(array.shape, _TIMES)} {array.dtype}"
+            label = f"{name}  \u2014  {shape_text(array.shape)} {array.dtype}"
             if isinstance(value, Mapping):
                 label += f", dict with {count_text(len(value) - 1, 'metadata key')}"
             labels.append((label, name))
@@ -679,7 +678,7 @@ class ExportPanel(_Panel):
         self._progress.value = 1.0
         self._progress.bar_style = "success"
         written = saved.path
-        message = f"Saved {name} to {written} ({size_text(os.path.getsize(written), 'bytes')}, {elapsed:.2f} s)."
+        message = f"Saved {name} to {written} ({size_text(os.path.getsize(written))}, {elapsed:.2f} s)."
         if saved.lost:
             notes.append(f"{fmt.upper()} holds {HOLDS[fmt]} only, so the metadata ({keys_text(saved.lost)}) "
                          "was not stored; choose NPZ to keep it.")
@@ -982,7 +981,7 @@ class LoadPanel(_Panel):
         elapsed = time.perf_counter() - start
         self._data, self._loaded_path = data, target
         _preview(self._preview_image, self._summary, data, os.path.basename(target), with_metadata=True)
-        self._set_status(f"Loaded {target} ({size_text(os.path.getsize(target), 'bytes')}, {elapsed:.2f} s). "
+        self._set_status(f"Loaded {target} ({size_text(os.path.getsize(target))}, {elapsed:.2f} s). "
                          "Choose a name and press Bind.", None)
         if not self._name_edited:
             self._setting_name = True
