@@ -249,6 +249,16 @@ def test_height_map_result_falls_back_when_height_map_is_gone() -> None:
     assert "replaced" in pretty(result) and "replaced" in repr(result)
 
 
+def test_height_map_result_falls_back_for_a_masked_array() -> None:
+    """A masked array is no height map for the exporters, so the summary must not try to show one."""
+    from IPython.lib.pretty import pretty
+
+    result = HeightMapResult(height_map=np.ma.masked_array(np.ones((3, 4)), mask=np.eye(3, 4, dtype=bool)))
+    assert result._repr_html_() is None
+    assert pretty(result).startswith("HeightMapResult(") and "masked_array" in pretty(result)
+    assert repr(result).startswith("HeightMapResult({") and "masked_array" in repr(result)
+
+
 def test_summary_never_copies_a_large_map_whole() -> None:
     import tracemalloc
 

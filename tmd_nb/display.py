@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from .codec import split_height_map
+from .codec import height_map_of, split_height_map
 
 __all__ = [
     "HeightMapResult",
@@ -374,9 +374,9 @@ def summary_html(data: np.ndarray | Mapping[str, Any]) -> str:
 # --------------------------------------------------------------------------- result
 
 def _is_height_map_dict(data: Mapping[str, Any]) -> bool:
-    array = data.get("height_map")
-    return (isinstance(array, np.ndarray) and array.ndim == 2 and array.size > 0
-            and array.dtype.kind in "biufc" and array.dtype.fields is None)
+    """Whether the summary and the picture can show ``data`` (what the exporters accept, and not empty)."""
+    array = height_map_of(data)
+    return array is not None and array.size > 0
 
 
 class HeightMapResult(dict):
