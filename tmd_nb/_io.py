@@ -112,3 +112,19 @@ class _Reporter:
     def finish(self) -> None:
         if self.progress is not None and self.total == 0:
             self.progress(0, 0)
+
+
+def _read_into(fp: BinaryIO, buf: memoryview, where: str, reporter: _Reporter) -> None:
+    """Fill ``buf`` from ``fp`` in pieces of :data:`CHUNK` bytes, reporting each to ``reporter``.
+
+    Callers have checked the file's size against ``len(buf)``, so a file that runs out of bytes
+    shrank while being read.
+    """
+    done, total = 0, len(buf)
+    while done < total:
+        n = fp.readinto(buf[done:done + CHUNK])
+        if not n:
+            raise FormatError(f"{where} is truncated: it shrank while being read "
+                              f"({done} of {total} data bytes present)")
+        done += n
+        reporter.add(n)

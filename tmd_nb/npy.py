@@ -38,7 +38,7 @@ import numpy as np
 from numpy.lib import format as npformat
 
 from . import _io
-from ._io import Progress, _describe, _open, _WriteBehind
+from ._io import Progress, _describe, _open, _read_into, _Reporter, _WriteBehind
 from .errors import FormatError
 
 __all__ = ["NPY_MAGIC", "read_npy", "write_npy"]
@@ -144,20 +144,21 @@ def write_npy(fp: BinaryIO, array: np.ndarray, progress: Progress | None = None)
     """
     array = np.asanyarray(array)
     fp.write(_header_bytes(array, "array"))
-    total = array.nbytes
-    done = 0
-    behind = _WriteBehind(fp, total)
+    _write_data(fp, array, progress)
+
+
+def _write_data(fp: BinaryIO, array: np.ndarray, progress: Progress | None) -> None:
+    """Stream the bytes of ``array`` into ``fp`` in pieces (no copy), starting write-back as they go."""
+    reporter = _Reporter(progress, array.nbytes)
+    behind = _WriteBehind(fp, array.nbytes)
     try:
         for piece in _data_pieces(array, _io.CHUNK):
             fp.write(piece)
             behind.wrote(len(piece))
-            done += len(piece)
-            if progress is not None:
-                progress(done, total)
+            reporter.add(len(piece))
     finally:
         behind.close()
-    if progress is not None and total == 0:
-        progress(0, 0)
+    reporter.finish()
 
 
 def read_npy(path: str | os.PathLike[str], *, mmap: bool = False, progress: Progress | None = None) -> np.ndarray:
@@ -181,18 +182,9 @@ def read_npy(path: str | os.PathLike[str], *, mmap: bool = False, progress: Prog
                 progress(array.nbytes, array.nbytes)
             return array
         array = _empty(dtype, shape, fortran, where)
-        buf = _bytes_of(array)
-        total = len(buf)
-        done = 0
-        while done < total:
-            n = fp.readinto(buf[done:done + _io.CHUNK])
-            if not n:
-                raise FormatError(f"{where} is truncated: {done} of {total} data bytes present")
-            done += n
-            if progress is not None:
-                progress(done, total)
-        if progress is not None and total == 0:
-            progress(0, 0)
+        reporter = _Reporter(progress, array.nbytes)
+        _read_into(fp, _bytes_of(array), where, reporter)  # type: ignore[arg-type]
+        reporter.finish()
         return array
 
 

@@ -468,26 +468,17 @@ def read_npz(path: str | os.PathLike[str], *, progress: Progress | None = None,
         for a, b in zip(ordered, ordered[1:]):
             if a.start + a.csize > b.offset:
                 raise FormatError(f"{where}: members {a.name!r} and {b.name!r} overlap")
-        total = sum(m.usize for m in members)
-        done = 0
-
-        def advance(n: int) -> None:
-            nonlocal done
-            done += n
-            if progress is not None:
-                progress(done, total)
-
+        reporter = _Reporter(progress, sum(m.usize for m in members))
         out: dict[str, np.ndarray] = {}
         for m in members:
             member = f"{where} member {m.name!r}"
             try:
-                out[m.key] = _read_member(f, m, member, advance, workers)  # type: ignore[arg-type]
+                out[m.key] = _read_member(f, m, member, reporter.add, workers)  # type: ignore[arg-type]
             except FormatError:
                 raise
             except _DECODE_ERRORS as exc:
                 raise FormatError(f"{member} is corrupt: {exc}") from None
-        if progress is not None and total == 0:
-            progress(0, 0)
+        reporter.finish()
         return out
 
 

@@ -61,10 +61,11 @@ from typing import Any
 
 import numpy as np
 
-from ._io import Progress, _open
+from ._io import Progress, _open, _read_into, _Reporter
 from .atomic import atomic_write
 from .codec import split_height_map
 from .errors import FormatError, MetadataNotStoredWarning
+from .npy import _write_data
 
 __all__ = ["MAGIC", "HEADER_V2", "export_to_tmd", "load_tmd", "looks_like_tmd"]
 
@@ -76,7 +77,6 @@ _DTYPE = np.dtype("<f4")
 _DIMS_V1 = struct.Struct("<IIff")
 _DIMS_V2 = struct.Struct("<IIffff")
 _HEADER_MAX = 64  # the header's NUL must come within this many bytes
-_CHUNK = 8 << 20  # bytes per read/write call, so progress can be reported
 _HEAD_READ = 64 << 10
 _KNOWN_KEYS = frozenset({"height_map", "x_length", "y_length", "x_offset", "y_offset", "comment", "tmd_version"})
 
@@ -194,7 +194,8 @@ def load_tmd(path: PathLike, *, mmap: bool = False, progress: Progress | None = 
             height_map: np.ndarray = np.memmap(fp, dtype=_DTYPE, mode="r", offset=data_start, shape=(height, width))
         else:
             fp.seek(data_start)
-            height_map = _read_heights(fp, count, where, progress).reshape(height, width)
+            height_map = np.empty((height, width), dtype=_DTYPE)  # no per-value Python work
+            _read_into(fp, memoryview(height_map).cast("B"), where, _Reporter(progress, height_map.nbytes))
     if not height_map.dtype.isnative:  # pragma: no cover - big-endian hosts only
         height_map = height_map.astype(np.float32)
     return {
@@ -206,23 +207,6 @@ def load_tmd(path: PathLike, *, mmap: bool = False, progress: Progress | None = 
         "comment": comment,
         "tmd_version": version,
     }
-
-
-def _read_heights(fp: Any, count: int, where: str, progress: Progress | None) -> np.ndarray:
-    """Read ``count`` float32 values straight into one array: no per-value Python work."""
-    array = np.empty(count, dtype=_DTYPE)
-    buf = memoryview(array).cast("B")
-    total = len(buf)
-    done = 0
-    while done < total:
-        n = fp.readinto(buf[done:done + _CHUNK])
-        if not n:
-            raise FormatError(f"{where} is truncated: it shrank while being read "
-                              f"({done} of {total} data bytes present)")
-        done += n
-        if progress is not None:
-            progress(done, total)
-    return array
 
 
 def _float32_heights(array: np.ndarray) -> np.ndarray:
@@ -311,12 +295,7 @@ def export_to_tmd(data: np.ndarray | Mapping[str, Any], output_path: PathLike, *
                       f"{os.fspath(output_path)!r}: {names}. Use export_to_npz to keep them.",
                       MetadataNotStoredWarning, stacklevel=2)
     header = HEADER_V2 + comment.encode("ascii") + b"\0" + struct.pack("<II", width, height) + fields
-    body = memoryview(heights.reshape(-1)).cast("B")
-    total = len(body)
     with atomic_write(output_path) as fp:
         fp.write(header)
-        for start in range(0, total, _CHUNK):
-            fp.write(body[start:start + _CHUNK])
-            if progress is not None:
-                progress(min(start + _CHUNK, total), total)
+        _write_data(fp, heights, progress)  # C-contiguous, so its bytes go out row-major
     return os.path.abspath(output_path)
