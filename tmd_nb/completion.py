@@ -13,10 +13,12 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import numpy as np
+
 from .arguments import tokenize
 from .codec import EXTENSIONS, height_map_of
 
-__all__ = ["MATCHER_ID", "complete", "exportable_names", "path_candidates", "register_completer",
+__all__ = ["MATCHER_ID", "complete", "exportable", "exportable_names", "path_candidates", "register_completer",
            "unregister_completer"]
 
 MATCHER_ID = "tmd_nb.magics.complete"
@@ -30,11 +32,24 @@ _MAGIC_LINE = re.compile(r"\s*(?:(?P<target>[A-Za-z_]\w*)\s*=\s*)?(?P<percent>%?
 _NEEDS_QUOTES = set(" \t\"'\\$#&;|<>()[]{}*?!`")
 
 
+def exportable(namespace: Mapping[str, Any], prefix: str = "") -> dict[str, tuple[Any, np.ndarray]]:
+    """``name -> (value, height map)`` of the user variables that can be saved, in namespace order.
+
+    The one rule for what ``%tmd_export`` completes and the export panel lists: 2-D numeric
+    arrays and dicts with a 2-D "height_map", under names not starting with ``_``.
+    """
+    found = {}
+    for name, value in list(namespace.items()):
+        if isinstance(name, str) and name.startswith(prefix) and not name.startswith("_"):
+            array = height_map_of(value)
+            if array is not None:
+                found[name] = (value, array)
+    return found
+
+
 def exportable_names(namespace: Mapping[str, Any], prefix: str = "") -> list[str]:
-    """User variables ``%tmd_export`` can save: 2-D numeric arrays and dicts with a 2-D "height_map"."""
-    return sorted(name for name, value in list(namespace.items())
-                  if isinstance(name, str) and name.startswith(prefix) and not name.startswith("_")
-                  and height_map_of(value) is not None)
+    """User variables ``%tmd_export`` can save (see :func:`exportable`), sorted."""
+    return sorted(exportable(namespace, prefix))
 
 
 def path_candidates(typed: str, extensions: tuple[str, ...] = tuple(EXTENSIONS)) -> list[str]:

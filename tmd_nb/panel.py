@@ -38,6 +38,7 @@ import numpy as np
 
 from . import codec
 from . import metadata as _metadata
+from .completion import exportable
 from .display import (HeightMapResult, count_text, preview_png, shape_text, short_repr, size_text, stats_text, summary,
                       summary_html)
 from .errors import FormatError
@@ -586,12 +587,9 @@ class ExportPanel(_Panel):
         """
         found: dict[str, Any] = {}
         labels: list[tuple[str, str]] = []
-        names = [name for name in self._namespace if isinstance(name, str) and not name.startswith("_")]
-        for name in sorted(names, key=lambda n: (n.lower(), n)):
-            value = self._namespace[name]
-            array = codec.height_map_of(value)
-            if array is None:
-                continue
+        listed = exportable(self._namespace)
+        for name in sorted(listed, key=lambda n: (n.lower(), n)):
+            value, array = listed[name]
             found[name] = value
             label = f"{name}  \u2014  {shape_text(array.shape)} {array.dtype}"
             if isinstance(value, Mapping):
