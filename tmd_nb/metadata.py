@@ -24,12 +24,13 @@ from typing import Any
 
 import numpy as np
 
+from .npy import is_array_kind  # what the NPY layer stores is what metadata may hold
+
 __all__ = ["MAX_DEPTH", "TAG", "decode", "encode", "is_array_kind"]
 
 TAG = "__tmd_type__"
 MAX_DEPTH = 200
 _SAFE_INT = 2**53
-_ARRAY_KINDS = frozenset("biufcUSMm")
 _MEMBER_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,99}")
 _PATH_TYPES: dict[type, str] = {
     pathlib.PurePosixPath: "PurePosixPath",
@@ -38,11 +39,6 @@ _PATH_TYPES: dict[type, str] = {
     pathlib.WindowsPath: "WindowsPath",
 }
 _PATH_BY_NAME = {name: cls for cls, name in _PATH_TYPES.items()}
-
-
-def is_array_kind(dtype: np.dtype) -> bool:
-    """Whether arrays of ``dtype`` can be stored (numeric, bool, str, bytes, datetime64)."""
-    return dtype.kind in _ARRAY_KINDS and dtype.fields is None and dtype.subdtype is None
 
 
 def _key_path(path: tuple[Any, ...]) -> str:

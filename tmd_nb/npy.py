@@ -49,6 +49,11 @@ ALLOWED_KINDS = frozenset("biufcUSMm")
 MAX_HEADER_SIZE = 10_000
 
 
+def is_array_kind(dtype: np.dtype) -> bool:
+    """Whether arrays of ``dtype`` are stored and read (no pickle): an allowed kind, no fields or subarrays."""
+    return dtype.kind in ALLOWED_KINDS and dtype.fields is None and dtype.subdtype is None
+
+
 def _parse_header(fp: BinaryIO, where: str) -> tuple[np.dtype, tuple[int, ...], bool, int]:
     """Read an NPY header from ``fp``; return dtype, shape, fortran order and header length."""
     magic = fp.read(len(NPY_MAGIC))
@@ -69,7 +74,7 @@ def _parse_header(fp: BinaryIO, where: str) -> tuple[np.dtype, tuple[int, ...], 
         raise FormatError(f"{where} has a malformed NPY header: {exc}") from None
     if dtype.hasobject:
         raise FormatError(f"{where} holds Python objects (dtype {dtype}); loading them would need pickle, which is refused")
-    if dtype.kind not in ALLOWED_KINDS or dtype.fields is not None or dtype.subdtype is not None:
+    if not is_array_kind(dtype):
         raise FormatError(f"{where} has unsupported dtype {dtype}")
     if any(n < 0 for n in shape):
         raise FormatError(f"{where} has a negative dimension in its shape {shape}")
@@ -101,7 +106,7 @@ def _header_bytes(array: np.ndarray, what: str) -> bytes:
     dtype = array.dtype
     if dtype.hasobject:
         raise ValueError(f"{what} has dtype {dtype}: Python objects cannot be saved without pickle, which is refused")
-    if dtype.kind not in ALLOWED_KINDS or dtype.fields is not None or dtype.subdtype is not None:
+    if not is_array_kind(dtype):
         raise TypeError(f"{what} has unsupported dtype {dtype}; use a bool, numeric, str, bytes or datetime dtype")
     header = npformat.header_data_from_array_1_0(array)
     buf = io.BytesIO()
