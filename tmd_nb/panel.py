@@ -808,8 +808,8 @@ class ExportPanel(_Panel):
             self._problem = "type a file name in Path"
         elif os.path.isdir(target):
             self._problem = f"{target} is a folder; add a file name"
-        elif _blocking_file(target) is not None:
-            self._problem = f"{_blocking_file(target)} is a file, not a folder, so it cannot hold {os.path.basename(target)}"
+        elif (blocking := _blocking_file(target)) is not None:
+            self._problem = f"{blocking} is a file, not a folder, so it cannot hold {os.path.basename(target)}"
         elif exists and not self._overwrite.value:
             self._problem = _EXISTS_PROBLEM
         else:
