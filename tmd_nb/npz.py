@@ -53,7 +53,7 @@ import io
 import os
 import struct
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import BinaryIO
 
 import numpy as np
@@ -274,27 +274,34 @@ class _Member:
         return self.method == _DEFLATED
 
 
-def _index_values(extra: bytes, where: str) -> list[tuple[int, int]]:
-    """tmd_nb's chunk index from a central directory extra field (empty if there is none)."""
+def _member_name(raw: bytes, flags: int) -> str:
+    """A zip entry's name: UTF-8 if flag bit 11 says so, else code page 437 (UnicodeDecodeError if invalid)."""
+    return raw.decode("utf-8") if flags & _FLAG_UTF8 else raw.decode("cp437")
+
+
+def _extra_fields(extra: bytes) -> Iterator[tuple[int, int, bytes]]:
+    """(tag, declared size, body) of each field of a zip extra block; the last body may be cut short."""
     pos = 0
     while pos + 4 <= len(extra):
         tag, size = struct.unpack_from("<HH", extra, pos)
+        yield tag, size, extra[pos + 4:pos + 4 + size]
+        pos += 4 + size
+
+
+def _index_values(extra: bytes, where: str) -> list[tuple[int, int]]:
+    """tmd_nb's chunk index from a central directory extra field (empty if there is none)."""
+    for tag, size, body in _extra_fields(extra):
         if tag == _INDEX_EXTRA:
-            body = extra[pos + 4:pos + 4 + size]
             if size % 16 or len(body) != size:
                 raise FormatError(f"{where} has a malformed tmd_nb chunk index")
             flat = struct.unpack(f"<{size // 8}Q", body)
             return list(zip(flat[::2], flat[1::2]))
-        pos += 4 + size
     return []
 
 
 def _zip64_values(extra: bytes, wanted: list[bool], where: str) -> list[int]:
     """Values of a Zip64 extra field, for each 32-bit field that held the 0xFFFFFFFF sentinel."""
-    pos = 0
-    while pos + 4 <= len(extra):
-        tag, size = struct.unpack_from("<HH", extra, pos)
-        body = extra[pos + 4:pos + 4 + size]
+    for tag, size, body in _extra_fields(extra):
         if len(body) != size:
             raise FormatError(f"{where} has a truncated extra field")
         if tag == _ZIP64_EXTRA:
@@ -302,7 +309,6 @@ def _zip64_values(extra: bytes, wanted: list[bool], where: str) -> list[int]:
             if size < 8 * n:
                 raise FormatError(f"{where} has a Zip64 extra field too short for its sizes")
             return list(struct.unpack_from(f"<{n}Q", body))
-        pos += 4 + size
     if any(wanted):
         raise FormatError(f"{where} needs a Zip64 extra field but has none")
     return []
@@ -372,7 +378,7 @@ def _central_directory(f: BinaryIO, size: int, where: str) -> tuple[list[_Member
         if pos > len(cd):
             raise FormatError(f"{where} has a central directory entry running past its end")
         try:
-            name = raw.decode("utf-8") if flags & _FLAG_UTF8 else raw.decode("cp437")
+            name = _member_name(raw, flags)
         except UnicodeDecodeError:
             raise FormatError(f"{where} has a member name that is not valid UTF-8: {raw!r}") from None
         member = f"{where} member {name!r}"
@@ -409,7 +415,7 @@ def _check_member(f: BinaryIO, m: _Member, cd_offset: int, where: str) -> None:
     name_extra = _read_exact(f, m.offset + _LOCAL.size, nlen + xlen, where, "the local header")
     raw_name = name_extra[:nlen]
     try:
-        name = raw_name.decode("utf-8") if flags & _FLAG_UTF8 else raw_name.decode("cp437")
+        name = _member_name(raw_name, flags)
     except UnicodeDecodeError:
         name = None
     if name != m.name:
