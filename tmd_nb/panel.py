@@ -83,6 +83,8 @@ _GREEN = "#2e7d32"
 _ORANGE = "#b26a00"
 _INVALID_BORDER = f"2px solid {_RED}"
 _EXISTS_PROBLEM = "the file exists; tick 'Overwrite the existing file' to replace it"
+#: What a bad file, path or value raises while saving or loading; anything else is reported as a bug.
+_EXPECTED_ERRORS = (FormatError, OSError, TypeError, ValueError, OverflowError, MemoryError)
 
 
 # --------------------------------------------------------------------------- typed values
@@ -441,6 +443,12 @@ class _Panel(widgets.VBox):
     def _on_progress(self, done: int, total: int) -> None:
         self._progress.value = done / total if total else 1.0
 
+    def _failed(self, what: str, exc: Exception) -> None:
+        """A failed save or load: a red bar and one line; an unexpected error (a bug) is named as such."""
+        self._progress.bar_style = "danger"
+        reason = _plain_error(exc) if isinstance(exc, _EXPECTED_ERRORS) else f"unexpected {type(exc).__name__}: {exc}"
+        self._set_status(f"{what}: {reason}", _RED, "\u2717")
+
 
 # --------------------------------------------------------------------------- export panel
 
@@ -661,13 +669,8 @@ class ExportPanel(_Panel):
                 warnings.simplefilter("always")
                 saved = save_reporting(data, target, format=fmt, compress=compress, progress=self._on_progress)
             notes = [str(warning.message) for warning in caught]
-        except (FormatError, OSError, TypeError, ValueError, OverflowError, MemoryError) as exc:
-            self._progress.bar_style = "danger"
-            self._set_status(f"Not saved: {_plain_error(exc)}", _RED, "\u2717")
-            return None
-        except Exception as exc:  # a bug: still one line in the panel, where the person is looking
-            self._progress.bar_style = "danger"
-            self._set_status(f"Not saved: unexpected {type(exc).__name__}: {exc}", _RED, "\u2717")
+        except Exception as exc:  # even a bug is one line in the panel, where the person is looking
+            self._failed("Not saved", exc)
             return None
         finally:
             self._validate()  # re-enables Save and flags the file that now exists
@@ -967,13 +970,8 @@ class LoadPanel(_Panel):
         self._set_status(f"Loading {target} \u2026", None)
         try:
             data = codec.load(target, progress=self._on_progress)
-        except (FormatError, OSError, TypeError, ValueError, OverflowError, MemoryError) as exc:
-            self._progress.bar_style = "danger"
-            self._set_status(f"Could not load: {_plain_error(exc)}", _RED, "\u2717")
-            return
-        except Exception as exc:  # a bug: still one line in the panel
-            self._progress.bar_style = "danger"
-            self._set_status(f"Could not load: unexpected {type(exc).__name__}: {exc}", _RED, "\u2717")
+        except Exception as exc:  # even a bug is one line in the panel
+            self._failed("Could not load", exc)
             return
         self._progress.value, self._progress.bar_style = 1.0, "success"
         elapsed = time.perf_counter() - start
