@@ -49,6 +49,7 @@ Safety
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import struct
@@ -439,6 +440,17 @@ def _check_member(f: BinaryIO, m: _Member, cd_offset: int, where: str) -> None:
         raise FormatError(f"{where} claims {m.usize} bytes from {m.csize} stored bytes")
 
 
+@contextlib.contextmanager
+def _malformed(message: str) -> Iterator[None]:
+    """Turn whatever a hostile archive makes the block raise into a FormatError: ``message: <error>``."""
+    try:
+        yield
+    except FormatError:
+        raise
+    except _DECODE_ERRORS as exc:
+        raise FormatError(f"{message}: {exc}") from None
+
+
 def read_npz(path: str | os.PathLike[str], *, progress: Progress | None = None,
              threads: int | None = None) -> dict[str, np.ndarray]:
     """Read every ``.npy`` member of a zip archive, in archive order, keyed by name without ``.npy``.
@@ -452,24 +464,16 @@ def read_npz(path: str | os.PathLike[str], *, progress: Progress | None = None,
     workers = _threads(threads)
     with _open(path, where) as f:
         size = os.fstat(f.fileno()).st_size
-        try:
+        with _malformed(f"{where} is not a readable NPZ (zip) archive"):
             members, cd_offset = _central_directory(f, size, where)  # type: ignore[arg-type]
-        except FormatError:
-            raise
-        except _DECODE_ERRORS as exc:
-            raise FormatError(f"{where} is not a readable NPZ (zip) archive: {exc}") from None
         seen: set[str] = set()
         for m in members:
             if m.name in seen:
                 raise FormatError(f"{where} has duplicate member names ({m.name!r})")
             seen.add(m.name)
         for m in members:
-            try:
+            with _malformed(f"{where} member {m.name!r} is corrupt"):
                 _check_member(f, m, cd_offset, f"{where} member {m.name!r}")  # type: ignore[arg-type]
-            except FormatError:
-                raise
-            except _DECODE_ERRORS as exc:
-                raise FormatError(f"{where} member {m.name!r} is corrupt: {exc}") from None
         ordered = sorted(members, key=lambda m: m.offset)
         for a, b in zip(ordered, ordered[1:]):
             if a.start + a.csize > b.offset:
@@ -478,12 +482,8 @@ def read_npz(path: str | os.PathLike[str], *, progress: Progress | None = None,
         out: dict[str, np.ndarray] = {}
         for m in members:
             member = f"{where} member {m.name!r}"
-            try:
+            with _malformed(f"{member} is corrupt"):
                 out[m.key] = _read_member(f, m, member, reporter.add, workers)  # type: ignore[arg-type]
-            except FormatError:
-                raise
-            except _DECODE_ERRORS as exc:
-                raise FormatError(f"{member} is corrupt: {exc}") from None
         reporter.finish()
         return out
 
