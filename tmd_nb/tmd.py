@@ -63,7 +63,7 @@ import numpy as np
 
 from ._io import Progress, _open, _read_into, _Reporter
 from .atomic import atomic_write
-from .codec import split_height_map
+from .codec import _keys_text, split_height_map
 from .errors import FormatError, MetadataNotStoredWarning
 from .npy import _write_data
 
@@ -290,9 +290,8 @@ def export_to_tmd(data: np.ndarray | Mapping[str, Any], output_path: PathLike, *
     ])
     extra = [k for k in meta if k not in _KNOWN_KEYS]
     if extra:
-        names = ", ".join(repr(k) for k in extra[:10]) + (", ..." if len(extra) > 10 else "")
         warnings.warn(f"a .tmd file stores the height map, lengths, offsets and comment only; not saved to "
-                      f"{os.fspath(output_path)!r}: {names}. Use export_to_npz to keep them.",
+                      f"{os.fspath(output_path)!r}: {_keys_text(extra, 10)}. Use export_to_npz to keep them.",
                       MetadataNotStoredWarning, stacklevel=2)
     header = HEADER_V2 + comment.encode("ascii") + b"\0" + struct.pack("<II", width, height) + fields
     with atomic_write(output_path) as fp:
