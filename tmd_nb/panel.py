@@ -465,7 +465,6 @@ class ExportPanel(_Panel):
         self._namespace = _user_namespace(namespace, "ExportPanel")
         self._objects: dict[str, Any] = {}  # name -> object listed in the picker
         self._rows: list[_MetadataRow | _ReadOnlyRow] = []
-        self._current: Any = None  # the object whose metadata the rows show
         self._path_edited = False  # False while the path is the one we suggested
         self._setting_path = False
         self._problem: str | None = None
@@ -603,9 +602,10 @@ class ExportPanel(_Panel):
             if isinstance(value, Mapping):
                 label += f", dict with {count_text(len(value) - 1, 'metadata key')}"
             labels.append((label, name))
-        previous, previous_object = self._picker.value, self._current
+        previous = self._picker.value
+        # the rows show self._objects[previous]: keep them while the name still holds that object
+        keep = previous in found and found[previous] is self._objects.get(previous)
         self._objects = found
-        keep = previous in found and found[previous] is previous_object
         self._refreshing = True
         try:
             self._picker.options = labels
@@ -703,8 +703,7 @@ class ExportPanel(_Panel):
     def _show_selection(self) -> None:
         """Show the preview and the metadata rows of the selected variable."""
         name = self._picker.value
-        value = self._objects.get(name) if name is not None else None
-        self._current = value
+        value = self._objects.get(name)
         self._rows = []
         if value is None:
             self._preview_image.value = b""
