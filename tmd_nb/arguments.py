@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import keyword
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -16,7 +17,7 @@ from IPython.core.error import UsageError
 
 from .codec import HEIGHT_MAP
 
-__all__ = ["Tokens", "parse_line", "parse_meta", "resolve_name", "split_line", "tokenize"]
+__all__ = ["Tokens", "is_variable_name", "parse_line", "parse_meta", "resolve_name", "split_line", "tokenize"]
 
 
 class Tokens(NamedTuple):
@@ -130,7 +131,6 @@ def parse_line(parser: argparse.ArgumentParser, magic: str, line: str) -> argpar
     return args
 
 
-
 def _check_expression(node: ast.AST, text: str) -> None:
     if isinstance(node, ast.Name):
         return
@@ -204,6 +204,11 @@ def resolve_name(text: str, namespace: Mapping[str, Any]) -> Any:
         raise UsageError(f"{text!r} is not a variable name, attribute or subscript (such as scan or scan['z'])") from None
     _check_expression(tree.body, text)
     return _evaluate(tree.body, namespace, text)
+
+
+def is_variable_name(text: str) -> bool:
+    """Whether ``text`` can name a new variable: what ``%tmd_load -n`` and the load panel's Name accept."""
+    return text.isidentifier() and not keyword.iskeyword(text)
 
 
 def parse_meta(items: list[str] | None) -> dict[str, Any]:

@@ -10,7 +10,6 @@ writes atomically.
 
 from __future__ import annotations
 
-import keyword
 import os
 import sys
 import time
@@ -23,7 +22,7 @@ from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 
 from . import codec
-from .arguments import parse_line, parse_meta, resolve_name
+from .arguments import is_variable_name, parse_line, parse_meta, resolve_name
 from .completion import register_completer, unregister_completer
 from .display import HeightMapResult, count_text, shape_text, size_text
 from .errors import FormatError
@@ -261,7 +260,7 @@ class TmdMagics(Magics):
         args = parse_line(self.tmd_load.parser, "tmd_load", line)
         if args.help:
             return None
-        if args.name is not None and (not args.name.isidentifier() or keyword.iskeyword(args.name)):
+        if args.name is not None and not is_variable_name(args.name):
             raise UsageError(f"-n/--name needs a valid Python variable name, not {args.name!r}")
         bar = ProgressBar(f"loading {args.path}")
         start = time.perf_counter()

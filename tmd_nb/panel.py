@@ -38,6 +38,7 @@ import numpy as np
 
 from . import codec
 from . import metadata as _metadata
+from .arguments import is_variable_name
 from .completion import exportable
 from .display import (HeightMapResult, count_text, preview_png, shape_text, short_repr, size_text, stats_text, summary,
                       summary_html)
@@ -996,7 +997,7 @@ class LoadPanel(_Panel):
             return "no file is loaded; pick a .npz, .npy or .tmd file"
         if not name:
             return "type a variable name"
-        if not name.isidentifier() or keyword.iskeyword(name):
+        if not is_variable_name(name):
             return f"{name!r} is not a valid Python variable name"
         return None
 
@@ -1020,4 +1021,4 @@ def _identifier_for(path: str) -> str:
         name = "scan_" + name
     if keyword.iskeyword(name):
         name += "_"
-    return name if name.isidentifier() else "height_map"
+    return name if is_variable_name(name) else "height_map"
