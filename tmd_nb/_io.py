@@ -1,4 +1,4 @@
-"""Plumbing the NPY, deflate and NPZ modules share: opening files safely, progress, write-behind.
+"""Plumbing tmd_nb's readers and writers share: opening and reading files safely, progress, write-behind.
 
 Tunables here are read as ``_io.CHUNK`` (never imported by name) by the other modules, so that
 one assignment changes them everywhere (tests lower them to exercise many chunks cheaply).
