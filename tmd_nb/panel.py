@@ -756,8 +756,7 @@ class ExportPanel(_Panel):
         root, ext = os.path.splitext(self._path.value)
         wanted = _EXTENSION[change["new"]]
         if ext.lower() in _KNOWN_EXTENSIONS and ext.lower() != wanted:
-            self._set_path(root + wanted)
-            self._overwrite.value = False
+            self._set_path(root + wanted)  # a new path: _on_path resets Overwrite
         self._validate()
 
     def _validate(self) -> None:
