@@ -226,6 +226,18 @@ def test_npy_mmap_is_read_only(tmp_path):
     assert np.array_equal(load_from_npz(export_to_npz({"height_map": arr}, tmp_path / "m.npz"))["height_map"], arr)
 
 
+def test_npy_that_is_not_2d_is_refused_from_its_header_before_reading_data(tmp_path, monkeypatch):
+    np.save(tmp_path / "cube.npy", np.zeros((40, 40, 40)))
+    from tmd_nb import npy
+
+    def must_not_read(*args, **kwargs):
+        raise AssertionError("data was read before the header was checked")
+
+    monkeypatch.setattr(npy, "_read_into", must_not_read)
+    with pytest.raises(FormatError, match=r"cube.npy.*3-D"):
+        load_from_npy(tmp_path / "cube.npy")
+
+
 def test_npy_that_is_not_2d_is_a_format_error(tmp_path):
     for i, arr in enumerate((np.arange(5), np.zeros((2, 2, 2)), np.array(1.0), np.array([["a"]]))):
         np.save(tmp_path / f"{i}.npy", arr)

@@ -135,9 +135,7 @@ def export_to_npy(data: np.ndarray | Mapping[str, Any], output_path: PathLike, *
 
 def load_from_npy(path: PathLike, mmap: bool = False, *, progress: Progress | None = None) -> np.ndarray:
     """Load a 2-D height map from a ``.npy`` file (``mmap=True``: a read-only memory map)."""
-    array = read_npy(path, mmap=mmap, progress=progress)
-    _check_loaded_height_map(array, repr(os.fspath(path)))
-    return array
+    return read_npy(path, mmap=mmap, progress=progress, check=_check_height_map_header)
 
 
 def encode_npz_members(data: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -178,7 +176,7 @@ def decode_npz_members(members: dict[str, np.ndarray], where: str) -> dict[str, 
     if HEIGHT_MAP not in members:
         raise FormatError(f"{where} has no 'height_map' array (members: {_keys_text(members, 8)})")
     height_map = members.pop(HEIGHT_MAP)
-    _check_loaded_height_map(height_map, f"{where} member 'height_map'")
+    _check_height_map_header(height_map.dtype, height_map.shape, f"{where} member 'height_map'")
 
     version = members.pop(VERSION_MEMBER, None)
     if version is not None:
@@ -214,11 +212,11 @@ def decode_npz_members(members: dict[str, np.ndarray], where: str) -> dict[str, 
     return {HEIGHT_MAP: height_map, **meta, **members}
 
 
-def _check_loaded_height_map(array: np.ndarray, where: str) -> None:
-    if array.ndim != 2:
-        raise FormatError(f"{where} holds a {array.ndim}-D array of shape {array.shape}, not a 2-D height map")
-    if array.dtype.kind not in _HEIGHT_KINDS:
-        raise FormatError(f"{where} holds dtype {array.dtype}, not a numeric height map")
+def _check_height_map_header(dtype: np.dtype, shape: tuple[int, ...], where: str) -> None:
+    if len(shape) != 2:
+        raise FormatError(f"{where} holds a {len(shape)}-D array of shape {shape}, not a 2-D height map")
+    if dtype.kind not in _HEIGHT_KINDS:
+        raise FormatError(f"{where} holds dtype {dtype}, not a numeric height map")
 
 
 def load(path: PathLike, *, progress: Progress | None = None) -> dict[str, Any]:

@@ -31,7 +31,7 @@ import io
 import math
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
 import numpy as np
@@ -166,16 +166,20 @@ def _write_data(fp: BinaryIO, array: np.ndarray, progress: Progress | None) -> N
     reporter.finish()
 
 
-def read_npy(path: str | os.PathLike[str], *, mmap: bool = False, progress: Progress | None = None) -> np.ndarray:
+def read_npy(path: str | os.PathLike[str], *, mmap: bool = False, progress: Progress | None = None,
+             check: Callable[[np.dtype, tuple[int, ...], str], None] | None = None) -> np.ndarray:
     """Read an NPY file; with ``mmap`` the result is a read-only memory map.
 
     The data are read straight into the result (no intermediate buffer), in pieces that drive
-    ``progress(done_bytes, total_bytes)``.
+    ``progress(done_bytes, total_bytes)``. ``check(dtype, shape, where)`` may refuse the array
+    from its header alone, before any data is read.
     """
     where = _describe(path)
     with _open(path, where) as fp:
         size = os.fstat(fp.fileno()).st_size
         dtype, shape, fortran, offset = _parse_header(fp, where)  # type: ignore[arg-type]
+        if check is not None:
+            check(dtype, shape, where)
         expected = offset + _nbytes(dtype, shape)
         if expected != size:
             raise FormatError(
