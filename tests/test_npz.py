@@ -17,7 +17,7 @@ import pytest
 from tmd_nb import _io, deflate, npz
 from tmd_nb.errors import FormatError
 from tmd_nb.npy import read_npy, write_npy
-from tmd_nb.npz import read_npz
+from tmd_nb.npz import read_npz, write_npz
 
 from archive_helpers import (DTYPES, build_zip, check_progress, npy_bytes, refused, same, sample, save_npz, surface,
                              unzip_ok)
@@ -317,3 +317,17 @@ def test_save_adds_at_most_64_mb_of_peak_memory(tmp_path, kind):
     added = int(result.stdout.strip())
     assert added <= 64 * 2**20, f"{kind}: a save of a 256 MB array added {added / 2**20:.0f} MB of peak memory"
     assert out.stat().st_size > 2**20
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_an_error_of_the_progress_callback_is_not_reported_as_a_corrupt_file(tmp_path, compress):
+    path = tmp_path / "fine.npz"
+    with open(path, "wb") as fp:
+        write_npz(fp, {"height_map": np.arange(3_000_000, dtype=np.float64).reshape(1000, 3000)}, compress=compress)
+
+    def broken(done, total):
+        raise ValueError("bug in the caller's progress bar")
+
+    with pytest.raises(ValueError, match="bug in the caller's progress bar") as info:
+        read_npz(path, progress=broken)
+    assert not isinstance(info.value, FormatError)

@@ -440,6 +440,10 @@ def _check_member(f: BinaryIO, m: _Member, cd_offset: int, where: str) -> None:
         raise FormatError(f"{where} claims {m.usize} bytes from {m.csize} stored bytes")
 
 
+class _CallbackFailed(Exception):
+    """Carries an exception of the caller's ``progress`` callback past :func:`_malformed`."""
+
+
 @contextlib.contextmanager
 def _malformed(message: str) -> Iterator[None]:
     """Turn whatever a hostile archive makes the block raise into a FormatError: ``message: <error>``."""
@@ -479,11 +483,21 @@ def read_npz(path: str | os.PathLike[str], *, progress: Progress | None = None,
             if a.start + a.csize > b.offset:
                 raise FormatError(f"{where}: members {a.name!r} and {b.name!r} overlap")
         reporter = _Reporter(progress, sum(m.usize for m in members))
+
+        def advance(n: int) -> None:
+            try:
+                reporter.add(n)
+            except Exception as exc:  # the caller's own error, not a sign of a corrupt file
+                raise _CallbackFailed() from exc
+
         out: dict[str, np.ndarray] = {}
-        for m in members:
-            member = f"{where} member {m.name!r}"
-            with _malformed(f"{member} is corrupt"):
-                out[m.key] = _read_member(f, m, member, reporter.add, workers)  # type: ignore[arg-type]
+        try:
+            for m in members:
+                member = f"{where} member {m.name!r}"
+                with _malformed(f"{member} is corrupt"):
+                    out[m.key] = _read_member(f, m, member, advance, workers)  # type: ignore[arg-type]
+        except _CallbackFailed as failed:
+            raise failed.__cause__ from None  # type: ignore[misc]
         reporter.finish()
         return out
 
