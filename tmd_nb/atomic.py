@@ -10,6 +10,7 @@ untouched; if the process is killed, the hidden temporary file is the only trace
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 from collections.abc import Iterator
@@ -66,7 +67,7 @@ def atomic_write(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
     if os.path.islink(target):
         target = os.path.realpath(target)
     if os.path.isdir(target):
-        raise IsADirectoryError(21, "Is a directory", target)
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), target)
     directory = os.path.dirname(target)
     os.makedirs(directory, exist_ok=True)
     try:
