@@ -50,14 +50,14 @@ def save_reporting(data: Any, path: str | os.PathLike[str], *, format: str, comp
         else:
             warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     keys = [k for k in data if k != HEIGHT_MAP] if isinstance(data, Mapping) else []
-    if format == "npy":
-        stored = 0
-    elif format == "tmd":
-        stored = sum(1 for key in keys if key in TMD_FIELDS)
+    if format == "npz":
+        stored, lost = keys, []
+    elif format == "tmd":  # "tmd_version" is derived on load, so leaving it out loses nothing
+        stored = [k for k in keys if k in TMD_FIELDS]
+        lost = [k for k in keys if k not in TMD_FIELDS and k != "tmd_version"]
     else:
-        stored = len(keys)
-    lost = [k for k in keys if k not in TMD_FIELDS and k != "tmd_version"] if format == "tmd" else keys
-    return Saved(path=os.fspath(written), stored=stored, lost=lost if dropped else [])
+        stored, lost = [], keys
+    return Saved(path=os.fspath(written), stored=len(stored), lost=lost if dropped else [])
 
 
 def keys_text(keys: Iterable[Any], limit: int = 5) -> str:
