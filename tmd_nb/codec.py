@@ -71,7 +71,7 @@ PathLike = str | os.PathLike[str]
 EXTENSIONS = {".npz": "npz", ".npy": "npy", ".tmd": "tmd"}
 
 
-def _keys_text(keys: Iterable[Any], limit: int) -> str:
+def keys_text(keys: Iterable[Any], limit: int = 5) -> str:
     """``'a', 'b', ...``: the first ``limit`` keys, for a message (``none`` if there are none)."""
     keys = list(keys)
     return ", ".join(repr(k) for k in keys[:limit]) + (", ..." if len(keys) > limit else "") or "none"
@@ -84,7 +84,7 @@ def split_height_map(data: Any, what: str = "data") -> tuple[np.ndarray, dict[st
     """
     if isinstance(data, Mapping):
         if HEIGHT_MAP not in data:
-            raise ValueError(f"{what} has no 'height_map' entry (keys: {_keys_text(data, 8)})")
+            raise ValueError(f"{what} has no 'height_map' entry (keys: {keys_text(data, 8)})")
         array = data[HEIGHT_MAP]
         meta = {k: v for k, v in data.items() if k != HEIGHT_MAP}
         what = f"{what}['height_map']"
@@ -126,7 +126,7 @@ def export_to_npy(data: np.ndarray | Mapping[str, Any], output_path: PathLike, *
     array, meta = split_height_map(data)
     if meta:
         warnings.warn(f"NPY stores the height map only; metadata not saved to {os.fspath(output_path)!r}: "
-                      f"{_keys_text(meta, 10)}. "
+                      f"{keys_text(meta, 10)}. "
                       "Use export_to_npz to keep it.", MetadataNotStoredWarning, stacklevel=2)
     with atomic_write(output_path) as fp:
         write_npy(fp, array, progress=progress)
@@ -174,7 +174,7 @@ def load_from_npz(path: PathLike, *, progress: Progress | None = None) -> dict[s
 def decode_npz_members(members: dict[str, np.ndarray], where: str) -> dict[str, Any]:
     """Turn the arrays of an NPZ archive back into ``{"height_map": ..., **metadata}``."""
     if HEIGHT_MAP not in members:
-        raise FormatError(f"{where} has no 'height_map' array (members: {_keys_text(members, 8)})")
+        raise FormatError(f"{where} has no 'height_map' array (members: {keys_text(members, 8)})")
     height_map = members.pop(HEIGHT_MAP)
     _check_height_map_header(height_map.dtype, height_map.shape, f"{where} member 'height_map'")
 

@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .codec import HEIGHT_MAP, save
+from .codec import HEIGHT_MAP, keys_text, save
 from .errors import MetadataNotStoredWarning
+from .tmd import FIELDS as TMD_FIELDS
 
-__all__ = ["HOLDS", "TMD_FIELDS", "Saved", "keys_text", "save_reporting"]
+__all__ = ["HOLDS", "Saved", "keys_text", "save_reporting"]
 
-#: The metadata a .tmd file holds (see :mod:`tmd_nb.tmd`); its loader's "tmd_version" is derived.
-TMD_FIELDS = ("x_length", "y_length", "x_offset", "y_offset", "comment")
 #: What a single-array format holds, in words, for notes about the metadata it leaves out.
 HOLDS = {"npy": "the height map", "tmd": "the height map, lengths, offsets and comment"}
 
@@ -59,8 +58,3 @@ def save_reporting(data: Any, path: str | os.PathLike[str], *, format: str, comp
         stored, lost = [], keys
     return Saved(path=os.fspath(written), stored=len(stored), lost=lost if dropped else [])
 
-
-def keys_text(keys: Iterable[Any], limit: int = 5) -> str:
-    """``'a', 'b', ...``: the first ``limit`` keys, for a one-line note."""
-    keys = list(keys)
-    return ", ".join(repr(k) for k in keys[:limit]) + (", ..." if len(keys) > limit else "")

@@ -63,7 +63,7 @@ import numpy as np
 
 from ._io import Progress, _open, _read_into, _Reporter
 from .atomic import atomic_write
-from .codec import _keys_text, split_height_map
+from .codec import keys_text, split_height_map
 from .errors import FormatError, MetadataNotStoredWarning
 from .npy import _write_data
 
@@ -78,7 +78,9 @@ _DIMS_V1 = struct.Struct("<IIff")
 _DIMS_V2 = struct.Struct("<IIffff")
 _HEADER_MAX = 64  # the header's NUL must come within this many bytes
 _HEAD_READ = 64 << 10
-_KNOWN_KEYS = frozenset({"height_map", "x_length", "y_length", "x_offset", "y_offset", "comment", "tmd_version"})
+#: The metadata a .tmd file holds besides the heights (and what load_tmd adds: "tmd_version").
+FIELDS = ("x_length", "y_length", "x_offset", "y_offset", "comment")
+_KNOWN_KEYS = frozenset({"height_map", *FIELDS, "tmd_version"})
 
 PathLike = str | os.PathLike[str]
 
@@ -291,7 +293,7 @@ def export_to_tmd(data: np.ndarray | Mapping[str, Any], output_path: PathLike, *
     extra = [k for k in meta if k not in _KNOWN_KEYS]
     if extra:
         warnings.warn(f"a .tmd file stores the height map, lengths, offsets and comment only; not saved to "
-                      f"{os.fspath(output_path)!r}: {_keys_text(extra, 10)}. Use export_to_npz to keep them.",
+                      f"{os.fspath(output_path)!r}: {keys_text(extra, 10)}. Use export_to_npz to keep them.",
                       MetadataNotStoredWarning, stacklevel=2)
     header = HEADER_V2 + comment.encode("ascii") + b"\0" + struct.pack("<II", width, height) + fields
     with atomic_write(output_path) as fp:
