@@ -46,6 +46,12 @@ def assert_identical(a: Any, b: Any, path: str = "") -> None:
         assert a == b, f"{path}: {a!r} != {b!r}"
 
 
+def png_size(png: bytes) -> tuple[int, int]:
+    """Width and height of a PNG image, read from its IHDR chunk."""
+    assert png[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    return struct.unpack(">II", png[16:24])
+
+
 def _tz_id(tz: dt.tzinfo | None) -> Any:
     if tz is None:
         return None

@@ -18,6 +18,8 @@ import pytest
 from tmd_nb import display, export_to_npz, load
 from tmd_nb.display import HeightMapResult, preview_png, summary, summary_html, summary_text
 
+from helpers import png_size
+
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -26,13 +28,6 @@ def _decode(png: bytes) -> np.ndarray:
     from matplotlib import image
 
     return image.imread(io.BytesIO(png), format="png")
-
-
-def _png_size(png: bytes) -> tuple[int, int]:
-    assert png.startswith(PNG_SIGNATURE)
-    width = int.from_bytes(png[16:20], "big")
-    height = int.from_bytes(png[20:24], "big")
-    return width, height
 
 
 @pytest.mark.parametrize("array", [
@@ -49,7 +44,7 @@ def _png_size(png: bytes) -> tuple[int, int]:
 ], ids=["normal", "int16", "bool", "complex", "constant", "all-nan", "inf", "strip", "strided", "int64-huge"])
 def test_preview_png_draws_any_height_map(array: np.ndarray) -> None:
     png = preview_png(array, title="a $title$ with dollars")
-    width, height = _png_size(png)
+    width, height = png_size(png)
     assert 100 < width < 800 and 100 < height < 800
     assert _decode(png).shape[:2] == (height, width)
 

@@ -19,14 +19,8 @@ import numpy as np
 import pytest
 
 import tmd_nb
-from helpers import assert_identical
+from helpers import assert_identical, png_size
 from tmd_nb.panel import ExportPanel, LoadPanel, parse_value
-
-
-def _png_size(png: bytes) -> tuple[int, int]:
-    assert png[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
-    width, height = struct.unpack(">II", png[16:24])
-    return width, height
 
 
 def _scan() -> dict:
@@ -157,7 +151,7 @@ def test_selected_setter_names_unknown_variables(ns: dict) -> None:
 def test_preview_shows_picture_and_summary(ns: dict) -> None:
     panel = ExportPanel(namespace=ns)
     panel.selected = "scan"
-    width, height = _png_size(panel._preview_image.value)
+    width, height = png_size(panel._preview_image.value)
     assert 100 < width < 600 and 100 < height < 600
     summary = panel._summary.value
     array = ns["scan"]["height_map"]
@@ -177,7 +171,7 @@ def test_preview_of_4000_by_4000_is_downsampled_and_quick() -> None:
     start = time.perf_counter()
     panel._picker.value = "big"
     elapsed = time.perf_counter() - start
-    width, height = _png_size(panel._preview_image.value)
+    width, height = png_size(panel._preview_image.value)
     assert width < 600 and height < 600  # a small picture, drawn from a downsampled view
     assert "4000 x 4000" in panel._summary.value
     print(f"select + preview of a 4000 x 4000 float64 map: {elapsed:.2f} s")
@@ -540,7 +534,7 @@ def test_load_panel_previews_and_binds(ns: dict, tmp_path: Path) -> None:
     assert panel.status.startswith(f"Loaded {tmp_path / 'my scan-1.npz'}")
     assert panel._progress.value == 1.0 and panel._progress.bar_style == "success"
     assert "30 x 40" in panel._summary.value and "units" in panel._summary.value
-    assert _png_size(panel._preview_image.value)[0] < 600
+    assert png_size(panel._preview_image.value)[0] < 600
     assert panel.name == "my_scan_1" and not panel._bind_button.disabled
     panel._bind_button.click()
     assert_identical(tmd_nb.load_from_npz(tmp_path / "my scan-1.npz"), dict(target["my_scan_1"]))
