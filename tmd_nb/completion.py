@@ -8,6 +8,7 @@ exactly the word the magic will see.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -23,10 +24,6 @@ __all__ = ["MATCHER_ID", "complete", "exportable", "exportable_names", "path_can
 
 MATCHER_ID = "tmd_nb.magics.complete"
 
-_VALUE_OPTIONS = {"tmd_export": {"-m", "--meta"}, "tmd_load": {"-n", "--name"}, "tmd_panel": set()}
-_OPTIONS = {"tmd_export": ["--force", "--meta", "--no-compress", "-f", "-m"],
-            "tmd_load": ["--name", "-n"],
-            "tmd_panel": ["--load"]}
 _MAGIC_LINE = re.compile(r"\s*(?:(?P<target>[A-Za-z_]\w*)\s*=\s*)?(?P<percent>%?)(?P<magic>tmd_export|tmd_load|tmd_panel)"
                          r"\s+(?P<args>.*)", re.DOTALL)
 _NEEDS_QUOTES = set(" \t\"'\\$#&;|<>()[]{}*?!`")
@@ -92,6 +89,16 @@ def _quote_path(candidate: str, open_quote: str | None) -> str:
     return f"{quote}{candidate}{closing}"
 
 
+@functools.lru_cache(maxsize=None)
+def _options(magic: str) -> tuple[list[str], frozenset[str]]:
+    """A magic's option strings, and those that take a value, read from its own argument parser."""
+    from .magics import TmdMagics  # imported here: magics imports this module
+
+    actions = getattr(TmdMagics, magic).parser._actions
+    return (sorted(o for a in actions for o in a.option_strings),
+            frozenset(o for a in actions if a.nargs != 0 for o in a.option_strings))
+
+
 def complete(line_before_cursor: str, namespace: Mapping[str, Any]) -> tuple[str, list[str], str] | None:
     """Completions for the argument being typed on a ``%tmd_export``/``%tmd_load``/``%tmd_panel`` line.
 
@@ -104,10 +111,11 @@ def complete(line_before_cursor: str, namespace: Mapping[str, Any]) -> tuple[str
         return None
     magic = match["magic"]
     words, typed, value, open_quote = tokenize(match["args"], partial=True)
-    if words and words[-1] in _VALUE_OPTIONS[magic]:
+    options, value_options = _options(magic)
+    if words and words[-1] in value_options:
         return typed, [], "option"  # an option's value: nothing sensible to offer
     if typed.startswith("-"):
-        return typed, [o for o in _OPTIONS[magic] if o.startswith(typed)], "option"
+        return typed, [o for o in options if o.startswith(typed)], "option"
     if typed[:1] in ("\"", "'") and open_quote is None:
         return typed, [], "path"  # a finished quoted word
     positionals: list[str] = []
@@ -115,7 +123,7 @@ def complete(line_before_cursor: str, namespace: Mapping[str, Any]) -> tuple[str
     for word in words:
         if skip:
             skip = False
-        elif word in _VALUE_OPTIONS[magic]:
+        elif word in value_options:
             skip = True
         elif not word.startswith("-"):
             positionals.append(word)
