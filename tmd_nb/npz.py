@@ -151,8 +151,6 @@ def write_npz(fp: BinaryIO, members: Mapping[str, np.ndarray], *, compress: bool
             raise ValueError(f"NPZ member names must be non-empty str, not {name!r}")
         array = np.asanyarray(array)
         items.append((name, array, _header_bytes(array, f"member {name!r}")))
-    if len({name for name, _, _ in items}) != len(items):  # pragma: no cover - a Mapping has unique keys
-        raise ValueError("duplicate NPZ member names")
     total = sum(array.nbytes for _, array, _ in items)
     reporter = _Reporter(progress, total)
     workers = _threads(threads) if compress else 1
