@@ -43,6 +43,7 @@ MB = 1e6
 # data
 # ------------------------------------------------------------------------------------------
 
+
 def smooth_surface(n: int, seed: int = 0) -> np.ndarray:
     """A float64 rough surface in mm: power-law spectrum (self-affine, like machined or worn
     surfaces), 5 um rms, plus 20 nm of white measurement noise. Deterministic for a seed."""
@@ -52,7 +53,7 @@ def smooth_surface(n: int, seed: int = 0) -> np.ndarray:
     kx = np.fft.rfftfreq(n)[None, :]
     k = np.hypot(kx, ky)
     k[0, 0] = 1.0
-    spectrum *= k ** -1.6
+    spectrum *= k**-1.6
     spectrum[0, 0] = 0.0
     z = np.fft.irfft2(spectrum, s=(n, n))
     z *= 0.005 / z.std()
@@ -89,14 +90,18 @@ def datasets(quick: bool, tmp: Path) -> list[Dataset]:
         out.append(Dataset(f"scan {path.stem} {scan.shape[1]}x{scan.shape[0]}", scan, path))
     for d in out:  # synthetic float32 maps get a .tmd copy, to time the TMD reader at size
         if d.tmd_path is None and d.array.dtype == np.float32 and "unquantised" not in d.name:
-            d.tmd_path = Path(tmd_nb.export_to_tmd({"height_map": d.array, "x_length": 1.0, "y_length": 1.0},
-                                                   tmp / f"{d.array.shape[0]}.tmd"))
+            d.tmd_path = Path(
+                tmd_nb.export_to_tmd(
+                    {"height_map": d.array, "x_length": 1.0, "y_length": 1.0}, tmp / f"{d.array.shape[0]}.tmd"
+                )
+            )
     return out
 
 
 # ------------------------------------------------------------------------------------------
 # measuring
 # ------------------------------------------------------------------------------------------
+
 
 @dataclass
 class Timing:
@@ -136,6 +141,7 @@ def measure(label: str, fn: Callable[[], object], nbytes: int, repeats: int, fil
 
 def fsynced(save: Callable[[str], None], path: Path) -> Callable[[], None]:
     """numpy's save followed by fsync, the durability every tmd_nb save gives."""
+
     def run() -> None:
         save(str(path))
         fd = os.open(path, os.O_RDONLY)
@@ -143,6 +149,7 @@ def fsynced(save: Callable[[str], None], path: Path) -> Callable[[], None]:
             os.fsync(fd)
         finally:
             os.close(fd)
+
     return run
 
 
@@ -165,52 +172,84 @@ def bench_dataset(d: Dataset, tmp: Path, repeats: int, levels: list[int]) -> lis
     def row(op: str, ours: Timing, theirs: Timing) -> None:
         rows.append(Row(d.name, op, ours, theirs))
 
-    np_savez_c = measure("np.savez_compressed", lambda: np.savez_compressed(p["n.npz"], height_map=a), n, repeats,
-                         p["n.npz"])
-    row("NPZ save, compressed (default)",
+    np_savez_c = measure(
+        "np.savez_compressed", lambda: np.savez_compressed(p["n.npz"], height_map=a), n, repeats, p["n.npz"]
+    )
+    row(
+        "NPZ save, compressed (default)",
         measure("export_to_npz", lambda: tmd_nb.export_to_npz({"height_map": a}, p["t.npz"]), n, repeats, p["t.npz"]),
-        np_savez_c)
+        np_savez_c,
+    )
     for level in levels:
         key = f"t{level}.npz"
-        row(f"NPZ save, level={level}",
-            measure(f"export_to_npz level={level}",
-                    lambda: tmd_nb.export_to_npz({"height_map": a}, p[key], level=level), n, repeats, p[key]),
-            np_savez_c)
-    row("NPZ load, tmd_nb's compressed file",
+        row(
+            f"NPZ save, level={level}",
+            measure(
+                f"export_to_npz level={level}",
+                lambda: tmd_nb.export_to_npz({"height_map": a}, p[key], level=level),
+                n,
+                repeats,
+                p[key],
+            ),
+            np_savez_c,
+        )
+    row(
+        "NPZ load, tmd_nb's compressed file",
         measure("load_from_npz", lambda: tmd_nb.load_from_npz(p["t.npz"]), n, repeats, p["t.npz"]),
-        measure("np.load", lambda: np.load(p["t.npz"])["height_map"], n, repeats, p["t.npz"]))
-    row("NPZ load, numpy's compressed file",
+        measure("np.load", lambda: np.load(p["t.npz"])["height_map"], n, repeats, p["t.npz"]),
+    )
+    row(
+        "NPZ load, numpy's compressed file",
         measure("load_from_npz", lambda: tmd_nb.load_from_npz(p["n.npz"]), n, repeats, p["n.npz"]),
-        measure("np.load", lambda: np.load(p["n.npz"])["height_map"], n, repeats, p["n.npz"]))
-    row("NPZ save, stored (compress=False)",
-        measure("export_to_npz(compress=False)",
-                lambda: tmd_nb.export_to_npz({"height_map": a}, p["ts.npz"], compress=False), n, repeats, p["ts.npz"]),
-        measure("np.savez + fsync", fsynced(lambda f: np.savez(f, height_map=a), p["ns.npz"]), n, repeats, p["ns.npz"]))
-    row("NPZ load, stored",
+        measure("np.load", lambda: np.load(p["n.npz"])["height_map"], n, repeats, p["n.npz"]),
+    )
+    row(
+        "NPZ save, stored (compress=False)",
+        measure(
+            "export_to_npz(compress=False)",
+            lambda: tmd_nb.export_to_npz({"height_map": a}, p["ts.npz"], compress=False),
+            n,
+            repeats,
+            p["ts.npz"],
+        ),
+        measure("np.savez + fsync", fsynced(lambda f: np.savez(f, height_map=a), p["ns.npz"]), n, repeats, p["ns.npz"]),
+    )
+    row(
+        "NPZ load, stored",
         measure("load_from_npz", lambda: tmd_nb.load_from_npz(p["ts.npz"]), n, repeats, p["ts.npz"]),
-        measure("np.load", lambda: np.load(p["ns.npz"])["height_map"], n, repeats, p["ns.npz"]))
-    row("NPY save",
+        measure("np.load", lambda: np.load(p["ns.npz"])["height_map"], n, repeats, p["ns.npz"]),
+    )
+    row(
+        "NPY save",
         measure("export_to_npy", lambda: tmd_nb.export_to_npy(a, p["t.npy"]), n, repeats, p["t.npy"]),
-        measure("np.save + fsync", fsynced(lambda f: np.save(f, a), p["n.npy"]), n, repeats, p["n.npy"]))
+        measure("np.save + fsync", fsynced(lambda f: np.save(f, a), p["n.npy"]), n, repeats, p["n.npy"]),
+    )
     offset = p["n.npy"].stat().st_size - n
-    row("NPY load",
+    row(
+        "NPY load",
         measure("load_from_npy", lambda: tmd_nb.load_from_npy(p["t.npy"]), n, repeats, p["t.npy"]),
-        measure("np.load", lambda: np.load(p["n.npy"]), n, repeats, p["n.npy"]))
-    row("NPY load vs raw read",
+        measure("np.load", lambda: np.load(p["n.npy"]), n, repeats, p["n.npy"]),
+    )
+    row(
+        "NPY load vs raw read",
         measure("load_from_npy", lambda: tmd_nb.load_from_npy(p["t.npy"]), n, repeats, p["t.npy"]),
-        measure("np.fromfile", lambda: np.fromfile(p["n.npy"], dtype=a.dtype, offset=offset), n, repeats, p["n.npy"]))
+        measure("np.fromfile", lambda: np.fromfile(p["n.npy"], dtype=a.dtype, offset=offset), n, repeats, p["n.npy"]),
+    )
     if d.tmd_path is not None:
         t = d.tmd_path
         start = t.stat().st_size - n
-        row("TMD load",
+        row(
+            "TMD load",
             measure("load_tmd", lambda: tmd_nb.load_tmd(t), n, repeats, t),
-            measure("np.fromfile", lambda: np.fromfile(t, dtype="<f4", offset=start).reshape(a.shape), n, repeats, t))
+            measure("np.fromfile", lambda: np.fromfile(t, dtype="<f4", offset=start).reshape(a.shape), n, repeats, t),
+        )
     return rows
 
 
 # ------------------------------------------------------------------------------------------
 # report
 # ------------------------------------------------------------------------------------------
+
 
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
@@ -232,14 +271,18 @@ def machine() -> str:
     except ImportError:
         isal_version = "not installed (zlib fallback)"
     load = " ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
-    return (f"machine: {cpu}, {os.cpu_count()} cores ({usable} usable), {platform.system()} {platform.release()}\n"
-            f"python {platform.python_version()}, numpy {np.__version__}, isal {isal_version}, "
-            f"tmd_nb {tmd_nb.__version__}; deflate threads {deflate._threads(None)}; load average {load}")
+    return (
+        f"machine: {cpu}, {os.cpu_count()} cores ({usable} usable), {platform.system()} {platform.release()}\n"
+        f"python {platform.python_version()}, numpy {np.__version__}, isal {isal_version}, "
+        f"tmd_nb {tmd_nb.__version__}; deflate threads {deflate._threads(None)}; load average {load}"
+    )
 
 
 def table(rows: list[Row]) -> str:
-    head = (f"{'data':<40} {'operation':<35} | {'tmd_nb':<14} {'ms':>8} {'MB/s':>7} {'ratio':>6} {'peak MB':>7} | "
-            f"{'numpy baseline':<20} {'ms':>8} {'MB/s':>7} {'ratio':>6} {'peak MB':>7} | {'speed':>6} {'size':>6}")
+    head = (
+        f"{'data':<40} {'operation':<35} | {'tmd_nb':<14} {'ms':>8} {'MB/s':>7} {'ratio':>6} {'peak MB':>7} | "
+        f"{'numpy baseline':<20} {'ms':>8} {'MB/s':>7} {'ratio':>6} {'peak MB':>7} | {'speed':>6} {'size':>6}"
+    )
     lines = [head, "-" * len(head)]
     for r in rows:
         o, t = r.ours, r.theirs
@@ -247,7 +290,8 @@ def table(rows: list[Row]) -> str:
         lines.append(
             f"{r.data:<40} {r.op:<35} | {'':<14} {o.seconds * 1e3:8.1f} {o.mbps:7.0f} {o.ratio:>6} {o.peak / MB:7.1f} | "
             f"{t.label:<20} {t.seconds * 1e3:8.1f} {t.mbps:7.0f} {t.ratio:>6} {t.peak / MB:7.1f} | "
-            f"{t.seconds / o.seconds:5.2f}x {size:>6}")
+            f"{t.seconds / o.seconds:5.2f}x {size:>6}"
+        )
     return "\n".join(lines)
 
 
@@ -263,6 +307,7 @@ def targets(rows: list[Row], big: str) -> str:
     by = {(r.data, r.op): r for r in rows}
     out = []
     for data in (big, big + ", unquantised"):
+
         def get(op: str) -> Row | None:
             return by.get((data, op))
 
@@ -272,15 +317,21 @@ def targets(rows: list[Row], big: str) -> str:
         speed = save.theirs.seconds / save.ours.seconds
         grow = save.ours.file_bytes / save.theirs.file_bytes
         out.append(f"[{data}]")
-        out.append(f"  compressed save >= 15x np.savez_compressed, file <= 5% larger: {speed:.1f}x, "
-                   f"{(grow - 1) * 100:+.1f}% -> {'MET' if speed >= 15 and grow <= 1.05 else 'NOT MET'}")
+        out.append(
+            f"  compressed save >= 15x np.savez_compressed, file <= 5% larger: {speed:.1f}x, "
+            f"{(grow - 1) * 100:+.1f}% -> {'MET' if speed >= 15 and grow <= 1.05 else 'NOT MET'}"
+        )
         small = get("NPZ save, level=6")
         if small is not None:
             g6 = small.ours.file_bytes / small.theirs.file_bytes
-            out.append(f"  level=6 file no larger than np.savez_compressed's: {(g6 - 1) * 100:+.3f}%, "
-                       f"{small.theirs.seconds / small.ours.seconds:.1f}x its speed -> {'MET' if g6 <= 1 else 'NOT MET'}")
-        for op, what in (("NPZ load, numpy's compressed file", "numpy's file"),
-                         ("NPZ load, tmd_nb's compressed file", "tmd_nb's file")):
+            out.append(
+                f"  level=6 file no larger than np.savez_compressed's: {(g6 - 1) * 100:+.3f}%, "
+                f"{small.theirs.seconds / small.ours.seconds:.1f}x its speed -> {'MET' if g6 <= 1 else 'NOT MET'}"
+            )
+        for op, what in (
+            ("NPZ load, numpy's compressed file", "numpy's file"),
+            ("NPZ load, tmd_nb's compressed file", "tmd_nb's file"),
+        ):
             r = get(op)
             s = r.theirs.seconds / r.ours.seconds
             out.append(f"  compressed load >= 2x np.load ({what}): {s:.2f}x -> {'MET' if s >= 2 else 'NOT MET'}")
@@ -291,8 +342,10 @@ def targets(rows: list[Row], big: str) -> str:
         s = r.theirs.seconds / r.ours.seconds
         out.append(f"  NPY load >= 0.8x np.load: {s:.2f}x -> {'MET' if s >= 0.8 else 'NOT MET'}")
         peaks = [r.ours.peak for r in rows if r.data == data and "save" in r.op]
-        out.append(f"  a save adds <= 64 MB of peak memory: at most {max(peaks) / MB:.1f} MB "
-                   f"(array {save.ours.nbytes / MB:.0f} MB) -> {'MET' if max(peaks) <= 64 * 2**20 else 'NOT MET'}")
+        out.append(
+            f"  a save adds <= 64 MB of peak memory: at most {max(peaks) / MB:.1f} MB "
+            f"(array {save.ours.nbytes / MB:.0f} MB) -> {'MET' if max(peaks) <= 64 * 2**20 else 'NOT MET'}"
+        )
     return "\n".join(out)
 
 

@@ -18,9 +18,27 @@ from tmd_nb import npz
 from tmd_nb.errors import FormatError
 from tmd_nb.npz import read_npz, write_npz
 
-
-DTYPES = ["?", "i1", "u1", "<i2", ">u2", "<i4", ">i4", "<u8", "<f2", "<f4", ">f4", "<f8", ">f8", "<c8", ">c16",
-          "<U7", "S5", "<M8[s]", ">m8[ms]"]
+DTYPES = [
+    "?",
+    "i1",
+    "u1",
+    "<i2",
+    ">u2",
+    "<i4",
+    ">i4",
+    "<u8",
+    "<f2",
+    "<f4",
+    ">f4",
+    "<f8",
+    ">f8",
+    "<c8",
+    ">c16",
+    "<U7",
+    "S5",
+    "<M8[s]",
+    ">m8[ms]",
+]
 
 
 def sample(dtype: str, shape=(7, 9), seed: int = 0) -> np.ndarray:
@@ -36,7 +54,11 @@ def sample(dtype: str, shape=(7, 9), seed: int = 0) -> np.ndarray:
 
 
 def same(a: np.ndarray, b: np.ndarray) -> bool:
-    return a.dtype == b.dtype and a.shape == b.shape and np.ascontiguousarray(a).tobytes() == np.ascontiguousarray(b).tobytes()
+    return (
+        a.dtype == b.dtype
+        and a.shape == b.shape
+        and np.ascontiguousarray(a).tobytes() == np.ascontiguousarray(b).tobytes()
+    )
 
 
 def save_npz(path: Path, members, **kw) -> Path:
@@ -57,7 +79,7 @@ def raw_member_data(path: Path, name: str) -> bytes:
     data = path.read_bytes()
     nlen, xlen = struct.unpack_from("<HH", data, info.header_offset + 26)
     start = info.header_offset + 30 + nlen + xlen
-    return data[start:start + info.compress_size]
+    return data[start : start + info.compress_size]
 
 
 def check_progress(calls: list[tuple[int, int]], total: int) -> None:
@@ -83,14 +105,56 @@ def build_zip(entries, trailing: bytes = b"") -> bytes:
         crc, csize, usize = over.get("crc", zlib.crc32(payload)), len(data), over.get("usize", len(payload))
         raw = name.encode()
         offset = over.get("offset", len(out))
-        local = dict(sig=0x04034B50, flags=over.get("flags", 0), method=over.get("method", method), crc=crc,
-                     csize=over.get("local_csize", csize), usize=over.get("local_usize", usize),
-                     name=over.get("local_name", raw))
-        out += struct.pack("<IHHHHHIIIHH", local["sig"], 20, local["flags"], local["method"], 0, 0x21, local["crc"],
-                           local["csize"], local["usize"], len(local["name"]), 0) + local["name"] + data
-        central += struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, over.get("flags", 0),
-                               over.get("method", method), 0, 0x21, crc, over.get("csize", csize), usize, len(raw),
-                               0, 0, 0, 0, 0, offset) + raw
+        local = dict(
+            sig=0x04034B50,
+            flags=over.get("flags", 0),
+            method=over.get("method", method),
+            crc=crc,
+            csize=over.get("local_csize", csize),
+            usize=over.get("local_usize", usize),
+            name=over.get("local_name", raw),
+        )
+        out += (
+            struct.pack(
+                "<IHHHHHIIIHH",
+                local["sig"],
+                20,
+                local["flags"],
+                local["method"],
+                0,
+                0x21,
+                local["crc"],
+                local["csize"],
+                local["usize"],
+                len(local["name"]),
+                0,
+            )
+            + local["name"]
+            + data
+        )
+        central += (
+            struct.pack(
+                "<IHHHHHHIIIHHHHHII",
+                0x02014B50,
+                20,
+                20,
+                over.get("flags", 0),
+                over.get("method", method),
+                0,
+                0x21,
+                crc,
+                over.get("csize", csize),
+                usize,
+                len(raw),
+                0,
+                0,
+                0,
+                0,
+                0,
+                offset,
+            )
+            + raw
+        )
     eocd = struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, len(entries), len(entries), len(central), len(out), 0)
     return bytes(out + central + eocd + trailing)
 

@@ -29,8 +29,10 @@ def require(ok: bool, reason: str) -> None:
 @pytest.fixture
 def tmd_samples() -> Path:
     """The folder of real TrueMap scans beside the repository."""
-    require(SHARED_TMD.is_dir() and any(SHARED_TMD.glob("*.tmd")),
-            f"sample scans not found at {SHARED_TMD} (they live in shared/data/tmd beside the repository)")
+    require(
+        SHARED_TMD.is_dir() and any(SHARED_TMD.glob("*.tmd")),
+        f"sample scans not found at {SHARED_TMD} (they live in shared/data/tmd beside the repository)",
+    )
     return SHARED_TMD
 
 

@@ -25,7 +25,9 @@ def assert_identical(a: Any, b: Any, path: str = "") -> None:
         assert a.dtype == b.dtype and a.dtype.str == b.dtype.str, f"{path}: dtype {a.dtype} != {b.dtype}"
         assert a.tobytes() == b.tobytes(), f"{path}: scalar bits differ"
     elif isinstance(a, float):
-        assert (math.isnan(a) and math.isnan(b)) or struct.pack("<d", a) == struct.pack("<d", b), f"{path}: {a!r} != {b!r}"
+        assert (math.isnan(a) and math.isnan(b)) or struct.pack("<d", a) == struct.pack("<d", b), (
+            f"{path}: {a!r} != {b!r}"
+        )
     elif isinstance(a, complex):
         assert_identical(a.real, b.real, path + ".real")
         assert_identical(a.imag, b.imag, path + ".imag")
@@ -69,8 +71,12 @@ HEIGHT_DTYPES = st.one_of(
 )
 
 height_maps = HEIGHT_DTYPES.flatmap(
-    lambda d: npst.arrays(d, npst.array_shapes(min_dims=2, max_dims=2, min_side=0, max_side=12),
-                          elements=npst.from_dtype(d, allow_nan=True, allow_infinity=True) if d.kind in "fc" else None))
+    lambda d: npst.arrays(
+        d,
+        npst.array_shapes(min_dims=2, max_dims=2, min_side=0, max_side=12),
+        elements=npst.from_dtype(d, allow_nan=True, allow_infinity=True) if d.kind in "fc" else None,
+    )
+)
 
 ARRAY_DTYPES = st.one_of(
     HEIGHT_DTYPES,
@@ -84,26 +90,43 @@ metadata_arrays = ARRAY_DTYPES.flatmap(lambda d: npst.arrays(d, npst.array_shape
 numpy_scalars = ARRAY_DTYPES.flatmap(lambda d: npst.arrays(d, ())).map(lambda a: a[()])
 
 fixed_offsets = st.integers(-23 * 3600, 23 * 3600).map(lambda s: dt.timezone(dt.timedelta(seconds=s)))
-zones = st.none() | st.just(dt.timezone.utc) | fixed_offsets | st.timezones()
+zones = st.none() | st.just(dt.UTC) | fixed_offsets | st.timezones()
 any_text = st.text(st.characters(codec=None, exclude_categories=()), max_size=20)
 
 metadata_leaves = st.one_of(
-    st.none(), st.booleans(), st.integers(), st.integers(min_value=2**53 - 2, max_value=2**70),
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.integers(min_value=2**53 - 2, max_value=2**70),
     st.integers(max_value=-(2**53) + 2, min_value=-(2**70)),
-    st.floats(allow_nan=True, allow_infinity=True), st.complex_numbers(allow_nan=True, allow_infinity=True),
-    any_text, st.binary(max_size=16),
-    st.datetimes(timezones=zones), st.dates(), st.times(timezones=st.none() | fixed_offsets), st.timedeltas(),
-    st.builds(pathlib.PurePosixPath, any_text), st.builds(pathlib.PureWindowsPath, st.text(max_size=8)),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.complex_numbers(allow_nan=True, allow_infinity=True),
+    any_text,
+    st.binary(max_size=16),
+    st.datetimes(timezones=zones),
+    st.dates(),
+    st.times(timezones=st.none() | fixed_offsets),
+    st.timedeltas(),
+    st.builds(pathlib.PurePosixPath, any_text),
+    st.builds(pathlib.PureWindowsPath, st.text(max_size=8)),
     st.builds(pathlib.Path, st.text(max_size=8)),
-    numpy_scalars, metadata_arrays,
+    numpy_scalars,
+    metadata_arrays,
 )
 
 metadata_values = st.recursive(
     metadata_leaves,
-    lambda inner: st.lists(inner, max_size=4) | st.lists(inner, max_size=4).map(tuple)
-    | st.dictionaries(any_text | st.just("__tmd_type__"), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.lists(inner, max_size=4).map(tuple)
+        | st.dictionaries(any_text | st.just("__tmd_type__"), inner, max_size=4)
+    ),
     max_leaves=20,
 )
 
-metadata_dicts = st.dictionaries(any_text.filter(lambda k: k != "height_map") | st.sampled_from(
-    ["metadata", "mask", "__tmd_nb_format__", "__array_0__", "units"]), metadata_values, max_size=6)
+metadata_dicts = st.dictionaries(
+    any_text.filter(lambda k: k != "height_map")
+    | st.sampled_from(["metadata", "mask", "__tmd_nb_format__", "__array_0__", "units"]),
+    metadata_values,
+    max_size=6,
+)

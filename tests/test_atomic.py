@@ -42,14 +42,20 @@ def test_exception_during_write_leaves_old_file_and_no_temporary(tmp_path, kind)
 
 
 def _child(code: str, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), *args], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 @pytest.mark.parametrize("kind", ["npz", "npy"])
 def test_file_size_limit_makes_the_save_fail_cleanly(tmp_path, kind):
     path, before = old_file(tmp_path, kind)
-    child = _child("""
+    child = _child(
+        """
         import resource, signal, sys
         import numpy as np
         import tmd_nb
@@ -63,7 +69,10 @@ def test_file_size_limit_makes_the_save_fail_cleanly(tmp_path, kind):
             print("OSError", exc.errno)
         else:
             print("saved")
-        """, str(path), kind)
+        """,
+        str(path),
+        kind,
+    )
     out, err = child.communicate(timeout=120)
     assert child.returncode == 0, err
     assert out.split()[0] == "OSError", out + err
@@ -74,7 +83,8 @@ def test_file_size_limit_makes_the_save_fail_cleanly(tmp_path, kind):
 @pytest.mark.parametrize("kind", ["npz", "npy"])
 def test_killed_writer_leaves_old_file_and_only_a_hidden_temporary(tmp_path, kind):
     path, before = old_file(tmp_path, kind)
-    child = _child("""
+    child = _child(
+        """
         import sys
         import numpy as np
         import tmd_nb
@@ -88,7 +98,10 @@ def test_killed_writer_leaves_old_file_and_only_a_hidden_temporary(tmp_path, kin
         writer = tmd_nb.export_to_npz if sys.argv[2] == "npz" else tmd_nb.export_to_npy
         writer({"height_map": np.random.default_rng(0).random((3000, 3000))}, sys.argv[1], progress=progress)
         print("finished", flush=True)
-        """, str(path), kind)
+        """,
+        str(path),
+        kind,
+    )
     try:
         line = child.stdout.readline()
         assert line.strip() == "writing", line + child.stderr.read()

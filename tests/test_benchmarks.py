@@ -6,20 +6,30 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT
 
 
 @pytest.mark.slow
 def test_bench_quick_prints_the_table(tmp_path):
-    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--quick", "--dir", str(tmp_path)],
-                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--quick", "--dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert out.startswith("machine: ")
     assert "numpy " in out and "isal " in out
-    for op in ("NPZ save, compressed (default)", "NPZ load, numpy's compressed file", "NPZ save, stored",
-               "NPY save", "NPY load", "TMD load"):
+    for op in (
+        "NPZ save, compressed (default)",
+        "NPZ load, numpy's compressed file",
+        "NPZ save, stored",
+        "NPY save",
+        "NPY load",
+        "TMD load",
+    ):
         assert op in out, op
     for baseline in ("np.savez_compressed", "np.load", "np.save + fsync", "np.fromfile"):
         assert baseline in out, baseline

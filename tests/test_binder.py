@@ -30,7 +30,6 @@ from pathlib import Path
 import nbformat
 import pytest
 from nbformat.v4 import new_code_cell
-
 from test_notebooks import ALL, CHECKS, check_expected_errors, copy_notebooks, notebook_path, run_notebook
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,8 +38,19 @@ PIP_TIMEOUT = 900  # seconds; a cold pip cache has to fetch numpy, matplotlib, i
 # (repo2docker/buildpacks/conda/environment.yml): the kernel and the widgets.
 BASE_ENV = ("ipykernel", "ipywidgets>=8,<9")
 # Never part of a clone: build products and local environments.
-NOT_IN_CLONE = shutil.ignore_patterns(".git", ".venv", "venv", "build", "dist", "*.egg-info", "__pycache__",
-                                      ".pytest_cache", ".hypothesis", ".ipynb_checkpoints", "test-artifacts")
+NOT_IN_CLONE = shutil.ignore_patterns(
+    ".git",
+    ".venv",
+    "venv",
+    "build",
+    "dist",
+    "*.egg-info",
+    "__pycache__",
+    ".pytest_cache",
+    ".hypothesis",
+    ".ipynb_checkpoints",
+    "test-artifacts",
+)
 
 
 def clone_like_copy(dest: Path) -> Path:
@@ -48,8 +58,9 @@ def clone_like_copy(dest: Path) -> Path:
     git = shutil.which("git")
     listing = None
     if git and (ROOT / ".git").exists():
-        found = subprocess.run([git, "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                               capture_output=True)
+        found = subprocess.run(
+            [git, "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT, capture_output=True
+        )
         listing = found.stdout.decode() if found.returncode == 0 else None
     if listing is None:  # no git (e.g. an unpacked source archive): copy all but build products
         shutil.copytree(ROOT, dest, ignore=NOT_IN_CLONE, dirs_exist_ok=True)
@@ -80,6 +91,7 @@ def runtime_version() -> str:
 
 # --------------------------------------------------------------------------- the files
 
+
 def test_binder_folder_specifies_python_and_installs_the_repository() -> None:
     from packaging.specifiers import SpecifierSet
 
@@ -94,8 +106,11 @@ def test_binder_folder_specifies_python_and_installs_the_repository() -> None:
 
 def test_readme_badge_opens_the_quick_start_in_jupyterlab() -> None:
     readme = (ROOT / "README.md").read_text()
-    badge = re.search(r"\[!\[Binder\]\(https://mybinder\.org/badge_logo\.svg\)\]"
-                      r"\((https://mybinder\.org/v2/gh/[\w.-]+/[\w.-]+/HEAD\?urlpath=lab/tree/([^)\s]+))\)", readme)
+    badge = re.search(
+        r"\[!\[Binder\]\(https://mybinder\.org/badge_logo\.svg\)\]"
+        r"\((https://mybinder\.org/v2/gh/[\w.-]+/[\w.-]+/HEAD\?urlpath=lab/tree/([^)\s]+))\)",
+        readme,
+    )
     assert badge, "README.md has no Binder badge linking to a notebook in JupyterLab (urlpath=lab/tree/...)"
     assert badge.group(2) == "notebooks/01_quickstart.ipynb", badge.group(1)
     assert (ROOT / badge.group(2)).is_file()
@@ -103,9 +118,23 @@ def test_readme_badge_opens_the_quick_start_in_jupyterlab() -> None:
 
 def test_repo2docker_command_line_accepts_the_repository(repo: Path) -> None:
     """``repo2docker --no-build`` needs no Docker: it picks a buildpack and prints the Dockerfile."""
-    result = subprocess.run([sys.executable, "-m", "repo2docker", "--no-build", "--no-run", "--user-id", "1000",
-                             "--user-name", "jovyan", str(repo)],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "repo2docker",
+            "--no-build",
+            "--no-run",
+            "--user-id",
+            "1000",
+            "--user-name",
+            "jovyan",
+            str(repo),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert "Building conda environment for python=3.11" in result.stderr, result.stderr
     dockerfile = result.stdout
@@ -132,11 +161,13 @@ def test_repo2docker_picks_the_python_buildpack(repo: Path, monkeypatch: pytest.
     assert picked.python_version == "3.11"
     scripts = [script for _user, script in picked.get_assemble_scripts()]
     assert any('pip install --no-cache-dir -r "binder/requirements.txt"' in s for s in scripts), scripts
-    assert not any('pip install' in s for _user, s in picked.get_preassemble_scripts()), \
+    assert not any("pip install" in s for _user, s in picked.get_preassemble_scripts()), (
         "requirements installed before the repository is copied: '.' would not be there"
+    )
 
 
 # --------------------------------------------------------------------------- the environment
+
 
 def notebook_imports(stem: str) -> set[str]:
     """Top-level modules the code cells of a notebook import (IPython magics translated first)."""
@@ -156,14 +187,20 @@ def notebook_imports(stem: str) -> set[str]:
 
 
 def pip_install(python: Path, *args: str, cwd: Path) -> None:
-    result = subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", *args],
-                            cwd=cwd, capture_output=True, text=True, timeout=PIP_TIMEOUT)
+    result = subprocess.run(
+        [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=PIP_TIMEOUT,
+    )
     assert result.returncode == 0, f"pip install {' '.join(args)} (in {cwd}) failed:\n{result.stdout}\n{result.stderr}"
 
 
 @pytest.mark.slow
-def test_fresh_binder_environment_runs_the_notebooks(repo: Path, tmp_path: Path,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fresh_binder_environment_runs_the_notebooks(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from jupyter_client.kernelspec import KernelSpecManager
     from jupyter_client.manager import AsyncKernelManager
 
@@ -174,20 +211,30 @@ def test_fresh_binder_environment_runs_the_notebooks(repo: Path, tmp_path: Path,
     pip_install(python, "-r", "binder/requirements.txt", cwd=repo)  # repo2docker's assemble step, from the root
 
     # tmd_nb comes from the environment, not from the checkout next to it.
-    where = subprocess.run([str(python), "-c", "import tmd_nb; print(tmd_nb.__file__)"], cwd=tmp_path,
-                           capture_output=True, text=True, check=True).stdout.strip()
+    where = subprocess.run(
+        [str(python), "-c", "import tmd_nb; print(tmd_nb.__file__)"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     assert Path(where).is_relative_to(venv), where
     # Everything any notebook imports is there (the panel notebook included).
     modules = sorted(set().union(*(notebook_imports(stem) for stem in ALL)))
     assert "tmd_nb" in modules
-    probe = subprocess.run([str(python), "-c", "; ".join(f"import {m}" for m in modules)], cwd=tmp_path,
-                           capture_output=True, text=True)
+    probe = subprocess.run(
+        [str(python), "-c", "; ".join(f"import {m}" for m in modules)], cwd=tmp_path, capture_output=True, text=True
+    )
     assert probe.returncode == 0, f"the Binder environment lacks a module the notebooks import:\n{probe.stderr}"
 
     # A kernel of that environment runs the notebooks.
     kernels = tmp_path / "kernels"
-    subprocess.run([str(python), "-m", "ipykernel", "install", "--prefix", str(kernels), "--name", "binder-env"],
-                   check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [str(python), "-m", "ipykernel", "install", "--prefix", str(kernels), "--name", "binder-env"],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     specs = KernelSpecManager(kernel_dirs=[str(kernels / "share" / "jupyter" / "kernels")])
     assert Path(specs.get_kernel_spec("binder-env").argv[0]).is_relative_to(venv)
     scratch = tmp_path / "tmp"

@@ -13,6 +13,7 @@ import zoneinfo
 
 import numpy as np
 import pytest
+from helpers import assert_identical, height_maps, metadata_dicts, metadata_values
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -20,18 +21,18 @@ import tmd_nb
 from tmd_nb import FormatError, MetadataNotStoredWarning, export_to_npy, export_to_npz, load_from_npy, load_from_npz
 from tmd_nb.metadata import MAX_DEPTH
 
-from helpers import assert_identical, height_maps, metadata_dicts, metadata_values
-
-FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                       HealthCheck.too_slow])
+FAST = settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 
 
 def surface(shape=(40, 30), dtype=np.float32) -> np.ndarray:
-    y, x = np.mgrid[0:shape[0], 0:shape[1]]
+    y, x = np.mgrid[0 : shape[0], 0 : shape[1]]
     return (np.sin(x / 5.0) * np.cos(y / 7.0)).astype(dtype)
 
 
 # --- round trips --------------------------------------------------------------------------------
+
 
 @FAST
 @given(hm=height_maps, compress=st.booleans())
@@ -50,14 +51,18 @@ def test_npy_round_trip_keeps_dtype_shape_and_bits(tmp_path, hm):
     assert_identical(hm, np.load(path, allow_pickle=False))
 
 
-@pytest.mark.parametrize("make", [
-    lambda a: a,
-    lambda a: np.asfortranarray(a),
-    lambda a: a[::2, ::3],
-    lambda a: a.T,
-    lambda a: a[::-1, 1:],
-    lambda a: a.astype(">f8"),
-], ids=["C", "F", "strided", "transposed", "reversed", "big-endian"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda a: a,
+        lambda a: np.asfortranarray(a),
+        lambda a: a[::2, ::3],
+        lambda a: a.T,
+        lambda a: a[::-1, 1:],
+        lambda a: a.astype(">f8"),
+    ],
+    ids=["C", "F", "strided", "transposed", "reversed", "big-endian"],
+)
 @pytest.mark.parametrize("fmt", ["npy", "npz"])
 def test_memory_layouts_round_trip(tmp_path, make, fmt):
     hm = make(surface((20, 18)))
@@ -72,13 +77,16 @@ def test_memory_layouts_round_trip(tmp_path, make, fmt):
 def test_special_floats_keep_their_bits(tmp_path):
     hm = np.array([[np.nan, np.inf, -np.inf], [-0.0, 0.0, 5e-324]], dtype=np.float64)
     hm.view(np.uint64)[0, 0] = 0x7FF8_0000_DEAD_BEEF  # a NaN with a payload
-    for back in (load_from_npz(export_to_npz({"height_map": hm}, tmp_path / "a.npz"))["height_map"],
-                 load_from_npy(export_to_npy(hm, tmp_path / "a.npy"))):
+    for back in (
+        load_from_npz(export_to_npz({"height_map": hm}, tmp_path / "a.npz"))["height_map"],
+        load_from_npy(export_to_npy(hm, tmp_path / "a.npy")),
+    ):
         assert back.tobytes() == hm.tobytes()
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                  HealthCheck.too_slow])
+@settings(
+    max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 @given(meta=metadata_dicts)
 def test_metadata_round_trips_with_types(tmp_path, meta):
     data = {"height_map": surface((3, 4)), **meta}
@@ -87,25 +95,67 @@ def test_metadata_round_trips_with_types(tmp_path, meta):
 
 
 SUPPORTED_VALUES = [
-    None, True, False, 0, -1, 2**53, 2**53 + 1, -(2**53) - 1, 10**4000, -(7**6000), 1.5, float("nan"), float("inf"),
-    -float("inf"), -0.0, 1 + 2j, complex(float("nan"), -0.0), "", "héllo \U0001F600 \x00 \ud800", b"\x00\xff",
-    [], (), {}, [1, (2, [3])], {"a": {"b": None}}, {"__tmd_type__": "int", "hex": "0x10"},
+    None,
+    True,
+    False,
+    0,
+    -1,
+    2**53,
+    2**53 + 1,
+    -(2**53) - 1,
+    10**4000,
+    -(7**6000),
+    1.5,
+    float("nan"),
+    float("inf"),
+    -float("inf"),
+    -0.0,
+    1 + 2j,
+    complex(float("nan"), -0.0),
+    "",
+    "héllo \U0001f600 \x00 \ud800",
+    b"\x00\xff",
+    [],
+    (),
+    {},
+    [1, (2, [3])],
+    {"a": {"b": None}},
+    {"__tmd_type__": "int", "hex": "0x10"},
     {"__tmd_type__": {"__tmd_type__": 1}},
-    dt.datetime(2024, 3, 1, 12, 30, 1, 5), dt.datetime(2024, 3, 1, tzinfo=dt.timezone.utc),
+    dt.datetime(2024, 3, 1, 12, 30, 1, 5),
+    dt.datetime(2024, 3, 1, tzinfo=dt.UTC),
     dt.datetime(2024, 3, 1, tzinfo=dt.timezone(dt.timedelta(hours=-5, minutes=-30))),
     dt.datetime(2024, 10, 27, 2, 30, fold=1, tzinfo=zoneinfo.ZoneInfo("Europe/Paris")),
-    dt.date(1, 1, 1), dt.time(23, 59, 59, 999999), dt.time(1, 2, tzinfo=dt.timezone(dt.timedelta(hours=9))),
+    dt.date(1, 1, 1),
+    dt.time(23, 59, 59, 999999),
+    dt.time(1, 2, tzinfo=dt.timezone(dt.timedelta(hours=9))),
     dt.timedelta(days=-3, microseconds=7),
-    pathlib.Path("/data/scan 1.tmd"), pathlib.PurePosixPath("a/b"), pathlib.PureWindowsPath(r"C:\scans\x.tmd"),
-    np.float32(1.5), np.float16(-0.0), np.longdouble(1) / 3, np.int8(-7), np.uint64(2**64 - 1), np.bool_(True),
-    np.complex64(1 - 1j), np.datetime64("2024-01-01T12:00", "ms"), np.timedelta64(3, "h"), np.str_("é"),
-    np.bytes_(b"ab"), np.arange(6, dtype=">i2").reshape(2, 3), np.array(["a", "bé"]), np.array([b"x"]),
-    np.zeros((0, 3)), np.array(3.5), np.array(["2024-01-01"], dtype="M8[D]"),
+    pathlib.Path("/data/scan 1.tmd"),
+    pathlib.PurePosixPath("a/b"),
+    pathlib.PureWindowsPath(r"C:\scans\x.tmd"),
+    np.float32(1.5),
+    np.float16(-0.0),
+    np.longdouble(1) / 3,
+    np.int8(-7),
+    np.uint64(2**64 - 1),
+    np.bool_(True),
+    np.complex64(1 - 1j),
+    np.datetime64("2024-01-01T12:00", "ms"),
+    np.timedelta64(3, "h"),
+    np.str_("é"),
+    np.bytes_(b"ab"),
+    np.arange(6, dtype=">i2").reshape(2, 3),
+    np.array(["a", "bé"]),
+    np.array([b"x"]),
+    np.zeros((0, 3)),
+    np.array(3.5),
+    np.array(["2024-01-01"], dtype="M8[D]"),
 ]
 
 
-@pytest.mark.parametrize("value", SUPPORTED_VALUES,
-                         ids=[f"{i}-{type(v).__name__}" for i, v in enumerate(SUPPORTED_VALUES)])
+@pytest.mark.parametrize(
+    "value", SUPPORTED_VALUES, ids=[f"{i}-{type(v).__name__}" for i, v in enumerate(SUPPORTED_VALUES)]
+)
 def test_each_supported_type_round_trips(tmp_path, value):
     data = {"height_map": surface((2, 2)), "v": value, "nested": [{"deep": value}]}
     assert_identical(data, load_from_npz(export_to_npz(data, tmp_path / "v.npz")))
@@ -131,16 +181,25 @@ def test_nesting_100_levels_works_and_deeper_is_a_clear_error(tmp_path):
 
 
 def test_any_str_key_works_including_metadata_and_reserved_member_names(tmp_path):
-    data = {"height_map": surface(), "metadata": np.arange(3), "__tmd_nb_format__": "mine", "__array_0__": np.ones(2),
-            "mask": np.zeros((40, 30), bool), "with/slash": np.eye(2), "": "empty key", "é": 1}
+    data = {
+        "height_map": surface(),
+        "metadata": np.arange(3),
+        "__tmd_nb_format__": "mine",
+        "__array_0__": np.ones(2),
+        "mask": np.zeros((40, 30), bool),
+        "with/slash": np.eye(2),
+        "": "empty key",
+        "é": 1,
+    }
     assert_identical(data, load_from_npz(export_to_npz(data, tmp_path / "k.npz")))
 
 
 def test_extra_arrays_are_real_arrays_in_the_archive(tmp_path):
     mask = surface() > 0
     x = np.linspace(0, 1, 30)
-    path = export_to_npz({"height_map": surface(), "mask": mask, "x": x, "calib": {"table": np.eye(3)}},
-                         tmp_path / "a.npz")
+    path = export_to_npz(
+        {"height_map": surface(), "mask": mask, "x": x, "calib": {"table": np.eye(3)}}, tmp_path / "a.npz"
+    )
     with np.load(path) as npz:
         assert npz["mask"].dtype == bool and np.array_equal(npz["mask"], mask)
         assert np.array_equal(npz["x"], x)
@@ -151,9 +210,17 @@ def test_extra_arrays_are_real_arrays_in_the_archive(tmp_path):
 
 # --- interoperability -------------------------------------------------------------------------
 
+
 def test_plain_numpy_and_json_read_native_values_as_themselves(tmp_path):
-    native = {"units": "µm", "x_length": 18.9566, "count": 2**53, "ok": True, "none": None,
-              "list": [1, "two", 3.0, [None]], "dict": {"a": {"b": [False]}}}
+    native = {
+        "units": "µm",
+        "x_length": 18.9566,
+        "count": 2**53,
+        "ok": True,
+        "none": None,
+        "list": [1, "two", 3.0, [None]],
+        "dict": {"a": {"b": [False]}},
+    }
     typed = {"when": dt.datetime(2024, 1, 2, 3, 4, 5), "big": 2**53 + 1, "nan": float("nan"), "t": (1, 2)}
     path = export_to_npz({"height_map": surface(), **native, **typed}, tmp_path / "i.npz")
     with np.load(path) as npz:  # allow_pickle is off by default
@@ -198,6 +265,7 @@ def test_load_picks_the_reader_by_content(tmp_path):
 
 
 # --- paths and return values ------------------------------------------------------------------
+
 
 def test_writes_exactly_the_given_path_and_returns_it_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -247,6 +315,7 @@ def test_npy_that_is_not_2d_is_a_format_error(tmp_path):
 
 # --- refusing what cannot be stored -------------------------------------------------------------
 
+
 class Color(enum.IntEnum):
     RED = 1
 
@@ -258,12 +327,23 @@ class MyStr(str):
     pass
 
 
-@pytest.mark.parametrize("value, type_name", [
-    (object(), "object"), (collections.OrderedDict(a=1), "OrderedDict"), (Color.RED, "Color"),
-    (Point(1, 2), "Point"), (MyStr("x"), "MyStr"), (collections.defaultdict(int), "defaultdict"),
-    ({1, 2}, "set"), (np.array([object()], dtype=object), "dtype object"), (np.void(b"ab"), "void"),
-    (np.zeros(2, dtype=[("a", "i4")]), "dtype"), (bytearray(b"x"), "bytearray"), (dt.timezone.utc, "timezone"),
-])
+@pytest.mark.parametrize(
+    "value, type_name",
+    [
+        (object(), "object"),
+        (collections.OrderedDict(a=1), "OrderedDict"),
+        (Color.RED, "Color"),
+        (Point(1, 2), "Point"),
+        (MyStr("x"), "MyStr"),
+        (collections.defaultdict(int), "defaultdict"),
+        ({1, 2}, "set"),
+        (np.array([object()], dtype=object), "dtype object"),
+        (np.void(b"ab"), "void"),
+        (np.zeros(2, dtype=[("a", "i4")]), "dtype"),
+        (bytearray(b"x"), "bytearray"),
+        (dt.UTC, "timezone"),
+    ],
+)
 def test_unsupported_values_raise_type_error_naming_key_path_and_type(tmp_path, value, type_name):
     target = tmp_path / "sub" / "x.npz"
     with pytest.raises(TypeError, match=r"\['outer'\]\[0\]\['bad'\]") as info:
@@ -280,16 +360,19 @@ def test_non_str_keys_are_refused(tmp_path):
     assert not (tmp_path / "a.npz").exists()
 
 
-@pytest.mark.parametrize("hm, error, match", [
-    (np.array(1.0), ValueError, "must be 2-D.*0-D"),
-    (np.arange(4.0), ValueError, "must be 2-D.*1-D"),
-    (np.zeros((2, 2, 2)), ValueError, "must be 2-D.*3-D"),
-    (np.array([["a"]]), TypeError, "dtype <U1"),
-    (np.zeros((2, 2), dtype="M8[s]"), TypeError, "dtype datetime64"),
-    (np.zeros((2, 2), dtype=object), TypeError, "dtype object"),
-    ([[1.0, 2.0]], TypeError, "list"),
-    (np.ma.masked_array(np.zeros((2, 2))), TypeError, "masked array"),
-])
+@pytest.mark.parametrize(
+    "hm, error, match",
+    [
+        (np.array(1.0), ValueError, "must be 2-D.*0-D"),
+        (np.arange(4.0), ValueError, "must be 2-D.*1-D"),
+        (np.zeros((2, 2, 2)), ValueError, "must be 2-D.*3-D"),
+        (np.array([["a"]]), TypeError, "dtype <U1"),
+        (np.zeros((2, 2), dtype="M8[s]"), TypeError, "dtype datetime64"),
+        (np.zeros((2, 2), dtype=object), TypeError, "dtype object"),
+        ([[1.0, 2.0]], TypeError, "list"),
+        (np.ma.masked_array(np.zeros((2, 2))), TypeError, "masked array"),
+    ],
+)
 def test_bad_height_maps_are_clear_errors(tmp_path, hm, error, match):
     for writer, name in ((export_to_npz, "a.npz"), (export_to_npy, "a.npy")):
         with pytest.raises(error, match=match):

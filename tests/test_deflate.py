@@ -9,13 +9,12 @@ import zlib
 
 import numpy as np
 import pytest
+from archive_helpers import check_progress, index_of, raw_member_data, same, save_npz, surface, unzip_ok
+from conftest import require
 
 from tmd_nb import deflate
 from tmd_nb.errors import FormatError
 from tmd_nb.npz import read_npz
-
-from archive_helpers import check_progress, index_of, raw_member_data, same, save_npz, surface, unzip_ok
-from conftest import require
 
 
 @pytest.mark.parametrize("level", [None, 0, 1, 2, 3, 4, 6, 9])
@@ -105,7 +104,7 @@ def test_lying_chunk_index_is_refused(tmp_path, monkeypatch):
     assert len(values) >= 6
 
     def patched(new: list[int]) -> bytes:
-        return good[:pos] + struct.pack(f"<{len(new)}Q", *new) + good[pos + 8 * len(new):]
+        return good[:pos] + struct.pack(f"<{len(new)}Q", *new) + good[pos + 8 * len(new) :]
 
     lies = {
         "compressed offset off by one": [values[0] + 1, *values[1:]],

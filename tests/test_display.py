@@ -14,11 +14,10 @@ from pathlib import PurePosixPath
 
 import numpy as np
 import pytest
+from helpers import png_size
 
 from tmd_nb import display, export_to_npz, load
 from tmd_nb.display import HeightMapResult, preview_png, summary, summary_html, summary_text
-
-from helpers import png_size
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -30,18 +29,22 @@ def _decode(png: bytes) -> np.ndarray:
     return image.imread(io.BytesIO(png), format="png")
 
 
-@pytest.mark.parametrize("array", [
-    np.random.default_rng(0).normal(size=(40, 60)),
-    np.arange(12, dtype=np.int16).reshape(3, 4),
-    np.eye(5, dtype=bool),
-    (np.arange(6) + 1j * np.arange(6)).reshape(2, 3),
-    np.full((7, 7), 3.5),                  # constant
-    np.full((4, 4), np.nan),               # all NaN
-    np.array([[np.inf, -np.inf], [np.nan, 1.0]]),
-    np.ones((1, 3000), dtype=np.float32),  # extreme aspect
-    np.arange(20.0).reshape(4, 5)[:, ::2],  # non-contiguous
-    np.array([[2**62, -2**62]], dtype=np.int64),
-], ids=["normal", "int16", "bool", "complex", "constant", "all-nan", "inf", "strip", "strided", "int64-huge"])
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.random.default_rng(0).normal(size=(40, 60)),
+        np.arange(12, dtype=np.int16).reshape(3, 4),
+        np.eye(5, dtype=bool),
+        (np.arange(6) + 1j * np.arange(6)).reshape(2, 3),
+        np.full((7, 7), 3.5),  # constant
+        np.full((4, 4), np.nan),  # all NaN
+        np.array([[np.inf, -np.inf], [np.nan, 1.0]]),
+        np.ones((1, 3000), dtype=np.float32),  # extreme aspect
+        np.arange(20.0).reshape(4, 5)[:, ::2],  # non-contiguous
+        np.array([[2**62, -(2**62)]], dtype=np.int64),
+    ],
+    ids=["normal", "int16", "bool", "complex", "constant", "all-nan", "inf", "strip", "strided", "int64-huge"],
+)
 def test_preview_png_draws_any_height_map(array: np.ndarray) -> None:
     png = preview_png(array, title="a $title$ with dollars")
     width, height = png_size(png)
@@ -86,10 +89,12 @@ def test_downsample_limits_both_sides_and_is_a_view() -> None:
 
 
 def test_preview_never_touches_pyplot_or_the_backend() -> None:
-    code = ("import matplotlib, sys, numpy as np; matplotlib.use('svg'); from tmd_nb.display import preview_png; "
-            "preview_png(np.ones((3, 3))); assert 'matplotlib.pyplot' not in sys.modules, 'pyplot imported'; "
-            "assert matplotlib.get_backend() == 'svg', matplotlib.get_backend(); "
-            "assert 'IPython' not in sys.modules and 'ipywidgets' not in sys.modules; print('ok')")
+    code = (
+        "import matplotlib, sys, numpy as np; matplotlib.use('svg'); from tmd_nb.display import preview_png; "
+        "preview_png(np.ones((3, 3))); assert 'matplotlib.pyplot' not in sys.modules, 'pyplot imported'; "
+        "assert matplotlib.get_backend() == 'svg', matplotlib.get_backend(); "
+        "assert 'IPython' not in sys.modules and 'ipywidgets' not in sys.modules; print('ok')"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
@@ -179,8 +184,9 @@ def test_metadata_values_read_naturally_and_are_cut_at_the_end() -> None:
     # a value too long for the row is cut at its end, never in the middle of a repr
     cut = display.short_repr(dt.datetime(2024, 5, 1, tzinfo=paris), 12)
     assert cut == "2024-05-01T\u2026"
-    assert display.short_repr(list(range(3)) + ["x" * 100], 40).endswith("\u2026") and "..." not in \
-        display.short_repr(["x" * 100], 200)
+    assert display.short_repr(list(range(3)) + ["x" * 100], 40).endswith("\u2026") and "..." not in display.short_repr(
+        ["x" * 100], 200
+    )
     html = summary_html(data)
     assert "2024-05-01T12:30:15.123456+02:00" in html and "&#x27;&lt;yyyy" in html and "<yyyy" not in html
 

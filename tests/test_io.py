@@ -7,14 +7,13 @@ import os
 
 import numpy as np
 import pytest
+from archive_helpers import same, sample, save_npz
+from conftest import require
 
 from tmd_nb import _io, deflate, load, load_tmd
 from tmd_nb.errors import FormatError
 from tmd_nb.npy import read_npy, write_npy
 from tmd_nb.npz import read_npz
-
-from archive_helpers import same, sample, save_npz
-from conftest import require
 
 
 def test_large_saves_write_back_while_writing(tmp_path, monkeypatch):

@@ -23,8 +23,10 @@ from tmd_nb import arguments, codec, completion, export_to_npz, load, magics
 from tmd_nb.display import HeightMapResult
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
-SAVED = re.compile(r"^Saved (?P<name>.+) \((?P<shape>[\d x]+) (?P<dtype>\w+), (?P<keys>\d+) metadata keys?\) to "
-                   r"(?P<path>.+) \((?P<size>[\d.]+ (?:B|KiB|MiB|GiB)), (?P<fmt>NPZ|NPY|TMD)\) in [\d.]+ m?s$")
+SAVED = re.compile(
+    r"^Saved (?P<name>.+) \((?P<shape>[\d x]+) (?P<dtype>\w+), (?P<keys>\d+) metadata keys?\) to "
+    r"(?P<path>.+) \((?P<size>[\d.]+ (?:B|KiB|MiB|GiB)), (?P<fmt>NPZ|NPY|TMD)\) in [\d.]+ m?s$"
+)
 
 
 @pytest.fixture(scope="session")
@@ -81,13 +83,19 @@ def files(folder: Path) -> list[str]:
 
 # --------------------------------------------------------------------------- %tmd_export
 
+
 def test_export_npz_prints_one_line_and_round_trips(ip, capsys, tmp_path) -> None:
     ip.user_ns["z"] = np.arange(12, dtype=np.float32).reshape(3, 4)
     _, out, err = run(ip, capsys, "%tmd_export z out.npz")
     match = saved_line(out)
     assert err == ""
-    assert (match["name"], match["shape"], match["dtype"], match["keys"], match["fmt"]) == \
-        ("z", "3 x 4", "float32", "0", "NPZ")
+    assert (match["name"], match["shape"], match["dtype"], match["keys"], match["fmt"]) == (
+        "z",
+        "3 x 4",
+        "float32",
+        "0",
+        "NPZ",
+    )
     assert match["path"] == str(tmp_path / "out.npz")
     assert match["size"] == f"{(tmp_path / 'out.npz').stat().st_size} B"
     assert np.array_equal(load(tmp_path / "out.npz")["height_map"], ip.user_ns["z"])
@@ -96,8 +104,10 @@ def test_export_npz_prints_one_line_and_round_trips(ip, capsys, tmp_path) -> Non
 def test_export_meta_options_are_literals_or_text_and_never_mutate_the_users_dict(ip, capsys, tmp_path) -> None:
     scan = {"height_map": np.ones((4, 5)), "units": "mm", "operator": "ann"}
     ip.user_ns["scan"] = scan
-    cell = ('%tmd_export scan s.npz -m units=um -m pixel=0.5e-6 -m n=3 -m ok=True -m tags=["a", "b"] '
-            '-m "note=first pass" --meta=label=x-1 -m empty= -m pair=(1, 2)')
+    cell = (
+        '%tmd_export scan s.npz -m units=um -m pixel=0.5e-6 -m n=3 -m ok=True -m tags=["a", "b"] '
+        '-m "note=first pass" --meta=label=x-1 -m empty= -m pair=(1, 2)'
+    )
     _, out, _ = run(ip, capsys, cell)
     assert saved_line(out)["keys"] == "10"
     back = load(tmp_path / "s.npz")
@@ -116,11 +126,14 @@ def test_export_array_with_meta_becomes_a_dict_in_the_file(ip, capsys, tmp_path)
     assert isinstance(ip.user_ns["z"], np.ndarray)
 
 
-@pytest.mark.parametrize("option, message", [
-    ("-m novalue", "-m/--meta expects KEY=VALUE, got 'novalue'"),
-    ("-m =3", "-m/--meta expects KEY=VALUE, got '=3'"),
-    ("-m height_map=1", "-m/--meta cannot set 'height_map'"),
-])
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        ("-m novalue", "-m/--meta expects KEY=VALUE, got 'novalue'"),
+        ("-m =3", "-m/--meta expects KEY=VALUE, got '=3'"),
+        ("-m height_map=1", "-m/--meta cannot set 'height_map'"),
+    ],
+)
 def test_bad_meta_option_is_refused(ip, capsys, tmp_path, option, message) -> None:
     ip.user_ns["z"] = np.zeros((2, 2))
     assert usage_error(ip, capsys, f"%tmd_export z z.npz {option}").startswith(message)
@@ -152,8 +165,10 @@ def test_no_compress_stores_members_uncompressed(ip, capsys, tmp_path) -> None:
     with zipfile.ZipFile(tmp_path / "packed.npz") as zf:
         assert zipfile.ZIP_DEFLATED in {i.compress_type for i in zf.infolist()}
     assert (tmp_path / "plain.npz").stat().st_size > 10 * (tmp_path / "packed.npz").stat().st_size
-    assert usage_error(ip, capsys, "%tmd_export flat flat.npy --no-compress") == \
-        "--no-compress applies to .npz files only, not .npy"
+    assert (
+        usage_error(ip, capsys, "%tmd_export flat flat.npy --no-compress")
+        == "--no-compress applies to .npz files only, not .npy"
+    )
 
 
 def test_export_npy_drops_metadata_with_one_note_line(ip, capsys, tmp_path) -> None:
@@ -161,8 +176,9 @@ def test_export_npy_drops_metadata_with_one_note_line(ip, capsys, tmp_path) -> N
     _, out, err = run(ip, capsys, "%tmd_export scan scan.npy -m extra=1")
     match = saved_line(out)
     assert (match["fmt"], match["keys"], match["dtype"]) == ("NPY", "0", "int64")
-    assert err.strip() == ("note: .npy stores the height map only; 2 metadata keys not saved "
-                           "('units', 'extra'); use .npz to keep them")
+    assert err.strip() == (
+        "note: .npy stores the height map only; 2 metadata keys not saved ('units', 'extra'); use .npz to keep them"
+    )
     assert np.array_equal(np.load(tmp_path / "scan.npy"), np.arange(6).reshape(2, 3))
 
 
@@ -177,8 +193,10 @@ def test_tmd_round_trip_with_the_real_scans(ip, capsys, tmp_path, tmd_samples) -
     # metadata a .tmd cannot hold is named in one note line, not a warning traceback
     _, out, err = run(ip, capsys, "%tmd_export surface extra.tmd -m operator=ann")
     saved_line(out)
-    assert err.strip() == ("note: .tmd stores the height map, lengths, offsets and comment only; 1 metadata key "
-                           "not saved ('operator'); use .npz to keep them")
+    assert err.strip() == (
+        "note: .tmd stores the height map, lengths, offsets and comment only; 1 metadata key "
+        "not saved ('operator'); use .npz to keep them"
+    )
     # what a .tmd file cannot represent is a one-line error and leaves no file
     message = usage_error(ip, capsys, "%tmd_export surface bad.tmd -m comment=café")
     assert message.startswith("surface: comment must be ASCII")
@@ -192,43 +210,63 @@ def test_loading_a_quoted_name_with_spaces_among_the_samples(ip, capsys, tmd_sam
 
 # --------------------------------------------------------------------------- NAME expressions
 
+
 def test_name_may_be_an_item_or_attribute_expression(ip, capsys, tmp_path) -> None:
     z = np.arange(20.0).reshape(4, 5)
-    ip.user_ns.update(scan={"z": z, "inner": {"height_map": z}}, ns=types.SimpleNamespace(z=z),
-                      stack=np.stack([z, z + 1]), key="z")
-    for expr, expected in [('scan["z"]', z), ("scan['inner']", z), ("ns.z", z), ("stack[1]", z + 1),
-                           ("stack[-1, 1:3, ::2]", (z + 1)[1:3, ::2]), ("scan[key]", z)]:
+    ip.user_ns.update(
+        scan={"z": z, "inner": {"height_map": z}}, ns=types.SimpleNamespace(z=z), stack=np.stack([z, z + 1]), key="z"
+    )
+    for expr, expected in [
+        ('scan["z"]', z),
+        ("scan['inner']", z),
+        ("ns.z", z),
+        ("stack[1]", z + 1),
+        ("stack[-1, 1:3, ::2]", (z + 1)[1:3, ::2]),
+        ("scan[key]", z),
+    ]:
         _, out, _ = run(ip, capsys, f"%tmd_export {expr} out.npz -f")
         assert saved_line(out)["name"] == expr
         assert np.array_equal(load(tmp_path / "out.npz")["height_map"], expected)
 
 
-@pytest.mark.parametrize("expr, message", [
-    ("nope", "name 'nope' is not defined"),
-    ('scan["missing"]', "scan[\"missing\"]: bad key 'missing' for dict"),
-    ("ns.nothing", "ns.nothing: SimpleNamespace object has no attribute 'nothing'"),
-    ("stack[9]", "stack[9]: bad index 9 for ndarray"),
-    ("f()", "'f()' is not a variable name, attribute or subscript"),
-    ("scan[f()]", "'scan[f()]': only constants and variable names may be used as subscripts"),
-    ("a+b", "'a+b' is not a variable name"),
-    ("1z", "'1z' is not a variable name"),
-])
+@pytest.mark.parametrize(
+    "expr, message",
+    [
+        ("nope", "name 'nope' is not defined"),
+        ('scan["missing"]', "scan[\"missing\"]: bad key 'missing' for dict"),
+        ("ns.nothing", "ns.nothing: SimpleNamespace object has no attribute 'nothing'"),
+        ("stack[9]", "stack[9]: bad index 9 for ndarray"),
+        ("f()", "'f()' is not a variable name, attribute or subscript"),
+        ("scan[f()]", "'scan[f()]': only constants and variable names may be used as subscripts"),
+        ("a+b", "'a+b' is not a variable name"),
+        ("1z", "'1z' is not a variable name"),
+    ],
+)
 def test_bad_name_is_one_line_and_runs_nothing(ip, capsys, tmp_path, expr, message) -> None:
     calls = []
-    ip.user_ns.update(scan={"z": np.zeros((2, 2))}, ns=types.SimpleNamespace(), stack=np.zeros((2, 2, 2)),
-                      f=lambda: calls.append(1) or np.zeros((2, 2)), a=np.zeros((2, 2)), b=np.zeros((2, 2)))
+    ip.user_ns.update(
+        scan={"z": np.zeros((2, 2))},
+        ns=types.SimpleNamespace(),
+        stack=np.zeros((2, 2, 2)),
+        f=lambda: calls.append(1) or np.zeros((2, 2)),
+        a=np.zeros((2, 2)),
+        b=np.zeros((2, 2)),
+    )
     assert usage_error(ip, capsys, f"%tmd_export {expr} out.npz").startswith(message)
     assert calls == [] and files(tmp_path) == []
 
 
-@pytest.mark.parametrize("value, message", [
-    (np.zeros(5), "v must be 2-D, but has shape (5,) (1-D)"),
-    ("text", "v must be a 2-D numpy array or a dict with a 'height_map' array, not builtins.str"),
-    ({"z": np.zeros((2, 2))}, "v has no 'height_map' entry (keys: 'z')"),
-    (np.array([["a"]]), "v has dtype <U1; a height map must be bool, integer, float or complex"),
-    (np.ma.masked_array(np.zeros((2, 2))), "v is a masked array"),
-    ({"height_map": np.zeros((2, 2)), "bad": object()}, "v: "),
-])
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        (np.zeros(5), "v must be 2-D, but has shape (5,) (1-D)"),
+        ("text", "v must be a 2-D numpy array or a dict with a 'height_map' array, not builtins.str"),
+        ({"z": np.zeros((2, 2))}, "v has no 'height_map' entry (keys: 'z')"),
+        (np.array([["a"]]), "v has dtype <U1; a height map must be bool, integer, float or complex"),
+        (np.ma.masked_array(np.zeros((2, 2))), "v is a masked array"),
+        ({"height_map": np.zeros((2, 2)), "bad": object()}, "v: "),
+    ],
+)
 def test_wrong_type_is_one_line_and_leaves_no_file(ip, capsys, tmp_path, value, message) -> None:
     ip.user_ns["v"] = value
     assert usage_error(ip, capsys, "%tmd_export v out.npz").startswith(message)
@@ -237,20 +275,27 @@ def test_wrong_type_is_one_line_and_leaves_no_file(ip, capsys, tmp_path, value, 
 
 # --------------------------------------------------------------------------- paths and options
 
-@pytest.mark.parametrize("cell, message", [
-    ("%tmd_export z out.txt", "cannot tell the format of 'out.txt' from its extension: use .npz, .npy or .tmd"),
-    ("%tmd_export z sub/", "cannot tell the format of 'sub/'"),
-    ("%tmd_export z nodir/out.npz", "cannot save to 'nodir/out.npz': directory"),
-    ("%tmd_export z", "%tmd_export: the following arguments are required: PATH (usage: %tmd_export [-f] "
-                      "[--no-compress] [-m KEY=VALUE] NAME PATH; see %tmd_export?)"),
-    ("%tmd_export z out.npz --bogus", "%tmd_export: unrecognized arguments: --bogus"),
-    ("%tmd_export z out.npz extra", "%tmd_export: unrecognized arguments: extra"),
-    ('%tmd_export z "out.npz', "unclosed \" quote in: z \"out.npz"),
-    ("%tmd_export z[0 out.npz", "unclosed bracket in: z[0 out.npz"),
-    ("%tmd_load", "%tmd_load: the following arguments are required: PATH"),
-    ("%tmd_load out.npz -n", "%tmd_load: argument -n/--name: expected one argument"),
-    ("%tmd_panel --what", "%tmd_panel: unrecognized arguments: --what"),
-])
+
+@pytest.mark.parametrize(
+    "cell, message",
+    [
+        ("%tmd_export z out.txt", "cannot tell the format of 'out.txt' from its extension: use .npz, .npy or .tmd"),
+        ("%tmd_export z sub/", "cannot tell the format of 'sub/'"),
+        ("%tmd_export z nodir/out.npz", "cannot save to 'nodir/out.npz': directory"),
+        (
+            "%tmd_export z",
+            "%tmd_export: the following arguments are required: PATH (usage: %tmd_export [-f] "
+            "[--no-compress] [-m KEY=VALUE] NAME PATH; see %tmd_export?)",
+        ),
+        ("%tmd_export z out.npz --bogus", "%tmd_export: unrecognized arguments: --bogus"),
+        ("%tmd_export z out.npz extra", "%tmd_export: unrecognized arguments: extra"),
+        ('%tmd_export z "out.npz', 'unclosed " quote in: z "out.npz'),
+        ("%tmd_export z[0 out.npz", "unclosed bracket in: z[0 out.npz"),
+        ("%tmd_load", "%tmd_load: the following arguments are required: PATH"),
+        ("%tmd_load out.npz -n", "%tmd_load: argument -n/--name: expected one argument"),
+        ("%tmd_panel --what", "%tmd_panel: unrecognized arguments: --what"),
+    ],
+)
 def test_usage_mistakes_are_one_line(ip, capsys, tmp_path, cell, message) -> None:
     (tmp_path / "sub").mkdir()
     ip.user_ns["z"] = np.zeros((2, 2))
@@ -261,7 +306,9 @@ def test_usage_mistakes_are_one_line(ip, capsys, tmp_path, cell, message) -> Non
 def test_export_to_a_directory_named_like_a_file_is_refused(ip, capsys, tmp_path) -> None:
     (tmp_path / "d.npz").mkdir()
     ip.user_ns["z"] = np.zeros((2, 2))
-    assert usage_error(ip, capsys, "%tmd_export z d.npz -f") == "'d.npz' is a directory; give a file name ending in .npz"
+    assert (
+        usage_error(ip, capsys, "%tmd_export z d.npz -f") == "'d.npz' is a directory; give a file name ending in .npz"
+    )
 
 
 def test_unwritable_destination_is_one_line(ip, capsys, tmp_path) -> None:
@@ -282,12 +329,14 @@ def test_paths_with_spaces_quotes_escapes_tilde_and_variables(ip, capsys, tmp_pa
     monkeypatch.setenv("HOME", str(tmp_path))
     (tmp_path / "my scans").mkdir()
     ip.user_ns.update(z=np.zeros((2, 2)), folder="my scans", run=7)
-    for cell, name in [('%tmd_export z "my scans/a b.npz"', "my scans/a b.npz"),
-                       ("%tmd_export z 'my scans/c d.npy'", "my scans/c d.npy"),
-                       (r"%tmd_export z my\ scans/e\ f.npz", "my scans/e f.npz"),
-                       ("%tmd_export z ~/home.npz", "home.npz"),
-                       ('%tmd_export z "$folder/var.npz"', "my scans/var.npz"),
-                       ("%tmd_export z run{run + 1}.npz", "run8.npz")]:
+    for cell, name in [
+        ('%tmd_export z "my scans/a b.npz"', "my scans/a b.npz"),
+        ("%tmd_export z 'my scans/c d.npy'", "my scans/c d.npy"),
+        (r"%tmd_export z my\ scans/e\ f.npz", "my scans/e f.npz"),
+        ("%tmd_export z ~/home.npz", "home.npz"),
+        ('%tmd_export z "$folder/var.npz"', "my scans/var.npz"),
+        ("%tmd_export z run{run + 1}.npz", "run8.npz"),
+    ]:
         _, out, _ = run(ip, capsys, cell)
         assert saved_line(out)["path"] == str(tmp_path / name), cell
         assert (tmp_path / name).is_file()
@@ -296,6 +345,7 @@ def test_paths_with_spaces_quotes_escapes_tilde_and_variables(ip, capsys, tmp_pa
 
 
 # --------------------------------------------------------------------------- %tmd_load
+
 
 def test_load_returns_a_result_that_can_be_assigned(ip, capsys, tmp_path) -> None:
     export_to_npz({"height_map": np.arange(6.0).reshape(2, 3), "units": "um"}, tmp_path / "s.npz")
@@ -320,14 +370,17 @@ def test_load_recognises_content_not_extension(ip, tmp_path) -> None:
     assert ip.run_line_magic("tmd_load", "looks_like.npy")["k"] == 1
 
 
-@pytest.mark.parametrize("setup, cell, message", [
-    (None, "%tmd_load missing.npz", "no such file: 'missing.npz'"),
-    ("dir", "%tmd_load folder", "'folder' is a directory, not a file"),
-    ("garbage", "%tmd_load junk.npz", "'junk.npz' is not an NPY, NPZ or TMD file (it starts with b'hello"),
-    ("truncated", "%tmd_load cut.npz", "'cut.npz'"),
-    (None, "%tmd_load x.npz -n 2bad", "-n/--name needs a valid Python variable name, not '2bad'"),
-    (None, "%tmd_load x.npz -n class", "-n/--name needs a valid Python variable name, not 'class'"),
-])
+@pytest.mark.parametrize(
+    "setup, cell, message",
+    [
+        (None, "%tmd_load missing.npz", "no such file: 'missing.npz'"),
+        ("dir", "%tmd_load folder", "'folder' is a directory, not a file"),
+        ("garbage", "%tmd_load junk.npz", "'junk.npz' is not an NPY, NPZ or TMD file (it starts with b'hello"),
+        ("truncated", "%tmd_load cut.npz", "'cut.npz'"),
+        (None, "%tmd_load x.npz -n 2bad", "-n/--name needs a valid Python variable name, not '2bad'"),
+        (None, "%tmd_load x.npz -n class", "-n/--name needs a valid Python variable name, not 'class'"),
+    ],
+)
 def test_load_mistakes_are_one_line(ip, capsys, tmp_path, setup, cell, message) -> None:
     if setup == "dir":
         (tmp_path / "folder").mkdir()
@@ -346,12 +399,13 @@ def test_loaded_result_displays_summary_and_picture_not_numbers(ip, tmp_path) ->
     export_to_npz({"height_map": np.random.default_rng(5).random((300, 200)), "units": "um"}, tmp_path / "s.npz")
     result = ip.run_line_magic("tmd_load", "s.npz")
     data, _ = ip.display_formatter.format(result)
-    assert "<img src=\"data:image/png;base64," in data["text/html"] and "units" in data["text/html"]
+    assert '<img src="data:image/png;base64,' in data["text/html"] and "units" in data["text/html"]
     assert data["text/plain"].startswith("height map 300 x 200 float64")
     assert data["text/plain"].count("\n") < 6
 
 
 # --------------------------------------------------------------------------- progress
+
 
 def test_progress_bar_appears_only_for_slow_jobs() -> None:
     now = [0.0]
@@ -389,11 +443,13 @@ def test_slow_saves_and_loads_show_progress_on_stderr(ip, capsys, monkeypatch) -
 
 # --------------------------------------------------------------------------- help
 
+
 def test_question_mark_help_shows_argparse_usage(ip, capsys) -> None:
-    for magic, options in [("tmd_export", ["-f, --force", "--no-compress", "-m <KEY=VALUE>, --meta <KEY=VALUE>",
-                                           "NAME", "PATH"]),
-                           ("tmd_load", ["-n NAME, --name NAME", "PATH"]),
-                           ("tmd_panel", ["--load"])]:
+    for magic, options in [
+        ("tmd_export", ["-f, --force", "--no-compress", "-m <KEY=VALUE>, --meta <KEY=VALUE>", "NAME", "PATH"]),
+        ("tmd_load", ["-n NAME, --name NAME", "PATH"]),
+        ("tmd_panel", ["--load"]),
+    ]:
         _, out, _ = run(ip, capsys, f"%{magic}?")
         assert f"%{magic} [" in out
         for option in options:
@@ -404,6 +460,7 @@ def test_question_mark_help_shows_argparse_usage(ip, capsys) -> None:
 
 # --------------------------------------------------------------------------- completion
 
+
 def completions(ip: InteractiveShell, text: str) -> list[str]:
     with provisionalcompleter():
         found = list(ip.Completer.completions(text, len(text)))
@@ -412,9 +469,15 @@ def completions(ip: InteractiveShell, text: str) -> list[str]:
 
 
 def test_completion_offers_exportable_variables_for_name(ip) -> None:
-    ip.user_ns.update(scan_a=np.zeros((2, 2)), scan_b={"height_map": np.ones((3, 3), dtype=int)},
-                      scan_1d=np.zeros(3), scan_txt="x", scan_dict={"z": np.zeros((2, 2))},
-                      scan_obj=np.zeros((2, 2), dtype=object), _scan_private=np.zeros((2, 2)))
+    ip.user_ns.update(
+        scan_a=np.zeros((2, 2)),
+        scan_b={"height_map": np.ones((3, 3), dtype=int)},
+        scan_1d=np.zeros(3),
+        scan_txt="x",
+        scan_dict={"z": np.zeros((2, 2))},
+        scan_obj=np.zeros((2, 2), dtype=object),
+        _scan_private=np.zeros((2, 2)),
+    )
     assert completions(ip, "%tmd_export scan") == ["%tmd_export scan_a", "%tmd_export scan_b"]
     assert "%tmd_export scan_a" in completions(ip, "%tmd_export ")
     assert "%tmd_export scan_1d" not in completions(ip, "%tmd_export ")
@@ -427,8 +490,13 @@ def test_completion_offers_directories_and_height_map_files_for_path(ip, tmp_pat
         (tmp_path / name).write_bytes(b"")
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "deep.npz").write_bytes(b"")
-    expected = ["%tmd_export z a.npz", "%tmd_export z b.NPY", "%tmd_export z c.tmd", "%tmd_export z data/",
-                '%tmd_export z "my scan.npz"']
+    expected = [
+        "%tmd_export z a.npz",
+        "%tmd_export z b.NPY",
+        "%tmd_export z c.tmd",
+        "%tmd_export z data/",
+        '%tmd_export z "my scan.npz"',
+    ]
     assert completions(ip, "%tmd_export z ") == expected
     assert completions(ip, "%tmd_export z -m k=1 ") == [e.replace("z ", "z -m k=1 ") for e in expected]
     assert completions(ip, "%tmd_export z d") == ["%tmd_export z data/"]
@@ -461,6 +529,7 @@ def test_completer_is_removed_on_unload(ip, tmp_path) -> None:
 
 
 # --------------------------------------------------------------------------- extension
+
 
 def test_load_unload_reload_extension(ip, capsys) -> None:
     line = ip.magics_manager.magics["line"]
@@ -499,11 +568,19 @@ def test_extension_enabled_from_ipython_config(tmp_path) -> None:
     ipdir = tmp_path / "ipdir"
     (ipdir / "profile_default").mkdir(parents=True)
     (ipdir / "profile_default" / "ipython_config.py").write_text('c.InteractiveShellApp.extensions = ["tmd_nb"]\n')
-    code = ("import numpy as np; z = np.ones((2, 3)); get_ipython().run_line_magic('tmd_export', 'z cfg.npz'); "
-            "print(sorted(k for k in get_ipython().magics_manager.magics['line'] if k.startswith('tmd_')))")
+    code = (
+        "import numpy as np; z = np.ones((2, 3)); get_ipython().run_line_magic('tmd_export', 'z cfg.npz'); "
+        "print(sorted(k for k in get_ipython().magics_manager.magics['line'] if k.startswith('tmd_')))"
+    )
     env = {**os.environ, "IPYTHONDIR": str(ipdir), "HOME": str(tmp_path)}
-    out = subprocess.run([sys.executable, "-m", "IPython", "--HistoryManager.hist_file=:memory:", "--no-banner",
-                          "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "IPython", "--HistoryManager.hist_file=:memory:", "--no-banner", "-c", code],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     assert "Saved z (2 x 3 float64, 0 metadata keys)" in out.stdout
     assert "['tmd_export', 'tmd_load', 'tmd_panel']" in out.stdout
@@ -511,6 +588,7 @@ def test_extension_enabled_from_ipython_config(tmp_path) -> None:
 
 
 # --------------------------------------------------------------------------- %tmd_panel
+
 
 def test_panel_magic_shows_the_export_and_load_panels_on_the_user_namespace(ip, tmp_path) -> None:
     from ipywidgets.widgets.widget import Widget
@@ -539,9 +617,16 @@ def test_panel_magic_shows_the_export_and_load_panels_on_the_user_namespace(ip, 
 
 # --------------------------------------------------------------------------- plain functions
 
+
 def test_split_line_is_shell_like_outside_brackets_and_python_inside() -> None:
-    assert arguments.split_line('scan["a b"] "x y.npz" -m k=[1, "2 3"] a\\ b \'q"r\'') == \
-        ['scan["a b"]', "x y.npz", "-m", 'k=[1, "2 3"]', "a b", 'q"r']
+    assert arguments.split_line('scan["a b"] "x y.npz" -m k=[1, "2 3"] a\\ b \'q"r\'') == [
+        'scan["a b"]',
+        "x y.npz",
+        "-m",
+        'k=[1, "2 3"]',
+        "a b",
+        'q"r',
+    ]
     assert arguments.split_line('  "" x  ') == ["", "x"]
     with pytest.raises(UsageError, match="unclosed ' quote"):
         arguments.split_line("x 'y")
@@ -557,8 +642,9 @@ def test_one_tokenizer_runs_and_completes_the_same_words() -> None:
 
 
 def test_parse_meta_prefers_literals() -> None:
-    assert arguments.parse_meta(["a=1", "b=1.5", "c='s'", "d=s", "e=None", "f={'x': 1}", "g=1e3", "h= 2 ", "i=x=y"]) == \
-        {"a": 1, "b": 1.5, "c": "s", "d": "s", "e": None, "f": {"x": 1}, "g": 1000.0, "h": 2, "i": "x=y"}
+    assert arguments.parse_meta(
+        ["a=1", "b=1.5", "c='s'", "d=s", "e=None", "f={'x': 1}", "g=1e3", "h= 2 ", "i=x=y"]
+    ) == {"a": 1, "b": 1.5, "c": "s", "d": "s", "e": None, "f": {"x": 1}, "g": 1000.0, "h": 2, "i": "x=y"}
     assert arguments.parse_meta(None) == {}
 
 

@@ -64,8 +64,13 @@ def executed(tmp_path_factory: pytest.TempPathFactory) -> tuple[nbformat.Noteboo
     def on_cell_executed(cell, cell_index, execute_reply):
         replies[cell_index] = execute_reply["content"]
 
-    client = NotebookClient(nb, kernel_name="python3", timeout=120, on_cell_executed=on_cell_executed,
-                            resources={"metadata": {"path": str(folder)}})
+    client = NotebookClient(
+        nb,
+        kernel_name="python3",
+        timeout=120,
+        on_cell_executed=on_cell_executed,
+        resources={"metadata": {"path": str(folder)}},
+    )
     client.execute()
     nbformat.validate(nb)
     nb.metadata["replies"] = replies
@@ -107,9 +112,12 @@ def test_refused_overwrite_is_one_line_without_traceback(executed) -> None:
 def test_npy_export_notes_dropped_metadata_in_one_line(executed) -> None:
     nb, folder = executed
     outputs = nb.cells[3].outputs
-    assert _text(outputs, "stderr") == ("note: .npy stores the height map only; 1 metadata key not saved "
-                                        "('units'); use .npz to keep them\n")
-    assert _text(outputs, "stdout").startswith(f"Saved scan (3 x 4 float64, 0 metadata keys) to {folder / 'scan copy.npy'}")
+    assert _text(outputs, "stderr") == (
+        "note: .npy stores the height map only; 1 metadata key not saved ('units'); use .npz to keep them\n"
+    )
+    assert _text(outputs, "stdout").startswith(
+        f"Saved scan (3 x 4 float64, 0 metadata keys) to {folder / 'scan copy.npy'}"
+    )
     assert np.array_equal(np.load(folder / "scan copy.npy"), np.arange(12.0).reshape(3, 4))
 
 
@@ -151,15 +159,16 @@ def test_completion_through_the_kernel_protocol(tmp_path) -> None:
     (tmp_path / "notes.txt").write_bytes(b"")
     km, kc = start_new_kernel(kernel_name="python3", cwd=str(tmp_path))
     try:
-        reply = kc.execute_interactive("%load_ext tmd_nb\nimport numpy as np\nsurface = np.zeros((2, 2))\nsurfboard = 1",
-                                       timeout=60)
+        reply = kc.execute_interactive(
+            "%load_ext tmd_nb\nimport numpy as np\nsurface = np.zeros((2, 2))\nsurfboard = 1", timeout=60
+        )
         assert reply["content"]["status"] == "ok"
 
         def complete(code: str) -> tuple[list[str], str]:
             kc.complete(code, len(code))
             content = kc.get_shell_msg(timeout=60)["content"]
             assert content["status"] == "ok"
-            replaced = code[content["cursor_start"]:content["cursor_end"]]
+            replaced = code[content["cursor_start"] : content["cursor_end"]]
             return content["matches"], replaced
 
         assert complete("%tmd_export surf") == (["surface"], "surf")

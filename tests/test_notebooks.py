@@ -44,8 +44,9 @@ def notebook_path(stem: str) -> Path:
 def copy_notebooks(dest: Path) -> Path:
     """Copy ``notebooks/`` (without checkpoints or saved height maps) to ``dest``; return the copy."""
     target = dest / "notebooks"
-    shutil.copytree(NOTEBOOKS, target, ignore=shutil.ignore_patterns(".ipynb_checkpoints", "*.npz", "*.npy",
-                                                                      "*.tmd", "__pycache__"))
+    shutil.copytree(
+        NOTEBOOKS, target, ignore=shutil.ignore_patterns(".ipynb_checkpoints", "*.npz", "*.npy", "*.tmd", "__pycache__")
+    )
     return target
 
 
@@ -80,13 +81,16 @@ def is_tagged_error(cell: nbformat.NotebookNode) -> bool:
 
 
 def stream_text(nb: nbformat.NotebookNode, name: str = "stdout") -> str:
-    return "".join(o.text for c in code_cells(nb) for o in c.outputs
-                   if o.output_type == "stream" and o.name == name)
+    return "".join(o.text for c in code_cells(nb) for o in c.outputs if o.output_type == "stream" and o.name == name)
 
 
 def mime_outputs(nb: nbformat.NotebookNode, mime: str) -> list[Any]:
-    return [o.data[mime] for c in code_cells(nb) for o in c.outputs
-            if o.output_type in ("display_data", "execute_result") and mime in o.data]
+    return [
+        o.data[mime]
+        for c in code_cells(nb)
+        for o in c.outputs
+        if o.output_type in ("display_data", "execute_result") and mime in o.data
+    ]
 
 
 def check_expected_errors(nb: nbformat.NotebookNode, errors: dict[int, dict[str, Any]], stem: str) -> None:
@@ -102,6 +106,7 @@ def check_expected_errors(nb: nbformat.NotebookNode, errors: dict[int, dict[str,
 
 # --------------------------------------------------------------------------- per-notebook checks
 
+
 def check_quickstart(nb: nbformat.NotebookNode, errors: dict[int, dict[str, Any]]) -> None:
     out = stream_text(nb)
     assert "round trip: True" in out
@@ -115,8 +120,9 @@ def check_quickstart(nb: nbformat.NotebookNode, errors: dict[int, dict[str, Any]
 
 def check_magics(nb: nbformat.NotebookNode, errors: dict[int, dict[str, Any]]) -> None:
     out = stream_text(nb)
-    assert re.search(r"^Saved surface \(200 x 300 float32, 4 metadata keys\) to \S*surface\.npz \(.*NPZ\) in ", out,
-                     re.M), out
+    assert re.search(
+        r"^Saved surface \(200 x 300 float32, 4 metadata keys\) to \S*surface\.npz \(.*NPZ\) in ", out, re.M
+    ), out
     assert re.search(r"^Loaded run1\.npz into run1 \(200 x 300 float32, 4 metadata keys\)", out, re.M), out
     assert "identical: True" in out
     assert "'note': 'first pass'" in out and "'calibrated': True" in out  # -m values keep their types
@@ -170,6 +176,7 @@ CHECKS: dict[str, Callable[[nbformat.NotebookNode, dict[int, dict[str, Any]]], N
 
 
 # --------------------------------------------------------------------------- tests
+
 
 def test_the_expected_notebooks_are_there() -> None:
     missing = [s for s in EXPECTED if not (NOTEBOOKS / f"{s}.ipynb").is_file()]

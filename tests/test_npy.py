@@ -6,12 +6,11 @@ import io
 
 import numpy as np
 import pytest
+from archive_helpers import DTYPES, build_zip, npy_bytes, refused, same, sample, save_npz
 
 from tmd_nb.errors import FormatError
 from tmd_nb.npy import read_npy, write_npy
 from tmd_nb.npz import read_npz
-
-from archive_helpers import DTYPES, build_zip, npy_bytes, refused, same, sample, save_npz
 
 
 @pytest.mark.parametrize("layout", ["C", "F", "strided"])
@@ -69,9 +68,14 @@ def test_pickles_and_object_arrays_are_never_loaded(tmp_path):
 def test_npy_damage_is_refused(tmp_path):
     a = sample("<f4", (30, 30))
     good = npy_bytes(a)
-    cases = {"trunc.npy": good[:-1], "long.npy": good + b"x", "magic.npy": b"xNUMPY" + good[6:],
-             "header.npy": good[:10] + b"{'descr': '<f4', 'shape': (-3,), " + good[44:],
-             "empty.npy": b"", "version.npy": good[:6] + b"\x09\x00" + good[8:]}
+    cases = {
+        "trunc.npy": good[:-1],
+        "long.npy": good + b"x",
+        "magic.npy": b"xNUMPY" + good[6:],
+        "header.npy": good[:10] + b"{'descr': '<f4', 'shape': (-3,), " + good[44:],
+        "empty.npy": b"",
+        "version.npy": good[:6] + b"\x09\x00" + good[8:],
+    }
     for name, data in cases.items():
         (tmp_path / name).write_bytes(data)
         with pytest.raises(FormatError) as info:

@@ -13,20 +13,29 @@ import zlib
 
 import numpy as np
 import pytest
+from archive_helpers import (
+    DTYPES,
+    build_zip,
+    check_progress,
+    npy_bytes,
+    refused,
+    same,
+    sample,
+    save_npz,
+    surface,
+    unzip_ok,
+)
+from conftest import require
 
 from tmd_nb import _io, deflate, npz
 from tmd_nb.errors import FormatError
 from tmd_nb.npy import read_npy, write_npy
 from tmd_nb.npz import read_npz, write_npz
 
-from archive_helpers import (DTYPES, build_zip, check_progress, npy_bytes, refused, same, sample, save_npz, surface,
-                             unzip_ok)
-from conftest import require
-
-
 # ------------------------------------------------------------------------------------------
 # round trips and interop
 # ------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("layout", ["C", "F", "strided"])
 @pytest.mark.parametrize("compress", [True, False])
@@ -42,7 +51,7 @@ def test_npz_round_trip_every_dtype_and_layout(tmp_path, layout, compress):
             assert not a.flags.c_contiguous and not a.flags.f_contiguous
         members[f"m{i}"] = a
     members["scalar"] = np.array(3.5)
-    members["text"] = np.array("{\"é\": 1}")
+    members["text"] = np.array('{"é": 1}')
     members["empty"] = np.zeros((0, 4), ">f4")
     members["three_d"] = sample("<i4", (3, 4, 5))
     path = save_npz(tmp_path / "a.npz", members, compress=compress)
@@ -84,9 +93,8 @@ def test_reads_archives_with_data_descriptors(tmp_path):
 
     sink = Unseekable()
     a = sample("<f8", (20, 30))
-    with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        with zf.open("height_map.npy", "w") as m:
-            np.lib.format.write_array(m, a)
+    with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_DEFLATED) as zf, zf.open("height_map.npy", "w") as m:
+        np.lib.format.write_array(m, a)
     path = tmp_path / "dd.npz"
     path.write_bytes(bytes(sink.buf))
     assert zipfile.ZipFile(path).infolist()[0].flag_bits & 0x8
@@ -97,6 +105,7 @@ def test_reads_archives_with_data_descriptors(tmp_path):
 # progress and Zip64
 # ------------------------------------------------------------------------------------------
 
+
 def test_progress_is_monotone_and_ends_at_total(tmp_path, monkeypatch):
     monkeypatch.setattr(deflate, "DEFLATE_CHUNK", 1 << 14)
     monkeypatch.setattr(_io, "CHUNK", 1 << 13)
@@ -104,8 +113,12 @@ def test_progress_is_monotone_and_ends_at_total(tmp_path, monkeypatch):
     a, b = surface(120), sample("<i8", (40, 30))
     for compress in (True, False):
         calls: list[tuple[int, int]] = []
-        path = save_npz(tmp_path / f"{compress}.npz", {"a": a, "b": b}, compress=compress,
-                        progress=lambda d, t: calls.append((d, t)))
+        path = save_npz(
+            tmp_path / f"{compress}.npz",
+            {"a": a, "b": b},
+            compress=compress,
+            progress=lambda d, t: calls.append((d, t)),
+        )
         check_progress(calls, a.nbytes + b.nbytes)
         assert len(calls) > 4
         calls = []
@@ -129,8 +142,12 @@ def test_progress_is_monotone_and_ends_at_total(tmp_path, monkeypatch):
 def test_zip64_structures_with_a_lowered_limit(tmp_path, monkeypatch, compress):
     monkeypatch.setattr(npz, "ZIP64_LIMIT", 1000)
     monkeypatch.setattr(npz, "ZIP64_COUNT_LIMIT", 3)
-    members = {"big": surface(40), "tiny": np.arange(3, dtype="<i2"), "mid": sample(">f8", (20, 20)),
-               "last": np.array("x")}
+    members = {
+        "big": surface(40),
+        "tiny": np.arange(3, dtype="<i2"),
+        "mid": sample(">f8", (20, 20)),
+        "last": np.array("x"),
+    }
     path = save_npz(tmp_path / "z.npz", members, compress=compress)
     data = path.read_bytes()
     assert b"PK\x06\x06" in data and b"PK\x06\x07" in data  # Zip64 end record and locator
@@ -184,6 +201,7 @@ def test_real_zip64_member_over_4_gib(tmp_path):
 # ------------------------------------------------------------------------------------------
 # hostile and damaged input
 # ------------------------------------------------------------------------------------------
+
 
 def test_build_zip_helper_makes_valid_archives(tmp_path):
     a = sample("<f4", (5, 6))
@@ -311,8 +329,9 @@ MEMORY_SCRIPT = textwrap.dedent("""
 def test_save_adds_at_most_64_mb_of_peak_memory(tmp_path, kind):
     require(sys.platform.startswith("linux"), "ru_maxrss in KiB is Linux behaviour")
     out = tmp_path / ("a.npy" if kind == "npy" else "a.npz")
-    result = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, kind, str(out)], capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", MEMORY_SCRIPT, kind, str(out)], capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr
     added = int(result.stdout.strip())
     assert added <= 64 * 2**20, f"{kind}: a save of a 256 MB array added {added / 2**20:.0f} MB of peak memory"

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import assert_identical, png_size
 
 import tmd_nb
-from helpers import assert_identical, png_size
 from tmd_nb.panel import ExportPanel, LoadPanel, parse_value
 
 
@@ -32,7 +32,7 @@ def _scan() -> dict:
         "count": 7,
         "flag": False,
         "nothing": None,
-        "when": dt.datetime(2024, 5, 17, 14, 30, tzinfo=dt.timezone.utc),
+        "when": dt.datetime(2024, 5, 17, 14, 30, tzinfo=dt.UTC),
         "day": dt.date(2024, 5, 17),
         "mask": np.ones((30, 40), dtype=bool),
         "nested": {"operator": "A", "passes": [1, 2]},
@@ -62,18 +62,21 @@ def _add(panel: ExportPanel, key: str, kind: str, text: str):
 
 # --------------------------------------------------------------------------- picker
 
+
 def test_picker_lists_exportable_variables_with_shape_and_dtype(ns: dict) -> None:
-    ns.update({
-        "line": np.arange(5.0),                      # 1-D
-        "cube": np.zeros((2, 3, 4)),                 # 3-D
-        "words": np.array([["a", "b"]]),             # not numeric
-        "masked": np.ma.masked_array(np.zeros((2, 2))),
-        "no_map": {"units": "mm"},
-        "bad_map": {"height_map": [[1, 2]]},         # a list, not an array
-        "_hidden": np.zeros((2, 2)),                 # IPython's _, _1, ... look like this
-        "text": "hello",
-        "cplx": np.ones((3, 3), dtype=np.complex64),
-    })
+    ns.update(
+        {
+            "line": np.arange(5.0),  # 1-D
+            "cube": np.zeros((2, 3, 4)),  # 3-D
+            "words": np.array([["a", "b"]]),  # not numeric
+            "masked": np.ma.masked_array(np.zeros((2, 2))),
+            "no_map": {"units": "mm"},
+            "bad_map": {"height_map": [[1, 2]]},  # a list, not an array
+            "_hidden": np.zeros((2, 2)),  # IPython's _, _1, ... look like this
+            "text": "hello",
+            "cplx": np.ones((3, 3), dtype=np.complex64),
+        }
+    )
     panel = ExportPanel(namespace=ns)
     listed = dict((value, label) for label, value in panel._picker.options)
     assert list(listed) == ["cplx", "flat", "scan"]
@@ -148,6 +151,7 @@ def test_selected_setter_names_unknown_variables(ns: dict) -> None:
 
 # --------------------------------------------------------------------------- preview
 
+
 def test_preview_shows_picture_and_summary(ns: dict) -> None:
     panel = ExportPanel(namespace=ns)
     panel.selected = "scan"
@@ -186,11 +190,13 @@ def test_empty_height_map_is_listed_but_not_drawn() -> None:
 
 # --------------------------------------------------------------------------- metadata editor
 
+
 def test_rows_are_prefilled_typed_and_read_only_where_needed(ns: dict) -> None:
     panel = ExportPanel(namespace=ns)
     panel.selected = "scan"
-    shown = {row.key: (row.readonly, row._type.value if not row.readonly else None, row._value.value)
-             for row in panel._rows}
+    shown = {
+        row.key: (row.readonly, row._type.value if not row.readonly else None, row._value.value) for row in panel._rows
+    }
     assert shown == {
         "units": (False, "str", "um"),
         "x_length": (False, "float", "1.5"),
@@ -209,12 +215,23 @@ def test_rows_are_prefilled_typed_and_read_only_where_needed(ns: dict) -> None:
 
 def test_untouched_rows_save_every_value_exactly(tmp_path: Path) -> None:
     meta = {
-        "neg_zero": -0.0, "nan": float("nan"), "inf": float("-inf"), "tiny": 5e-324, "big": 2**70,
-        "text": "tab\tand\nnewline", "unicode": "µm \u00e5", "tuple": (1, "a", None, 2.5), "list": [True, 1, 1.0],
-        "complex": 1 - 2j, "bytes": b"\x00\xff", "naive": dt.datetime(2024, 1, 2, 3, 4, 5, 678901),
+        "neg_zero": -0.0,
+        "nan": float("nan"),
+        "inf": float("-inf"),
+        "tiny": 5e-324,
+        "big": 2**70,
+        "text": "tab\tand\nnewline",
+        "unicode": "µm \u00e5",
+        "tuple": (1, "a", None, 2.5),
+        "list": [True, 1, 1.0],
+        "complex": 1 - 2j,
+        "bytes": b"\x00\xff",
+        "naive": dt.datetime(2024, 1, 2, 3, 4, 5, 678901),
         "offset": dt.datetime(2024, 1, 2, tzinfo=dt.timezone(dt.timedelta(hours=-3, minutes=-30))),
         "zone": dt.datetime(2024, 1, 2, tzinfo=__import__("zoneinfo").ZoneInfo("Europe/Paris")),
-        "delta": dt.timedelta(seconds=3), "path": Path("/data/scan.tmd"), "deep": [[1, 2], [3]],
+        "delta": dt.timedelta(seconds=3),
+        "path": Path("/data/scan.tmd"),
+        "deep": [[1, 2], [3]],
     }
     data = {"height_map": np.arange(12, dtype=">f8").reshape(3, 4), **meta}
     panel = ExportPanel(namespace={"data": data})
@@ -243,9 +260,18 @@ def test_added_rows_are_saved_with_their_types(ns: dict, tmp_path: Path) -> None
     panel._save_button.click()
     assert panel.status.startswith("Saved flat to "), panel.status
     back = tmd_nb.load_from_npz(tmp_path / "typed.npz")
-    expected = {"height_map": ns["flat"], "operator": "  J. Doe ", "passes": 3, "pitch": 0.25, "ok": True,
-                "none": None, "taken": dt.datetime(2024, 5, 17, 14, 30, tzinfo=dt.timezone.utc),
-                "day": dt.date(2024, 5, 17), "shape": (5, 6), "z": 1 + 2j}
+    expected = {
+        "height_map": ns["flat"],
+        "operator": "  J. Doe ",
+        "passes": 3,
+        "pitch": 0.25,
+        "ok": True,
+        "none": None,
+        "taken": dt.datetime(2024, 5, 17, 14, 30, tzinfo=dt.UTC),
+        "day": dt.date(2024, 5, 17),
+        "shape": (5, 6),
+        "z": 1 + 2j,
+    }
     assert_identical(expected, back)
 
 
@@ -274,19 +300,23 @@ def test_suggested_keys_bring_their_type(ns: dict) -> None:
     assert panel._rows[-1]._type.value == "float"
 
 
-@pytest.mark.parametrize(("kind", "text", "reason"), [
-    ("int", "1.5", "not a whole number"),
-    ("int", "", "not a whole number"),
-    ("float", "1,5", "not a number"),
-    ("bool", "maybe", "not True or False"),
-    ("None", "x", "takes no text"),
-    ("datetime", "17/05/2024", "not a date and time"),
-    ("date", "2024-13-01", "not a date"),
-    ("literal", "[1, 2", "not a Python literal"),
-    ("literal", "{1, 2}", "cannot store"),  # a set parses but has no lossless storage
-])
-def test_invalid_value_marks_its_row_and_blocks_saving(ns: dict, tmp_path: Path, kind: str, text: str,
-                                                       reason: str) -> None:
+@pytest.mark.parametrize(
+    ("kind", "text", "reason"),
+    [
+        ("int", "1.5", "not a whole number"),
+        ("int", "", "not a whole number"),
+        ("float", "1,5", "not a number"),
+        ("bool", "maybe", "not True or False"),
+        ("None", "x", "takes no text"),
+        ("datetime", "17/05/2024", "not a date and time"),
+        ("date", "2024-13-01", "not a date"),
+        ("literal", "[1, 2", "not a Python literal"),
+        ("literal", "{1, 2}", "cannot store"),  # a set parses but has no lossless storage
+    ],
+)
+def test_invalid_value_marks_its_row_and_blocks_saving(
+    ns: dict, tmp_path: Path, kind: str, text: str, reason: str
+) -> None:
     panel = ExportPanel(namespace=ns)
     panel.selected = "flat"
     panel.path = tmp_path / "blocked.npz"
@@ -351,6 +381,7 @@ def test_editing_does_not_touch_the_users_dict(ns: dict, tmp_path: Path) -> None
 
 
 # --------------------------------------------------------------------------- output
+
 
 def _member_bytes(path: Path) -> list[tuple]:
     """Each member's name, method, CRC, sizes and raw (still compressed) bytes: the archive minus its dates."""
@@ -491,8 +522,9 @@ def test_progress_bar_moves_while_saving_a_large_map(tmp_path: Path) -> None:
     assert moving == sorted(moving)
 
 
-def test_relative_path_is_relative_to_the_working_directory(ns: dict, tmp_path: Path,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_relative_path_is_relative_to_the_working_directory(
+    ns: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     panel = ExportPanel(namespace=ns)
     panel.selected = "flat"
@@ -500,8 +532,9 @@ def test_relative_path_is_relative_to_the_working_directory(ns: dict, tmp_path: 
     assert (tmp_path / "flat.npz").is_file()
 
 
-def test_unexpected_errors_still_end_in_the_status_line(ns: dict, tmp_path: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unexpected_errors_still_end_in_the_status_line(
+    ns: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def broken(*args, **kwargs):
         raise RuntimeError("disk on fire")
 
@@ -521,6 +554,7 @@ def test_parse_value_rejects_unknown_types() -> None:
 
 
 # --------------------------------------------------------------------------- load panel
+
 
 def test_load_panel_previews_and_binds(ns: dict, tmp_path: Path) -> None:
     tmd_nb.export_to_npz(ns["scan"], tmp_path / "my scan-1.npz")

@@ -27,9 +27,9 @@ from typing import NamedTuple
 
 import numpy as np
 import pytest
+from conftest import ROOT, require
 
 import tmd_nb
-from conftest import ROOT, require
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
@@ -85,26 +85,32 @@ def _wait_until_ready(proc: subprocess.Popen, url: str, token: str, log: Path) -
 @pytest.fixture
 def lab(tmp_path: Path) -> Iterator[Lab]:
     """A private JupyterLab server on 127.0.0.1 serving a copy of notebook 03; always stopped."""
-    require(CHROMIUM is not None, "Chromium not found (install Debian's 'chromium' package; "
-            "Playwright cannot download its own browsers here)")
-    require(importlib.util.find_spec("playwright") is not None,
-            "playwright is not installed (pip install -e '.[browser]')")
-    require(importlib.util.find_spec("jupyterlab") is not None,
-            "jupyterlab is not installed (pip install -e '.[browser]')")
+    require(
+        CHROMIUM is not None,
+        "Chromium not found (install Debian's 'chromium' package; Playwright cannot download its own browsers here)",
+    )
+    require(
+        importlib.util.find_spec("playwright") is not None, "playwright is not installed (pip install -e '.[browser]')"
+    )
+    require(
+        importlib.util.find_spec("jupyterlab") is not None, "jupyterlab is not installed (pip install -e '.[browser]')"
+    )
     root = tmp_path / "lab"
     root.mkdir()
     shutil.copy(NOTEBOOK, root / NOTEBOOK.name)
     home = tmp_path / "home"
     env = dict(os.environ)
     # Keep every Jupyter/IPython setting and runtime file of this server inside tmp_path.
-    env.update({
-        "JUPYTER_CONFIG_DIR": str(home / "config"),
-        "JUPYTER_RUNTIME_DIR": str(home / "runtime"),
-        "JUPYTERLAB_SETTINGS_DIR": str(home / "lab-settings"),
-        "JUPYTERLAB_WORKSPACES_DIR": str(home / "lab-workspaces"),
-        "IPYTHONDIR": str(home / "ipython"),
-        "MPLBACKEND": "module://matplotlib_inline.backend_inline",
-    })
+    env.update(
+        {
+            "JUPYTER_CONFIG_DIR": str(home / "config"),
+            "JUPYTER_RUNTIME_DIR": str(home / "runtime"),
+            "JUPYTERLAB_SETTINGS_DIR": str(home / "lab-settings"),
+            "JUPYTERLAB_WORKSPACES_DIR": str(home / "lab-workspaces"),
+            "IPYTHONDIR": str(home / "ipython"),
+            "MPLBACKEND": "module://matplotlib_inline.backend_inline",
+        }
+    )
     # User settings of this private server: do not ask about (or fetch) the Jupyter news feed.
     notification = home / "lab-settings" / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
     notification.parent.mkdir(parents=True)
@@ -113,12 +119,19 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
     token = secrets.token_hex(16)
     log = tmp_path / "jupyterlab.log"
     command = [
-        sys.executable, "-m", "jupyterlab", "--no-browser",
-        "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}", "--ServerApp.port_retries=0",
-        f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
+        sys.executable,
+        "-m",
+        "jupyterlab",
+        "--no-browser",
+        "--ServerApp.ip=127.0.0.1",
+        f"--ServerApp.port={port}",
+        "--ServerApp.port_retries=0",
+        f"--IdentityProvider.token={token}",
+        f"--ServerApp.root_dir={root}",
         "--ServerApp.open_browser=False",
         # No network calls: no news feed, no update check, no PyPI extension manager.
-        "--LabApp.news_url=None", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+        "--LabApp.news_url=None",
+        "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
         "--LabApp.extension_manager=readonly",
     ]
     if hasattr(os, "geteuid") and os.geteuid() == 0:
@@ -154,8 +167,11 @@ def _wait_for_kernel(page, expect) -> None:
 
 def _wait_for_new_picture(page, image, old_src: str | None) -> None:
     """Wait until the preview <img> shows a new picture, fully decoded (ipywidgets swaps its blob URL)."""
-    page.wait_for_function("([img, old]) => img.src && img.src !== old && img.complete && img.naturalWidth > 0",
-                           arg=[image.element_handle(), old_src], timeout=UI_TIMEOUT_MS)
+    page.wait_for_function(
+        "([img, old]) => img.src && img.src !== old && img.complete && img.naturalWidth > 0",
+        arg=[image.element_handle(), old_src],
+        timeout=UI_TIMEOUT_MS,
+    )
 
 
 def _save_screenshot(page, name: str, tmp_path: Path, element=None) -> Path:
@@ -176,9 +192,18 @@ def test_export_panel_in_jupyterlab(lab: Lab, tmp_path: Path) -> None:
     expect.set_options(timeout=UI_TIMEOUT_MS)
     started = time.monotonic()
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--no-first-run", "--disable-dev-shm-usage"])
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--no-first-run",
+                "--disable-dev-shm-usage",
+            ],
+        )
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1100})
             page.set_default_timeout(UI_TIMEOUT_MS)
@@ -194,8 +219,11 @@ def test_export_panel_in_jupyterlab(lab: Lab, tmp_path: Path) -> None:
                 expect(panel).to_be_visible()  # the widget rendered (not its text repr)
                 # The scripted cells ran to the end without errors.
                 expect(page.locator(".jp-OutputArea-output", has_text="same heights: True")).to_be_visible()
-                expect(page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']",
-                                    has_text="Traceback")).to_have_count(0)
+                expect(
+                    page.locator(
+                        ".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']", has_text="Traceback"
+                    )
+                ).to_have_count(0)
 
                 picker = panel.locator(".tmd-panel-picker select")
                 labels = picker.locator("option").all_text_contents()

@@ -43,8 +43,15 @@ def zip_bytes(members: dict[str, bytes], method: int = zipfile.ZIP_DEFLATED) -> 
 
 
 def good_npz(tmp_path) -> bytes:
-    path = export_to_npz({"height_map": np.arange(12, dtype="<f4").reshape(3, 4), "units": "mm", "when": (1, 2),
-                          "mask": np.ones((3, 4), bool)}, tmp_path / "good.npz")
+    path = export_to_npz(
+        {
+            "height_map": np.arange(12, dtype="<f4").reshape(3, 4),
+            "units": "mm",
+            "when": (1, 2),
+            "mask": np.ones((3, 4), bool),
+        },
+        tmp_path / "good.npz",
+    )
     return pathlib.Path(path).read_bytes()
 
 
@@ -57,16 +64,26 @@ def test_pickled_objects_are_refused_and_never_run(tmp_path):
     payload = np.empty((1, 1), dtype=object)
     payload[0, 0] = _Marker(str(marker))
     np.save(tmp_path / "evil.npy", payload, allow_pickle=True)
-    (tmp_path / "evil.npz").write_bytes(zip_bytes({
-        "height_map.npy": npy_bytes(np.zeros((2, 2))),
-        "metadata.npy": npy_bytes(np.array(payload[0, 0], dtype=object), allow_pickle=True)}))
+    (tmp_path / "evil.npz").write_bytes(
+        zip_bytes(
+            {
+                "height_map.npy": npy_bytes(np.zeros((2, 2))),
+                "metadata.npy": npy_bytes(np.array(payload[0, 0], dtype=object), allow_pickle=True),
+            }
+        )
+    )
     (tmp_path / "evil2.npz").write_bytes(zip_bytes({"height_map.npy": npy_bytes(payload, allow_pickle=True)}))
     # sanity: the payload really does run when unpickled by a careless reader
     np.load(tmp_path / "evil.npy", allow_pickle=True)
     assert marker.exists()
     marker.unlink()
-    for name, loader in (("evil.npy", load_from_npy), ("evil.npz", load_from_npz), ("evil2.npz", load_from_npz),
-                         ("evil.npy", load), ("evil.npz", load)):
+    for name, loader in (
+        ("evil.npy", load_from_npy),
+        ("evil.npz", load_from_npz),
+        ("evil2.npz", load_from_npz),
+        ("evil.npy", load),
+        ("evil.npz", load),
+    ):
         with pytest.raises(FormatError, match=rf"{name}.*(pickle|object)"):
             loader(tmp_path / name)
         assert not marker.exists(), f"loading {name} ran code"
@@ -82,8 +99,17 @@ def test_every_truncation_is_a_format_error(tmp_path, kind):
             LOADERS[kind](path)
 
 
-@pytest.mark.parametrize("content", [b"", b"\x00" * 100, os.urandom(4096), b"PK\x03\x04" + os.urandom(200),
-                                     b"\x93NUMPY" + os.urandom(100), b"PK\x05\x06" + b"\x00" * 18])
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"",
+        b"\x00" * 100,
+        os.urandom(4096),
+        b"PK\x03\x04" + os.urandom(200),
+        b"\x93NUMPY" + os.urandom(100),
+        b"PK\x05\x06" + b"\x00" * 18,
+    ],
+)
 @pytest.mark.parametrize("kind", ["npz", "npy", "any"])
 def test_random_bytes_are_format_errors(tmp_path, kind, content):
     path = tmp_path / "junk"
@@ -119,32 +145,50 @@ def test_trailing_bytes_are_refused(tmp_path):
         load_from_npy(tmp_path / "t.npy")
 
 
-@pytest.mark.parametrize("text", ["{not json", "[1, 2]", "\"str\"", "[" * 100_000 + "]" * 100_000,
-                                  '{"a": ' * 50_000 + "1" + "}" * 50_000,
-                                  '{"a": {"__tmd_type__": "nope"}}', '{"a": {"__tmd_type__": "ndarray", "member": "x"}}',
-                                  '{"a": {"__tmd_type__": "int", "hex": 5}}', '{"a": {"__tmd_type__": "bytes"}}',
-                                  '{"a": {"__tmd_type__": "numpy.scalar", "dtype": "O", "base64": ""}}',
-                                  '{"a": {"__tmd_type__": "numpy.scalar", "dtype": "<f8", "base64": "AAA="}}',
-                                  '{"a": {"__tmd_type__": "datetime", "value": "yesterday", "tz": null}}',
-                                  '{"a": {"__tmd_type__": "datetime", "value": "2020-01-01", "tz": {"zone": "../etc"}}}',
-                                  '{"a": {"__tmd_type__": "path", "class": "os.system", "value": "x"}}'])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "{not json",
+        "[1, 2]",
+        '"str"',
+        "[" * 100_000 + "]" * 100_000,
+        '{"a": ' * 50_000 + "1" + "}" * 50_000,
+        '{"a": {"__tmd_type__": "nope"}}',
+        '{"a": {"__tmd_type__": "ndarray", "member": "x"}}',
+        '{"a": {"__tmd_type__": "int", "hex": 5}}',
+        '{"a": {"__tmd_type__": "bytes"}}',
+        '{"a": {"__tmd_type__": "numpy.scalar", "dtype": "O", "base64": ""}}',
+        '{"a": {"__tmd_type__": "numpy.scalar", "dtype": "<f8", "base64": "AAA="}}',
+        '{"a": {"__tmd_type__": "datetime", "value": "yesterday", "tz": null}}',
+        '{"a": {"__tmd_type__": "datetime", "value": "2020-01-01", "tz": {"zone": "../etc"}}}',
+        '{"a": {"__tmd_type__": "path", "class": "os.system", "value": "x"}}',
+    ],
+)
 def test_bad_metadata_json_is_a_format_error(tmp_path, text):
-    (tmp_path / "m.npz").write_bytes(zip_bytes({
-        "height_map.npy": npy_bytes(np.zeros((2, 2))), "metadata.npy": npy_bytes(np.array(text)),
-        "__tmd_nb_format__.npy": npy_bytes(np.array(1, dtype=np.int64))}))
+    (tmp_path / "m.npz").write_bytes(
+        zip_bytes(
+            {
+                "height_map.npy": npy_bytes(np.zeros((2, 2))),
+                "metadata.npy": npy_bytes(np.array(text)),
+                "__tmd_nb_format__.npy": npy_bytes(np.array(1, dtype=np.int64)),
+            }
+        )
+    )
     with pytest.raises(FormatError, match="m.npz"):
         load_from_npz(tmp_path / "m.npz")
 
 
 def test_newer_format_version_is_refused_with_advice(tmp_path):
-    (tmp_path / "v.npz").write_bytes(zip_bytes({
-        "height_map.npy": npy_bytes(np.zeros((2, 2))), "__tmd_nb_format__.npy": npy_bytes(np.array(99))}))
+    (tmp_path / "v.npz").write_bytes(
+        zip_bytes({"height_map.npy": npy_bytes(np.zeros((2, 2))), "__tmd_nb_format__.npy": npy_bytes(np.array(99))})
+    )
     with pytest.raises(FormatError, match="version 99.*upgrade"):
         load_from_npz(tmp_path / "v.npz")
 
 
-@pytest.mark.parametrize("array", [np.zeros((2, 2), dtype="V8"), np.zeros(2, dtype=[("a", "<i4")]),
-                                   np.zeros((2, 2, 2)), np.array(["x"])])
+@pytest.mark.parametrize(
+    "array", [np.zeros((2, 2), dtype="V8"), np.zeros(2, dtype=[("a", "<i4")]), np.zeros((2, 2, 2)), np.array(["x"])]
+)
 def test_odd_height_maps_in_files_are_format_errors(tmp_path, array):
     (tmp_path / "h.npz").write_bytes(zip_bytes({"height_map.npy": npy_bytes(array)}))
     with pytest.raises(FormatError, match="h.npz"):
@@ -187,22 +231,33 @@ def _flip(data: bytes, edits: list[tuple[int, int]]) -> bytes:
 
 
 @settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(kind=st.sampled_from(["npz", "npz-stored", "npy"]),
-       edits=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), min_size=1, max_size=6),
-       cut=st.none() | st.integers(0, 10_000), insert=st.none() | st.tuples(st.integers(0, 10_000), st.binary(max_size=9)))
+@given(
+    kind=st.sampled_from(["npz", "npz-stored", "npy"]),
+    edits=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), min_size=1, max_size=6),
+    cut=st.none() | st.integers(0, 10_000),
+    insert=st.none() | st.tuples(st.integers(0, 10_000), st.binary(max_size=9)),
+)
 def test_fuzzed_files_raise_only_format_error(tmp_path, kind, edits, cut, insert):
     if kind == "npy":
         data = good_npy(tmp_path)
     else:
-        path = export_to_npz({"height_map": np.arange(12, dtype="<f4").reshape(3, 4), "units": "mm", "t": (1, 2),
-                              "mask": np.ones((3, 4), bool)}, tmp_path / "good.npz", compress=kind == "npz")
+        path = export_to_npz(
+            {
+                "height_map": np.arange(12, dtype="<f4").reshape(3, 4),
+                "units": "mm",
+                "t": (1, 2),
+                "mask": np.ones((3, 4), bool),
+            },
+            tmp_path / "good.npz",
+            compress=kind == "npz",
+        )
         data = pathlib.Path(path).read_bytes()
     data = _flip(data, edits)
     if insert is not None:
         pos = insert[0] % (len(data) + 1)
         data = data[:pos] + insert[1] + data[pos:]
     if cut is not None:
-        data = data[:cut % (len(data) + 1)]
+        data = data[: cut % (len(data) + 1)]
     target = tmp_path / "fuzz.bin"
     target.write_bytes(data)
     for loader in (load, load_from_npz if kind != "npy" else load_from_npy):
@@ -215,8 +270,9 @@ def test_fuzzed_files_raise_only_format_error(tmp_path, kind, edits, cut, insert
 
 
 def test_metadata_member_of_a_foreign_file_that_is_not_text_is_an_array(tmp_path):
-    (tmp_path / "f.npz").write_bytes(zip_bytes({"height_map.npy": npy_bytes(np.zeros((2, 2))),
-                                                "metadata.npy": npy_bytes(np.arange(3))}))
+    (tmp_path / "f.npz").write_bytes(
+        zip_bytes({"height_map.npy": npy_bytes(np.zeros((2, 2))), "metadata.npy": npy_bytes(np.arange(3))})
+    )
     back = load_from_npz(tmp_path / "f.npz")
     assert np.array_equal(back["metadata"], np.arange(3))
 

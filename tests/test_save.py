@@ -81,8 +81,9 @@ def test_compress_and_level_reach_the_npz_writer(tmp_path: Path) -> None:
     # the same bytes as the writer called directly with the same options
     codec.export_to_npz(data, tmp_path / "direct.npz", level=9)
     with zipfile.ZipFile(tmp_path / "best.npz") as a, zipfile.ZipFile(tmp_path / "direct.npz") as b:
-        assert [(i.filename, i.CRC, i.compress_size) for i in a.infolist()] == \
-            [(i.filename, i.CRC, i.compress_size) for i in b.infolist()]
+        assert [(i.filename, i.CRC, i.compress_size) for i in a.infolist()] == [
+            (i.filename, i.CRC, i.compress_size) for i in b.infolist()
+        ]
 
 
 def test_progress_is_passed_through(tmp_path: Path) -> None:
@@ -102,6 +103,7 @@ def test_npy_and_tmd_writers_still_warn_about_metadata_they_drop(tmp_path: Path,
 
 
 # --------------------------------------------------------------------------- height_map_of
+
 
 class Hostile(dict):
     def __contains__(self, key):

@@ -37,9 +37,16 @@ SAMPLES = {
 }
 
 
-def tmd_bytes(width: int, height: int, data: bytes | np.ndarray | None = None, *, header: bytes = V2_HEADER,
-              comment: bytes = b"", lengths: tuple[float, float] = (1.0, 2.0),
-              offsets: tuple[float, float] | None = (0.5, -0.25)) -> bytes:
+def tmd_bytes(
+    width: int,
+    height: int,
+    data: bytes | np.ndarray | None = None,
+    *,
+    header: bytes = V2_HEADER,
+    comment: bytes = b"",
+    lengths: tuple[float, float] = (1.0, 2.0),
+    offsets: tuple[float, float] | None = (0.5, -0.25),
+) -> bytes:
     """A .tmd file assembled by hand; ``offsets=None`` leaves them out (v1 layout)."""
     if data is None:
         data = np.arange(width * height, dtype="<f4")
@@ -79,7 +86,7 @@ def test_real_scan_loads_as_the_readme_says(tmd_samples: Path, name: str) -> Non
         assert type(d[key]) is float and f32(d[key]) == d[key], key  # exactly a float32 value
     # The heights are where the layout says: the last width*height*4 bytes of the file.
     raw = path.read_bytes()
-    assert hm.tobytes() == raw[len(raw) - 4 * width * height:]
+    assert hm.tobytes() == raw[len(raw) - 4 * width * height :]
     assert np.isfinite(hm).any() and float(np.nanmax(hm)) > float(np.nanmin(hm))  # a real surface, not zeros
 
 
@@ -143,7 +150,9 @@ def test_mmap_gives_the_same_heights(tmd_samples: Path) -> None:
     plain = tmd.load_tmd(path)
     assert isinstance(mapped["height_map"], np.memmap) and not mapped["height_map"].flags.writeable
     assert mapped["height_map"].tobytes() == plain["height_map"].tobytes()
-    assert {k: v for k, v in mapped.items() if k != "height_map"} == {k: v for k, v in plain.items() if k != "height_map"}
+    assert {k: v for k, v in mapped.items() if k != "height_map"} == {
+        k: v for k, v in plain.items() if k != "height_map"
+    }
 
 
 def test_progress_reports_the_data_bytes(tmd_samples: Path) -> None:
@@ -186,8 +195,10 @@ def test_gelsight_empty_comment_puts_dimensions_at_byte_33(tmp_path: Path) -> No
     assert d["comment"] == "" and d["height_map"].shape == (2, 4) and (d["x_offset"], d["y_offset"]) == (1.0, 2.0)
 
 
-@pytest.mark.parametrize("header", [b"Binary Truemap Data File v2.0\r\n\0", b"BINARY TRUEMAP DATA FILE V2.0\r\n\0",
-                                    b"binary truemap data file\r\n\0"])
+@pytest.mark.parametrize(
+    "header",
+    [b"Binary Truemap Data File v2.0\r\n\0", b"BINARY TRUEMAP DATA FILE V2.0\r\n\0", b"binary truemap data file\r\n\0"],
+)
 def test_header_letter_case_does_not_matter(tmp_path: Path, header: bytes) -> None:
     v1 = b"v2.0" not in header.lower()
     content = tmd_bytes(2, 2, header=header, offsets=None if v1 else (0.0, 0.0), comment=b"Created by Truemap v6\r\n")
@@ -215,7 +226,9 @@ def test_looks_like_tmd() -> None:
     assert tmd.looks_like_tmd(b"binary TRUEMAP data file v2.0\r\n\0Created")
     assert tmd.looks_like_tmd(bytearray(V2_HEADER)) and tmd.looks_like_tmd(memoryview(V2_HEADER))
     assert not tmd.looks_like_tmd(b"Binary TrueMap Data Fil")  # too short to tell
-    assert not tmd.looks_like_tmd(b"") and not tmd.looks_like_tmd(b"\x93NUMPY") and not tmd.looks_like_tmd(b"PK\x03\x04")
+    assert (
+        not tmd.looks_like_tmd(b"") and not tmd.looks_like_tmd(b"\x93NUMPY") and not tmd.looks_like_tmd(b"PK\x03\x04")
+    )
     assert not tmd.looks_like_tmd(b" Binary TrueMap Data File")
 
 
@@ -313,8 +326,14 @@ def test_export_layout_and_round_trip(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     hm = rng.standard_normal((7, 5)).astype(np.float32)
     hm[0, 0], hm[1, 1], hm[2, 2], hm[3, 3] = np.nan, -np.inf, -0.0, np.float32(1e-45)
-    d = {"height_map": hm, "x_length": f32(0.1), "y_length": 2.5, "x_offset": -1.25, "y_offset": f32(1e-7),
-         "comment": "scan 12\r\n"}
+    d = {
+        "height_map": hm,
+        "x_length": f32(0.1),
+        "y_length": 2.5,
+        "x_offset": -1.25,
+        "y_offset": f32(1e-7),
+        "comment": "scan 12\r\n",
+    }
     out = tmd.export_to_tmd(d, tmp_path / "out.tmd")
     assert out == str((tmp_path / "out.tmd").resolve()) and os.path.isabs(out)
     comment, width, height, fields, data = parse_by_hand(Path(out).read_bytes())
@@ -329,11 +348,15 @@ def test_export_layout_and_round_trip(tmp_path: Path) -> None:
 
 
 @settings(max_examples=60, deadline=None)
-@given(bits=st.lists(st.integers(0, 2**32 - 1), min_size=1, max_size=24), width=st.integers(1, 6),
-       lengths=st.lists(st.floats(width=32, allow_nan=False, allow_infinity=False), min_size=4, max_size=4),
-       comment=st.text(st.characters(min_codepoint=1, max_codepoint=127), max_size=40))
-def test_export_round_trip_is_bit_exact(tmp_path_factory: pytest.TempPathFactory, bits: list[int], width: int,
-                                        lengths: list[float], comment: str) -> None:
+@given(
+    bits=st.lists(st.integers(0, 2**32 - 1), min_size=1, max_size=24),
+    width=st.integers(1, 6),
+    lengths=st.lists(st.floats(width=32, allow_nan=False, allow_infinity=False), min_size=4, max_size=4),
+    comment=st.text(st.characters(min_codepoint=1, max_codepoint=127), max_size=40),
+)
+def test_export_round_trip_is_bit_exact(
+    tmp_path_factory: pytest.TempPathFactory, bits: list[int], width: int, lengths: list[float], comment: str
+) -> None:
     rows = max(1, len(bits) // width)
     hm = np.resize(np.array(bits, dtype="<u4"), rows * width).view("<f4").reshape(rows, width)
     d = dict(zip(["x_length", "y_length", "x_offset", "y_offset"], lengths), height_map=hm, comment=comment)
@@ -347,8 +370,9 @@ def test_export_round_trip_is_bit_exact(tmp_path_factory: pytest.TempPathFactory
 def test_defaults_for_a_bare_array(tmp_path: Path) -> None:
     d = tmd.load_tmd(tmd.export_to_tmd(np.ones((3, 4), dtype=np.float32), tmp_path / "bare.tmd"))
     assert (d["x_length"], d["y_length"], d["x_offset"], d["y_offset"], d["comment"]) == (4.0, 3.0, 0.0, 0.0, "")
-    d = tmd.load_tmd(tmd.export_to_tmd({"height_map": np.ones((2, 2)), "comment": None, "x_offset": None},
-                                       tmp_path / "none.tmd"))
+    d = tmd.load_tmd(
+        tmd.export_to_tmd({"height_map": np.ones((2, 2)), "comment": None, "x_offset": None}, tmp_path / "none.tmd")
+    )
     assert d["comment"] == "" and d["x_offset"] == 0.0
 
 
@@ -359,18 +383,21 @@ def test_relative_path_returns_absolute(tmp_path: Path, monkeypatch: pytest.Monk
     assert os.path.isabs(out) and os.path.exists(out)
 
 
-@pytest.mark.parametrize("array", [
-    np.array([[1, 2], [3, -4]], dtype=np.int8),
-    np.array([[0, 65535]], dtype=np.uint16),
-    np.array([[2**24, -2**24, 2**30]], dtype=np.int32),
-    np.array([[2**62, -2**63, 0]], dtype=np.int64),
-    np.array([[2**63, 2**40]], dtype=np.uint64),
-    np.array([[True, False]]),
-    np.array([[0.5, -np.inf, np.nan, float(np.float32(1e-45)), 3.4028234663852886e38]], dtype=np.float64),
-    np.array([[0.5, 65504.0]], dtype=np.float16),
-    np.array([[0.25, -1.0]], dtype=">f4"),
-    np.array([[0.1, 0.2]], dtype=np.float32).astype(np.longdouble),
-])
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.array([[1, 2], [3, -4]], dtype=np.int8),
+        np.array([[0, 65535]], dtype=np.uint16),
+        np.array([[2**24, -(2**24), 2**30]], dtype=np.int32),
+        np.array([[2**62, -(2**63), 0]], dtype=np.int64),
+        np.array([[2**63, 2**40]], dtype=np.uint64),
+        np.array([[True, False]]),
+        np.array([[0.5, -np.inf, np.nan, float(np.float32(1e-45)), 3.4028234663852886e38]], dtype=np.float64),
+        np.array([[0.5, 65504.0]], dtype=np.float16),
+        np.array([[0.25, -1.0]], dtype=">f4"),
+        np.array([[0.1, 0.2]], dtype=np.float32).astype(np.longdouble),
+    ],
+)
 def test_exactly_representable_dtypes_are_accepted(tmp_path: Path, array: np.ndarray) -> None:
     d = tmd.load_tmd(tmd.export_to_tmd(array, tmp_path / "t.tmd"))
     expected = array.astype(np.float32)
@@ -386,17 +413,20 @@ def test_non_contiguous_input(tmp_path: Path) -> None:
         assert np.array_equal(d["height_map"], view)
 
 
-@pytest.mark.parametrize("array, words", [
-    (np.array([[0.1]], dtype=np.float64), ["float32 cannot represent exactly", "index (0, 0)"]),
-    (np.array([[1.0, 1e300]]), ["float32 cannot represent", "(0, 1)"]),
-    (np.array([[1.0, 1e-300]]), ["float32 cannot represent"]),
-    (np.array([[2**24 + 1]], dtype=np.int32), ["float32 cannot represent", "16777217"]),
-    (np.array([[2**63 - 1]], dtype=np.int64), ["float32 cannot represent"]),
-    (np.array([[2**53 + 1]], dtype=np.int64), ["float32 cannot represent"]),
-    (np.array([[2**64 - 1]], dtype=np.uint64), ["float32 cannot represent"]),
-    (np.array([[1 + 1j]]), ["complex"]),
-    (np.zeros((0, 3), dtype=np.float32), ["empty"]),
-])
+@pytest.mark.parametrize(
+    "array, words",
+    [
+        (np.array([[0.1]], dtype=np.float64), ["float32 cannot represent exactly", "index (0, 0)"]),
+        (np.array([[1.0, 1e300]]), ["float32 cannot represent", "(0, 1)"]),
+        (np.array([[1.0, 1e-300]]), ["float32 cannot represent"]),
+        (np.array([[2**24 + 1]], dtype=np.int32), ["float32 cannot represent", "16777217"]),
+        (np.array([[2**63 - 1]], dtype=np.int64), ["float32 cannot represent"]),
+        (np.array([[2**53 + 1]], dtype=np.int64), ["float32 cannot represent"]),
+        (np.array([[2**64 - 1]], dtype=np.uint64), ["float32 cannot represent"]),
+        (np.array([[1 + 1j]]), ["complex"]),
+        (np.zeros((0, 3), dtype=np.float32), ["empty"]),
+    ],
+)
 def test_inexact_or_unsuitable_heights_are_refused(tmp_path: Path, array: np.ndarray, words: list[str]) -> None:
     target = write(tmp_path / "keep.tmd", b"previous content")
     with pytest.raises(ValueError) as info:
@@ -407,13 +437,23 @@ def test_inexact_or_unsuitable_heights_are_refused(tmp_path: Path, array: np.nda
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.tmd"]
 
 
-@pytest.mark.parametrize("key, value, error", [
-    ("x_length", math.nan, ValueError), ("y_length", math.inf, ValueError), ("x_offset", 1e39, ValueError),
-    ("y_offset", -math.inf, ValueError), ("x_length", "1.0", TypeError), ("x_length", True, TypeError),
-    ("comment", "caf\u00e9", ValueError), ("comment", "a\0b", ValueError), ("comment", b"bytes", TypeError),
-])
-def test_bad_lengths_offsets_and_comments_are_refused(tmp_path: Path, key: str, value: object,
-                                                       error: type[Exception]) -> None:
+@pytest.mark.parametrize(
+    "key, value, error",
+    [
+        ("x_length", math.nan, ValueError),
+        ("y_length", math.inf, ValueError),
+        ("x_offset", 1e39, ValueError),
+        ("y_offset", -math.inf, ValueError),
+        ("x_length", "1.0", TypeError),
+        ("x_length", True, TypeError),
+        ("comment", "caf\u00e9", ValueError),
+        ("comment", "a\0b", ValueError),
+        ("comment", b"bytes", TypeError),
+    ],
+)
+def test_bad_lengths_offsets_and_comments_are_refused(
+    tmp_path: Path, key: str, value: object, error: type[Exception]
+) -> None:
     target = write(tmp_path / "keep.tmd", b"previous content")
     with pytest.raises(error, match=key):
         tmd.export_to_tmd({"height_map": np.zeros((2, 2), dtype=np.float32), key: value}, target)
@@ -431,8 +471,12 @@ def test_not_a_height_map_is_refused(tmp_path: Path) -> None:
 
 
 def test_numpy_scalars_as_lengths(tmp_path: Path) -> None:
-    d = {"height_map": np.zeros((1, 1), np.float32), "x_length": np.float32(0.3), "y_length": np.int64(3),
-         "x_offset": np.float64(0.5)}
+    d = {
+        "height_map": np.zeros((1, 1), np.float32),
+        "x_length": np.float32(0.3),
+        "y_length": np.int64(3),
+        "x_offset": np.float64(0.5),
+    }
     back = tmd.load_tmd(tmd.export_to_tmd(d, tmp_path / "s.tmd"))
     assert (back["x_length"], back["y_length"], back["x_offset"]) == (f32(0.3), 3.0, 0.5)
 
@@ -507,9 +551,23 @@ def test_module_imports_no_notebook_machinery() -> None:
     import ast
 
     tree = ast.parse(Path(tmd.__file__).read_text())
-    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
-                for alias in node.names}
-    imported |= {node.module.split(".")[0] for node in ast.walk(tree)
-                 if isinstance(node, ast.ImportFrom) and node.module and node.level == 0}
-    assert imported <= {"__future__", "math", "numbers", "os", "stat", "struct", "warnings", "collections",
-                        "typing", "numpy"}, imported
+    imported = {
+        alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
+    }
+    imported |= {
+        node.module.split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0
+    }
+    assert imported <= {
+        "__future__",
+        "math",
+        "numbers",
+        "os",
+        "stat",
+        "struct",
+        "warnings",
+        "collections",
+        "typing",
+        "numpy",
+    }, imported

@@ -16,8 +16,11 @@ from hypothesis import strategies as st
 from tmd_nb import tmd
 from tmd_nb.errors import FormatError
 
-HEADERS = [b"Binary TrueMap Data File v2.0\r\n\0", b"Binary Truemap Data File v2.0\r\n\0",
-           b"Binary TrueMap Data File\r\n\0"]
+HEADERS = [
+    b"Binary TrueMap Data File v2.0\r\n\0",
+    b"Binary Truemap Data File v2.0\r\n\0",
+    b"Binary TrueMap Data File\r\n\0",
+]
 SAMPLE_NAMES = ["v2_Surface.tmd", "v1_Dime.tmd"]  # the smallest v2 file, and a v1 file
 
 
@@ -27,10 +30,16 @@ def synthetic(draw: st.DrawFn) -> bytes:
     width, height = draw(st.integers(1, 4)), draw(st.integers(1, 4))
     comment = draw(st.sampled_from([b"", b"Created by TrueMap v6\r\n", b"x" * 70]))
     fields = 4 if b"v2.0" in header else 2
-    return (header + comment + b"\0" + struct.pack("<II", width, height)
-            + struct.pack(f"<{fields}f", *draw(st.lists(st.floats(width=32), min_size=fields, max_size=fields)))
-            + np.asarray(draw(st.lists(st.floats(width=32), min_size=width * height, max_size=width * height)),
-                         dtype="<f4").tobytes())
+    return (
+        header
+        + comment
+        + b"\0"
+        + struct.pack("<II", width, height)
+        + struct.pack(f"<{fields}f", *draw(st.lists(st.floats(width=32), min_size=fields, max_size=fields)))
+        + np.asarray(
+            draw(st.lists(st.floats(width=32), min_size=width * height, max_size=width * height)), dtype="<f4"
+        ).tobytes()
+    )
 
 
 class Scans(list):
@@ -59,7 +68,7 @@ def mutated(draw: st.DrawFn, originals: list[bytes]) -> bytes:
         elif kind == "insert":
             data[pos:pos] = draw(st.binary(min_size=1, max_size=8))
         elif kind == "delete":
-            del data[pos:pos + draw(st.integers(1, 8))]
+            del data[pos : pos + draw(st.integers(1, 8))]
     return bytes(data)
 
 
@@ -85,9 +94,9 @@ def test_mutated_files_load_consistently_or_raise_format_error(tmd_samples: Path
         header_end = content.index(b"\0")
         stored = 16 if d["tmd_version"] == 1 else 24
         comment_bytes = d["comment"].encode("latin-1")
-        assert content[header_end + 1:header_end + 1 + len(comment_bytes) + 1] == comment_bytes + b"\0"
+        assert content[header_end + 1 : header_end + 1 + len(comment_bytes) + 1] == comment_bytes + b"\0"
         assert len(content) == header_end + 1 + len(comment_bytes) + 1 + stored + 4 * hm.size
-        assert hm.tobytes() == content[len(content) - 4 * hm.size:]
+        assert hm.tobytes() == content[len(content) - 4 * hm.size :]
 
     check()
     # Both outcomes must occur, or the mutations are not exercising the reader.

@@ -8,20 +8,19 @@ from __future__ import annotations
 
 from typing import Any
 
+from ._version import __version__
 from .codec import export_to_npy, export_to_npz, height_map_of, load, load_from_npy, load_from_npz, save
 from .errors import FormatError, MetadataNotStoredWarning
-
-__version__ = "0.1.0"
 
 __all__ = [
     "ExportPanel",
     "FormatError",
+    "LoadPanel",
     "MetadataNotStoredWarning",
     "export_to_npy",
     "export_to_npz",
     "export_to_tmd",
     "height_map_of",
-    "LoadPanel",
     "load",
     "load_from_npy",
     "load_from_npz",

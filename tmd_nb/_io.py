@@ -122,9 +122,10 @@ def _read_into(fp: BinaryIO, buf: memoryview, where: str, reporter: _Reporter) -
     """
     done, total = 0, len(buf)
     while done < total:
-        n = fp.readinto(buf[done:done + CHUNK])
+        n = fp.readinto(buf[done : done + CHUNK])
         if not n:
-            raise FormatError(f"{where} is truncated: it shrank while being read "
-                              f"({done} of {total} data bytes present)")
+            raise FormatError(
+                f"{where} is truncated: it shrank while being read ({done} of {total} data bytes present)"
+            )
         done += n
         reporter.add(n)

@@ -186,7 +186,9 @@ def _evaluate_index(node: ast.AST, namespace: Mapping[str, Any], text: str) -> A
     if isinstance(node, ast.Tuple):
         return tuple(_evaluate_index(e, namespace, text) for e in node.elts)
     if isinstance(node, ast.Slice):
-        parts = [None if p is None else _evaluate_index(p, namespace, text) for p in (node.lower, node.upper, node.step)]
+        parts = [
+            None if p is None else _evaluate_index(p, namespace, text) for p in (node.lower, node.upper, node.step)
+        ]
         return slice(*parts)
     if isinstance(node, ast.Name):
         return _evaluate(node, namespace, text)
@@ -201,7 +203,9 @@ def resolve_name(text: str, namespace: Mapping[str, Any]) -> Any:
     try:
         tree = ast.parse(text.strip(), mode="eval")
     except SyntaxError:
-        raise UsageError(f"{text!r} is not a variable name, attribute or subscript (such as scan or scan['z'])") from None
+        raise UsageError(
+            f"{text!r} is not a variable name, attribute or subscript (such as scan or scan['z'])"
+        ) from None
     _check_expression(tree.body, text)
     return _evaluate(tree.body, namespace, text)
 
@@ -227,4 +231,3 @@ def parse_meta(items: list[str] | None) -> dict[str, Any]:
             value = text
         meta[key] = value
     return meta
-

@@ -91,11 +91,15 @@ def split_height_map(data: Any, what: str = "data") -> tuple[np.ndarray, dict[st
     else:
         array, meta = data, {}
     if isinstance(array, np.ma.MaskedArray):
-        raise TypeError(f"{what} is a masked array; save array.filled(np.nan) and the mask "
-                        "(np.ma.getmaskarray(array)) as a separate metadata entry instead")
+        raise TypeError(
+            f"{what} is a masked array; save array.filled(np.nan) and the mask "
+            "(np.ma.getmaskarray(array)) as a separate metadata entry instead"
+        )
     if not isinstance(array, np.ndarray):
-        raise TypeError(f"{what} must be a 2-D numpy array or a dict with a 'height_map' array, "
-                        f"not {type(array).__module__}.{type(array).__qualname__}")
+        raise TypeError(
+            f"{what} must be a 2-D numpy array or a dict with a 'height_map' array, "
+            f"not {type(array).__module__}.{type(array).__qualname__}"
+        )
     array = np.asarray(array)  # a memmap or matrix becomes a plain view, no copy
     if array.ndim != 2:
         raise ValueError(f"{what} must be 2-D, but has shape {array.shape} ({array.ndim}-D)")
@@ -112,12 +116,13 @@ def height_map_of(value: Any) -> np.ndarray | None:
     """
     try:
         return split_height_map(value)[0]
-    except Exception:  # noqa: BLE001 - not a height map, or a user mapping whose lookups misbehave
+    except Exception:
         return None
 
 
-def export_to_npy(data: np.ndarray | Mapping[str, Any], output_path: PathLike, *,
-                  progress: Progress | None = None) -> str:
+def export_to_npy(
+    data: np.ndarray | Mapping[str, Any], output_path: PathLike, *, progress: Progress | None = None
+) -> str:
     """Save the height map as a standard ``.npy`` file at exactly ``output_path``.
 
     NPY holds the array only: metadata in ``data`` is not stored, and a
@@ -125,9 +130,13 @@ def export_to_npy(data: np.ndarray | Mapping[str, Any], output_path: PathLike, *
     """
     array, meta = split_height_map(data)
     if meta:
-        warnings.warn(f"NPY stores the height map only; metadata not saved to {os.fspath(output_path)!r}: "
-                      f"{keys_text(meta, 10)}. "
-                      "Use export_to_npz to keep it.", MetadataNotStoredWarning, stacklevel=2)
+        warnings.warn(
+            f"NPY stores the height map only; metadata not saved to {os.fspath(output_path)!r}: "
+            f"{keys_text(meta, 10)}. "
+            "Use export_to_npz to keep it.",
+            MetadataNotStoredWarning,
+            stacklevel=2,
+        )
     with atomic_write(output_path) as fp:
         write_npy(fp, array, progress=progress)
     return os.path.abspath(output_path)
@@ -148,8 +157,14 @@ def encode_npz_members(data: Mapping[str, Any]) -> dict[str, np.ndarray]:
     return members
 
 
-def export_to_npz(data: Mapping[str, Any], output_path: PathLike, compress: bool = True, *,
-                  level: int | None = None, progress: Progress | None = None) -> str:
+def export_to_npz(
+    data: Mapping[str, Any],
+    output_path: PathLike,
+    compress: bool = True,
+    *,
+    level: int | None = None,
+    progress: Progress | None = None,
+) -> str:
     """Save ``data["height_map"]`` and every other key of ``data`` as typed metadata in an NPZ archive.
 
     Everything is validated before the file is touched; a value that cannot be stored raises
@@ -183,15 +198,19 @@ def decode_npz_members(members: dict[str, np.ndarray], where: str) -> dict[str, 
         if version.shape != () or version.dtype.kind not in "iu":
             raise FormatError(f"{where} has a malformed format version member")
         if int(version) > FORMAT_VERSION:
-            raise FormatError(f"{where} uses tmd_nb format version {int(version)}; this tmd_nb reads up to "
-                              f"{FORMAT_VERSION}: upgrade tmd_nb")
+            raise FormatError(
+                f"{where} uses tmd_nb format version {int(version)}; this tmd_nb reads up to "
+                f"{FORMAT_VERSION}: upgrade tmd_nb"
+            )
 
     meta: dict[str, Any] = {}
     text = members.get(METADATA)
     if text is not None and (version is not None or (text.shape == () and text.dtype.kind in "US")):
         members.pop(METADATA)
         if text.shape != () or text.dtype.kind not in "US":
-            raise FormatError(f"{where} member 'metadata' is not a JSON string (dtype {text.dtype}, shape {text.shape})")
+            raise FormatError(
+                f"{where} member 'metadata' is not a JSON string (dtype {text.dtype}, shape {text.shape})"
+            )
         try:
             value = text.item()
             obj = json.loads(value.decode("utf-8") if isinstance(value, bytes) else value)
@@ -237,8 +256,15 @@ def load(path: PathLike, *, progress: Progress | None = None) -> dict[str, Any]:
     raise FormatError(f"{os.fspath(path)!r} is not an NPY, NPZ or TMD file (it starts with {head[:16]!r})")
 
 
-def save(data: np.ndarray | Mapping[str, Any], path: PathLike, *, format: str | None = None,
-         compress: bool = True, level: int | None = None, progress: Progress | None = None) -> str:
+def save(
+    data: np.ndarray | Mapping[str, Any],
+    path: PathLike,
+    *,
+    format: str | None = None,
+    compress: bool = True,
+    level: int | None = None,
+    progress: Progress | None = None,
+) -> str:
     """Save ``data`` as NPZ, NPY or TMD: the counterpart of :func:`load`.
 
     ``format`` is ``"npz"``, ``"npy"`` or ``"tmd"``; ``None`` takes it from the extension of
@@ -249,8 +275,10 @@ def save(data: np.ndarray | Mapping[str, Any], path: PathLike, *, format: str | 
     if format is None:
         ext = os.path.splitext(os.fspath(path))[1].lower()
         if ext not in EXTENSIONS:
-            raise ValueError(f"cannot tell the format of {os.fspath(path)!r} from its extension "
-                             f"{ext or '(none)'}: use .npz, .npy or .tmd, or pass format=")
+            raise ValueError(
+                f"cannot tell the format of {os.fspath(path)!r} from its extension "
+                f"{ext or '(none)'}: use .npz, .npy or .tmd, or pass format="
+            )
         format = EXTENSIONS[ext]
     if format == "npz":
         return export_to_npz(data, path, compress=compress, level=level, progress=progress)

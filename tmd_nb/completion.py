@@ -19,13 +19,23 @@ import numpy as np
 from .arguments import tokenize
 from .codec import EXTENSIONS, height_map_of
 
-__all__ = ["MATCHER_ID", "complete", "exportable", "exportable_names", "path_candidates", "register_completer",
-           "unregister_completer"]
+__all__ = [
+    "MATCHER_ID",
+    "complete",
+    "exportable",
+    "exportable_names",
+    "path_candidates",
+    "register_completer",
+    "unregister_completer",
+]
 
 MATCHER_ID = "tmd_nb.magics.complete"
 
-_MAGIC_LINE = re.compile(r"\s*(?:(?P<target>[A-Za-z_]\w*)\s*=\s*)?(?P<percent>%?)(?P<magic>tmd_export|tmd_load|tmd_panel)"
-                         r"\s+(?P<args>.*)", re.DOTALL)
+_MAGIC_LINE = re.compile(
+    r"\s*(?:(?P<target>[A-Za-z_]\w*)\s*=\s*)?(?P<percent>%?)(?P<magic>tmd_export|tmd_load|tmd_panel)"
+    r"\s+(?P<args>.*)",
+    re.DOTALL,
+)
 _NEEDS_QUOTES = set(" \t\"'\\$#&;|<>()[]{}*?!`")
 
 
@@ -89,14 +99,16 @@ def _quote_path(candidate: str, open_quote: str | None) -> str:
     return f"{quote}{candidate}{closing}"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _options(magic: str) -> tuple[list[str], frozenset[str]]:
     """A magic's option strings, and those that take a value, read from its own argument parser."""
     from .magics import TmdMagics  # imported here: magics imports this module
 
     actions = getattr(TmdMagics, magic).parser._actions
-    return (sorted(o for a in actions for o in a.option_strings),
-            frozenset(o for a in actions if a.nargs != 0 for o in a.option_strings))
+    return (
+        sorted(o for a in actions for o in a.option_strings),
+        frozenset(o for a in actions if a.nargs != 0 for o in a.option_strings),
+    )
 
 
 def complete(line_before_cursor: str, namespace: Mapping[str, Any]) -> tuple[str, list[str], str] | None:
@@ -116,7 +128,7 @@ def complete(line_before_cursor: str, namespace: Mapping[str, Any]) -> tuple[str
         return typed, [], "option"  # an option's value: nothing sensible to offer
     if typed.startswith("-"):
         return typed, [o for o in options if o.startswith(typed)], "option"
-    if typed[:1] in ("\"", "'") and open_quote is None:
+    if typed[:1] in ('"', "'") and open_quote is None:
         return typed, [], "path"  # a finished quoted word
     positionals: list[str] = []
     skip = False
@@ -161,8 +173,9 @@ def unregister_completer(shell: Any) -> None:
     """Remove our matcher from ``shell`` (a shell without a completer is left alone)."""
     completer = getattr(shell, "Completer", None)
     if completer is not None:
-        completer.custom_matchers[:] = [m for m in completer.custom_matchers
-                                        if getattr(m, "matcher_identifier", None) != MATCHER_ID]
+        completer.custom_matchers[:] = [
+            m for m in completer.custom_matchers if getattr(m, "matcher_identifier", None) != MATCHER_ID
+        ]
 
 
 def register_completer(shell: Any) -> None:

@@ -123,6 +123,7 @@ def _inflate_bound(csize: int) -> int:
 # Deflate, in parallel chunks
 # --------------------------------------------------------------------------------------------
 
+
 class _Codec:
     """What a ``level`` means: which library, which of its levels, and whether chunks are primed."""
 
@@ -190,8 +191,15 @@ class _Deflater:
         self.codec, self.workers = codec, workers
         self.pool: ThreadPoolExecutor | None = None
 
-    def member(self, fp: BinaryIO, header: bytes, array: np.ndarray, reporter: _Reporter, behind: _WriteBehind,
-               index: list[tuple[int, int]]) -> int:
+    def member(
+        self,
+        fp: BinaryIO,
+        header: bytes,
+        array: np.ndarray,
+        reporter: _Reporter,
+        behind: _WriteBehind,
+        index: list[tuple[int, int]],
+    ) -> int:
         if self.workers > 1 and self.pool is None and array.nbytes > DEFLATE_CHUNK:
             self.pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="tmd_nb-deflate")
         return _deflate_member(fp, header, array, self.codec, self.pool, self.workers, reporter, behind, index)
@@ -201,8 +209,17 @@ class _Deflater:
             self.pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _deflate_member(fp: BinaryIO, header: bytes, array: np.ndarray, codec: _Codec, pool: ThreadPoolExecutor | None,
-                    workers: int, reporter: _Reporter, behind: _WriteBehind, index: list[tuple[int, int]]) -> int:
+def _deflate_member(
+    fp: BinaryIO,
+    header: bytes,
+    array: np.ndarray,
+    codec: _Codec,
+    pool: ThreadPoolExecutor | None,
+    workers: int,
+    reporter: _Reporter,
+    behind: _WriteBehind,
+    index: list[tuple[int, int]],
+) -> int:
     """Deflate header + array bytes into ``fp`` as one stream; return the CRC-32 of the input.
 
     Unless chunks are primed with their predecessor's tail, every chunk boundary is a point where
@@ -246,13 +263,14 @@ def _deflate_member(fp: BinaryIO, header: bytes, array: np.ndarray, codec: _Code
         index[:] = [(ends[i], u) for i, (_, u) in enumerate(index)]
         if len(index) > MAX_INDEX:  # any subset of restart points is still valid
             step = math.ceil(len(index) / MAX_INDEX)
-            index[:] = index[step - 1::step]
+            index[:] = index[step - 1 :: step]
     return crc
 
 
 # --------------------------------------------------------------------------------------------
 # Inflate, sequentially or in parallel pieces
 # --------------------------------------------------------------------------------------------
+
 
 class _MemberStream:
     """The uncompressed bytes of one member, produced on demand, bounded by its declared sizes."""
@@ -292,10 +310,10 @@ class _MemberStream:
         total = len(buf)
         if self.d is None:
             while pos < total:
-                n = self.f.readinto(buf[pos:pos + _io.CHUNK])
+                n = self.f.readinto(buf[pos : pos + _io.CHUNK])
                 if not n:
                     raise FormatError(f"{self.where} is truncated: its data is cut off")
-                self.crc = _crc32(buf[pos:pos + n], self.crc)
+                self.crc = _crc32(buf[pos : pos + n], self.crc)
                 self.left_in -= n
                 self.left_out -= n
                 pos += n
@@ -304,7 +322,7 @@ class _MemberStream:
         while pos < total:
             piece = self._produce(min(INFLATE_PIECE, total - pos))
             n = len(piece)
-            buf[pos:pos + n] = piece
+            buf[pos : pos + n] = piece
             pos += n
             progress(n)
 
@@ -323,8 +341,10 @@ class _MemberStream:
             self.tail = self.d.unconsumed_tail
             if not data:
                 if self.d.eof:
-                    raise FormatError(f"{self.where}: its deflate stream ends after {self.m.usize - self.left_out} "
-                                      f"of {self.m.usize} bytes")
+                    raise FormatError(
+                        f"{self.where}: its deflate stream ends after {self.m.usize - self.left_out} "
+                        f"of {self.m.usize} bytes"
+                    )
                 if not data_in:
                     raise FormatError(f"{self.where} is truncated: its deflate stream is cut off")
                 return b""
@@ -349,26 +369,37 @@ class _MemberStream:
         elif self.left_in:
             raise FormatError(f"{self.where} has bytes after the array data")
         if self.crc != self.m.crc:
-            raise FormatError(f"{self.where} is corrupt: CRC-32 {self.crc:#010x} does not match the stored "
-                              f"{self.m.crc:#010x}")
+            raise FormatError(
+                f"{self.where} is corrupt: CRC-32 {self.crc:#010x} does not match the stored {self.m.crc:#010x}"
+            )
 
 
-def _inflate_rest(f: BinaryIO, m: _MemberData, stream: _MemberStream, head: bytes, buf: memoryview, where: str,
-                  advance: Callable[[int], None], threads: int) -> None:
+def _inflate_rest(
+    f: BinaryIO,
+    m: _MemberData,
+    stream: _MemberStream,
+    head: bytes,
+    buf: memoryview,
+    where: str,
+    advance: Callable[[int], None],
+    threads: int,
+) -> None:
     """Fill ``buf`` with the member's bytes after ``head`` (already read from ``stream``), CRC checked.
 
     On ``threads`` threads when the member carries a chunk index, sequentially otherwise.
     """
-    if (m.index and m.deflated and threads > 1 and hasattr(os, "pread")
-            and hasattr(_isal_zlib, "crc32_combine")):  # isal installed, and recent enough
+    if (
+        m.index and m.deflated and threads > 1 and hasattr(os, "pread") and hasattr(_isal_zlib, "crc32_combine")
+    ):  # isal installed, and recent enough
         _inflate_parallel(f, m, head, buf, where, advance, threads)
     else:
         stream.readinto(buf, advance)
         stream.finish()
 
 
-def _inflate_parallel(f: BinaryIO, m: _MemberData, head: bytes, buf: memoryview, where: str,
-                      advance: Callable[[int], None], threads: int) -> None:
+def _inflate_parallel(
+    f: BinaryIO, m: _MemberData, head: bytes, buf: memoryview, where: str, advance: Callable[[int], None], threads: int
+) -> None:
     """Inflate the pieces between the restart points of tmd_nb's chunk index on several threads.
 
     Each piece is inflated from scratch; one that refers to data before its start fails to
@@ -410,11 +441,11 @@ def _inflate_parallel(f: BinaryIO, m: _MemberData, head: bytes, buf: memoryview,
                     raise FormatError(f"{bad}: a piece inflates to more than it says")
                 if pos < hlen:
                     k = min(hlen - pos, len(out))
-                    if out[:k] != head[pos:pos + k]:
+                    if out[:k] != head[pos : pos + k]:
                         raise FormatError(f"{bad}: it disagrees with the stream")
-                    buf[0:len(out) - k] = out[k:]
+                    buf[0 : len(out) - k] = out[k:]
                 else:
-                    buf[pos - hlen:end - hlen] = out
+                    buf[pos - hlen : end - hlen] = out
                 crc = _isal_zlib.crc32(out, crc)
                 pos = end
             elif d.eof or cpos >= c1:

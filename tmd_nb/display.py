@@ -53,6 +53,7 @@ MAX_REPR = 80
 
 # --------------------------------------------------------------------------- picture
 
+
 def downsample(height_map: np.ndarray, max_pixels: int = 256) -> np.ndarray:
     """A strided view of ``height_map`` with at most ``max_pixels`` rows and columns.
 
@@ -73,17 +74,18 @@ def _as_float(small: np.ndarray) -> np.ndarray:
     return small.astype(np.float64)
 
 
-def preview_png(height_map: np.ndarray, *, max_pixels: int = 256, title: str | None = None,
-                label: str | None = None) -> bytes:
+def preview_png(
+    height_map: np.ndarray, *, max_pixels: int = 256, title: str | None = None, label: str | None = None
+) -> bytes:
     """A small PNG image of ``height_map`` with a colour bar.
 
     The array is downsampled first, so a 4000 x 4000 map renders as fast as a small one.
     NaN and infinite values are masked and drawn in :data:`BAD_COLOR`; complex maps show
     their magnitude. ``label`` names the colour bar (default "height", "|height|" for complex).
     """
+    import matplotlib
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    import matplotlib
 
     array = np.asarray(height_map)
     if array.ndim != 2:
@@ -108,9 +110,15 @@ def preview_png(height_map: np.ndarray, *, max_pixels: int = 256, title: str | N
     ax = fig.add_subplot()
     ratio = max(rows, cols) / min(rows, cols)
     # extent in original pixel indices, so the axes read as row/column of the full map
-    image = ax.imshow(masked, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest",
-                      extent=(-0.5, cols - 0.5, rows - 0.5, -0.5),
-                      aspect="equal" if ratio <= 8 else "auto")
+    image = ax.imshow(
+        masked,
+        cmap=cmap,
+        vmin=vmin,
+        vmax=vmax,
+        interpolation="nearest",
+        extent=(-0.5, cols - 0.5, rows - 0.5, -0.5),
+        aspect="equal" if ratio <= 8 else "auto",
+    )
     ax.set_xlabel("column", fontsize=8)
     ax.set_ylabel("row", fontsize=8)
     ax.tick_params(labelsize=7)
@@ -140,6 +148,7 @@ def png_img_tag(png: bytes, alt: str = "height map preview") -> str:
 
 
 # --------------------------------------------------------------------------- summary
+
 
 class _ShortRepr(reprlib.Repr):
     """``reprlib`` limits, cut at the end (never mid-repr), and readable forms of common values.
@@ -181,7 +190,7 @@ class _ShortRepr(reprlib.Repr):
 def _safe_repr(x: Any) -> str:
     try:
         return repr(x)
-    except Exception:  # noqa: BLE001 - a user object's __repr__ may do anything
+    except Exception:
         return f"<{type(x).__name__} instance at {id(x):#x}>"
 
 
@@ -226,7 +235,7 @@ def _stats(array: np.ndarray) -> dict[str, Any]:
     total = 0.0
     count = nan = inf = 0
     for start in range(0, rows, step):
-        chunk = array[start:start + step]
+        chunk = array[start : start + step]
         if kind == "c":
             chunk = np.abs(chunk)
         if kind in "fc":
@@ -252,9 +261,11 @@ def _stats(array: np.ndarray) -> dict[str, Any]:
     if count:
         if kind == "b":
             lo, hi = bool(lo), bool(hi)
-        result.update(min=lo.item() if hasattr(lo, "item") else lo,
-                      max=hi.item() if hasattr(hi, "item") else hi,
-                      mean=total / count)
+        result.update(
+            min=lo.item() if hasattr(lo, "item") else lo,
+            max=hi.item() if hasattr(hi, "item") else hi,
+            mean=total / count,
+        )
     return result
 
 
@@ -290,8 +301,10 @@ def stats_text(info: Mapping[str, Any]) -> str:
     """``min .., max .., mean ..`` of a :func:`summary`, and how many NaN/inf values were left out."""
     prefix = "|z| " if info["magnitude"] else ""
     if info["finite"]:
-        text = (f"{prefix}min {_format_number(info['min'])}, max {_format_number(info['max'])}, "
-                f"mean {_format_number(info['mean'])}")
+        text = (
+            f"{prefix}min {_format_number(info['min'])}, max {_format_number(info['max'])}, "
+            f"mean {_format_number(info['mean'])}"
+        )
     else:
         text = "no finite values"
     extra = []
@@ -329,8 +342,10 @@ def size_text(nbytes: int) -> str:
 def summary_text(data: np.ndarray | Mapping[str, Any]) -> str:
     """A few lines of plain text: shape, dtype, statistics and one line per metadata key."""
     info = summary(data)
-    lines = [f"height map {shape_text(info['shape'])} {info['dtype']} ({size_text(info['nbytes'])})",
-             f"  {stats_text(info)}"]
+    lines = [
+        f"height map {shape_text(info['shape'])} {info['dtype']} ({size_text(info['nbytes'])})",
+        f"  {stats_text(info)}",
+    ]
     meta = info["metadata"]
     if meta:
         lines.append(f"  metadata ({count_text(len(meta), 'key')}):")
@@ -356,12 +371,16 @@ def summary_html(data: np.ndarray | Mapping[str, Any]) -> str:
     ]
     meta = info["metadata"]
     if meta:
-        parts.append('<table class="tmd-nb-metadata"><thead><tr><th style="text-align:left">key</th>'
-                     '<th style="text-align:left">type</th><th style="text-align:left">value</th></tr></thead><tbody>')
+        parts.append(
+            '<table class="tmd-nb-metadata"><thead><tr><th style="text-align:left">key</th>'
+            '<th style="text-align:left">type</th><th style="text-align:left">value</th></tr></thead><tbody>'
+        )
         for key, kind, text in meta[:MAX_META_ROWS]:
-            parts.append(f'<tr><td style="text-align:left"><code>{esc(short_repr(key, 40) if len(key) > 40 else key)}'
-                         f'</code></td><td style="text-align:left">{esc(kind)}</td>'
-                         f'<td style="text-align:left"><code>{esc(text)}</code></td></tr>')
+            parts.append(
+                f'<tr><td style="text-align:left"><code>{esc(short_repr(key, 40) if len(key) > 40 else key)}'
+                f'</code></td><td style="text-align:left">{esc(kind)}</td>'
+                f'<td style="text-align:left"><code>{esc(text)}</code></td></tr>'
+            )
         if len(meta) > MAX_META_ROWS:
             parts.append(f'<tr><td colspan="3">... and {len(meta) - MAX_META_ROWS} more</td></tr>')
         parts.append("</tbody></table>")
@@ -372,6 +391,7 @@ def summary_html(data: np.ndarray | Mapping[str, Any]) -> str:
 
 
 # --------------------------------------------------------------------------- result
+
 
 def _is_height_map_dict(data: Mapping[str, Any]) -> bool:
     """Whether the summary and the picture can show ``data`` (what the exporters accept, and not empty)."""
@@ -394,8 +414,10 @@ class HeightMapResult(dict):
         if not _is_height_map_dict(self):
             return None
         image = png_img_tag(preview_png(self["height_map"]))
-        return (f'<div class="tmd-nb-result" style="display:flex;gap:1em;align-items:flex-start;flex-wrap:wrap">'
-                f"<div>{summary_html(self)}</div><div>{image}</div></div>")
+        return (
+            f'<div class="tmd-nb-result" style="display:flex;gap:1em;align-items:flex-start;flex-wrap:wrap">'
+            f"<div>{summary_html(self)}</div><div>{image}</div></div>"
+        )
 
     def _repr_pretty_(self, p: Any, cycle: bool) -> None:
         if cycle:

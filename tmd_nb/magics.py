@@ -43,6 +43,7 @@ MAGIC_NAMES = ("tmd_export", "tmd_load", "tmd_panel")
 
 # --------------------------------------------------------------------------- progress
 
+
 class ProgressBar:
     """``progress(done, total)`` callback that draws a text bar on ``stream`` only for slow jobs.
 
@@ -50,8 +51,15 @@ class ProgressBar:
     only its success line. Redraws are throttled; ``close()`` ends the line if one was drawn.
     """
 
-    def __init__(self, label: str, stream: TextIO | None = None, *, after: float | None = None,
-                 clock: Callable[[], float] = time.monotonic, width: int = 30) -> None:
+    def __init__(
+        self,
+        label: str,
+        stream: TextIO | None = None,
+        *,
+        after: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        width: int = 30,
+    ) -> None:
         self.label = label
         self.stream = stream
         self.after = PROGRESS_AFTER if after is None else after
@@ -85,6 +93,7 @@ class ProgressBar:
 
 # --------------------------------------------------------------------------- core
 
+
 @dataclass
 class ExportReport:
     """What :func:`export_height_map` did, for the one-line message."""
@@ -113,9 +122,16 @@ def expand_path(path: str) -> str:
     return os.path.expanduser(path)
 
 
-def export_height_map(data: Any, path: str, *, what: str = "data", force: bool = False, compress: bool = True,
-                      meta: Mapping[str, Any] | None = None, progress: Callable[[int, int], None] | None = None
-                      ) -> ExportReport:
+def export_height_map(
+    data: Any,
+    path: str,
+    *,
+    what: str = "data",
+    force: bool = False,
+    compress: bool = True,
+    meta: Mapping[str, Any] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> ExportReport:
     """Save ``data`` (2-D array or dict with "height_map") to ``path``, the format chosen by its extension.
 
     ``meta`` is merged into a shallow copy (``data`` itself is never modified). An existing
@@ -159,11 +175,20 @@ def export_height_map(data: Any, path: str, *, what: str = "data", force: bool =
     seconds = time.perf_counter() - start
     notes = []
     if saved.lost:
-        notes.append(f"note: {ext} stores {HOLDS[fmt]} only; {count_text(len(saved.lost), 'metadata key')} "
-                     f"not saved ({keys_text(saved.lost)}); use .npz to keep them")
-    return ExportReport(path=saved.path, format=fmt, shape=tuple(array.shape), dtype=str(array.dtype),
-                        metadata_keys=saved.stored, size=os.path.getsize(saved.path),
-                        seconds=seconds, notes=notes)
+        notes.append(
+            f"note: {ext} stores {HOLDS[fmt]} only; {count_text(len(saved.lost), 'metadata key')} "
+            f"not saved ({keys_text(saved.lost)}); use .npz to keep them"
+        )
+    return ExportReport(
+        path=saved.path,
+        format=fmt,
+        shape=tuple(array.shape),
+        dtype=str(array.dtype),
+        metadata_keys=saved.stored,
+        size=os.path.getsize(saved.path),
+        seconds=seconds,
+        notes=notes,
+    )
 
 
 def load_height_map(path: str, *, progress: Callable[[int, int], None] | None = None) -> HeightMapResult:
@@ -185,18 +210,23 @@ def _seconds_text(seconds: float) -> str:
 def export_message(name: str, report: ExportReport) -> str:
     """The one success line of ``%tmd_export``."""
     keys = count_text(report.metadata_keys, "metadata key")
-    return (f"Saved {name} ({shape_text(report.shape)} {report.dtype}, {keys}) to {report.path} "
-            f"({size_text(report.size)}, {report.format.upper()}) in {_seconds_text(report.seconds)}")
+    return (
+        f"Saved {name} ({shape_text(report.shape)} {report.dtype}, {keys}) to {report.path} "
+        f"({size_text(report.size)}, {report.format.upper()}) in {_seconds_text(report.seconds)}"
+    )
 
 
 def load_message(path: str, name: str, result: Mapping[str, Any], seconds: float) -> str:
     """The one line ``%tmd_load -n NAME`` prints."""
     array = result[codec.HEIGHT_MAP]
-    return (f"Loaded {path} into {name} ({shape_text(array.shape)} {array.dtype}, "
-            f"{count_text(len(result) - 1, 'metadata key')}) in {_seconds_text(seconds)}")
+    return (
+        f"Loaded {path} into {name} ({shape_text(array.shape)} {array.dtype}, "
+        f"{count_text(len(result) - 1, 'metadata key')}) in {_seconds_text(seconds)}"
+    )
 
 
 # --------------------------------------------------------------------------- magics
+
 
 @magics_class
 class TmdMagics(Magics):
@@ -204,13 +234,26 @@ class TmdMagics(Magics):
 
     @magic_arguments()
     @argument("-f", "--force", action="store_true", help="overwrite PATH if it exists (otherwise it is refused)")
-    @argument("--no-compress", dest="compress", action="store_false",
-              help="store the NPZ members uncompressed (faster, larger)")
-    @argument("-m", "--meta", action="append", metavar="KEY=VALUE", default=[],
-              help="add or override a metadata entry; VALUE is a Python literal (42, 1.5, 'um', [1, 2], True) "
-                   "when it parses as one, else text. Repeatable.")
-    @argument("name", metavar="NAME",
-              help="the variable to save: a 2-D array or a dict with 'height_map' (also scan.z, scan['z'], stack[0])")
+    @argument(
+        "--no-compress",
+        dest="compress",
+        action="store_false",
+        help="store the NPZ members uncompressed (faster, larger)",
+    )
+    @argument(
+        "-m",
+        "--meta",
+        action="append",
+        metavar="KEY=VALUE",
+        default=[],
+        help="add or override a metadata entry; VALUE is a Python literal (42, 1.5, 'um', [1, 2], True) "
+        "when it parses as one, else text. Repeatable.",
+    )
+    @argument(
+        "name",
+        metavar="NAME",
+        help="the variable to save: a 2-D array or a dict with 'height_map' (also scan.z, scan['z'], stack[0])",
+    )
     @argument("path", metavar="PATH", help="file to write; .npz (with metadata), .npy (array only) or .tmd")
     @line_magic
     def tmd_export(self, line: str) -> None:
@@ -233,8 +276,9 @@ class TmdMagics(Magics):
         meta = parse_meta(args.meta)
         bar = ProgressBar(f"saving {args.path}")
         try:
-            report = export_height_map(data, args.path, what=args.name, force=args.force, compress=args.compress,
-                                       meta=meta, progress=bar)
+            report = export_height_map(
+                data, args.path, what=args.name, force=args.force, compress=args.compress, meta=meta, progress=bar
+            )
         finally:
             bar.close()
         for note in report.notes:
@@ -292,6 +336,7 @@ class TmdMagics(Magics):
 
 
 # --------------------------------------------------------------------------- extension
+
 
 def load_ipython_extension(ipython: Any) -> None:
     """Register the magics and the argument completer on ``ipython``."""

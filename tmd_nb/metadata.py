@@ -59,11 +59,13 @@ def _tz_encode(tz: dt.tzinfo | None, path: tuple[Any, ...]) -> Any:
     if type(tz) is dt.timezone:
         offset = tz.utcoffset(None)
         out: dict[str, Any] = {"offset": offset.total_seconds()}
-        if tz is not dt.timezone.utc and tz.tzname(None) != dt.timezone(offset).tzname(None):
+        if tz is not dt.UTC and tz.tzname(None) != dt.timezone(offset).tzname(None):
             out["name"] = tz.tzname(None)
         return out
-    raise TypeError(f"metadata value at {_key_path(path)} has an unsupported time zone of type "
-                    f"{type(tz).__module__}.{type(tz).__qualname__}; use datetime.timezone or zoneinfo.ZoneInfo")
+    raise TypeError(
+        f"metadata value at {_key_path(path)} has an unsupported time zone of type "
+        f"{type(tz).__module__}.{type(tz).__qualname__}; use datetime.timezone or zoneinfo.ZoneInfo"
+    )
 
 
 def _tz_decode(obj: Any) -> dt.tzinfo | None:
@@ -80,7 +82,7 @@ def _tz_decode(obj: Any) -> dt.tzinfo | None:
             raise ValueError(f"unknown time zone {obj['zone']!r}") from exc
     offset = dt.timedelta(seconds=float(obj["offset"]))
     if offset == dt.timedelta(0) and "name" not in obj:
-        return dt.timezone.utc
+        return dt.UTC
     return dt.timezone(offset, obj["name"]) if "name" in obj else dt.timezone(offset)
 
 
@@ -95,15 +97,21 @@ def encode(meta: Mapping[str, Any], reserved: set[str] | None = None) -> tuple[d
     arrays: dict[str, np.ndarray] = {}
     # Claim the usable top-level names first, so generated names never collide with them.
     for key, value in meta.items():
-        if type(value) is np.ndarray and _MEMBER_NAME.fullmatch(key) and key not in reserved \
-                and not re.fullmatch(r"__array_\d+__", key):
+        if (
+            type(value) is np.ndarray
+            and _MEMBER_NAME.fullmatch(key)
+            and key not in reserved
+            and not re.fullmatch(r"__array_\d+__", key)
+        ):
             arrays[key] = value
     counter = iter(range(1 << 62))
 
     def store(value: np.ndarray, path: tuple[Any, ...]) -> dict[str, Any]:
         if not is_array_kind(value.dtype):
-            raise TypeError(f"metadata value at {_key_path(path)} is an array of dtype {value.dtype}, which cannot "
-                            "be stored without pickle; use a numeric, bool or str dtype")
+            raise TypeError(
+                f"metadata value at {_key_path(path)} is an array of dtype {value.dtype}, which cannot "
+                "be stored without pickle; use a numeric, bool or str dtype"
+            )
         if len(path) == 1 and arrays.get(path[0]) is value:
             name = path[0]
         else:
@@ -133,13 +141,18 @@ def encode(meta: Mapping[str, Any], reserved: set[str] | None = None) -> tuple[d
             out = {}
             for k, v in value.items():
                 if type(k) is not str:
-                    raise TypeError(f"metadata dict at {_key_path(path)} has a key {k!r} of type "
-                                    f"{type(k).__name__}; only str keys can be stored")
+                    raise TypeError(
+                        f"metadata dict at {_key_path(path)} has a key {k!r} of type "
+                        f"{type(k).__name__}; only str keys can be stored"
+                    )
                 out[k] = enc(v, path + (k,))
             return {TAG: "dict", "items": out} if TAG in out else out
         if t is dt.datetime:
-            out = {TAG: "datetime", "value": value.replace(tzinfo=None).isoformat(),
-                   "tz": _tz_encode(value.tzinfo, path)}
+            out = {
+                TAG: "datetime",
+                "value": value.replace(tzinfo=None).isoformat(),
+                "tz": _tz_encode(value.tzinfo, path),
+            }
             if value.fold:
                 out["fold"] = 1
             return out
@@ -161,12 +174,17 @@ def encode(meta: Mapping[str, Any], reserved: set[str] | None = None) -> tuple[d
         if t is np.bytes_:
             return {TAG: "numpy.bytes_", "base64": base64.b64encode(bytes(value)).decode("ascii")}
         if isinstance(value, np.generic) and is_array_kind(value.dtype):
-            return {TAG: "numpy.scalar", "dtype": value.dtype.str,
-                    "base64": base64.b64encode(value.tobytes()).decode("ascii"),
-                    "value": _scalar_preview(value)}
-        raise TypeError(f"metadata value at {_key_path(path)} has type {t.__module__}.{t.__qualname__}, which tmd_nb "
-                        "cannot store losslessly (supported: None, bool, int, float, complex, str, bytes, list, tuple, "
-                        "str-keyed dict, datetime/date/time/timedelta, pathlib paths, numpy scalars and arrays)")
+            return {
+                TAG: "numpy.scalar",
+                "dtype": value.dtype.str,
+                "base64": base64.b64encode(value.tobytes()).decode("ascii"),
+                "value": _scalar_preview(value),
+            }
+        raise TypeError(
+            f"metadata value at {_key_path(path)} has type {t.__module__}.{t.__qualname__}, which tmd_nb "
+            "cannot store losslessly (supported: None, bool, int, float, complex, str, bytes, list, tuple, "
+            "str-keyed dict, datetime/date/time/timedelta, pathlib paths, numpy scalars and arrays)"
+        )
 
     encoded: dict[str, Any] = {}
     for key, value in meta.items():
@@ -184,8 +202,9 @@ def _scalar_preview(value: np.generic) -> Any:
     return str(value)
 
 
-def decode(obj: Mapping[str, Any], arrays: Mapping[str, np.ndarray], where: str = "metadata",
-           used: set[str] | None = None) -> dict[str, Any]:
+def decode(
+    obj: Mapping[str, Any], arrays: Mapping[str, np.ndarray], where: str = "metadata", used: set[str] | None = None
+) -> dict[str, Any]:
     """Invert :func:`encode`; the names of the array members it refers to are added to ``used``.
 
     Raises ``ValueError`` with a key path for anything malformed.
@@ -238,8 +257,9 @@ def decode(obj: Mapping[str, Any], arrays: Mapping[str, np.ndarray], where: str 
             naive = dt.time.fromisoformat(_str(value["value"]))
             return naive.replace(tzinfo=_tz_decode(value.get("tz")), fold=int(value.get("fold", 0)))
         if tag == "timedelta":
-            return dt.timedelta(days=_int(value["days"]), seconds=_int(value["seconds"]),
-                                microseconds=_int(value["microseconds"]))
+            return dt.timedelta(
+                days=_int(value["days"]), seconds=_int(value["seconds"]), microseconds=_int(value["microseconds"])
+            )
         if tag == "path":
             cls = _PATH_BY_NAME[_str(value["class"])]
             try:
@@ -282,4 +302,3 @@ def _int(x: Any) -> int:
     if type(x) is not int:
         raise TypeError(f"expected an integer, got {type(x).__name__}")
     return x
-

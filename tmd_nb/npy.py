@@ -73,7 +73,9 @@ def _parse_header(fp: BinaryIO, where: str) -> tuple[np.dtype, tuple[int, ...], 
     except Exception as exc:  # numpy's header parser raises ValueError, SyntaxError, tokenize.TokenError...
         raise FormatError(f"{where} has a malformed NPY header: {exc}") from None
     if dtype.hasobject:
-        raise FormatError(f"{where} holds Python objects (dtype {dtype}); loading them would need pickle, which is refused")
+        raise FormatError(
+            f"{where} holds Python objects (dtype {dtype}); loading them would need pickle, which is refused"
+        )
     if not is_array_kind(dtype):
         raise FormatError(f"{where} has unsupported dtype {dtype}")
     if any(n < 0 for n in shape):
@@ -135,7 +137,7 @@ def _data_pieces(array: np.ndarray, piece: int) -> Iterator[memoryview]:
     if flat is not None:
         raw = memoryview(flat.view(np.uint8))
         for start in range(0, len(raw), piece):
-            yield raw[start:start + piece]
+            yield raw[start : start + piece]
         return
     step = max(1, piece // array.itemsize)
     for block in np.nditer(array, flags=["external_loop", "buffered", "zerosize_ok"], buffersize=step, order="C"):
@@ -166,8 +168,13 @@ def _write_data(fp: BinaryIO, array: np.ndarray, progress: Progress | None) -> N
     reporter.finish()
 
 
-def read_npy(path: str | os.PathLike[str], *, mmap: bool = False, progress: Progress | None = None,
-             check: Callable[[np.dtype, tuple[int, ...], str], None] | None = None) -> np.ndarray:
+def read_npy(
+    path: str | os.PathLike[str],
+    *,
+    mmap: bool = False,
+    progress: Progress | None = None,
+    check: Callable[[np.dtype, tuple[int, ...], str], None] | None = None,
+) -> np.ndarray:
     """Read an NPY file; with ``mmap`` the result is a read-only memory map.
 
     The data are read straight into the result (no intermediate buffer), in pieces that drive
@@ -183,10 +190,12 @@ def read_npy(path: str | os.PathLike[str], *, mmap: bool = False, progress: Prog
         expected = offset + _nbytes(dtype, shape)
         if expected != size:
             raise FormatError(
-                f"{where}: header claims {expected - offset} data bytes but the file stores {size - offset}")
+                f"{where}: header claims {expected - offset} data bytes but the file stores {size - offset}"
+            )
         if mmap and math.prod(shape) > 0:
-            array: np.ndarray = np.memmap(fp, dtype=dtype, mode="r", offset=offset, shape=shape,
-                                          order="F" if fortran else "C")
+            array: np.ndarray = np.memmap(
+                fp, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C"
+            )
             if progress is not None:
                 progress(array.nbytes, array.nbytes)
             return array

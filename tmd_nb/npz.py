@@ -61,8 +61,7 @@ import numpy as np
 
 from . import _io
 from ._io import Progress, _describe, _open, _Reporter, _WriteBehind
-from .deflate import (_INFLATE_ERRORS, _Codec, _crc32, _Deflater, _inflate_bound, _inflate_rest, _MemberStream,
-                      _threads)
+from .deflate import _INFLATE_ERRORS, _Codec, _crc32, _Deflater, _inflate_bound, _inflate_rest, _MemberStream, _threads
 from .errors import FormatError
 from .npy import _bytes_of, _data_pieces, _empty, _header_bytes, _header_length, _nbytes, _parse_header
 
@@ -91,8 +90,17 @@ _FLAG_UTF8 = 0x0800
 _FLAG_MASKED_HEADERS = 0x2000
 _STORED = 0
 _DEFLATED = 8
-_METHOD_NAMES = {1: "shrink", 6: "implode", 9: "deflate64", 12: "bzip2", 14: "lzma", 93: "zstandard",
-                 95: "xz", 98: "ppmd", 99: "AES encryption"}
+_METHOD_NAMES = {
+    1: "shrink",
+    6: "implode",
+    9: "deflate64",
+    12: "bzip2",
+    14: "lzma",
+    93: "zstandard",
+    95: "xz",
+    98: "ppmd",
+    99: "AES encryption",
+}
 _ZIP64_EXTRA = 0x0001
 # tmd_nb's own extra field (central directory only; other readers skip it): where the deflate
 # stream of a member restarts from scratch (after a sync flush, no reference to earlier data),
@@ -101,13 +109,24 @@ _INDEX_EXTRA = 0x746E
 
 # Everything a hostile or damaged archive can make the parsing and inflating code raise.
 _DECODE_ERRORS: tuple[type[BaseException], ...] = _INFLATE_ERRORS + (
-    struct.error, ValueError, OverflowError, MemoryError, EOFError, RecursionError,
-    IndexError, KeyError, TypeError, UnicodeDecodeError, SyntaxError)
+    struct.error,
+    ValueError,
+    OverflowError,
+    MemoryError,
+    EOFError,
+    RecursionError,
+    IndexError,
+    KeyError,
+    TypeError,
+    UnicodeDecodeError,
+    SyntaxError,
+)
 
 
 # --------------------------------------------------------------------------------------------
 # Writing
 # --------------------------------------------------------------------------------------------
+
 
 def _dos_time() -> tuple[int, int]:
     t = time.localtime()
@@ -116,17 +135,31 @@ def _dos_time() -> tuple[int, int]:
 
 
 class _Entry:
-    __slots__ = ("name", "flags", "method", "crc", "csize", "usize", "offset", "zip64", "index")
+    __slots__ = ("crc", "csize", "flags", "index", "method", "name", "offset", "usize", "zip64")
 
     def __init__(self, name: bytes, flags: int, method: int, usize: int, offset: int, zip64: bool) -> None:
-        self.name, self.flags, self.method, self.usize, self.offset, self.zip64 = name, flags, method, usize, offset, zip64
+        self.name, self.flags, self.method, self.usize, self.offset, self.zip64 = (
+            name,
+            flags,
+            method,
+            usize,
+            offset,
+            zip64,
+        )
         self.crc = 0
         self.csize = 0
         self.index: list[tuple[int, int]] = []
 
 
-def write_npz(fp: BinaryIO, members: Mapping[str, np.ndarray], *, compress: bool = True, level: int | None = None,
-              progress: Progress | None = None, threads: int | None = None) -> None:
+def write_npz(
+    fp: BinaryIO,
+    members: Mapping[str, np.ndarray],
+    *,
+    compress: bool = True,
+    level: int | None = None,
+    progress: Progress | None = None,
+    threads: int | None = None,
+) -> None:
     """Write ``members`` as ``<name>.npy`` entries of a zip archive that ``numpy.load`` opens.
 
     Each array is streamed into its member in chunks (no copy of the array is made). ``fp`` must
@@ -168,8 +201,15 @@ def write_npz(fp: BinaryIO, members: Mapping[str, np.ndarray], *, compress: bool
     reporter.finish()
 
 
-def _write_member(fp: BinaryIO, name: str, header: bytes, array: np.ndarray, deflater: _Deflater | None,
-                  reporter: _Reporter, behind: _WriteBehind) -> _Entry:
+def _write_member(
+    fp: BinaryIO,
+    name: str,
+    header: bytes,
+    array: np.ndarray,
+    deflater: _Deflater | None,
+    reporter: _Reporter,
+    behind: _WriteBehind,
+) -> _Entry:
     try:
         raw_name = (name + ".npy").encode("ascii")
         flags = 0
@@ -184,8 +224,21 @@ def _write_member(fp: BinaryIO, name: str, header: bytes, array: np.ndarray, def
     entry = _Entry(raw_name, flags, _DEFLATED if deflater is not None else _STORED, usize, offset, zip64)
     extra = struct.pack("<HHQQ", _ZIP64_EXTRA, 16, 0, 0) if zip64 else b""
     mtime, mdate = _dos_time()
-    fp.write(_LOCAL.pack(_SIG_LOCAL, 45 if zip64 else 20, flags, entry.method, mtime, mdate, 0,
-                         0xFFFFFFFF if zip64 else 0, 0xFFFFFFFF if zip64 else 0, len(raw_name), len(extra)))
+    fp.write(
+        _LOCAL.pack(
+            _SIG_LOCAL,
+            45 if zip64 else 20,
+            flags,
+            entry.method,
+            mtime,
+            mdate,
+            0,
+            0xFFFFFFFF if zip64 else 0,
+            0xFFFFFFFF if zip64 else 0,
+            len(raw_name),
+            len(extra),
+        )
+    )
     fp.write(raw_name)
     fp.write(extra)
     data_start = fp.tell()
@@ -237,8 +290,27 @@ def _write_central_directory(fp: BinaryIO, entries: list[_Entry]) -> None:
             flat = [x for pair in e.index for x in pair]
             extra += struct.pack(f"<HH{len(flat)}Q", _INDEX_EXTRA, 8 * len(flat), *flat)
         version = 45 if fields else 20
-        out.append(_CENTRAL.pack(_SIG_CENTRAL, (3 << 8) | version, version, e.flags, e.method, mtime, mdate, e.crc,
-                                 csize, usize, len(e.name), len(extra), 0, 0, 0, 0o100644 << 16, offset))
+        out.append(
+            _CENTRAL.pack(
+                _SIG_CENTRAL,
+                (3 << 8) | version,
+                version,
+                e.flags,
+                e.method,
+                mtime,
+                mdate,
+                e.crc,
+                csize,
+                usize,
+                len(e.name),
+                len(extra),
+                0,
+                0,
+                0,
+                0o100644 << 16,
+                offset,
+            )
+        )
         out.append(e.name)
         out.append(extra)
     directory = b"".join(out)
@@ -246,20 +318,31 @@ def _write_central_directory(fp: BinaryIO, entries: list[_Entry]) -> None:
     count, cd_size = len(entries), len(directory)
     if count >= ZIP64_COUNT_LIMIT or cd_size >= ZIP64_LIMIT or cd_offset >= ZIP64_LIMIT:
         eocd64 = fp.tell()
-        fp.write(_EOCD64.pack(_SIG_EOCD64, _EOCD64.size - 12, (3 << 8) | 45, 45, 0, 0, count, count, cd_size,
-                              cd_offset))
+        fp.write(
+            _EOCD64.pack(_SIG_EOCD64, _EOCD64.size - 12, (3 << 8) | 45, 45, 0, 0, count, count, cd_size, cd_offset)
+        )
         fp.write(_LOCATOR64.pack(_SIG_LOCATOR64, 0, eocd64, 1))
-    fp.write(_EOCD.pack(_SIG_EOCD, 0, 0, min(count, 0xFFFF), min(count, 0xFFFF),
-                        cd_size if cd_size < ZIP64_LIMIT else 0xFFFFFFFF,
-                        cd_offset if cd_offset < ZIP64_LIMIT else 0xFFFFFFFF, 0))
+    fp.write(
+        _EOCD.pack(
+            _SIG_EOCD,
+            0,
+            0,
+            min(count, 0xFFFF),
+            min(count, 0xFFFF),
+            cd_size if cd_size < ZIP64_LIMIT else 0xFFFFFFFF,
+            cd_offset if cd_offset < ZIP64_LIMIT else 0xFFFFFFFF,
+            0,
+        )
+    )
 
 
 # --------------------------------------------------------------------------------------------
 # Reading
 # --------------------------------------------------------------------------------------------
 
+
 class _Member:
-    __slots__ = ("name", "key", "flags", "method", "crc", "csize", "usize", "offset", "start", "index")
+    __slots__ = ("crc", "csize", "flags", "index", "key", "method", "name", "offset", "start", "usize")
 
     def __init__(self, name: str, flags: int, method: int, crc: int, csize: int, usize: int, offset: int) -> None:
         self.name, self.flags, self.method, self.crc = name, flags, method, crc
@@ -283,7 +366,7 @@ def _extra_fields(extra: bytes) -> Iterator[tuple[int, int, bytes]]:
     pos = 0
     while pos + 4 <= len(extra):
         tag, size = struct.unpack_from("<HH", extra, pos)
-        yield tag, size, extra[pos + 4:pos + 4 + size]
+        yield tag, size, extra[pos + 4 : pos + 4 + size]
         pos += 4 + size
 
 
@@ -357,8 +440,10 @@ def _central_directory(f: BinaryIO, size: int, where: str) -> tuple[list[_Member
     if disk != 0 or cd_disk != 0 or n_disk != count:
         raise FormatError(f"{where} is a multi-disk zip archive, which is not supported")
     if cd_offset + cd_size != end_of_cd:
-        raise FormatError(f"{where}: its central directory ({cd_size} bytes at {cd_offset}) does not end where "
-                          f"the end record is ({end_of_cd}); truncated or padded?")
+        raise FormatError(
+            f"{where}: its central directory ({cd_size} bytes at {cd_offset}) does not end where "
+            f"the end record is ({end_of_cd}); truncated or padded?"
+        )
     if count * _CENTRAL.size > cd_size:
         raise FormatError(f"{where} claims {count} members in a central directory of {cd_size} bytes")
     cd = _read_exact(f, cd_offset, cd_size, where, "the central directory")
@@ -367,12 +452,13 @@ def _central_directory(f: BinaryIO, size: int, where: str) -> tuple[list[_Member
     for i in range(count):
         if pos + _CENTRAL.size > len(cd):
             raise FormatError(f"{where} has a central directory shorter than its {count} entries")
-        (sig, _, _, flags, method, _, _, crc, csize, usize, nlen, xlen, clen, disk_start, _, _,
-         offset) = _CENTRAL.unpack_from(cd, pos)
+        (sig, _, _, flags, method, _, _, crc, csize, usize, nlen, xlen, clen, disk_start, _, _, offset) = (
+            _CENTRAL.unpack_from(cd, pos)
+        )
         if sig != _SIG_CENTRAL:
             raise FormatError(f"{where} has a corrupt central directory (entry {i})")
-        raw = cd[pos + 46:pos + 46 + nlen]
-        extra = cd[pos + 46 + nlen:pos + 46 + nlen + xlen]
+        raw = cd[pos + 46 : pos + 46 + nlen]
+        extra = cd[pos + 46 + nlen : pos + 46 + nlen + xlen]
         pos += 46 + nlen + xlen + clen
         if pos > len(cd):
             raise FormatError(f"{where} has a central directory entry running past its end")
@@ -403,8 +489,10 @@ def _check_member(f: BinaryIO, m: _Member, cd_offset: int, where: str) -> None:
         raise FormatError(f"{where} is encrypted")
     if m.method not in (_STORED, _DEFLATED):
         label = _METHOD_NAMES.get(m.method, "unknown")
-        raise FormatError(f"{where} uses unsupported compression method {m.method} ({label}); "
-                          "only stored and deflate members are read")
+        raise FormatError(
+            f"{where} uses unsupported compression method {m.method} ({label}); "
+            "only stored and deflate members are read"
+        )
     if m.offset + _LOCAL.size > cd_offset:
         raise FormatError(f"{where} has a local header offset outside the archive data")
     head = _read_exact(f, m.offset, _LOCAL.size, where, "the local header")
@@ -420,7 +508,8 @@ def _check_member(f: BinaryIO, m: _Member, cd_offset: int, where: str) -> None:
     if name != m.name:
         raise FormatError(f"{where}: the local header names it {raw_name!r}, unlike the central directory")
     if method != m.method or (flags & (_FLAG_ENCRYPTED | _FLAG_STRONG_ENCRYPTION)) != (
-            m.flags & (_FLAG_ENCRYPTED | _FLAG_STRONG_ENCRYPTION)):
+        m.flags & (_FLAG_ENCRYPTED | _FLAG_STRONG_ENCRYPTION)
+    ):
         raise FormatError(f"{where}: the local header disagrees with the central directory on method or flags")
     if not flags & _FLAG_DESCRIPTOR:
         wanted = [usize == 0xFFFFFFFF, csize == 0xFFFFFFFF]
@@ -428,8 +517,10 @@ def _check_member(f: BinaryIO, m: _Member, cd_offset: int, where: str) -> None:
             values = iter(_zip64_values(name_extra[nlen:], [True, True], where))  # local Zip64: both sizes
             usize, csize = next(values), next(values)
         if (crc, csize, usize) != (m.crc, m.csize, m.usize):
-            raise FormatError(f"{where}: the local header (CRC {crc:#010x}, {csize} stored, {usize} bytes) disagrees "
-                              f"with the central directory (CRC {m.crc:#010x}, {m.csize} stored, {m.usize} bytes)")
+            raise FormatError(
+                f"{where}: the local header (CRC {crc:#010x}, {csize} stored, {usize} bytes) disagrees "
+                f"with the central directory (CRC {m.crc:#010x}, {m.csize} stored, {m.usize} bytes)"
+            )
     m.start = m.offset + _LOCAL.size + nlen + xlen
     if m.start + m.csize > cd_offset:
         raise FormatError(f"{where} claims {m.csize} stored bytes, more than the archive holds before its directory")
@@ -453,8 +544,9 @@ def _malformed(message: str) -> Iterator[None]:
         raise FormatError(f"{message}: {exc}") from None
 
 
-def read_npz(path: str | os.PathLike[str], *, progress: Progress | None = None,
-             threads: int | None = None) -> dict[str, np.ndarray]:
+def read_npz(
+    path: str | os.PathLike[str], *, progress: Progress | None = None, threads: int | None = None
+) -> dict[str, np.ndarray]:
     """Read every ``.npy`` member of a zip archive, in archive order, keyed by name without ``.npy``.
 
     Deflated members are inflated (ISA-L where installed) straight into the preallocated arrays;

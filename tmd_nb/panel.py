@@ -40,12 +40,21 @@ from . import codec
 from . import metadata as _metadata
 from .arguments import is_variable_name
 from .completion import exportable
-from .display import (HeightMapResult, count_text, preview_png, shape_text, short_repr, size_text, stats_text, summary,
-                      summary_html)
+from .display import (
+    HeightMapResult,
+    count_text,
+    preview_png,
+    shape_text,
+    short_repr,
+    size_text,
+    stats_text,
+    summary,
+    summary_html,
+)
 from .errors import FormatError
 from .saving import HOLDS, keys_text, save_reporting
 
-__all__ = ["ExportPanel", "LoadPanel", "SUGGESTED_KEYS", "VALUE_TYPES", "parse_value"]
+__all__ = ["SUGGESTED_KEYS", "VALUE_TYPES", "ExportPanel", "LoadPanel", "parse_value"]
 
 #: Keys offered in the key field of a metadata row, with the type they usually have.
 SUGGESTED_KEYS: dict[str, str] = {
@@ -89,6 +98,7 @@ _EXPECTED_ERRORS = (FormatError, OSError, TypeError, ValueError, OverflowError, 
 
 
 # --------------------------------------------------------------------------- typed values
+
 
 def parse_value(kind: str, text: str) -> Any:
     """Parse the text of a metadata row as ``kind`` (one of :data:`VALUE_TYPES`).
@@ -171,8 +181,9 @@ def _render(value: Any) -> tuple[str, str] | None:
         candidate = ("datetime", value.isoformat())
     elif t is dt.date:
         candidate = ("date", value.isoformat())
-    elif t in (complex, bytes) or (t in (list, tuple) and all(type(v) in (bool, int, float, complex, str, bytes)
-                                                                or v is None for v in value)):
+    elif t in (complex, bytes) or (
+        t in (list, tuple) and all(type(v) in (bool, int, float, complex, str, bytes) or v is None for v in value)
+    ):
         candidate = ("literal", repr(value))
     else:
         return None
@@ -206,6 +217,7 @@ def _describe(value: Any) -> str:
 
 # --------------------------------------------------------------------------- helpers
 
+
 def _user_namespace(namespace: MutableMapping[str, Any] | None, who: str) -> MutableMapping[str, Any]:
     if namespace is not None:
         if not isinstance(namespace, MutableMapping):
@@ -217,8 +229,10 @@ def _user_namespace(namespace: MutableMapping[str, Any] | None, who: str) -> Mut
         get_ipython = None  # type: ignore[assignment]
     shell = get_ipython() if get_ipython is not None else None
     if shell is None:
-        raise RuntimeError(f"{who}() without a namespace needs IPython or Jupyter; outside them pass the "
-                           f"variables explicitly, e.g. {who}(namespace=globals())")
+        raise RuntimeError(
+            f"{who}() without a namespace needs IPython or Jupyter; outside them pass the "
+            f"variables explicitly, e.g. {who}(namespace=globals())"
+        )
     return shell.user_ns
 
 
@@ -251,8 +265,10 @@ def _facts_html(array: np.ndarray) -> str:
     """Shape, dtype, size and value range of a height map (its metadata is in the editor below)."""
     info = summary(array)
     shape = html.escape(shape_text(info["shape"]))
-    return (f"<b>height map</b> {shape} <code>{html.escape(info['dtype'])}</code> "
-            f"({size_text(info['nbytes'])})<br/>{html.escape(stats_text(info))}")
+    return (
+        f"<b>height map</b> {shape} <code>{html.escape(info['dtype'])}</code> "
+        f"({size_text(info['nbytes'])})<br/>{html.escape(stats_text(info))}"
+    )
 
 
 def _preview(image: widgets.Image, info: widgets.HTML, data: Any, title: str, *, with_metadata: bool) -> None:
@@ -279,24 +295,42 @@ def _preview(image: widgets.Image, info: widgets.HTML, data: Any, title: str, *,
 
 # --------------------------------------------------------------------------- metadata rows
 
+
 class _MetadataRow(widgets.HBox):
     """One editable metadata entry: key, type, value text, a check mark or the reason it is invalid."""
 
-    def __init__(self, key: str = "", kind: str = "str", text: str = "", *,
-                 on_change: Callable[[], None], on_remove: Callable[[_MetadataRow], None],
-                 taken: Callable[[], set[str]]) -> None:
+    def __init__(
+        self,
+        key: str = "",
+        kind: str = "str",
+        text: str = "",
+        *,
+        on_change: Callable[[], None],
+        on_remove: Callable[[_MetadataRow], None],
+        taken: Callable[[], set[str]],
+    ) -> None:
         self._on_change_cb = on_change
         self._taken = taken
-        self._key = widgets.Combobox(value=key, placeholder="key", options=self._suggestions(key),
-                                     ensure_option=False, layout=widgets.Layout(width="11em"))
+        self._key = widgets.Combobox(
+            value=key,
+            placeholder="key",
+            options=self._suggestions(key),
+            ensure_option=False,
+            layout=widgets.Layout(width="11em"),
+        )
         self._type = widgets.Dropdown(options=VALUE_TYPES, value=kind, layout=widgets.Layout(width="8.5em"))
-        self._value = widgets.Text(value=text, placeholder="value", layout=widgets.Layout(width="22em"),
-                                   continuous_update=True)
+        self._value = widgets.Text(
+            value=text, placeholder="value", layout=widgets.Layout(width="22em"), continuous_update=True
+        )
         self._check = widgets.HTML(layout=widgets.Layout(width="auto", min_width="2em"))
         self._remove = widgets.Button(icon="trash", tooltip="remove this key", layout=widgets.Layout(width="2.6em"))
-        for child, css in ((self._key, "tmd-meta-key"), (self._type, "tmd-meta-type"),
-                           (self._value, "tmd-meta-value"), (self._check, "tmd-meta-check"),
-                           (self._remove, "tmd-meta-remove")):
+        for child, css in (
+            (self._key, "tmd-meta-key"),
+            (self._type, "tmd-meta-type"),
+            (self._value, "tmd-meta-value"),
+            (self._check, "tmd-meta-check"),
+            (self._remove, "tmd-meta-remove"),
+        ):
             child.add_class(css)
         super().__init__([self._key, self._type, self._value, self._remove, self._check])
         self.add_class("tmd-meta-row")
@@ -374,11 +408,14 @@ class _ReadOnlyRow(widgets.HBox):
         self.original = value
         self.parsed = value
         self.error: str | None = None
-        self._key = widgets.Text(value=key if isinstance(key, str) else repr(key), disabled=True, layout=widgets.Layout(width="11em"))
+        self._key = widgets.Text(
+            value=key if isinstance(key, str) else repr(key), disabled=True, layout=widgets.Layout(width="11em")
+        )
         self._type = widgets.Label("read-only", layout=widgets.Layout(width="8.5em"))
         self._value = widgets.Text(value=_describe(value), disabled=True, layout=widgets.Layout(width="22em"))
-        self._remove = widgets.Button(icon="trash", tooltip="do not save this key",
-                                      layout=widgets.Layout(width="2.6em"))
+        self._remove = widgets.Button(
+            icon="trash", tooltip="do not save this key", layout=widgets.Layout(width="2.6em")
+        )
         self._check = widgets.HTML(_html_line("kept as is", "#666"))
         self._key.add_class("tmd-meta-key")
         self._value.add_class("tmd-meta-value")
@@ -411,6 +448,7 @@ class _ReadOnlyRow(widgets.HBox):
 
 
 # --------------------------------------------------------------------------- panels
+
 
 class _Panel(widgets.VBox):
     """What both panels share: a path field, a progress bar and a one-line status.
@@ -453,6 +491,7 @@ class _Panel(widgets.VBox):
 
 # --------------------------------------------------------------------------- export panel
 
+
 class ExportPanel(_Panel):
     """Export a height map of the notebook interactively: pick, preview, edit metadata, save.
 
@@ -473,63 +512,94 @@ class ExportPanel(_Panel):
 
         self._title = widgets.HTML("<b>Export a height map</b>")
         self._picker = widgets.Select(options=[], rows=5, layout=widgets.Layout(width="34em"))
-        self._refresh_button = widgets.Button(description="Refresh", icon="refresh",
-                                              tooltip="list the variables of the notebook again",
-                                              layout=widgets.Layout(width="8em"))
+        self._refresh_button = widgets.Button(
+            description="Refresh",
+            icon="refresh",
+            tooltip="list the variables of the notebook again",
+            layout=widgets.Layout(width="8em"),
+        )
         self._empty_note = widgets.HTML()
         self._preview_image = widgets.Image(format="png", layout=widgets.Layout(max_width="380px"))
         self._summary = widgets.HTML(layout=widgets.Layout(width="auto", max_width="32em"))
 
         self._rows_box = widgets.VBox([])
-        self._add_button = widgets.Button(description="Add key", icon="plus",
-                                          tooltip="add a metadata key (suggested: " + ", ".join(SUGGESTED_KEYS) + ")",
-                                          layout=widgets.Layout(width="8em"))
-        self._suggest_buttons = [widgets.Button(description=key, tooltip=f"add a {key!r} row",
-                                                layout=widgets.Layout(width="auto"))
-                                 for key in SUGGESTED_KEYS]
+        self._add_button = widgets.Button(
+            description="Add key",
+            icon="plus",
+            tooltip="add a metadata key (suggested: " + ", ".join(SUGGESTED_KEYS) + ")",
+            layout=widgets.Layout(width="8em"),
+        )
+        self._suggest_buttons = [
+            widgets.Button(description=key, tooltip=f"add a {key!r} row", layout=widgets.Layout(width="auto"))
+            for key in SUGGESTED_KEYS
+        ]
 
-        self._format = widgets.Dropdown(options=[(label, fmt) for label, fmt, _ in FORMATS], value="npz",
-                                        description="Format", layout=widgets.Layout(width="20em"))
-        self._path = widgets.Text(description="Path", placeholder="file name, e.g. scan.npz",
-                                  layout=widgets.Layout(width="34em"), continuous_update=True)
+        self._format = widgets.Dropdown(
+            options=[(label, fmt) for label, fmt, _ in FORMATS],
+            value="npz",
+            description="Format",
+            layout=widgets.Layout(width="20em"),
+        )
+        self._path = widgets.Text(
+            description="Path",
+            placeholder="file name, e.g. scan.npz",
+            layout=widgets.Layout(width="34em"),
+            continuous_update=True,
+        )
         self._exists_note = widgets.HTML()
-        self._overwrite = widgets.Checkbox(value=False, description="Overwrite the existing file", indent=False,
-                                           layout=widgets.Layout(width="auto", display="none"))
+        self._overwrite = widgets.Checkbox(
+            value=False,
+            description="Overwrite the existing file",
+            indent=False,
+            layout=widgets.Layout(width="auto", display="none"),
+        )
         self._problems = widgets.HTML()
-        self._save_button = widgets.Button(description="Save", icon="save", button_style="primary",
-                                           layout=widgets.Layout(width="8em"))
+        self._save_button = widgets.Button(
+            description="Save", icon="save", button_style="primary", layout=widgets.Layout(width="8em")
+        )
         self._progress = widgets.FloatProgress(value=0.0, min=0.0, max=1.0, layout=widgets.Layout(width="20em"))
         self._status = widgets.HTML()
 
-        for child, css in ((self._picker, "tmd-panel-picker"), (self._refresh_button, "tmd-panel-refresh"),
-                           (self._empty_note, "tmd-panel-empty"), (self._preview_image, "tmd-panel-preview"),
-                           (self._summary, "tmd-panel-summary"), (self._rows_box, "tmd-panel-rows"),
-                           (self._add_button, "tmd-panel-add-row"), (self._format, "tmd-panel-format"),
-                           (self._path, "tmd-panel-path"), (self._exists_note, "tmd-panel-exists"),
-                           (self._overwrite, "tmd-panel-overwrite"), (self._problems, "tmd-panel-problems"),
-                           (self._save_button, "tmd-panel-save"), (self._progress, "tmd-panel-progress"),
-                           (self._status, "tmd-panel-status")):
+        for child, css in (
+            (self._picker, "tmd-panel-picker"),
+            (self._refresh_button, "tmd-panel-refresh"),
+            (self._empty_note, "tmd-panel-empty"),
+            (self._preview_image, "tmd-panel-preview"),
+            (self._summary, "tmd-panel-summary"),
+            (self._rows_box, "tmd-panel-rows"),
+            (self._add_button, "tmd-panel-add-row"),
+            (self._format, "tmd-panel-format"),
+            (self._path, "tmd-panel-path"),
+            (self._exists_note, "tmd-panel-exists"),
+            (self._overwrite, "tmd-panel-overwrite"),
+            (self._problems, "tmd-panel-problems"),
+            (self._save_button, "tmd-panel-save"),
+            (self._progress, "tmd-panel-progress"),
+            (self._status, "tmd-panel-status"),
+        ):
             child.add_class(css)
         for button in self._suggest_buttons:
             button.add_class("tmd-panel-suggest")
 
         header = widgets.HTML("<b>Metadata</b> <span style='color:#666'>(key, type, value; checked as you type)</span>")
-        super().__init__([
-            self._title,
-            widgets.HBox([self._picker, self._refresh_button]),
-            self._empty_note,
-            widgets.HBox([self._preview_image, self._summary], layout=widgets.Layout(align_items="flex-start")),
-            header,
-            self._rows_box,
-            widgets.HBox([self._add_button, widgets.Label("suggested:"), *self._suggest_buttons]),
-            widgets.HTML("<b>Output</b>"),
-            self._format,
-            self._path,
-            widgets.HBox([self._exists_note, self._overwrite]),
-            self._problems,
-            widgets.HBox([self._save_button, self._progress]),
-            self._status,
-        ])
+        super().__init__(
+            [
+                self._title,
+                widgets.HBox([self._picker, self._refresh_button]),
+                self._empty_note,
+                widgets.HBox([self._preview_image, self._summary], layout=widgets.Layout(align_items="flex-start")),
+                header,
+                self._rows_box,
+                widgets.HBox([self._add_button, widgets.Label("suggested:"), *self._suggest_buttons]),
+                widgets.HTML("<b>Output</b>"),
+                self._format,
+                self._path,
+                widgets.HBox([self._exists_note, self._overwrite]),
+                self._problems,
+                widgets.HBox([self._save_button, self._progress]),
+                self._status,
+            ]
+        )
         self.add_class("tmd-export-panel")
 
         self._picker.observe(self._on_select, "value")
@@ -621,7 +691,9 @@ class ExportPanel(_Panel):
         else:
             self._empty_note.value = _html_line(
                 "No height map found. Create a 2-D numpy array or a dict with a 'height_map' array, "
-                "then press Refresh.", _ORANGE)
+                "then press Refresh.",
+                _ORANGE,
+            )
         self._validate()
 
     def add_row(self, key: str = "", value: Any = "", kind: str | None = None) -> None:
@@ -636,8 +708,9 @@ class ExportPanel(_Panel):
                 raise TypeError(f"{type(value).__name__} values cannot be typed in the editor")
         if kind_text[0] not in _TYPE_NAMES:
             raise ValueError(f"unknown value type {kind_text[0]!r}; choose one of {', '.join(sorted(_TYPE_NAMES))}")
-        row = _MetadataRow("", kind_text[0], kind_text[1], on_change=self._validate,
-                           on_remove=self._remove_row, taken=self._taken_keys)
+        row = _MetadataRow(
+            "", kind_text[0], kind_text[1], on_change=self._validate, on_remove=self._remove_row, taken=self._taken_keys
+        )
         self._rows.append(row)
         self._rows_box.children = tuple(self._rows)
         if key:
@@ -682,8 +755,10 @@ class ExportPanel(_Panel):
         written = saved.path
         message = f"Saved {name} to {written} ({size_text(os.path.getsize(written))}, {elapsed:.2f} s)."
         if saved.lost:
-            notes.append(f"{fmt.upper()} holds {HOLDS[fmt]} only, so the metadata ({keys_text(saved.lost)}) "
-                         "was not stored; choose NPZ to keep it.")
+            notes.append(
+                f"{fmt.upper()} holds {HOLDS[fmt]} only, so the metadata ({keys_text(saved.lost)}) "
+                "was not stored; choose NPZ to keep it."
+            )
         self._set_status(" ".join([message, *notes]), _ORANGE if notes else _GREEN, "\u2713")
         return written
 
@@ -718,8 +793,11 @@ class ExportPanel(_Panel):
             if rendered is None:
                 self._rows.append(_ReadOnlyRow(key, item, on_remove=self._remove_row))
             else:
-                self._rows.append(_MetadataRow(key, *rendered, on_change=self._validate,
-                                               on_remove=self._remove_row, taken=self._taken_keys))
+                self._rows.append(
+                    _MetadataRow(
+                        key, *rendered, on_change=self._validate, on_remove=self._remove_row, taken=self._taken_keys
+                    )
+                )
         self._rows_box.children = tuple(self._rows)
         _preview(self._preview_image, self._summary, value, name, with_metadata=False)
         if not self._path_edited:
@@ -818,12 +896,12 @@ class ExportPanel(_Panel):
             self._problem = None
         # An unconfirmed overwrite is explained by the note beside its checkbox.
         shown = None if self._problem in (None, _EXISTS_PROBLEM) else self._problem
-        self._problems.value = "" if shown is None else _html_line(f"Cannot save yet: {shown}",
-                                                                           _RED, "\u2717")
+        self._problems.value = "" if shown is None else _html_line(f"Cannot save yet: {shown}", _RED, "\u2717")
         self._save_button.disabled = self._problem is not None
 
 
 # --------------------------------------------------------------------------- load panel
+
 
 class LoadPanel(_Panel):
     """Load a height-map file interactively: pick it, see its summary and preview, bind it to a name.
@@ -833,7 +911,9 @@ class LoadPanel(_Panel):
     dict) or the bare array when "height map only" is chosen.
     """
 
-    def __init__(self, namespace: MutableMapping[str, Any] | None = None, directory: str | os.PathLike[str] | None = None) -> None:
+    def __init__(
+        self, namespace: MutableMapping[str, Any] | None = None, directory: str | os.PathLike[str] | None = None
+    ) -> None:
         self._namespace = _user_namespace(namespace, "LoadPanel")
         self._directory = os.path.abspath(os.fspath(directory)) if directory is not None else None
         self._data: dict[str, Any] | None = None
@@ -843,37 +923,58 @@ class LoadPanel(_Panel):
         self._bound: Any = None  # the object Bind put into the namespace last (not "replaced" by itself)
 
         self._title = widgets.HTML("<b>Load a height map</b>")
-        self._path = widgets.Combobox(description="File", placeholder="path of a .npz, .npy or .tmd file",
-                                      ensure_option=False, layout=widgets.Layout(width="34em"))
-        self._refresh_button = widgets.Button(description="Refresh", icon="refresh",
-                                              tooltip="list the files of the folder again",
-                                              layout=widgets.Layout(width="8em"))
+        self._path = widgets.Combobox(
+            description="File",
+            placeholder="path of a .npz, .npy or .tmd file",
+            ensure_option=False,
+            layout=widgets.Layout(width="34em"),
+        )
+        self._refresh_button = widgets.Button(
+            description="Refresh",
+            icon="refresh",
+            tooltip="list the files of the folder again",
+            layout=widgets.Layout(width="8em"),
+        )
         self._preview_image = widgets.Image(format="png", layout=widgets.Layout(max_width="380px", display="none"))
         self._summary = widgets.HTML(layout=widgets.Layout(width="auto", max_width="32em"))
         self._name = widgets.Text(description="Name", placeholder="variable name", layout=widgets.Layout(width="20em"))
-        self._what = widgets.Dropdown(options=[("dict with metadata", "dict"), ("height map array only", "array")],
-                                      value="dict", description="As", layout=widgets.Layout(width="20em"))
+        self._what = widgets.Dropdown(
+            options=[("dict with metadata", "dict"), ("height map array only", "array")],
+            value="dict",
+            description="As",
+            layout=widgets.Layout(width="20em"),
+        )
         self._name_note = widgets.HTML()
-        self._bind_button = widgets.Button(description="Bind", icon="check", button_style="primary",
-                                           disabled=True, layout=widgets.Layout(width="8em"))
+        self._bind_button = widgets.Button(
+            description="Bind", icon="check", button_style="primary", disabled=True, layout=widgets.Layout(width="8em")
+        )
         self._progress = widgets.FloatProgress(value=0.0, min=0.0, max=1.0, layout=widgets.Layout(width="20em"))
         self._status = widgets.HTML()
-        for child, css in ((self._path, "tmd-load-path"), (self._refresh_button, "tmd-load-refresh"),
-                           (self._preview_image, "tmd-load-preview"), (self._summary, "tmd-load-summary"),
-                           (self._name, "tmd-load-name"), (self._what, "tmd-load-as"),
-                           (self._name_note, "tmd-load-name-note"), (self._bind_button, "tmd-load-bind"),
-                           (self._progress, "tmd-load-progress"), (self._status, "tmd-load-status")):
+        for child, css in (
+            (self._path, "tmd-load-path"),
+            (self._refresh_button, "tmd-load-refresh"),
+            (self._preview_image, "tmd-load-preview"),
+            (self._summary, "tmd-load-summary"),
+            (self._name, "tmd-load-name"),
+            (self._what, "tmd-load-as"),
+            (self._name_note, "tmd-load-name-note"),
+            (self._bind_button, "tmd-load-bind"),
+            (self._progress, "tmd-load-progress"),
+            (self._status, "tmd-load-status"),
+        ):
             child.add_class(css)
-        super().__init__([
-            self._title,
-            widgets.HBox([self._path, self._refresh_button]),
-            self._progress,
-            widgets.HBox([self._preview_image, self._summary], layout=widgets.Layout(align_items="flex-start")),
-            widgets.HBox([self._name, self._what]),
-            self._name_note,
-            self._bind_button,
-            self._status,
-        ])
+        super().__init__(
+            [
+                self._title,
+                widgets.HBox([self._path, self._refresh_button]),
+                self._progress,
+                widgets.HBox([self._preview_image, self._summary], layout=widgets.Layout(align_items="flex-start")),
+                widgets.HBox([self._name, self._what]),
+                self._name_note,
+                self._bind_button,
+                self._status,
+            ]
+        )
         self.add_class("tmd-load-panel")
         self._path.observe(self._on_path, "value")
         self._name.observe(self._on_name, "value")
@@ -902,8 +1003,11 @@ class LoadPanel(_Panel):
         """List the loadable files (.npz, .npy, .tmd) of the folder in the file field's suggestions."""
         folder = self._directory or os.getcwd()
         try:
-            names = sorted(entry.name for entry in os.scandir(folder)
-                           if entry.is_file() and entry.name.lower().endswith(_KNOWN_EXTENSIONS))
+            names = sorted(
+                entry.name
+                for entry in os.scandir(folder)
+                if entry.is_file() and entry.name.lower().endswith(_KNOWN_EXTENSIONS)
+            )
         except OSError:
             names = []
         if self._directory is not None:
@@ -929,8 +1033,12 @@ class LoadPanel(_Panel):
             self._bound = HeightMapResult(self._data)
             what = f"the height map and {count_text(len(self._data) - 1, 'metadata key')}"
         self._namespace[name] = self._bound
-        self._set_status(f"{name} now holds {what} from {self._loaded_path}"
-                         + (" (it replaced the previous value)." if replaced else "."), _GREEN, "\u2713")
+        self._set_status(
+            f"{name} now holds {what} from {self._loaded_path}"
+            + (" (it replaced the previous value)." if replaced else "."),
+            _GREEN,
+            "\u2713",
+        )
         self._validate()
         return name
 
@@ -958,8 +1066,10 @@ class LoadPanel(_Panel):
         else:
             target = self._target()
             if not os.path.isfile(target):
-                self._set_status(f"No file at {target}." if not os.path.isdir(target) else
-                                 f"{target} is a folder; pick a file.", "#666")
+                self._set_status(
+                    f"No file at {target}." if not os.path.isdir(target) else f"{target} is a folder; pick a file.",
+                    "#666",
+                )
             else:
                 self._read(target)
         self._validate()
@@ -976,8 +1086,10 @@ class LoadPanel(_Panel):
         elapsed = time.perf_counter() - start
         self._data, self._loaded_path = data, target
         _preview(self._preview_image, self._summary, data, os.path.basename(target), with_metadata=True)
-        self._set_status(f"Loaded {target} ({size_text(os.path.getsize(target))}, {elapsed:.2f} s). "
-                         "Choose a name and press Bind.", None)
+        self._set_status(
+            f"Loaded {target} ({size_text(os.path.getsize(target))}, {elapsed:.2f} s). Choose a name and press Bind.",
+            None,
+        )
         if not self._name_edited:
             self._setting_name = True
             try:

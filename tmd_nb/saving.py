@@ -33,8 +33,14 @@ class Saved:
     lost: list[Any]
 
 
-def save_reporting(data: Any, path: str | os.PathLike[str], *, format: str, compress: bool = True,
-                   progress: Callable[[int, int], None] | None = None) -> Saved:
+def save_reporting(
+    data: Any,
+    path: str | os.PathLike[str],
+    *,
+    format: str,
+    compress: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+) -> Saved:
     """:func:`tmd_nb.save` ``data`` in ``format``; its MetadataNotStoredWarning becomes :attr:`Saved.lost`.
 
     Other warnings are passed on unchanged; errors propagate as the writer raised them.
@@ -57,4 +63,3 @@ def save_reporting(data: Any, path: str | os.PathLike[str], *, format: str, comp
     else:
         stored, lost = [], keys
     return Saved(path=os.fspath(written), stored=len(stored), lost=lost if dropped else [])
-

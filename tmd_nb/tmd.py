@@ -67,7 +67,7 @@ from .codec import keys_text, split_height_map
 from .errors import FormatError, MetadataNotStoredWarning
 from .npy import _write_data
 
-__all__ = ["MAGIC", "HEADER_V2", "export_to_tmd", "load_tmd", "looks_like_tmd"]
+__all__ = ["HEADER_V2", "MAGIC", "export_to_tmd", "load_tmd", "looks_like_tmd"]
 
 MAGIC = b"Binary TrueMap Data File"
 HEADER_V2 = MAGIC + b" v2.0\r\n\0"
@@ -87,7 +87,7 @@ PathLike = str | os.PathLike[str]
 
 def looks_like_tmd(head: bytes) -> bool:
     """Whether ``head`` (the first bytes of a file) starts with the TrueMap header, in any letter case."""
-    return bytes(head[:len(MAGIC)]).lower() == _MAGIC_LOWER
+    return bytes(head[: len(MAGIC)]).lower() == _MAGIC_LOWER
 
 
 class _Head:
@@ -121,13 +121,14 @@ class _Head:
 
 
 def _parse_version(header: bytes, where: str) -> int:
-    rest = header[len(MAGIC):].strip(b" \r\n\t").lower()
+    rest = header[len(MAGIC) :].strip(b" \r\n\t").lower()
     if rest == b"":
         return 1
     if rest in (b"v2.0", b"v2"):
         return 2
-    raise FormatError(f"{where} is a TrueMap file of unsupported version {rest.decode('latin-1')!r} "
-                      "(supported: v1 and v2.0)")
+    raise FormatError(
+        f"{where} is a TrueMap file of unsupported version {rest.decode('latin-1')!r} (supported: v1 and v2.0)"
+    )
 
 
 def load_tmd(path: PathLike, *, mmap: bool = False, progress: Progress | None = None) -> dict[str, Any]:
@@ -154,26 +155,34 @@ def load_tmd(path: PathLike, *, mmap: bool = False, progress: Progress | None = 
         if len(head.buf) < len(MAGIC) and _MAGIC_LOWER.startswith(bytes(head.buf).lower()):
             raise FormatError(f"{where} is truncated: its {size} bytes end inside the header")
         if not looks_like_tmd(head.buf):
-            raise FormatError(f"{where} is not a TrueMap .tmd file: it does not start with {MAGIC.decode()!r} "
-                              f"(it starts with {bytes(head.buf[:32])!r})")
+            raise FormatError(
+                f"{where} is not a TrueMap .tmd file: it does not start with {MAGIC.decode()!r} "
+                f"(it starts with {bytes(head.buf[:32])!r})"
+            )
         header_end = head.buf.find(0, len(MAGIC), _HEADER_MAX)
         if header_end < 0:
             if size <= _HEADER_MAX and len(head.buf) == size:
-                raise FormatError(f"{where} is truncated: its {size} bytes end inside the header "
-                                  "(no NUL after 'Binary TrueMap Data File...')")
+                raise FormatError(
+                    f"{where} is truncated: its {size} bytes end inside the header "
+                    "(no NUL after 'Binary TrueMap Data File...')"
+                )
             raise FormatError(f"{where} has a malformed header: no NUL within its first {_HEADER_MAX} bytes")
         version = _parse_version(bytes(head.buf[:header_end]), where)
         comment_start = header_end + 1
         comment_end = head.find_nul(comment_start)
         if comment_end < 0:
-            raise FormatError(f"{where} is truncated: the comment starting at byte {comment_start} has no "
-                              f"terminating NUL before the end of the file ({size} bytes)")
+            raise FormatError(
+                f"{where} is truncated: the comment starting at byte {comment_start} has no "
+                f"terminating NUL before the end of the file ({size} bytes)"
+            )
         comment = bytes(head.buf[comment_start:comment_end]).decode("latin-1")
         dims = _DIMS_V2 if version == 2 else _DIMS_V1
         data_start = comment_end + 1 + dims.size
         if data_start > size:
-            raise FormatError(f"{where} is truncated: its {size} bytes end inside the dimensions "
-                              f"(bytes {comment_end + 1}..{data_start - 1})")
+            raise FormatError(
+                f"{where} is truncated: its {size} bytes end inside the dimensions "
+                f"(bytes {comment_end + 1}..{data_start - 1})"
+            )
         head.ensure(data_start)
         if len(head.buf) < data_start:
             raise FormatError(f"{where} is truncated: it shrank to {len(head.buf)} bytes while being read")
@@ -181,17 +190,23 @@ def load_tmd(path: PathLike, *, mmap: bool = False, progress: Progress | None = 
         width, height, x_length, y_length = values[:4]
         x_offset, y_offset = values[4:] if version == 2 else (0.0, 0.0)
         if width == 0 or height == 0:
-            raise FormatError(f"{where} declares an empty height map ({width} x {height}); "
-                              "a scan has at least one point")
+            raise FormatError(
+                f"{where} declares an empty height map ({width} x {height}); a scan has at least one point"
+            )
         # Python ints: no overflow, and the size is checked before anything is allocated.
         count = width * height
         expected = data_start + _DTYPE.itemsize * count
         if expected != size:
-            problem = (f"is truncated: {size - data_start} of {expected - data_start} data bytes present"
-                       if expected > size else f"has {size - expected} bytes after the height data")
-            raise FormatError(f"{where} {problem} (header: TrueMap v{'2.0' if version == 2 else '1'}, "
-                              f"{width} x {height} float32 heights from byte {data_start}, so "
-                              f"{expected} bytes in all; the file has {size})")
+            problem = (
+                f"is truncated: {size - data_start} of {expected - data_start} data bytes present"
+                if expected > size
+                else f"has {size - expected} bytes after the height data"
+            )
+            raise FormatError(
+                f"{where} {problem} (header: TrueMap v{'2.0' if version == 2 else '1'}, "
+                f"{width} x {height} float32 heights from byte {data_start}, so "
+                f"{expected} bytes in all; the file has {size})"
+            )
         if mmap:
             height_map: np.ndarray = np.memmap(fp, dtype=_DTYPE, mode="r", offset=data_start, shape=(height, width))
         else:
@@ -215,8 +230,10 @@ def _float32_heights(array: np.ndarray) -> np.ndarray:
     """``array`` as little-endian float32, refusing any value that float32 would change."""
     kind = array.dtype.kind
     if kind == "c":
-        raise ValueError(f"height map has complex dtype {array.dtype}; a .tmd file holds real float32 heights "
-                         "(save .real / .imag separately, or use export_to_npz)")
+        raise ValueError(
+            f"height map has complex dtype {array.dtype}; a .tmd file holds real float32 heights "
+            "(save .real / .imag separately, or use export_to_npz)"
+        )
     if kind not in "biuf":  # pragma: no cover - split_height_map already refuses these
         raise ValueError(f"height map has dtype {array.dtype}, not a real numeric dtype")
     if array.dtype == _DTYPE or kind == "b" or (kind in "iuf" and array.dtype.itemsize <= 2):
@@ -238,7 +255,8 @@ def _float32_heights(array: np.ndarray) -> np.ndarray:
         raise ValueError(
             f"height map of dtype {array.dtype} holds values that float32 cannot represent exactly "
             f"(first at index {tuple(int(i) for i in bad)}: {array[bad].item()!r}); a .tmd file stores float32, "
-            "so convert explicitly with height_map.astype(numpy.float32) if rounding is acceptable")
+            "so convert explicitly with height_map.astype(numpy.float32) if rounding is acceptable"
+        )
     return converted
 
 
@@ -256,8 +274,9 @@ def _float32_value(meta: Mapping[str, Any], key: str, default: float) -> bytes:
     return as_f32.tobytes()
 
 
-def export_to_tmd(data: np.ndarray | Mapping[str, Any], output_path: PathLike, *,
-                  progress: Progress | None = None) -> str:
+def export_to_tmd(
+    data: np.ndarray | Mapping[str, Any], output_path: PathLike, *, progress: Progress | None = None
+) -> str:
     """Save a height map as a TrueMap v2.0 ``.tmd`` file at exactly ``output_path``; return its absolute path.
 
     ``data`` is a 2-D array or a dict with ``"height_map"`` and optionally ``x_length``,
@@ -284,17 +303,22 @@ def export_to_tmd(data: np.ndarray | Mapping[str, Any], output_path: PathLike, *
         raise TypeError(f"comment must be a str, not {type(comment).__module__}.{type(comment).__qualname__}")
     if not comment.isascii() or "\0" in comment:
         raise ValueError(f"comment must be ASCII text without NUL characters to fit a .tmd file: {comment[:80]!r}")
-    fields = b"".join([
-        _float32_value(meta, "x_length", float(width)),
-        _float32_value(meta, "y_length", float(height)),
-        _float32_value(meta, "x_offset", 0.0),
-        _float32_value(meta, "y_offset", 0.0),
-    ])
+    fields = b"".join(
+        [
+            _float32_value(meta, "x_length", float(width)),
+            _float32_value(meta, "y_length", float(height)),
+            _float32_value(meta, "x_offset", 0.0),
+            _float32_value(meta, "y_offset", 0.0),
+        ]
+    )
     extra = [k for k in meta if k not in _KNOWN_KEYS]
     if extra:
-        warnings.warn(f"a .tmd file stores the height map, lengths, offsets and comment only; not saved to "
-                      f"{os.fspath(output_path)!r}: {keys_text(extra, 10)}. Use export_to_npz to keep them.",
-                      MetadataNotStoredWarning, stacklevel=2)
+        warnings.warn(
+            f"a .tmd file stores the height map, lengths, offsets and comment only; not saved to "
+            f"{os.fspath(output_path)!r}: {keys_text(extra, 10)}. Use export_to_npz to keep them.",
+            MetadataNotStoredWarning,
+            stacklevel=2,
+        )
     header = HEADER_V2 + comment.encode("ascii") + b"\0" + struct.pack("<II", width, height) + fields
     with atomic_write(output_path) as fp:
         fp.write(header)
