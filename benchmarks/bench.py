@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import tmd_nb  # noqa: E402
-from tmd_nb import deflate  # noqa: E402
+from tmd_nb.formats import deflate  # noqa: E402
 
 SAMPLES = ROOT.parent / "shared" / "data" / "tmd"
 MB = 1e6
@@ -274,7 +274,7 @@ def machine() -> str:
     return (
         f"machine: {cpu}, {os.cpu_count()} cores ({usable} usable), {platform.system()} {platform.release()}\n"
         f"python {platform.python_version()}, numpy {np.__version__}, isal {isal_version}, "
-        f"tmd_nb {tmd_nb.__version__}; deflate threads {deflate._threads(None)}; load average {load}"
+        f"tmd_nb {tmd_nb.__version__}; deflate threads {deflate.thread_count(None)}; load average {load}"
     )
 
 

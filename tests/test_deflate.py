@@ -12,9 +12,9 @@ import pytest
 from archive_helpers import check_progress, index_of, raw_member_data, same, save_npz, surface, unzip_ok
 from conftest import require
 
-from tmd_nb import deflate
 from tmd_nb.errors import FormatError
-from tmd_nb.npz import read_npz
+from tmd_nb.formats import deflate
+from tmd_nb.formats.archive import read_npz
 
 
 @pytest.mark.parametrize("level", [None, 0, 1, 2, 3, 4, 6, 9])

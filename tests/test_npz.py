@@ -27,10 +27,11 @@ from archive_helpers import (
 )
 from conftest import require
 
-from tmd_nb import _io, deflate, npz
 from tmd_nb.errors import FormatError
-from tmd_nb.npy import read_npy, write_npy
-from tmd_nb.npz import read_npz, write_npz
+from tmd_nb.formats import _io, deflate
+from tmd_nb.formats import archive as npz
+from tmd_nb.formats.archive import read_npz, write_npz
+from tmd_nb.formats.npy import read_npy, write_npy
 
 # ------------------------------------------------------------------------------------------
 # round trips and interop

@@ -20,7 +20,8 @@ import pytest
 from helpers import assert_identical, png_size
 
 import tmd_nb
-from tmd_nb.panel import ExportPanel, LoadPanel, parse_value
+from tmd_nb.formats import npz as npz_format
+from tmd_nb.notebook.panel import ExportPanel, LoadPanel, parse_value
 
 
 def _scan() -> dict:
@@ -538,7 +539,7 @@ def test_unexpected_errors_still_end_in_the_status_line(
     def broken(*args, **kwargs):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(tmd_nb.codec, "export_to_npz", broken)
+    monkeypatch.setattr(npz_format, "write_npz", broken)
     panel = ExportPanel(namespace=ns)
     panel.path = tmp_path / "x.npz"
     assert panel.save() is None

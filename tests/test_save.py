@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 import tmd_nb
-from tmd_nb import MetadataNotStoredWarning, codec, height_map_of, load, save
-from tmd_nb.codec import split_height_map
+from tmd_nb import MetadataNotStoredWarning, height_map_of, load, save
+from tmd_nb.formats import npz as codec
+from tmd_nb.heightmap import split_height_map
 
 HEIGHTS = np.arange(12, dtype=np.float32).reshape(3, 4)
 SCAN = {"height_map": HEIGHTS, "units": "um", "when": dt.date(2024, 5, 1)}

@@ -1,4 +1,4 @@
-"""Tests of the ``.tmd`` reader and writer (tmd_nb.tmd) and of content-based dispatch in tmd_nb.load.
+"""Tests of the ``.tmd`` reader and writer (tmd_nb.formats.tmd) and of content-based dispatch in tmd_nb.load.
 
 Synthetic files are written byte by byte with ``struct`` here, independently of export_to_tmd,
 so that reader and writer are each checked against the layout rather than against each other.
@@ -19,8 +19,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tmd_nb
-from tmd_nb import tmd
 from tmd_nb.errors import FormatError, MetadataNotStoredWarning
+from tmd_nb.formats import tmd
 
 V2_HEADER = b"Binary TrueMap Data File v2.0\r\n\0"
 V1_HEADER = b"Binary TrueMap Data File\r\n\0"

@@ -16,7 +16,7 @@ Design rules, because a panel is used by people who never read the docs:
 * an existing file is never replaced without an explicit tick on "Overwrite";
 * errors end up as one plain sentence in the status line, never as a traceback;
 * nothing converts a height map to text (the picker shows shape and dtype only) and the preview is
-  drawn from a downsampled view (:func:`tmd_nb.display.preview_png`).
+  drawn from a downsampled view (:func:`tmd_nb.notebook.display.preview_png`).
 
 Every child widget carries a stable CSS class (``tmd-panel-*``), for styling and browser tests.
 """
@@ -36,10 +36,10 @@ from typing import Any
 import ipywidgets as widgets
 import numpy as np
 
-from . import codec
-from . import metadata as _metadata
+from ..errors import FormatError
+from ..formats import metadata, registry
+from ..heightmap import exportable, keys_text, split_height_map
 from .arguments import is_variable_name
-from .completion import exportable
 from .display import (
     HeightMapResult,
     count_text,
@@ -51,8 +51,7 @@ from .display import (
     summary,
     summary_html,
 )
-from .errors import FormatError
-from .saving import HOLDS, keys_text, save_reporting
+from .saving import save_reporting
 
 __all__ = ["SUGGESTED_KEYS", "VALUE_TYPES", "ExportPanel", "LoadPanel", "parse_value"]
 
@@ -78,15 +77,23 @@ VALUE_TYPES: list[tuple[str, str]] = [
 ]
 _TYPE_NAMES = {name for _, name in VALUE_TYPES}
 
+
 #: (label, format id, file extension) of the output format dropdown.
-FORMATS: list[tuple[str, str, str]] = [
-    ("NPZ, compressed", "npz", ".npz"),
-    ("NPZ, uncompressed", "npz-uncompressed", ".npz"),
-    ("NPY (height map only)", "npy", ".npy"),
-    ("TMD (TrueMap)", "tmd", ".tmd"),
-]
+def _format_choices() -> list[tuple[str, str, str]]:
+    """One choice per registered format; one more, uncompressed, for a format that compresses."""
+    choices = []
+    for f in registry.FORMATS:
+        if "compress" in f.options:
+            choices.append((f"{f.title}, compressed", f.name, f.extensions[0]))
+            choices.append((f"{f.title}, uncompressed", f"{f.name}-uncompressed", f.extensions[0]))
+        else:
+            choices.append((f"{f.title} ({f.label})" if f.label else f.title, f.name, f.extensions[0]))
+    return choices
+
+
+FORMATS: list[tuple[str, str, str]] = _format_choices()
 _EXTENSION = {fmt: ext for _, fmt, ext in FORMATS}
-_KNOWN_EXTENSIONS = tuple(codec.EXTENSIONS)  # what save() and load() read formats from
+_KNOWN_EXTENSIONS = registry.extensions()  # what save() and load() read formats from
 _LITERAL_LIMIT = 500  # longest repr shown as an editable literal
 _RED = "#c9302c"
 _GREEN = "#2e7d32"
@@ -199,7 +206,7 @@ def _render(value: Any) -> tuple[str, str] | None:
 def _check_storable(key: str, value: Any) -> None:
     """Raise ValueError (plain words) if the NPZ writer could not store ``value``."""
     try:
-        _metadata.encode({key: value})
+        metadata.encode({key: value})
     except (TypeError, ValueError) as exc:
         raise ValueError(str(exc)) from None
 
@@ -277,7 +284,7 @@ def _preview(image: widgets.Image, info: widgets.HTML, data: Any, title: str, *,
     The picture is set first: it is the slowest part for the browser to show, and the summary
     changing last tells a person (and a browser test) that the preview is complete.
     """
-    array, _ = codec.split_height_map(data)
+    array, _ = split_height_map(data)
     note = ""
     try:
         image.value = preview_png(array, max_pixels=256, title=title)
@@ -631,7 +638,7 @@ class ExportPanel(_Panel):
 
     @property
     def format(self) -> str:
-        """``"npz"``, ``"npz-uncompressed"``, ``"npy"`` or ``"tmd"``."""
+        """A format name of :mod:`tmd_nb.formats.registry` (``"npz"``, ``"npy"``, ...), or ``"npz-uncompressed"``."""
         return self._format.value
 
     @format.setter
@@ -728,10 +735,13 @@ class ExportPanel(_Panel):
             self._set_status(f"Not saved: {self._problem}", _RED, "\u2717")
             return None
         name = self._picker.value
-        array, _ = codec.split_height_map(self._objects[name])
+        array, _ = split_height_map(self._objects[name])
         data = {"height_map": array, **{row.key: row.parsed for row in self._rows}}
         target = self._target()
-        fmt, compress = ("npz", False) if self._format.value == "npz-uncompressed" else (self._format.value, True)
+        fmt, compress = (
+            self._format.value.removesuffix("-uncompressed"),
+            not self._format.value.endswith("-uncompressed"),
+        )
 
         self._save_button.disabled = True
         self._progress.bar_style = ""
@@ -756,8 +766,8 @@ class ExportPanel(_Panel):
         message = f"Saved {name} to {written} ({size_text(os.path.getsize(written))}, {elapsed:.2f} s)."
         if saved.lost:
             notes.append(
-                f"{fmt.upper()} holds {HOLDS[fmt]} only, so the metadata ({keys_text(saved.lost)}) "
-                "was not stored; choose NPZ to keep it."
+                f"{fmt.upper()} holds {registry.by_name(fmt).holds} only, so the metadata ({keys_text(saved.lost)}) "
+                f"was not stored; choose {registry.one_of([f.title for f in registry.FORMATS if f.keeps is None])} to keep it."
             )
         self._set_status(" ".join([message, *notes]), _ORANGE if notes else _GREEN, "\u2713")
         return written
@@ -787,7 +797,7 @@ class ExportPanel(_Panel):
             self._summary.value = ""
             self._rows_box.children = ()
             return
-        _, meta = codec.split_height_map(value)
+        _, meta = split_height_map(value)
         for key, item in meta.items():
             rendered = _render(item) if isinstance(key, str) else None
             if rendered is None:
@@ -907,7 +917,7 @@ class LoadPanel(_Panel):
     """Load a height-map file interactively: pick it, see its summary and preview, bind it to a name.
 
     ``namespace`` receives the variable (default: the IPython user namespace). The bound value is
-    ``{"height_map": array, **metadata}`` (a :class:`tmd_nb.display.HeightMapResult`, which is a
+    ``{"height_map": array, **metadata}`` (a :class:`tmd_nb.notebook.display.HeightMapResult`, which is a
     dict) or the bare array when "height map only" is chosen.
     """
 
@@ -1078,7 +1088,7 @@ class LoadPanel(_Panel):
         start = time.perf_counter()
         self._set_status(f"Loading {target} \u2026", None)
         try:
-            data = codec.load(target, progress=self._on_progress)
+            data = registry.load(target, progress=self._on_progress)
         except Exception as exc:  # even a bug is one line in the panel
             self._failed("Could not load", exc)
             return
