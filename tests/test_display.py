@@ -185,7 +185,7 @@ def test_metadata_values_read_naturally_and_are_cut_at_the_end() -> None:
     # a value too long for the row is cut at its end, never in the middle of a repr
     cut = display.short_repr(dt.datetime(2024, 5, 1, tzinfo=paris), 12)
     assert cut == "2024-05-01T\u2026"
-    assert display.short_repr(list(range(3)) + ["x" * 100], 40).endswith("\u2026") and "..." not in display.short_repr(
+    assert display.short_repr([*list(range(3)), "x" * 100], 40).endswith("\u2026") and "..." not in display.short_repr(
         ["x" * 100], 200
     )
     html = summary_html(data)

@@ -331,7 +331,7 @@ def test_invalid_value_marks_its_row_and_blocks_saving(
     assert panel.status.startswith("Not saved: metadata 'sample'")
     assert not (tmp_path / "blocked.npz").exists()
     with pytest.raises(ValueError, match="metadata 'sample'"):
-        panel.metadata
+        _ = panel.metadata
     row._type.value = "str"  # any text is a valid str: the mark goes, saving is possible again
     assert row.error is None and not row._value.layout.border and not panel._save_button.disabled
 

@@ -90,7 +90,7 @@ def test_compress_and_level_reach_the_npz_writer(tmp_path: Path) -> None:
 def test_progress_is_passed_through(tmp_path: Path) -> None:
     for name in ("p.npz", "p.npy", "p.tmd"):
         calls: list[tuple[int, int]] = []
-        save(HEIGHTS, tmp_path / name, progress=lambda done, total: calls.append((done, total)))
+        save(HEIGHTS, tmp_path / name, progress=lambda done, total, calls=calls: calls.append((done, total)))
         assert calls and calls[-1][0] == calls[-1][1] > 0, name
 
 

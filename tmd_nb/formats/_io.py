@@ -6,6 +6,7 @@ one assignment changes them everywhere (tests lower them to exercise many chunks
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 import threading
@@ -28,7 +29,7 @@ def describe(path: str | os.PathLike[str]) -> str:
     return repr(os.fspath(path))
 
 
-def open_file(path: str | os.PathLike[str], where: str) -> BinaryIO:
+def open_file(path: str | os.PathLike[str], where: str) -> io.FileIO:
     """Open for unbuffered reading; refuse a FIFO or socket, whose open or read could block forever."""
     try:
         mode = os.stat(path).st_mode
@@ -36,7 +37,7 @@ def open_file(path: str | os.PathLike[str], where: str) -> BinaryIO:
         mode = 0  # let open() raise the proper OSError
     if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
         raise FormatError(f"{where} is not a regular file (a pipe or socket)")
-    return open(path, "rb", buffering=0)  # type: ignore[return-value]
+    return io.FileIO(path, "rb")
 
 
 class WriteBehind:
@@ -114,7 +115,7 @@ class Reporter:
             self.progress(0, 0)
 
 
-def read_into(fp: BinaryIO, buf: memoryview, where: str, reporter: Reporter) -> None:
+def read_into(fp: io.RawIOBase | io.BufferedIOBase, buf: memoryview, where: str, reporter: Reporter) -> None:
     """Fill ``buf`` from ``fp`` in pieces of :data:`CHUNK` bytes, reporting each to ``reporter``.
 
     Callers have checked the file's size against ``len(buf)``, so a file that runs out of bytes

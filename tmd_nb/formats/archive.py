@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import os
 import struct
 import time
@@ -108,7 +109,8 @@ _ZIP64_EXTRA = 0x0001
 _INDEX_EXTRA = 0x746E
 
 # Everything a hostile or damaged archive can make the parsing and inflating code raise.
-_DECODE_ERRORS: tuple[type[BaseException], ...] = INFLATE_ERRORS + (
+_DECODE_ERRORS: tuple[type[BaseException], ...] = (
+    *INFLATE_ERRORS,
     struct.error,
     ValueError,
     OverflowError,
@@ -377,7 +379,7 @@ def _index_values(extra: bytes, where: str) -> list[tuple[int, int]]:
             if size % 16 or len(body) != size:
                 raise FormatError(f"{where} has a malformed tmd_nb chunk index")
             flat = struct.unpack(f"<{size // 8}Q", body)
-            return list(zip(flat[::2], flat[1::2]))
+            return list(zip(flat[::2], flat[1::2], strict=False))
     return []
 
 
@@ -559,7 +561,7 @@ def read_npz(
     with open_file(path, where) as f:
         size = os.fstat(f.fileno()).st_size
         with _malformed(f"{where} is not a readable NPZ (zip) archive"):
-            members, cd_offset = _central_directory(f, size, where)  # type: ignore[arg-type]
+            members, cd_offset = _central_directory(f, size, where)
         seen: set[str] = set()
         for m in members:
             if m.name in seen:
@@ -567,9 +569,9 @@ def read_npz(
             seen.add(m.name)
         for m in members:
             with _malformed(f"{where} member {m.name!r} is corrupt"):
-                _check_member(f, m, cd_offset, f"{where} member {m.name!r}")  # type: ignore[arg-type]
+                _check_member(f, m, cd_offset, f"{where} member {m.name!r}")
         ordered = sorted(members, key=lambda m: m.offset)
-        for a, b in zip(ordered, ordered[1:]):
+        for a, b in itertools.pairwise(ordered):
             if a.start + a.csize > b.offset:
                 raise FormatError(f"{where}: members {a.name!r} and {b.name!r} overlap")
         reporter = Reporter(progress, sum(m.usize for m in members))
@@ -585,14 +587,14 @@ def read_npz(
             for m in members:
                 member = f"{where} member {m.name!r}"
                 with _malformed(f"{member} is corrupt"):
-                    out[m.key] = _read_member(f, m, member, advance, workers)  # type: ignore[arg-type]
+                    out[m.key] = _read_member(f, m, member, advance, workers)
         except _CallbackFailed as failed:
             raise failed.__cause__ from None  # type: ignore[misc]
         reporter.finish()
         return out
 
 
-def _read_member(f: BinaryIO, m: _Member, where: str, advance: Callable[[int], None], threads: int) -> np.ndarray:
+def _read_member(f: io.FileIO, m: _Member, where: str, advance: Callable[[int], None], threads: int) -> np.ndarray:
     stream = MemberStream(f, m, where)
     prefix_len = min(m.usize, 12)
     head = stream.read(prefix_len)

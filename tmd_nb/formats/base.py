@@ -41,7 +41,7 @@ class Format:
     save: Callable[..., str]
     #: ``check(data)``: raise ``TypeError``/``ValueError`` if ``save`` would refuse ``data``, writing
     #: nothing (``None``: only ``save`` itself checks).
-    check: Callable[[Any], None] | None = None
+    check: Callable[[Any], object] | None = None
     #: Options ``save`` takes besides ``progress``, e.g. ``{"compress", "level"}``.
     options: frozenset[str] = field(default_factory=frozenset)
     #: The metadata keys a file keeps (``None``: every key ``export_to_npz`` accepts).

@@ -40,12 +40,14 @@ Inflate
 from __future__ import annotations
 
 import collections
+import io
 import itertools
 import math
 import os
 import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from types import ModuleType
 from typing import Any, BinaryIO, Protocol
 
 import numpy as np
@@ -55,6 +57,7 @@ from . import _io
 from ._io import Reporter, WriteBehind
 from .npy import data_pieces
 
+_isal_zlib: ModuleType | None
 try:  # ISA-L: the same deflate format, several times faster. A declared dependency, but optional here.
     from isal import isal_zlib as _isal_zlib
 except ImportError:  # pragma: no cover - exercised by monkeypatching _isal_zlib to None
@@ -150,7 +153,10 @@ class Codec:
     def compress(self, pieces: list[memoryview], zdict: bytes | None, final: bool) -> bytes:
         mod = self.module
         if mod is zlib:
-            c = zlib.compressobj(self.lib_level, zlib.DEFLATED, -15, 9, **({"zdict": zdict} if zdict else {}))
+            if zdict:
+                c = zlib.compressobj(self.lib_level, zlib.DEFLATED, -15, 9, zdict=zdict)
+            else:
+                c = zlib.compressobj(self.lib_level, zlib.DEFLATED, -15, 9)
         else:
             c = mod.compressobj(self.lib_level, mod.DEFLATED, -15)
         out = [c.compress(p) for p in pieces]
@@ -275,7 +281,7 @@ def _deflate_member(
 class MemberStream:
     """The uncompressed bytes of one member, produced on demand, bounded by its declared sizes."""
 
-    def __init__(self, f: BinaryIO, m: _MemberData, where: str) -> None:
+    def __init__(self, f: io.FileIO, m: _MemberData, where: str) -> None:
         self.f, self.m, self.where = f, m, where
         self.left_in = m.csize  # compressed bytes not yet read from the file
         self.left_out = m.usize  # uncompressed bytes not yet produced
@@ -407,10 +413,12 @@ def _inflate_parallel(
     end the stream exactly: then a sequential inflater is at the same block boundary there, so the
     result is exactly what any other reader of the archive gets (and the CRC is checked too).
     """
+    isal = _isal_zlib
+    assert isal is not None  # the caller takes this path only when ISA-L is there
     hlen = len(head)
     bounds = [(0, 0), *m.index, (m.csize, m.usize)]
     bad = f"{where} has a malformed tmd_nb chunk index"
-    for (c0, u0), (c1, u1) in zip(bounds, bounds[1:]):
+    for (c0, u0), (c1, u1) in itertools.pairwise(bounds):
         if not (c0 < c1 and u0 < u1) or u1 - u0 > inflate_bound(c1 - c0):
             raise FormatError(bad)
     if bounds[1][1] < hlen:
@@ -422,7 +430,7 @@ def _inflate_parallel(
         last = i == len(bounds) - 2
         if not last and os.pread(fd, 4, m.start + c1 - 4) != _SYNC_MARK:
             raise FormatError(f"{bad}: no flush point at compressed offset {c1}")
-        d = _isal_zlib.decompressobj(-15)
+        d = isal.decompressobj(-15)
         cpos, pos, crc, tail = c0, u0, 0, b""
         while True:
             if not tail and cpos < c1:
@@ -446,7 +454,7 @@ def _inflate_parallel(
                     buf[0 : len(out) - k] = out[k:]
                 else:
                     buf[pos - hlen : end - hlen] = out
-                crc = _isal_zlib.crc32(out, crc)
+                crc = isal.crc32(out, crc)
                 pos = end
             elif d.eof or cpos >= c1:
                 break
@@ -462,7 +470,7 @@ def _inflate_parallel(
     def collect(future: Future[tuple[int, int]]) -> None:
         nonlocal crc, reported
         part_crc, n = future.result()
-        crc = part_crc if crc is None else _isal_zlib.crc32_combine(crc, part_crc, n)
+        crc = part_crc if crc is None else isal.crc32_combine(crc, part_crc, n)
         advance(n - reported)
         reported = 0
 

@@ -139,13 +139,15 @@ def data_pieces(array: np.ndarray, piece: int) -> Iterator[memoryview]:
     else:
         flat = None
     if flat is not None:
-        raw = memoryview(flat.view(np.uint8))
+        raw = flat.view(np.uint8).data
         for start in range(0, len(raw), piece):
             yield raw[start : start + piece]
         return
     step = max(1, piece // array.itemsize)
     for block in np.nditer(array, flags=["external_loop", "buffered", "zerosize_ok"], buffersize=step, order="C"):
-        yield memoryview(block.tobytes())  # nditer reuses its buffer: this copy is one piece only
+        # nditer reuses its buffer: this copy is one piece only. With external_loop it yields arrays;
+        # numpy's stubs type the items as tuples.
+        yield memoryview(block.tobytes())  # type: ignore[attr-defined]
 
 
 def write_npy(fp: BinaryIO, array: np.ndarray, progress: Progress | None = None) -> None:
@@ -188,7 +190,7 @@ def read_npy(
     where = describe(path)
     with open_file(path, where) as fp:
         size = os.fstat(fp.fileno()).st_size
-        dtype, shape, fortran, offset = parse_header(fp, where)  # type: ignore[arg-type]
+        dtype, shape, fortran, offset = parse_header(fp, where)
         if check is not None:
             check(dtype, shape, where)
         expected = offset + data_size(dtype, shape)
@@ -205,7 +207,7 @@ def read_npy(
             return array
         array = empty_array(dtype, shape, fortran, where)
         reporter = Reporter(progress, array.nbytes)
-        read_into(fp, bytes_of(array), where, reporter)  # type: ignore[arg-type]
+        read_into(fp, bytes_of(array), where, reporter)
         reporter.finish()
         return array
 
@@ -221,7 +223,7 @@ def bytes_of(array: np.ndarray) -> memoryview:
     """A writable byte view of a freshly allocated (hence contiguous) array."""
     if array.nbytes == 0:
         return memoryview(bytearray())
-    return memoryview(array.reshape(-1, order="A").view(np.uint8))
+    return array.reshape(-1, order="A").view(np.uint8).data
 
 
 def export_to_npy(

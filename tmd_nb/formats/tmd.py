@@ -86,7 +86,7 @@ _KNOWN_KEYS = frozenset({"height_map", *FIELDS, "tmd_version"})
 PathLike = str | os.PathLike[str]
 
 
-def looks_like_tmd(head: bytes) -> bool:
+def looks_like_tmd(head: bytes | bytearray) -> bool:
     """Whether ``head`` (the first bytes of a file) starts with the TrueMap header, in any letter case."""
     return bytes(head[: len(MAGIC)]).lower() == _MAGIC_LOWER
 
@@ -213,7 +213,7 @@ def load_tmd(path: PathLike, *, mmap: bool = False, progress: Progress | None = 
         else:
             fp.seek(data_start)
             height_map = np.empty((height, width), dtype=_DTYPE)  # no per-value Python work
-            read_into(fp, memoryview(height_map).cast("B"), where, Reporter(progress, height_map.nbytes))
+            read_into(fp, height_map.data.cast("B"), where, Reporter(progress, height_map.nbytes))
     if not height_map.dtype.isnative:  # pragma: no cover - big-endian hosts only
         height_map = height_map.astype(np.float32)
     return {

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from IPython.core.error import UsageError
+from IPython.core.interactiveshell import InteractiveShell
 from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 
@@ -79,7 +80,7 @@ class ProgressBar:
         self._last = now
         self.shown = True
         fraction = min(1.0, done / total) if total > 0 else 1.0
-        filled = int(round(fraction * self.width))
+        filled = round(fraction * self.width)
         bar = "#" * filled + "-" * (self.width - filled)
         stream = self.stream or sys.stderr
         stream.write(f"\r{self.label} [{bar}] {fraction:4.0%} of {size_text(total)}")
@@ -236,6 +237,12 @@ def load_message(path: str, name: str, result: Mapping[str, Any], seconds: float
 class TmdMagics(Magics):
     """Save and load height maps from the notebook: ``%tmd_export``, ``%tmd_load``, ``%tmd_panel``."""
 
+    def _user_shell(self) -> InteractiveShell:
+        """The shell the magics were registered with (always set once IPython has loaded them)."""
+        if self.shell is None:
+            raise UsageError("the tmd_nb magics are not registered with an IPython shell")
+        return self.shell
+
     @magic_arguments()
     @argument("-f", "--force", action="store_true", help="overwrite PATH if it exists (otherwise it is refused)")
     @argument(
@@ -276,7 +283,7 @@ class TmdMagics(Magics):
         args = parse_line(self.tmd_export.parser, "tmd_export", line)
         if args.help:
             return
-        data = resolve_name(args.name, self.shell.user_ns)
+        data = resolve_name(args.name, self._user_shell().user_ns)
         meta = parse_meta(args.meta)
         bar = ProgressBar(f"saving {args.path}")
         try:
@@ -319,7 +326,7 @@ class TmdMagics(Magics):
         seconds = time.perf_counter() - start
         if args.name is None:
             return result
-        self.shell.push({args.name: result})
+        self._user_shell().push({args.name: result})
         print(load_message(expand_path(args.path), args.name, result, seconds))
         return None
 
@@ -336,7 +343,7 @@ class TmdMagics(Magics):
         from . import panel
 
         cls = panel.LoadPanel if args.load else panel.ExportPanel
-        display(cls(namespace=self.shell.user_ns))
+        display(cls(namespace=self._user_shell().user_ns))
 
 
 # --------------------------------------------------------------------------- extension

@@ -166,7 +166,7 @@ def _identical(a: Any, b: Any) -> bool:
     if type(a) is not type(b):
         return False
     if type(a) in (list, tuple):
-        return len(a) == len(b) and all(_identical(x, y) for x, y in zip(a, b))
+        return len(a) == len(b) and all(_identical(x, y) for x, y in zip(a, b, strict=False))
     return repr(a) == repr(b)
 
 
@@ -230,11 +230,9 @@ def _user_namespace(namespace: MutableMapping[str, Any] | None, who: str) -> Mut
         if not isinstance(namespace, MutableMapping):
             raise TypeError(f"{who}(namespace=...) needs a dict of variables, not {type(namespace).__name__}")
         return namespace
-    try:
-        from IPython import get_ipython
-    except ImportError:  # pragma: no cover - IPython is a dependency
-        get_ipython = None  # type: ignore[assignment]
-    shell = get_ipython() if get_ipython is not None else None
+    from IPython import get_ipython  # a dependency; imported here so a namespace= caller needs no shell
+
+    shell = get_ipython()
     if shell is None:
         raise RuntimeError(
             f"{who}() without a namespace needs IPython or Jupyter; outside them pass the "
@@ -706,13 +704,14 @@ class ExportPanel(_Panel):
     def add_row(self, key: str = "", value: Any = "", kind: str | None = None) -> None:
         """Add an editable metadata row; ``value`` may be text or a Python value (then rendered)."""
         if isinstance(value, str) and kind is not None:
-            kind_text: tuple[str, str] | None = (kind, value)
+            kind_text: tuple[str, str] = (kind, value)
         elif isinstance(value, str) and kind is None:
             kind_text = (SUGGESTED_KEYS.get(key, "str") if not value else "str", value)
         else:
-            kind_text = _render(value)
-            if kind_text is None:
+            rendered = _render(value)
+            if rendered is None:
                 raise TypeError(f"{type(value).__name__} values cannot be typed in the editor")
+            kind_text = rendered
         if kind_text[0] not in _TYPE_NAMES:
             raise ValueError(f"unknown value type {kind_text[0]!r}; choose one of {', '.join(sorted(_TYPE_NAMES))}")
         row = _MetadataRow(
@@ -765,9 +764,10 @@ class ExportPanel(_Panel):
         written = saved.path
         message = f"Saved {name} to {written} ({size_text(os.path.getsize(written))}, {elapsed:.2f} s)."
         if saved.lost:
+            keeping = registry.one_of([f.title for f in registry.FORMATS if f.keeps is None])
             notes.append(
                 f"{fmt.upper()} holds {registry.by_name(fmt).holds} only, so the metadata ({keys_text(saved.lost)}) "
-                f"was not stored; choose {registry.one_of([f.title for f in registry.FORMATS if f.keeps is None])} to keep it."
+                f"was not stored; choose {keeping} to keep it."
             )
         self._set_status(" ".join([message, *notes]), _ORANGE if notes else _GREEN, "\u2713")
         return written
