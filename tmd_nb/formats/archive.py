@@ -546,15 +546,24 @@ def _malformed(message: str) -> Iterator[None]:
         raise FormatError(f"{message}: {exc}") from None
 
 
+#: ``check(key, dtype, shape, where)``: may refuse a member from its NPY header, before its data are read.
+MemberCheck = Callable[[str, np.dtype, tuple[int, ...], str], None]
+
+
 def read_npz(
-    path: str | os.PathLike[str], *, progress: Progress | None = None, threads: int | None = None
+    path: str | os.PathLike[str],
+    *,
+    progress: Progress | None = None,
+    threads: int | None = None,
+    check: MemberCheck | None = None,
 ) -> dict[str, np.ndarray]:
     """Read every ``.npy`` member of a zip archive, in archive order, keyed by name without ``.npy``.
 
     Deflated members are inflated (ISA-L where installed) straight into the preallocated arrays;
     the members tmd_nb wrote carry an index of restart points in their deflate stream, and are
     inflated on ``threads`` threads (default: every available core). ``progress(done_bytes,
-    total_bytes)`` counts uncompressed member bytes.
+    total_bytes)`` counts uncompressed member bytes. ``check(key, dtype, shape, where)`` is called
+    with each member's header, before anything is allocated for its data, and may raise.
     """
     where = describe(path)
     workers = thread_count(threads)
@@ -587,14 +596,16 @@ def read_npz(
             for m in members:
                 member = f"{where} member {m.name!r}"
                 with _malformed(f"{member} is corrupt"):
-                    out[m.key] = _read_member(f, m, member, advance, workers)
+                    out[m.key] = _read_member(f, m, member, advance, workers, check)
         except _CallbackFailed as failed:
             raise failed.__cause__ from None  # type: ignore[misc]
         reporter.finish()
         return out
 
 
-def _read_member(f: io.FileIO, m: _Member, where: str, advance: Callable[[int], None], threads: int) -> np.ndarray:
+def _read_member(
+    f: io.FileIO, m: _Member, where: str, advance: Callable[[int], None], threads: int, check: MemberCheck | None
+) -> np.ndarray:
     stream = MemberStream(f, m, where)
     prefix_len = min(m.usize, 12)
     head = stream.read(prefix_len)
@@ -608,6 +619,8 @@ def _read_member(f: io.FileIO, m: _Member, where: str, advance: Callable[[int], 
         raise FormatError(f"{where}: header claims {nbytes} data bytes but the archive stores {m.usize - offset}")
     if offset != len(head):
         raise FormatError(f"{where} has a malformed NPY header")
+    if check is not None:
+        check(m.key, dtype, shape, where)
     advance(len(head))
     array = empty_array(dtype, shape, fortran, where)
     buf = bytes_of(array)

@@ -8,8 +8,18 @@ happens to contain the tag key is itself wrapped in a ``"dict"`` tag, so it roun
 Arrays are not put into the JSON: the encoder hands them back to be stored as archive
 members and leaves ``{"__tmd_type__": "ndarray", "member": "<name>"}`` in their place.
 
-Only exact types are accepted (``type(v) is int``, not an ``IntEnum``): a subclass would come
-back as its base class, and silent coercion is exactly what this format exists to avoid.
+Only exact types are accepted (``type(v) is int``, not an ``IntEnum``, nor a subclass of
+``np.float64`` or ``np.str_``): a subclass would come back as its base class, and silent coercion
+is exactly what this format exists to avoid.
+
+Limits (the same on both sides: what :func:`encode` accepts, :func:`loads` and :func:`decode` read)
+    * nesting: :data:`MAX_DEPTH` levels of keys and items (:data:`MAX_JSON_DEPTH` levels of JSON);
+    * the JSON text: :data:`MAX_TEXT_BYTES` bytes as stored in the archive member;
+    * the number of JSON values, counted before any is built: :data:`MAX_VALUES`;
+    * time zones: keys of the zone database only (``"Europe/Paris"``; at most 64 characters).
+
+Decoding is iterative (no recursion, whatever the depth of the data or of the caller's stack)
+and stops at the first problem with one short message naming the key path (see SECURITY.md).
 """
 
 from __future__ import annotations
@@ -17,20 +27,44 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import functools
 import math
 import pathlib
 import re
-from collections.abc import Mapping
+import zoneinfo
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
 
 from .npy import is_array_kind  # what the NPY layer stores is what metadata may hold
 
-__all__ = ["MAX_DEPTH", "TAG", "decode", "encode", "is_array_kind"]
+__all__ = [
+    "MAX_DEPTH",
+    "MAX_JSON_DEPTH",
+    "MAX_TEXT_BYTES",
+    "MAX_VALUES",
+    "TAG",
+    "check_json_text",
+    "decode",
+    "encode",
+    "is_array_kind",
+    "loads",
+]
 
 TAG = "__tmd_type__"
+#: Levels of nesting of keys and items (a top-level key is level 1).
 MAX_DEPTH = 200
+#: Levels of JSON nesting that :data:`MAX_DEPTH` levels of tagged values can need (tuples and
+#: escaped dicts take two each; a datetime its time zone object).
+MAX_JSON_DEPTH = 2 * MAX_DEPTH + 4
+#: Bytes of JSON text, as stored in the archive member (UTF-32 in tmd_nb's files: 4 Mi characters).
+MAX_TEXT_BYTES = 16 << 20
+#: JSON values in one metadata text, counted (from above) before any of them is built.
+MAX_VALUES = 1_000_000
+# A JSON string, escapes included (the "unrolled loop" form: linear time, no backtracking).
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
 _SAFE_INT = 2**53
 _MEMBER_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,99}")
 _PATH_TYPES: dict[type, str] = {
@@ -42,8 +76,41 @@ _PATH_TYPES: dict[type, str] = {
 _PATH_BY_NAME = {name: cls for cls, name in _PATH_TYPES.items()}
 
 
-def _key_path(path: tuple[Any, ...]) -> str:
-    return "".join(f"[{p!r}]" for p in path) or "<top level>"
+def _key_path(path: tuple[Any, ...] | list[Any]) -> str:
+    """``['a'][0]['b']`` for messages: each key cut to 40 characters, a deep path cut in the middle."""
+
+    def one(key: Any) -> str:
+        return f"[{key[:40]!r}\u2026]" if isinstance(key, str) and len(key) > 40 else f"[{key!r}]"
+
+    if len(path) > 8:
+        return "".join(one(p) for p in path[:4]) + f"...({len(path) - 8} more)..." + "".join(one(p) for p in path[-4:])
+    return "".join(one(p) for p in path) or "<top level>"
+
+
+def _short(x: Any, limit: int = 120) -> str:
+    """A repr or message for an error, at most ``limit`` characters."""
+    text = x if isinstance(x, str) else repr(x[:limit] if isinstance(x, (str, bytes)) else x)
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
+# A zone key: names of the zone database ("Europe/Paris", "Etc/GMT+5", "posix/UTC"), never "..".
+_ZONE_KEY = re.compile(r"[A-Za-z0-9_+\-]+(?:/[A-Za-z0-9_+\-]+){0,3}")
+
+
+@functools.lru_cache(maxsize=4096)
+def _zone(key: Any) -> zoneinfo.ZoneInfo | None:
+    """The zone of a database key, or None: the only zones stored and read.
+
+    A key must look like one (letters, digits, ``_+-``, at most 4 parts, 64 characters) before
+    :class:`zoneinfo.ZoneInfo` may look for it, so that a name such as ``"America"`` (a folder),
+    ``"../etc"`` or 100,000 characters never reaches the file system as a path.
+    """
+    if type(key) is not str or len(key) > 64 or not _ZONE_KEY.fullmatch(key):
+        return None
+    try:
+        return zoneinfo.ZoneInfo(key)
+    except (zoneinfo.ZoneInfoNotFoundError, OSError, ValueError):
+        return None
 
 
 def _float_text(x: float) -> str:
@@ -54,8 +121,13 @@ def _tz_encode(tz: dt.tzinfo | None, path: tuple[Any, ...]) -> Any:
     """A tzinfo as JSON: None, an IANA key, or a fixed offset in seconds (with its name)."""
     if tz is None:
         return None
-    key = getattr(tz, "key", None)
-    if type(tz).__name__ == "ZoneInfo" and isinstance(key, str):
+    if type(tz) is zoneinfo.ZoneInfo:
+        key = tz.key
+        if _zone(key) is None:
+            raise TypeError(
+                f"metadata value at {_key_path(path)} has a time zone {_short(str(tz))} that is not a key of the "
+                "IANA zone database, so it could not be read back; use a zone such as 'Europe/Paris'"
+            )
         return {"zone": key}
     if type(tz) is dt.timezone:
         offset = tz.utcoffset(None)
@@ -75,12 +147,13 @@ def _tz_decode(obj: Any) -> dt.tzinfo | None:
     if not isinstance(obj, dict):
         raise ValueError(f"bad time zone {obj!r}")
     if "zone" in obj:
-        import zoneinfo
-
-        try:
-            return zoneinfo.ZoneInfo(obj["zone"])
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError, TypeError) as exc:
-            raise ValueError(f"unknown time zone {obj['zone']!r}") from exc
+        key = obj["zone"]
+        # Only keys of the zone database: anything else ("America", "../etc", 100,000 characters)
+        # would reach the file system through ZoneInfo.
+        zone = _zone(key)
+        if zone is None:
+            raise ValueError(f"unknown time zone {_short(key, 60)}")
+        return zone
     offset = dt.timedelta(seconds=float(obj["offset"]))
     if offset == dt.timedelta(0) and "name" not in obj:
         return dt.UTC
@@ -97,6 +170,9 @@ def encode(meta: Mapping[str, Any], reserved: set[str] | None = None) -> tuple[d
     reserved = set(reserved or ())
     arrays: dict[str, np.ndarray] = {}
     # Claim the usable top-level names first, so generated names never collide with them.
+    for key in meta:
+        if type(key) is not str:
+            raise TypeError(f"metadata key {_short(key)} has type {type(key).__name__}; only str keys can be stored")
     for key, value in meta.items():
         if (
             type(value) is np.ndarray
@@ -174,13 +250,17 @@ def encode(meta: Mapping[str, Any], reserved: set[str] | None = None) -> tuple[d
             return {TAG: "numpy.str_", "value": str(value)}
         if t is np.bytes_:
             return {TAG: "numpy.bytes_", "base64": base64.b64encode(bytes(value)).decode("ascii")}
-        if isinstance(value, np.generic) and is_array_kind(value.dtype):
-            return {
+        # Exact numpy scalar types only (t is its dtype's own type): a subclass would come back as its base.
+        if isinstance(value, np.generic) and t is value.dtype.type and is_array_kind(value.dtype):
+            out = {
                 TAG: "numpy.scalar",
                 "dtype": value.dtype.str,
                 "base64": base64.b64encode(value.tobytes()).decode("ascii"),
                 "value": _scalar_preview(value),
             }
+            if np.dtype(value.dtype.str).type is not t:  # e.g. np.longlong, whose dtype reads back as int64
+                out["type"] = t.__name__
+            return out
         raise TypeError(
             f"metadata value at {_key_path(path)} has type {t.__module__}.{t.__qualname__}, which tmd_nb "
             "cannot store losslessly (supported: None, bool, int, float, complex, str, bytes, list, tuple, "
@@ -203,94 +283,188 @@ def _scalar_preview(value: np.generic) -> Any:
     return str(value)
 
 
+# numpy scalar types by name, for the "type" field of a numpy.scalar whose dtype string reads back
+# as another type of the same layout (np.longlong is stored as "<i8", which reads back as int64).
+_SCALAR_TYPES = {
+    cls.__name__: cls
+    for cls in {np.dtype(code).type for code in np.typecodes["All"]}
+    if is_array_kind(np.dtype(cls)) and np.dtype(cls).kind not in "USMm"
+}
+
+
+def check_json_text(text: str, where: str = "metadata") -> None:
+    """Refuse a JSON text with more than :data:`MAX_VALUES` values or :data:`MAX_JSON_DEPTH` levels.
+
+    Runs before anything is parsed, in a few linear passes over the text (no value is built):
+    strings are removed, then the values are counted from above (one per comma, two per ``[``
+    or ``{``, plus one) and the nesting measured on what is left. Raises ``ValueError``.
+    """
+    bare = _JSON_STRING.sub("", text)
+    opened = bare.count("[") + bare.count("{")
+    values = bare.count(",") + 2 * opened + 1
+    if values > MAX_VALUES:
+        raise ValueError(f"{where} holds about {values:,} JSON values, more than the {MAX_VALUES:,} allowed")
+    if opened > MAX_JSON_DEPTH:
+        brackets = np.frombuffer(_NOT_BRACKET.sub("", bare).encode("ascii"), dtype=np.uint8)
+        steps = np.where((brackets == ord("[")) | (brackets == ord("{")), 1, -1).astype(np.int32)
+        depth = int(np.cumsum(steps).max(initial=0))
+        if depth > MAX_JSON_DEPTH:
+            raise ValueError(f"{where} is nested {depth} levels deep, more than the {MAX_JSON_DEPTH} allowed")
+
+
+def loads(text: str, where: str = "metadata") -> Any:
+    """``json.loads`` within the limits: :func:`check_json_text` first, then the parser.
+
+    Raises ``ValueError`` (one short line) for text beyond the limits or not valid JSON.
+    """
+    import json
+
+    check_json_text(text, where)
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        problem = _short(str(exc), 200)
+    raise ValueError(f"{where} is not valid JSON: {problem}")
+
+
+class _Frame:
+    """One container being decoded: its remaining (slot, value) pairs and the slot being worked on."""
+
+    __slots__ = ("container", "items", "slot", "tuple")
+
+    def __init__(self, container: Any, is_tuple: bool = False) -> None:
+        self.container = container
+        self.items: Iterator[tuple[Any, Any]] = (
+            iter(container.items()) if type(container) is dict else enumerate(container)
+        )
+        self.slot: Any = None
+        self.tuple = is_tuple
+
+
+_END = object()
+
+
 def decode(
-    obj: Mapping[str, Any], arrays: Mapping[str, np.ndarray], where: str = "metadata", used: set[str] | None = None
+    obj: dict[str, Any], arrays: Mapping[str, np.ndarray], where: str = "metadata", used: set[str] | None = None
 ) -> dict[str, Any]:
     """Invert :func:`encode`; the names of the array members it refers to are added to ``used``.
 
-    Raises ``ValueError`` with a key path for anything malformed.
+    ``obj`` (fresh from ``json.loads``) is decoded in place, without recursion: plain lists and
+    dicts are reused, tagged objects replaced by their values. Raises ``ValueError`` with the
+    key path of the first malformed value, in one short message (nothing is chained to it).
     """
     used = set() if used is None else used
-
-    def dec(value: Any, path: tuple[Any, ...]) -> Any:
-        if len(path) > MAX_DEPTH:
-            raise ValueError(f"{where} at {_key_path(path[:3])}... is nested more than {MAX_DEPTH} levels deep")
-        t = type(value)
-        if value is None or t in (bool, int, float, str):
-            return value
-        if t is list:
-            return [dec(v, (*path, i)) for i, v in enumerate(value)]
-        if t is not dict:
-            raise ValueError(f"{where} at {_key_path(path)} has unexpected JSON type {t.__name__}")
-        if TAG not in value:
-            return {k: dec(v, (*path, k)) for k, v in value.items()}
-        try:
-            return _decode_tagged(value, path)
-        except (KeyError, TypeError, ValueError, OverflowError, binascii.Error) as exc:
-            raise ValueError(f"{where} at {_key_path(path)} has a malformed {value.get(TAG)!r} value: {exc}") from None
-
-    def _decode_tagged(value: dict[str, Any], path: tuple[Any, ...]) -> Any:
-        tag = value[TAG]
-        if tag == "dict":
-            items = value["items"]
-            if type(items) is not dict:
-                raise TypeError("items is not an object")
-            return {k: dec(v, (*path, k)) for k, v in items.items()}
-        if tag == "tuple":
-            items = value["items"]
-            if type(items) is not list:
-                raise TypeError("items is not a list")
-            return tuple(dec(v, (*path, i)) for i, v in enumerate(items))
-        if tag == "int":
-            return int(_str(value["hex"]), 16)
-        if tag == "float":
-            return float(_str(value["value"]))
-        if tag == "complex":
-            return complex(float(_str(value["real"])), float(_str(value["imag"])))
-        if tag == "bytes":
-            return base64.b64decode(_str(value["base64"]), validate=True)
-        if tag == "datetime":
-            naive = dt.datetime.fromisoformat(_str(value["value"]))
-            return naive.replace(tzinfo=_tz_decode(value.get("tz")), fold=int(value.get("fold", 0)))
-        if tag == "date":
-            return dt.date.fromisoformat(_str(value["value"]))
-        if tag == "time":
-            clock = dt.time.fromisoformat(_str(value["value"]))
-            return clock.replace(tzinfo=_tz_decode(value.get("tz")), fold=int(value.get("fold", 0)))
-        if tag == "timedelta":
-            return dt.timedelta(
-                days=_int(value["days"]), seconds=_int(value["seconds"]), microseconds=_int(value["microseconds"])
-            )
-        if tag == "path":
-            cls = _PATH_BY_NAME[_str(value["class"])]
-            try:
-                return cls(_str(value["value"]))
-            except (NotImplementedError, TypeError):  # a concrete path of the other platform
-                pure = pathlib.PurePosixPath if cls is pathlib.PosixPath else pathlib.PureWindowsPath
-                return pure(_str(value["value"]))
-        if tag == "numpy.str_":
-            return np.str_(_str(value["value"]))
-        if tag == "numpy.bytes_":
-            return np.bytes_(base64.b64decode(_str(value["base64"]), validate=True))
-        if tag == "numpy.scalar":
-            dtype = np.dtype(_str(value["dtype"]))
-            if not is_array_kind(dtype) or dtype.kind in "US":
-                raise ValueError(f"dtype {dtype} is not allowed")
-            raw = base64.b64decode(_str(value["base64"]), validate=True)
-            if len(raw) != dtype.itemsize:
-                raise ValueError(f"{len(raw)} bytes for a {dtype.itemsize}-byte scalar")
-            return np.frombuffer(raw, dtype=dtype)[0]
-        if tag == "ndarray":
-            name = _str(value["member"])
-            if name not in arrays:
-                raise ValueError(f"it refers to a missing array member {name!r}")
-            used.add(name)
-            return arrays[name]
-        raise ValueError(f"unknown type tag {tag!r}")
-
     if type(obj) is not dict:
         raise ValueError(f"{where} is not a JSON object")
-    return {k: dec(v, (k,)) for k, v in obj.items()}
+    stack = [_Frame(obj)]
+    problem = None
+    while stack:
+        frame = stack[-1]
+        step: Any = next(frame.items, _END)
+        if step is _END:
+            stack.pop()
+            if frame.tuple:
+                parent = stack[-1]
+                parent.container[parent.slot] = tuple(frame.container)
+            continue
+        slot, value = step
+        frame.slot = slot
+        if len(stack) > MAX_DEPTH:  # what encode refuses: a value below MAX_DEPTH levels of keys
+            problem = f"is nested more than {MAX_DEPTH} levels deep"
+            break
+        t = type(value)
+        if value is None or t is bool or t is int or t is float or t is str:
+            continue
+        if t is list:
+            stack.append(_Frame(value))
+            continue
+        if t is not dict:
+            problem = f"has unexpected JSON type {t.__name__}"
+            break
+        if TAG not in value:
+            stack.append(_Frame(value))
+            continue
+        tag = value[TAG]
+        if tag == "dict" or tag == "tuple":
+            items = value.get("items")
+            if type(items) is not (dict if tag == "dict" else list):
+                problem = f"has a malformed {tag!r} value: items is not {'an object' if tag == 'dict' else 'a list'}"
+                break
+            if tag == "dict":
+                frame.container[slot] = items
+            stack.append(_Frame(items, is_tuple=tag == "tuple"))
+            continue
+        try:
+            frame.container[slot] = _decode_leaf(value, tag, arrays, used)
+        except (KeyError, TypeError, ValueError, OverflowError, binascii.Error) as exc:
+            problem = f"has a malformed {_short(tag, 40)} value: {_short(str(exc), 160)}"
+            break
+    if problem is not None:
+        path = [frame.slot for frame in stack]
+        raise ValueError(f"{where} at {_key_path(path)} {problem}")
+    return obj
+
+
+def _decode_leaf(value: dict[str, Any], tag: Any, arrays: Mapping[str, np.ndarray], used: set[str]) -> Any:
+    """A tagged value that holds no other metadata values (everything but "dict" and "tuple")."""
+    if tag == "int":
+        return int(_str(value["hex"]), 16)
+    if tag == "float":
+        return float(_str(value["value"]))
+    if tag == "complex":
+        return complex(float(_str(value["real"])), float(_str(value["imag"])))
+    if tag == "bytes":
+        return base64.b64decode(_str(value["base64"]), validate=True)
+    if tag == "datetime":
+        naive = dt.datetime.fromisoformat(_str(value["value"]))
+        return naive.replace(tzinfo=_tz_decode(value.get("tz")), fold=_fold(value))
+    if tag == "date":
+        return dt.date.fromisoformat(_str(value["value"]))
+    if tag == "time":
+        clock = dt.time.fromisoformat(_str(value["value"]))
+        return clock.replace(tzinfo=_tz_decode(value.get("tz")), fold=_fold(value))
+    if tag == "timedelta":
+        return dt.timedelta(
+            days=_int(value["days"]), seconds=_int(value["seconds"]), microseconds=_int(value["microseconds"])
+        )
+    if tag == "path":
+        cls = _PATH_BY_NAME[_str(value["class"])]
+        try:
+            return cls(_str(value["value"]))
+        except (NotImplementedError, TypeError):  # a concrete path of the other platform
+            pure = pathlib.PurePosixPath if cls is pathlib.PosixPath else pathlib.PureWindowsPath
+            return pure(_str(value["value"]))
+    if tag == "numpy.str_":
+        return np.str_(_str(value["value"]))
+    if tag == "numpy.bytes_":
+        return np.bytes_(base64.b64decode(_str(value["base64"]), validate=True))
+    if tag == "numpy.scalar":
+        dtype = np.dtype(_str(value["dtype"]))
+        if not is_array_kind(dtype) or dtype.kind in "US":
+            raise ValueError(f"dtype {dtype} is not allowed")
+        if "type" in value:
+            cls = _SCALAR_TYPES[_str(value["type"])]
+            if np.dtype(cls).kind != dtype.kind or np.dtype(cls).itemsize != dtype.itemsize:
+                raise ValueError(f"type {cls.__name__} does not match dtype {dtype}")
+            dtype = np.dtype(cls).newbyteorder(dtype.byteorder)
+        raw = base64.b64decode(_str(value["base64"]), validate=True)
+        if len(raw) != dtype.itemsize:
+            raise ValueError(f"{len(raw)} bytes for a {dtype.itemsize}-byte scalar")
+        return np.frombuffer(raw, dtype=dtype)[0]
+    if tag == "ndarray":
+        name = _str(value["member"])
+        if name not in arrays:
+            raise ValueError(f"it refers to a missing array member {_short(name, 60)}")
+        used.add(name)
+        return arrays[name]
+    raise ValueError(f"unknown type tag {_short(tag, 60)}")
+
+
+def _fold(value: dict[str, Any]) -> int:
+    fold = value.get("fold", 0)
+    if fold not in (0, 1) or type(fold) is not int:
+        raise ValueError(f"fold must be 0 or 1, not {_short(fold, 20)}")
+    return fold
 
 
 def _str(x: Any) -> str:

@@ -58,33 +58,52 @@ def is_array_kind(dtype: np.dtype) -> bool:
     return dtype.kind in ALLOWED_KINDS and dtype.fields is None and dtype.subdtype is None
 
 
-def parse_header(fp: BinaryIO, where: str) -> tuple[np.dtype, tuple[int, ...], bool, int]:
-    """Read an NPY header from ``fp``; return dtype, shape, fortran order and header length."""
-    magic = fp.read(len(NPY_MAGIC))
-    if magic != NPY_MAGIC:
-        raise FormatError(f"{where} is not an NPY array (bad magic bytes {magic[:8]!r})")
+def parse_header(fp: BinaryIO, where: str, available: int | None = None) -> tuple[np.dtype, tuple[int, ...], bool, int]:
+    """Read an NPY header from ``fp``; return dtype, shape, fortran order and header length.
+
+    The header's declared length is checked (against :data:`MAX_HEADER_SIZE` and, when given,
+    the ``available`` bytes the file or member holds) before it is read, so that a lying length
+    costs nothing; only then does numpy's parser see the header bytes.
+    """
+    prefix = fp.read(12)
+    hlen = header_length(prefix, where)
+    if available is not None and hlen > available:
+        raise FormatError(f"{where} is truncated: its NPY header claims {hlen} bytes, the data hold {available}")
+    head = prefix[:hlen] + fp.read(hlen - len(prefix)) if hlen > len(prefix) else prefix[:hlen]
+    if len(head) != hlen:
+        raise FormatError(f"{where} is truncated: its NPY header is cut off")
+    if hlen < len(prefix):
+        fp.seek(hlen - len(prefix), io.SEEK_CUR)
+    buffer = io.BytesIO(head)
     try:
-        fp.seek(0)
-        version = npformat.read_magic(fp)
+        version = npformat.read_magic(buffer)
         if version == (1, 0):
-            shape, fortran, dtype = npformat.read_array_header_1_0(fp, max_header_size=MAX_HEADER_SIZE)
+            shape, fortran, dtype = npformat.read_array_header_1_0(buffer, max_header_size=MAX_HEADER_SIZE)
         elif version == (2, 0):
-            shape, fortran, dtype = npformat.read_array_header_2_0(fp, max_header_size=MAX_HEADER_SIZE)
+            shape, fortran, dtype = npformat.read_array_header_2_0(buffer, max_header_size=MAX_HEADER_SIZE)
         else:
             raise FormatError(f"{where} uses unsupported NPY format version {version}")
-    except (FormatError, OSError):
+    except FormatError:
         raise
     except Exception as exc:  # numpy's header parser raises ValueError, SyntaxError, tokenize.TokenError...
-        raise FormatError(f"{where} has a malformed NPY header: {exc}") from None
+        problem: str | None = str(exc)
+    else:
+        problem = None
+    if problem is not None:
+        raise FormatError(f"{where} has a malformed NPY header: {problem}")
+    if buffer.tell() != hlen:
+        raise FormatError(f"{where} has a malformed NPY header")
     if dtype.hasobject:
         raise FormatError(
             f"{where} holds Python objects (dtype {dtype}); loading them would need pickle, which is refused"
         )
     if not is_array_kind(dtype):
         raise FormatError(f"{where} has unsupported dtype {dtype}")
+    if dtype.itemsize == 0:  # numpy would allocate one byte per item for a shape no data vouch for
+        raise FormatError(f"{where} has zero-size items (dtype {dtype.str}), which are refused")
     if any(n < 0 for n in shape):
         raise FormatError(f"{where} has a negative dimension in its shape {shape}")
-    return dtype, tuple(int(n) for n in shape), bool(fortran), fp.tell()
+    return dtype, tuple(int(n) for n in shape), bool(fortran), hlen
 
 
 def header_length(prefix: bytes, where: str) -> int:
@@ -93,11 +112,15 @@ def header_length(prefix: bytes, where: str) -> int:
     Lets a stream read exactly the header, and no more, before parsing it.
     """
     if not prefix.startswith(NPY_MAGIC) or len(prefix) < 10:
+        if prefix.startswith(NPY_MAGIC) or (len(prefix) < len(NPY_MAGIC) and NPY_MAGIC.startswith(prefix)):
+            raise FormatError(f"{where} is truncated: its NPY header is cut off")
         raise FormatError(f"{where} is not an NPY array (bad magic bytes {prefix[:8]!r})")
     if prefix[6:8] == b"\x01\x00":
         hlen = 10 + struct.unpack_from("<H", prefix, 8)[0]
+    elif len(prefix) < 12:
+        raise FormatError(f"{where} is truncated: its NPY header is cut off")
     else:
-        hlen = 12 + (struct.unpack_from("<I", prefix, 8)[0] if len(prefix) >= 12 else 0)
+        hlen = 12 + struct.unpack_from("<I", prefix, 8)[0]
     if hlen > MAX_HEADER_SIZE + 12:
         raise FormatError(f"{where} has an NPY header of {hlen} bytes, more than the {MAX_HEADER_SIZE} allowed")
     return hlen
@@ -190,7 +213,7 @@ def read_npy(
     where = describe(path)
     with open_file(path, where) as fp:
         size = os.fstat(fp.fileno()).st_size
-        dtype, shape, fortran, offset = parse_header(fp, where)
+        dtype, shape, fortran, offset = parse_header(fp, where, available=size)
         if check is not None:
             check(dtype, shape, where)
         expected = offset + data_size(dtype, shape)

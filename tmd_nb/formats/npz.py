@@ -23,7 +23,16 @@ NPZ, format version 1
 
     Files written by the TMD toolkit (``height_map`` + a JSON ``metadata`` string) and plain
     ``np.savez`` archives with a ``height_map`` member load as well; their other members are
-    returned under their own names.
+    returned under their own names. When the toolkit could not encode its metadata as JSON it
+    wrote Python text instead (``str(dict)``); such a file (no format version member, metadata
+    not JSON) loads with that text as a string under ``"metadata"`` and an
+    :class:`~tmd_nb.errors.UndecodedMetadataWarning`. In a file tmd_nb wrote, metadata that is
+    not valid JSON is damage: :class:`~tmd_nb.errors.FormatError`.
+
+Limits (see :mod:`tmd_nb.formats.metadata` and SECURITY.md): the metadata member holds at most
+:data:`~tmd_nb.formats.metadata.MAX_TEXT_BYTES` bytes (checked on its NPY header, before its data
+are inflated), at most :data:`~tmd_nb.formats.metadata.MAX_VALUES` JSON values (counted before
+any is built), and no metadata key ``height_map`` (the name of the height map itself).
 
 Every writer saves through :func:`tmd_nb.formats.atomic.atomic_write`; every reader refuses pickles and
 raises :class:`~tmd_nb.errors.FormatError` for malformed content. This module imports only
@@ -33,13 +42,15 @@ numpy and the standard library.
 from __future__ import annotations
 
 import json
+import math
 import os
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from ..errors import FormatError
+from ..errors import FormatError, UndecodedMetadataWarning
 from ..heightmap import HEIGHT_MAP, check_height_map_header, keys_text, split_height_map
 from . import metadata
 from ._io import Progress
@@ -67,7 +78,15 @@ def encode_npz_members(data: Mapping[str, Any]) -> dict[str, np.ndarray]:
     array, meta = split_height_map(data)
     encoded, arrays = metadata.encode(meta, reserved=_RESERVED)
     text = json.dumps(encoded, ensure_ascii=False, allow_nan=False)
-    members = {HEIGHT_MAP: array, METADATA: np.array(text), VERSION_MEMBER: np.array(FORMAT_VERSION, dtype=np.int64)}
+    stored = np.array(text)
+    # What the reader refuses is refused here, so that every file written loads again.
+    if stored.nbytes > metadata.MAX_TEXT_BYTES:
+        raise ValueError(
+            f"the metadata take {stored.nbytes:,} bytes as JSON text, more than the {metadata.MAX_TEXT_BYTES:,} "
+            "an NPZ file may hold; store large values (long text, big lists) as numpy arrays"
+        )
+    metadata.check_json_text(text, "the metadata")
+    members = {HEIGHT_MAP: array, METADATA: stored, VERSION_MEMBER: np.array(FORMAT_VERSION, dtype=np.int64)}
     members.update(arrays)
     return members
 
@@ -95,10 +114,42 @@ def export_to_npz(
     return os.path.abspath(output_path)
 
 
-def load_from_npz(path: PathLike, *, progress: Progress | None = None) -> dict[str, Any]:
-    """Load ``{"height_map": array, **metadata}`` from an NPZ archive, never unpickling anything."""
-    where = repr(os.fspath(path))
-    return decode_npz_members(read_npz(path, progress=progress), where)
+def load_from_npz(file_path: PathLike, *, progress: Progress | None = None) -> dict[str, Any]:
+    """Load ``{"height_map": array, **metadata}`` from an NPZ archive, never unpickling anything.
+
+    Parameters
+    ----------
+    file_path : str or os.PathLike
+        The archive (the TMD toolkit's name for this parameter).
+    progress : callable, optional
+        ``progress(done_bytes, total_bytes)``, called as the members are read.
+
+    Returns
+    -------
+    dict
+        The height map and the metadata, with their types.
+
+    Raises
+    ------
+    FormatError
+        The file is malformed or beyond the limits of SECURITY.md (the message names the file).
+    OSError
+        The file cannot be read.
+    """
+    where = repr(os.fspath(file_path))
+    return decode_npz_members(read_npz(file_path, progress=progress, check=check_member), where)
+
+
+def check_member(key: str, dtype: np.dtype, shape: tuple[int, ...], where: str) -> None:
+    """Refuse, from its NPY header alone, a height map that is not one and metadata text beyond the limit."""
+    if key == HEIGHT_MAP:
+        check_height_map_header(dtype, shape, where)
+    elif key == METADATA and dtype.kind in "US":
+        size = math.prod(shape) * dtype.itemsize
+        if size > metadata.MAX_TEXT_BYTES:
+            raise FormatError(
+                f"{where} holds {size:,} bytes of metadata text, more than the {metadata.MAX_TEXT_BYTES:,} allowed"
+            )
 
 
 def decode_npz_members(members: dict[str, np.ndarray], where: str) -> dict[str, Any]:
@@ -122,28 +173,64 @@ def decode_npz_members(members: dict[str, np.ndarray], where: str) -> dict[str, 
     text = members.get(METADATA)
     if text is not None and (version is not None or (text.shape == () and text.dtype.kind in "US")):
         members.pop(METADATA)
-        if text.shape != () or text.dtype.kind not in "US":
-            raise FormatError(
-                f"{where} member 'metadata' is not a JSON string (dtype {text.dtype}, shape {text.shape})"
-            )
-        try:
-            value = text.item()
-            obj = json.loads(value.decode("utf-8") if isinstance(value, bytes) else value)
-        except (ValueError, RecursionError) as exc:
-            raise FormatError(f"{where} member 'metadata' is not valid JSON: {exc}") from None
-        if type(obj) is not dict:
-            raise FormatError(f"{where} member 'metadata' is not a JSON object")
-        used: set[str] = set()
-        try:
-            meta = metadata.decode(obj, members, where=f"{where} metadata", used=used)
-        except (ValueError, RecursionError) as exc:
-            raise FormatError(str(exc)) from None
-        for name in used:
-            members.pop(name, None)
+        meta = _decode_metadata(text, members, where, written_here=version is not None)
     clash = sorted(set(meta) & set(members))
     if clash:
         raise FormatError(f"{where} has both a metadata entry and an array member named {clash[0]!r}")
     return {HEIGHT_MAP: height_map, **meta, **members}
+
+
+def _decode_metadata(
+    text: np.ndarray, members: dict[str, np.ndarray], where: str, written_here: bool
+) -> dict[str, Any]:
+    """The metadata member's JSON, decoded; the array members it refers to are removed from ``members``.
+
+    Every problem is one :class:`FormatError` raised here, outside any ``except`` block, so
+    that no chain of inner exceptions is kept alive with it.
+    """
+    if text.shape != () or text.dtype.kind not in "US":
+        raise FormatError(f"{where} member 'metadata' is not a JSON string (dtype {text.dtype}, shape {text.shape})")
+    problem: str | None = None
+    value = text.item()
+    del text
+    try:
+        value = value.decode("utf-8") if isinstance(value, bytes) else value
+    except UnicodeDecodeError as exc:
+        problem = f"{where} member 'metadata' is not UTF-8 text: {exc.reason} at byte {exc.start}"
+    if problem is None:
+        try:
+            obj = metadata.loads(value, f"{where} member 'metadata'")
+        except ValueError as exc:
+            problem = str(exc)
+    if problem is not None:
+        if not written_here and isinstance(value, str) and "not valid JSON" in problem:
+            # The TMD toolkit writes str(metadata) when json.dumps fails: keep that text, say why.
+            warnings.warn(
+                f"{where} holds metadata that is not JSON (the TMD toolkit writes Python text when it "
+                "cannot encode its metadata as JSON); it is returned as a string under 'metadata'",
+                UndecodedMetadataWarning,
+                stacklevel=3,
+            )
+            return {METADATA: value}
+        raise FormatError(problem)
+    del value
+    if type(obj) is not dict:
+        raise FormatError(f"{where} member 'metadata' is not a JSON object")
+    if HEIGHT_MAP in obj:  # would replace the height map checked above with anything at all
+        raise FormatError(
+            f"{where} has metadata named {HEIGHT_MAP!r}, the name of the height map itself; "
+            "the file is damaged or forged"
+        )
+    used: set[str] = set()
+    try:
+        meta = metadata.decode(obj, members, where=f"{where} metadata", used=used)
+    except ValueError as exc:
+        problem = str(exc)
+    if problem is not None:
+        raise FormatError(problem)
+    for name in used:
+        members.pop(name, None)
+    return meta
 
 
 FORMAT = Format(
