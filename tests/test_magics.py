@@ -379,8 +379,8 @@ def test_load_recognises_content_not_extension(ip, tmp_path) -> None:
         ("dir", "%tmd_load folder", "'folder' is a directory, not a file"),
         ("garbage", "%tmd_load junk.npz", "'junk.npz' is not an NPY, NPZ or TMD file (it starts with b'hello"),
         ("truncated", "%tmd_load cut.npz", "'cut.npz'"),
-        (None, "%tmd_load x.npz -n 2bad", "-n/--name needs a valid Python variable name, not '2bad'"),
-        (None, "%tmd_load x.npz -n class", "-n/--name needs a valid Python variable name, not 'class'"),
+        (None, "%tmd_load x.npz -n 2bad", "-n/--name: '2bad' is not a valid Python variable name"),
+        (None, "%tmd_load x.npz -n class", "-n/--name: 'class' is not a valid Python variable name"),
     ],
 )
 def test_load_mistakes_are_one_line(ip, capsys, tmp_path, setup, cell, message) -> None:

@@ -5,6 +5,15 @@ file beside the target (``.<name>.<random>.tmp``), are flushed to disk with ``fs
 then renamed over the target, so that at any instant the path holds either the complete old
 file or the complete new one. On an exception the temporary file is removed and the target is
 untouched; if the process is killed, the hidden temporary file is the only trace.
+
+What is never replaced (checked before anything is written, and again just before the rename)
+    * anything that exists and is not a regular file (a symbolic link to one is followed): a
+      directory raises ``IsADirectoryError``; a FIFO, socket, character or block device (such as
+      ``/dev/null``) raises ``FileExistsError`` naming it and its kind;
+    * a file the user may not write: ``PermissionError`` naming it. That is the case when
+      ``os.access`` says so, and also for a file with no write permission bit at all (mode
+      ``0444``) even when running as root, who may write anything: the owner marked it read-only.
+      ``np.save`` would raise there too; a forced overwrite does not override a file's permissions.
 """
 
 from __future__ import annotations
@@ -13,10 +22,11 @@ import contextlib
 import errno
 import os
 import secrets
+import stat
 from collections.abc import Iterator
 from typing import BinaryIO
 
-__all__ = ["atomic_write", "temporary_name"]
+__all__ = ["atomic_write", "check_replaceable", "temporary_name"]
 
 
 _NAME_MAX = 255  # bytes in one path component on the usual file systems
@@ -50,6 +60,32 @@ def _fsync_directory(directory: str) -> None:
         os.close(fd)
 
 
+_KINDS = {
+    stat.S_IFIFO: "a FIFO (named pipe)",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+}
+
+
+def check_replaceable(target: str) -> None:
+    """Raise unless ``target`` is absent or a regular file the user may write (see the module doc).
+
+    ``target`` has its symbolic links resolved already.
+    """
+    try:
+        st = os.stat(target)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), target)
+    if not stat.S_ISREG(st.st_mode):
+        kind = _KINDS.get(stat.S_IFMT(st.st_mode), "a special file")
+        raise FileExistsError(errno.EEXIST, f"not a regular file ({kind}), so it is not replaced", target)
+    if not os.access(target, os.W_OK) or not st.st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH):
+        raise PermissionError(errno.EACCES, "write-protected (no write permission), so it is not replaced", target)
+
+
 def _naming(exc: OSError, target: str) -> OSError:
     """The same error about the file the user asked for, not about our hidden temporary file."""
     return type(exc)(exc.errno, exc.strerror, target)
@@ -61,13 +97,13 @@ def atomic_write(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
 
     Parent directories are created. A new file gets the usual permissions (``0o666`` less the
     umask); a replaced file keeps its mode. A symbolic link at ``path`` is kept and the file it
-    points to is replaced.
+    points to is replaced. Special and write-protected files are refused (see the module doc):
+    ``IsADirectoryError``, ``FileExistsError``, ``PermissionError``, all naming the file.
     """
     target = os.path.abspath(os.fspath(path))
     if os.path.islink(target):
         target = os.path.realpath(target)
-    if os.path.isdir(target):
-        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), target)
+    check_replaceable(target)
     directory = os.path.dirname(target)
     os.makedirs(directory, exist_ok=True)
     try:
@@ -92,6 +128,7 @@ def atomic_write(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
             os.fsync(fp.fileno())
         if mode is not None:
             os.chmod(tmp, mode)
+        check_replaceable(target)  # again: it may have changed while the data were written
         try:
             os.replace(tmp, target)
         except OSError as exc:

@@ -271,9 +271,13 @@ def export_to_npy(
     return os.path.abspath(output_path)
 
 
-def load_from_npy(path: PathLike, mmap: bool = False, *, progress: Progress | None = None) -> np.ndarray:
-    """Load a 2-D height map from a ``.npy`` file (``mmap=True``: a read-only memory map)."""
-    return read_npy(path, mmap=mmap, progress=progress, check=check_height_map_header)
+def load_from_npy(file_path: PathLike, mmap: bool = False, *, progress: Progress | None = None) -> np.ndarray:
+    """Load a 2-D height map from a ``.npy`` file (``mmap=True``: a read-only memory map).
+
+    ``file_path`` is the TMD toolkit's name for the parameter, so ``load_from_npy(file_path=...)``
+    works as it does there.
+    """
+    return read_npy(file_path, mmap=mmap, progress=progress, check=check_height_map_header)
 
 
 FORMAT = Format(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import ast
 import keyword
+import unicodedata
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -17,7 +18,16 @@ from IPython.core.error import UsageError
 
 from ..heightmap import HEIGHT_MAP
 
-__all__ = ["Tokens", "is_variable_name", "parse_line", "parse_meta", "resolve_name", "split_line", "tokenize"]
+__all__ = [
+    "Tokens",
+    "is_variable_name",
+    "name_problem",
+    "parse_line",
+    "parse_meta",
+    "resolve_name",
+    "split_line",
+    "tokenize",
+]
 
 
 class Tokens(NamedTuple):
@@ -152,7 +162,12 @@ def _check_index(node: ast.AST, text: str) -> None:
         for part in (node.lower, node.upper, node.step):
             if part is not None:
                 _check_index(part, text)
-    elif isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub) and isinstance(node.operand, ast.Constant):
+    elif (
+        isinstance(node, ast.UnaryOp)
+        and isinstance(node.op, (ast.USub, ast.UAdd))
+        and isinstance(node.operand, ast.Constant)
+        and type(node.operand.value) in (int, float, complex)  # -1, not -"a" or -True
+    ):
         return
     elif not isinstance(node, (ast.Constant, ast.Name)):
         raise UsageError(f"{text!r}: only constants and variable names may be used as subscripts")
@@ -195,24 +210,59 @@ def _evaluate_index(node: ast.AST, namespace: Mapping[str, Any], text: str) -> A
     return ast.literal_eval(node)
 
 
+def _shown(text: str, limit: int = 60) -> str:
+    """``text`` as a repr for a one-line message, cut in the middle when long."""
+    shown = repr(text)
+    return shown if len(shown) <= limit else f"{shown[: limit // 2]}\u2026{shown[-limit // 2 :]}"
+
+
 def resolve_name(text: str, namespace: Mapping[str, Any]) -> Any:
     """The object ``text`` names in ``namespace``: a name, ``a.b`` attribute or ``a["k"]``/``a[0]`` item.
 
     Parsed with :mod:`ast` and walked by hand, so nothing but attribute and item access runs.
+    Whatever goes wrong (a bad subscript, ``z[::0]``, a property that raises, an expression too
+    deep to parse) is one :class:`UsageError` line naming ``text``.
     """
+    problem = None
     try:
         tree = ast.parse(text.strip(), mode="eval")
     except SyntaxError:
-        raise UsageError(
-            f"{text!r} is not a variable name, attribute or subscript (such as scan or scan['z'])"
-        ) from None
-    _check_expression(tree.body, text)
-    return _evaluate(tree.body, namespace, text)
+        problem = "is not a variable name, attribute or subscript (such as scan or scan['z'])"
+    except (RecursionError, MemoryError, ValueError):  # too deeply nested to parse; NUL bytes
+        problem = "is too long or deeply nested to be read as a variable name, attribute or subscript"
+    if problem is None:
+        try:
+            _check_expression(tree.body, text)
+            return _evaluate(tree.body, namespace, text)
+        except UsageError:
+            raise
+        except RecursionError:
+            problem = "is too deeply nested to be read as a variable name, attribute or subscript"
+        except Exception as exc:  # a bad subscript such as -"a", a zero slice step, a failing property...
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            problem = f"cannot be evaluated: {type(exc).__name__}" + (f": {reason[:200]}" if reason else "")
+    raise UsageError(f"{_shown(text)} {problem}")
 
 
 def is_variable_name(text: str) -> bool:
     """Whether ``text`` can name a new variable: what ``%tmd_load -n`` and the load panel's Name accept."""
-    return text.isidentifier() and not keyword.iskeyword(text)
+    return name_problem(text) is None
+
+
+def name_problem(text: str) -> str | None:
+    """Why ``text`` cannot name a new variable that code can then use, or None if it can.
+
+    It must be an identifier and not a keyword, and be written as Python reads it: identifiers
+    in code are NFKC-normalised, so a variable bound as ``'ﬁ'`` could never be used by typing
+    ``ﬁ`` (Python reads that as ``fi``). The rule of ``%tmd_load -n`` and the load panel's Name.
+    """
+    if not text.isidentifier() or keyword.iskeyword(text):
+        return f"{_shown(text)} is not a valid Python variable name"
+    normal = unicodedata.normalize("NFKC", text)
+    if normal != text:
+        use = f"type {normal!r} instead" if not keyword.iskeyword(normal) else "choose another name"
+        return f"{_shown(text)} reads as {normal!r} in Python code (names are NFKC-normalised); {use}"
+    return None
 
 
 def parse_meta(items: list[str] | None) -> dict[str, Any]:

@@ -172,6 +172,15 @@ class _ShortRepr(reprlib.Repr):
             return str(x)
         return super().repr1(x, level)
 
+    def repr_int(self, x: int, level: int) -> str:
+        if x.bit_length() > 3 * self.maxother:  # repr would be long, or refused past 4,300 digits
+            digits = int(x.bit_length() * math.log10(2)) + 1
+            return f"<int of about {digits:,} digits>"
+        return _cut(repr(x), self.maxother)
+
+    def repr_bytes(self, x: bytes, level: int) -> str:
+        return _cut(repr(x[: self.maxstring + 1]), self.maxstring)
+
     def repr_str(self, x: str, level: int) -> str:
         if len(x) <= self.maxstring:
             return repr(x)
@@ -210,8 +219,15 @@ _SHORT = _ShortRepr()
 
 
 def short_repr(value: Any, limit: int = MAX_REPR) -> str:
-    """A one-line repr of a metadata value, at most ``limit`` characters (readable forms, see above)."""
-    return _cut(_SHORT.repr(value), limit)
+    """A one-line repr of a metadata value, at most ``limit`` characters (readable forms, see above).
+
+    Never raises: a value whose repr fails is shown by its type.
+    """
+    try:
+        text = _SHORT.repr(value)
+    except Exception:
+        text = f"<{type(value).__name__} value>"
+    return _cut(text, limit)
 
 
 def _type_name(value: Any) -> str:
@@ -413,7 +429,10 @@ class HeightMapResult(dict):
     def _repr_html_(self) -> str | None:
         if not _is_height_map_dict(self):
             return None
-        image = png_img_tag(preview_png(self["height_map"]))
+        try:
+            image = png_img_tag(preview_png(self["height_map"]))
+        except Exception as exc:  # e.g. a range matplotlib cannot draw: the summary still shows
+            image = f"<i>{html.escape(_cut(f'no picture: {exc}', MAX_REPR))}</i>"
         return (
             f'<div class="tmd-nb-result" style="display:flex;gap:1em;align-items:flex-start;flex-wrap:wrap">'
             f"<div>{summary_html(self)}</div><div>{image}</div></div>"

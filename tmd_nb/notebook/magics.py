@@ -25,7 +25,7 @@ from IPython.core.magic_arguments import argument, magic_arguments
 from ..errors import FormatError
 from ..formats import registry
 from ..heightmap import HEIGHT_MAP, keys_text, split_height_map
-from .arguments import is_variable_name, parse_line, parse_meta, resolve_name
+from .arguments import name_problem, parse_line, parse_meta, resolve_name
 from .completion import register_completer, unregister_completer
 from .display import HeightMapResult, count_text, shape_text, size_text
 from .saving import keeping_all, save_reporting
@@ -315,8 +315,9 @@ class TmdMagics(Magics):
         args = parse_line(self.tmd_load.parser, "tmd_load", line)
         if args.help:
             return None
-        if args.name is not None and not is_variable_name(args.name):
-            raise UsageError(f"-n/--name needs a valid Python variable name, not {args.name!r}")
+        problem = None if args.name is None else name_problem(args.name)
+        if problem is not None:
+            raise UsageError(f"-n/--name: {problem}")
         bar = ProgressBar(f"loading {args.path}")
         start = time.perf_counter()
         try:

@@ -11,7 +11,7 @@ from typing import Any
 import ipywidgets as widgets
 
 from ...formats import registry
-from ..arguments import is_variable_name
+from ..arguments import is_variable_name, name_problem
 from ..display import (
     HeightMapResult,
     count_text,
@@ -228,9 +228,7 @@ class LoadPanel(Panel):
             return "no file is loaded; pick a .npz, .npy or .tmd file"
         if not name:
             return "type a variable name"
-        if not is_variable_name(name):
-            return f"{name!r} is not a valid Python variable name"
-        return None
+        return name_problem(name)
 
     def _validate(self) -> None:
         name = self._name.value.strip()
