@@ -31,6 +31,7 @@ import functools
 import math
 import pathlib
 import re
+import threading
 import zoneinfo
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -77,20 +78,28 @@ _PATH_BY_NAME = {name: cls for cls, name in _PATH_TYPES.items()}
 
 
 def _key_path(path: tuple[Any, ...] | list[Any]) -> str:
-    """``['a'][0]['b']`` for messages: each key cut to 40 characters, a deep path cut in the middle."""
+    """``['a'][0]['b']`` for messages: each key cut to 24 characters, a deep path cut in the middle."""
 
     def one(key: Any) -> str:
-        return f"[{key[:40]!r}\u2026]" if isinstance(key, str) and len(key) > 40 else f"[{key!r}]"
+        return f"[{key[:24]!r}\u2026]" if isinstance(key, str) and len(key) > 24 else f"[{key!r}]"
 
-    if len(path) > 8:
-        return "".join(one(p) for p in path[:4]) + f"...({len(path) - 8} more)..." + "".join(one(p) for p in path[-4:])
+    if len(path) > 6:
+        return "".join(one(p) for p in path[:3]) + f"[...{len(path) - 6} more...]" + "".join(one(p) for p in path[-3:])
     return "".join(one(p) for p in path) or "<top level>"
 
 
-def _short(x: Any, limit: int = 120) -> str:
-    """A repr or message for an error, at most ``limit`` characters."""
-    text = x if isinstance(x, str) else repr(x[:limit] if isinstance(x, (str, bytes)) else x)
-    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+def _short(message: str, limit: int = 120) -> str:
+    """A message for an error, at most ``limit`` characters."""
+    return message if len(message) <= limit else message[: limit - 1] + "\u2026"
+
+
+def _shown(x: Any, limit: int = 60) -> str:
+    """The repr of a value from a file, for an error: at most ``limit`` characters, never huge to build."""
+    if isinstance(x, (str, bytes)):
+        x = x[:limit]
+    elif not isinstance(x, (int, float, bool, type(None))):
+        return f"a {type(x).__name__}"
+    return _short(repr(x) if not isinstance(x, int) or x.bit_length() < 200 else "a huge int", limit)
 
 
 # A zone key: names of the zone database ("Europe/Paris", "Etc/GMT+5", "posix/UTC"), never "..".
@@ -125,7 +134,7 @@ def _tz_encode(tz: dt.tzinfo | None, path: tuple[Any, ...]) -> Any:
         key = tz.key
         if _zone(key) is None:
             raise TypeError(
-                f"metadata value at {_key_path(path)} has a time zone {_short(str(tz))} that is not a key of the "
+                f"metadata value at {_key_path(path)} has a time zone {_shown(str(tz))} that is not a key of the "
                 "IANA zone database, so it could not be read back; use a zone such as 'Europe/Paris'"
             )
         return {"zone": key}
@@ -152,7 +161,7 @@ def _tz_decode(obj: Any) -> dt.tzinfo | None:
         # would reach the file system through ZoneInfo.
         zone = _zone(key)
         if zone is None:
-            raise ValueError(f"unknown time zone {_short(key, 60)}")
+            raise ValueError(f"unknown time zone {_shown(key)}")
         return zone
     offset = dt.timedelta(seconds=float(obj["offset"]))
     if offset == dt.timedelta(0) and "name" not in obj:
@@ -172,7 +181,7 @@ def encode(meta: Mapping[str, Any], reserved: set[str] | None = None) -> tuple[d
     # Claim the usable top-level names first, so generated names never collide with them.
     for key in meta:
         if type(key) is not str:
-            raise TypeError(f"metadata key {_short(key)} has type {type(key).__name__}; only str keys can be stored")
+            raise TypeError(f"metadata key {_short(repr(key), 60)} has type {type(key).__name__}; only str keys can be stored")
     for key, value in meta.items():
         if (
             type(value) is np.ndarray
@@ -315,15 +324,37 @@ def check_json_text(text: str, where: str = "metadata") -> None:
 def loads(text: str, where: str = "metadata") -> Any:
     """``json.loads`` within the limits: :func:`check_json_text` first, then the parser.
 
-    Raises ``ValueError`` (one short line) for text beyond the limits or not valid JSON.
+    The standard parser recurses once per level of JSON nesting and counts against the
+    caller's recursion limit; if the caller's stack is already too deep for the (at most
+    :data:`MAX_JSON_DEPTH`) levels, the text is parsed again on a fresh thread, whose stack starts
+    empty. Raises ``ValueError`` (one short line) for text beyond the limits or not valid JSON.
     """
     import json
 
     check_json_text(text, where)
+    problem = None
     try:
         return json.loads(text)
-    except (ValueError, RecursionError) as exc:
+    except RecursionError:
+        pass
+    except ValueError as exc:
         problem = _short(str(exc), 200)
+    if problem is None:
+        outcome: list[Any] = []
+
+        def parse() -> None:
+            try:
+                outcome.append(json.loads(text))
+            except (ValueError, RecursionError) as exc:
+                problem_box.append(_short(str(exc), 200))
+
+        problem_box: list[str] = []
+        worker = threading.Thread(target=parse, name="tmd_nb-json")
+        worker.start()
+        worker.join()
+        if outcome:
+            return outcome[0]
+        problem = problem_box[0] if problem_box else "the parser failed"
     raise ValueError(f"{where} is not valid JSON: {problem}")
 
 
@@ -397,7 +428,7 @@ def decode(
         try:
             frame.container[slot] = _decode_leaf(value, tag, arrays, used)
         except (KeyError, TypeError, ValueError, OverflowError, binascii.Error) as exc:
-            problem = f"has a malformed {_short(tag, 40)} value: {_short(str(exc), 160)}"
+            problem = f"has a malformed {_shown(tag, 40)} value: {_short(str(exc), 160)}"
             break
     if problem is not None:
         path = [frame.slot for frame in stack]
@@ -454,16 +485,16 @@ def _decode_leaf(value: dict[str, Any], tag: Any, arrays: Mapping[str, np.ndarra
     if tag == "ndarray":
         name = _str(value["member"])
         if name not in arrays:
-            raise ValueError(f"it refers to a missing array member {_short(name, 60)}")
+            raise ValueError(f"it refers to a missing array member {_shown(name)}")
         used.add(name)
         return arrays[name]
-    raise ValueError(f"unknown type tag {_short(tag, 60)}")
+    raise ValueError(f"unknown type tag {_shown(tag)}")
 
 
 def _fold(value: dict[str, Any]) -> int:
     fold = value.get("fold", 0)
     if fold not in (0, 1) or type(fold) is not int:
-        raise ValueError(f"fold must be 0 or 1, not {_short(fold, 20)}")
+        raise ValueError(f"fold must be 0 or 1, not {_shown(fold, 20)}")
     return fold
 
 
