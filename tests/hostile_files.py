@@ -13,7 +13,6 @@ import struct
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -48,11 +47,15 @@ def npz_with_metadata(path: Path, text: str | bytes, version: bool = True) -> Pa
 
 
 def nested_error_text(levels: int = 200, key_length: int = 2000) -> str:
-    """Tagged objects nested ``levels`` deep under long keys, with an unknown tag at the bottom."""
-    value: Any = {TAG: "no such tag"}
-    for i in range(levels - 1):
-        value = {TAG: "dict", "items": {f"{i}".ljust(key_length, "k"): value}}
-    return json.dumps({"a": value})
+    """Tagged objects nested ``levels`` deep under long keys, with an unknown tag at the bottom.
+
+    Built as text, not with ``json.dumps``, whose own recursion would stop at about 500 levels.
+    """
+    opening = "".join(
+        f'{{"{TAG}": "dict", "items": {{{json.dumps(str(i).ljust(key_length, "k"))}: '
+        for i in reversed(range(levels - 1))
+    )
+    return '{"a": ' + opening + json.dumps({TAG: "no such tag"}) + "}}" * (levels - 1) + "}"
 
 
 def nested_error(folder: Path, levels: int = 200) -> Path:
