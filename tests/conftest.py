@@ -3,6 +3,10 @@
 Tests that need something a laptop may lack (Chromium, the sample scans in ``../shared``) call
 :func:`require`: it skips with the reason, except under ``TMD_NB_STRICT=1`` (set by ``.ci/run``),
 where a missing requirement is a failure and any skip fails the session.
+
+Hypothesis profiles: ``quick`` (the default, for local runs) and ``thorough`` (``.ci/run``, or
+``HYPOTHESIS_PROFILE=thorough``, or ``CI=true``), with ten times the examples. Property and fuzz
+tests that set no ``max_examples`` of their own take the profile's.
 """
 
 from __future__ import annotations
@@ -11,10 +15,21 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 STRICT = os.environ.get("TMD_NB_STRICT") == "1"
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_TMD = ROOT.parent / "shared" / "data" / "tmd"
+
+_RELAXED = {
+    "deadline": None,  # timing varies on a shared machine; speed is measured by benchmarks/, not here
+    # tmp_path is shared by the examples of one test on purpose (each example overwrites its files).
+    "suppress_health_check": [HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
+}
+settings.register_profile("quick", max_examples=100, **_RELAXED)
+settings.register_profile("thorough", max_examples=1000, **_RELAXED)
+PROFILE = os.environ.get("HYPOTHESIS_PROFILE") or ("thorough" if os.environ.get("CI") == "true" else "quick")
+settings.load_profile(PROFILE)
 
 
 def require(ok: bool, reason: str) -> None:

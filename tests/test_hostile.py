@@ -7,7 +7,9 @@ whose address space is capped (``RLIMIT_AS``) at its own size after the imports 
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
+import enum
 import json
 import os
 import socket
@@ -18,11 +20,14 @@ import warnings
 import zoneinfo
 from pathlib import Path
 
+import helpers
 import hostile_files as hostile
 import numpy as np
 import pytest
 import test_magics
 from hostile_files import TAG, npy_bytes, npz_with_metadata, write_zip
+from hypothesis import given
+from hypothesis import strategies as st
 from test_magics import usage_error
 
 import tmd_nb
@@ -488,3 +493,94 @@ def test_loaders_take_the_toolkits_file_path_keyword(tmp_path: Path) -> None:
     npz = export_to_npz({"height_map": hm(), "units": "mm"}, tmp_path / "a.npz")
     assert np.array_equal(load_from_npy(file_path=npy), hm())
     assert load_from_npz(file_path=npz)["units"] == "mm"
+
+
+# --------------------------------------------------------------------------- 10. the round-trip property
+
+
+SCALAR_TYPES = sorted({np.dtype(code).type for code in np.typecodes["All"]} - {np.object_}, key=lambda t: t.__name__)
+SCALAR_SUBCLASSES = {t: type(f"My_{t.__name__}", (t,), {}) for t in SCALAR_TYPES}
+_UNITS = ["", "[Y]", "[D]", "[s]", "[ns]", "[as]"]
+
+
+@st.composite
+def numpy_scalars(draw) -> np.generic:
+    """A scalar of any numpy type (any bit pattern), or of a subclass of it."""
+    cls = draw(st.sampled_from(SCALAR_TYPES))
+    if cls in (np.str_, np.bytes_):
+        value = cls(draw(st.text(max_size=5)) if cls is np.str_ else draw(st.binary(max_size=5)))
+    elif cls is np.void:
+        value = np.void(draw(st.binary(min_size=1, max_size=4)))
+    else:
+        dtype = (
+            np.dtype(cls)
+            if cls not in (np.datetime64, np.timedelta64)
+            else np.dtype(("<M8" if cls is np.datetime64 else "<m8") + draw(st.sampled_from(_UNITS)))
+        )
+        raw = draw(st.binary(min_size=dtype.itemsize, max_size=dtype.itemsize))
+        value = np.frombuffer(raw, dtype=dtype)[0]
+    if draw(st.booleans()) and cls is not np.void:
+        sub = SCALAR_SUBCLASSES[cls]
+        try:
+            return sub(value)
+        except (TypeError, ValueError, OverflowError):
+            return value
+    return value
+
+
+class MyInt(enum.IntEnum):
+    ONE = 1
+
+
+class MyStr(str):
+    pass
+
+
+class MyDateTime(dt.datetime):
+    pass
+
+
+named_offsets = st.builds(
+    dt.timezone,
+    st.timedeltas(min_value=dt.timedelta(hours=-23, minutes=-59), max_value=dt.timedelta(hours=23, minutes=59)),
+    st.text(max_size=8),
+)
+aware = st.one_of(
+    st.datetimes(timezones=st.timezones() | named_offsets, allow_imaginary=True),
+    st.times(timezones=st.timezones() | named_offsets),
+)
+unusual = st.one_of(
+    numpy_scalars(),
+    st.integers(min_value=-(2**40_000), max_value=2**40_000),
+    aware,
+    st.sampled_from([MyInt.ONE, MyStr("s"), MyDateTime(2024, 1, 1), collections.OrderedDict(a=1), (1, [2])]),
+)
+leaves = helpers.metadata_leaves | unusual
+
+
+def deep(kind: str, levels: int, leaf):
+    return nested(kind, levels, leaf)
+
+
+candidates = st.one_of(
+    st.recursive(
+        leaves,
+        lambda inner: (
+            st.lists(inner, max_size=3)
+            | st.lists(inner, max_size=3).map(tuple)
+            | st.dictionaries(st.text(max_size=5) | st.just(TAG), inner, max_size=3)
+        ),
+        max_leaves=8,
+    ),
+    st.builds(deep, st.sampled_from(["list", "tuple", "dict"]), st.integers(MAX_DEPTH - 3, MAX_DEPTH + 1), leaves),
+)
+
+
+@given(value=candidates)
+def test_every_value_export_accepts_comes_back_with_its_type_and_value(tmp_path: Path, value) -> None:
+    data = {"height_map": hm(), "v": value, "in": {"list": [value]}}
+    try:
+        path = export_to_npz(data, tmp_path / "p.npz")
+    except (TypeError, ValueError):  # refused before anything is written: fine, nothing is lost
+        return
+    helpers.assert_identical(data, load_from_npz(path))

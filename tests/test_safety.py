@@ -10,7 +10,7 @@ import zipfile
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from tmd_nb import FormatError, export_to_npy, export_to_npz, load, load_from_npy, load_from_npz
@@ -230,7 +230,6 @@ def _flip(data: bytes, edits: list[tuple[int, int]]) -> bytes:
     return bytes(out)
 
 
-@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     kind=st.sampled_from(["npz", "npz-stored", "npy"]),
     edits=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), min_size=1, max_size=6),

@@ -10,7 +10,7 @@ import struct
 from pathlib import Path
 
 import numpy as np
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from tmd_nb.errors import FormatError
@@ -77,7 +77,6 @@ def test_mutated_files_load_consistently_or_raise_format_error(tmd_samples: Path
     path = tmp_path / "fuzz.tmd"
     outcomes = {"loaded": 0, "refused": 0}
 
-    @settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
     @given(content=mutated(originals))
     def check(content: bytes) -> None:
         path.write_bytes(content)
