@@ -61,7 +61,7 @@ def _fsync_directory(directory: str) -> None:
 
 
 _KINDS = {
-    stat.S_IFIFO: "a FIFO (named pipe)",
+    stat.S_IFIFO: "a FIFO",
     stat.S_IFCHR: "a character device",
     stat.S_IFBLK: "a block device",
     stat.S_IFSOCK: "a socket",
