@@ -116,6 +116,22 @@ def zip_bomb_array(folder: Path) -> Path:
     return write_zip(folder / "zeros.npz", {"height_map.npy": buf.getvalue()})
 
 
+def unread_member(folder: Path, key: str, mib: int = 320) -> Path:
+    """A member that would be read only to be refused (the version, or a versioned file's metadata
+    as numbers): ``mib`` MiB of zeros, streamed into the archive, about 1 KiB per MiB."""
+    path = folder / f"unread_{key.strip('_')}.npz"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        zf.writestr("height_map.npy", npy_bytes(np.zeros((2, 2))))
+        if key != "__tmd_nb_format__":
+            zf.writestr("__tmd_nb_format__.npy", npy_bytes(np.array(1, dtype=np.int64)))
+        with zf.open(f"{key}.npy", "w", force_zip64=True) as member:
+            member.write(npy_header("<f8", (mib * (1 << 17),)))
+            zeros = bytes(1 << 20)
+            for _ in range(mib):
+                member.write(zeros)
+    return path
+
+
 #: name -> maker, for the memory-capped subprocess.
 MAKERS: dict[str, Callable[[Path], Path]] = {
     "nested_error": nested_error,
@@ -128,4 +144,6 @@ MAKERS: dict[str, Callable[[Path], Path]] = {
     "zero_S0": lambda folder: zero_itemsize(folder, "|S0"),
     "zero_U0": lambda folder: zero_itemsize(folder, "<U0"),
     "zeros": zip_bomb_array,
+    "unread_metadata": lambda folder: unread_member(folder, "metadata"),
+    "unread_version": lambda folder: unread_member(folder, "__tmd_nb_format__"),
 }

@@ -92,6 +92,12 @@ def probe(path: Path, returned: int = 0) -> dict:
         ("zero_S0", "FormatError", "member 'x.npy' has zero-size items (dtype |S0), which are refused"),
         ("zero_U0", "FormatError", "member 'x.npy' has zero-size items (dtype <U0), which are refused"),
         ("zeros", "ok", ""),
+        (
+            "unread_metadata",
+            "FormatError",
+            "member 'metadata.npy' is not a JSON string (dtype float64, shape (41943040,))",
+        ),
+        ("unread_version", "FormatError", "is a malformed format version member (dtype float64, shape (41943040,))"),
     ],
 )
 def test_memory_stays_within_the_returned_arrays_plus_256_mb_plus_50_times_the_file(

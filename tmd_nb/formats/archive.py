@@ -546,8 +546,9 @@ def _malformed(message: str) -> Iterator[None]:
         raise FormatError(f"{message}: {exc}") from None
 
 
-#: ``check(key, dtype, shape, where)``: may refuse a member from its NPY header, before its data are read.
-MemberCheck = Callable[[str, np.dtype, tuple[int, ...], str], None]
+#: ``check(key, dtype, shape, where, keys)``: may refuse a member from its NPY header (and the keys of
+#: every member of the archive), before its data are read.
+MemberCheck = Callable[[str, np.dtype, tuple[int, ...], str, frozenset[str]], None]
 
 
 def read_npz(
@@ -562,8 +563,9 @@ def read_npz(
     Deflated members are inflated (ISA-L where installed) straight into the preallocated arrays;
     the members tmd_nb wrote carry an index of restart points in their deflate stream, and are
     inflated on ``threads`` threads (default: every available core). ``progress(done_bytes,
-    total_bytes)`` counts uncompressed member bytes. ``check(key, dtype, shape, where)`` is called
-    with each member's header, before anything is allocated for its data, and may raise.
+    total_bytes)`` counts uncompressed member bytes. ``check(key, dtype, shape, where, keys)`` is
+    called with each member's header and the keys of all members, before anything is allocated
+    for its data, and may raise.
     """
     where = describe(path)
     workers = thread_count(threads)
@@ -584,6 +586,7 @@ def read_npz(
             if a.start + a.csize > b.offset:
                 raise FormatError(f"{where}: members {a.name!r} and {b.name!r} overlap")
         reporter = Reporter(progress, sum(m.usize for m in members))
+        keys = frozenset(m.key for m in members)
 
         def advance(n: int) -> None:
             try:
@@ -596,7 +599,7 @@ def read_npz(
             for m in members:
                 member = f"{where} member {m.name!r}"
                 with _malformed(f"{member} is corrupt"):
-                    out[m.key] = _read_member(f, m, member, advance, workers, check)
+                    out[m.key] = _read_member(f, m, member, advance, workers, check, keys)
         except _CallbackFailed as failed:
             raise failed.__cause__ from None  # type: ignore[misc]
         reporter.finish()
@@ -604,7 +607,13 @@ def read_npz(
 
 
 def _read_member(
-    f: io.FileIO, m: _Member, where: str, advance: Callable[[int], None], threads: int, check: MemberCheck | None
+    f: io.FileIO,
+    m: _Member,
+    where: str,
+    advance: Callable[[int], None],
+    threads: int,
+    check: MemberCheck | None,
+    keys: frozenset[str],
 ) -> np.ndarray:
     stream = MemberStream(f, m, where)
     prefix_len = min(m.usize, 12)
@@ -620,7 +629,7 @@ def _read_member(
     if offset != len(head):
         raise FormatError(f"{where} has a malformed NPY header")
     if check is not None:
-        check(m.key, dtype, shape, where)
+        check(m.key, dtype, shape, where, keys)
     advance(len(head))
     array = empty_array(dtype, shape, fortran, where)
     buf = bytes_of(array)

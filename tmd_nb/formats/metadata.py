@@ -46,6 +46,7 @@ __all__ = [
     "MAX_TEXT_BYTES",
     "MAX_VALUES",
     "TAG",
+    "InvalidJSON",
     "check_json_text",
     "decode",
     "encode",
@@ -159,7 +160,7 @@ def _tz_decode(obj: Any) -> dt.tzinfo | None:
         key = obj["zone"]
         # Only keys of the zone database: anything else ("America", "../etc", 100,000 characters)
         # would reach the file system through ZoneInfo.
-        zone = _zone(key)
+        zone = _zone(key) if type(key) is str else None
         if zone is None:
             raise ValueError(f"unknown time zone {_shown(key)}")
         return zone
@@ -181,7 +182,9 @@ def encode(meta: Mapping[str, Any], reserved: set[str] | None = None) -> tuple[d
     # Claim the usable top-level names first, so generated names never collide with them.
     for key in meta:
         if type(key) is not str:
-            raise TypeError(f"metadata key {_short(repr(key), 60)} has type {type(key).__name__}; only str keys can be stored")
+            raise TypeError(
+                f"metadata key {_short(repr(key), 60)} has type {type(key).__name__}; only str keys can be stored"
+            )
     for key, value in meta.items():
         if (
             type(value) is np.ndarray
@@ -327,7 +330,8 @@ def loads(text: str, where: str = "metadata") -> Any:
     The standard parser recurses once per level of JSON nesting and counts against the
     caller's recursion limit; if the caller's stack is already too deep for the (at most
     :data:`MAX_JSON_DEPTH`) levels, the text is parsed again on a fresh thread, whose stack starts
-    empty. Raises ``ValueError`` (one short line) for text beyond the limits or not valid JSON.
+    empty. Raises ``ValueError`` (one short line) for text beyond the limits, and its subclass
+    :class:`InvalidJSON` for text that is not JSON.
     """
     import json
 
@@ -355,7 +359,11 @@ def loads(text: str, where: str = "metadata") -> Any:
         if outcome:
             return outcome[0]
         problem = problem_box[0] if problem_box else "the parser failed"
-    raise ValueError(f"{where} is not valid JSON: {problem}")
+    raise InvalidJSON(f"{where} is not valid JSON: {problem}")
+
+
+class InvalidJSON(ValueError):
+    """The metadata text is not JSON at all (as opposed to JSON beyond the limits)."""
 
 
 class _Frame:

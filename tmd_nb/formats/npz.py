@@ -42,7 +42,6 @@ numpy and the standard library.
 from __future__ import annotations
 
 import json
-import math
 import os
 import warnings
 from collections.abc import Mapping
@@ -140,15 +139,24 @@ def load_from_npz(file_path: PathLike, *, progress: Progress | None = None) -> d
     return decode_npz_members(read_npz(file_path, progress=progress, check=check_member), where)
 
 
-def check_member(key: str, dtype: np.dtype, shape: tuple[int, ...], where: str) -> None:
-    """Refuse, from its NPY header alone, a height map that is not one and metadata text beyond the limit."""
+def check_member(key: str, dtype: np.dtype, shape: tuple[int, ...], where: str, keys: frozenset[str]) -> None:
+    """Refuse, from its NPY header alone, a member that would be read only to be refused.
+
+    The height map must be one; the version a 0-d integer; the metadata text (in a file with a
+    version member, or a 0-d string in any file) a 0-d string of at most
+    :data:`~tmd_nb.formats.metadata.MAX_TEXT_BYTES`. Every other member is returned to the caller.
+    """
     if key == HEIGHT_MAP:
         check_height_map_header(dtype, shape, where)
-    elif key == METADATA and dtype.kind in "US":
-        size = math.prod(shape) * dtype.itemsize
-        if size > metadata.MAX_TEXT_BYTES:
+    elif key == VERSION_MEMBER and (shape != () or dtype.kind not in "iu"):
+        raise FormatError(f"{where} is a malformed format version member (dtype {dtype}, shape {shape})")
+    elif key == METADATA and (VERSION_MEMBER in keys or (shape == () and dtype.kind in "US")):
+        if shape != () or dtype.kind not in "US":
+            raise FormatError(f"{where} is not a JSON string (dtype {dtype}, shape {shape})")
+        if dtype.itemsize > metadata.MAX_TEXT_BYTES:
             raise FormatError(
-                f"{where} holds {size:,} bytes of metadata text, more than the {metadata.MAX_TEXT_BYTES:,} allowed"
+                f"{where} holds {dtype.itemsize:,} bytes of metadata text, more than the "
+                f"{metadata.MAX_TEXT_BYTES:,} allowed"
             )
 
 
@@ -172,8 +180,8 @@ def decode_npz_members(members: dict[str, np.ndarray], where: str) -> dict[str, 
     meta: dict[str, Any] = {}
     text = members.get(METADATA)
     if text is not None and (version is not None or (text.shape == () and text.dtype.kind in "US")):
-        members.pop(METADATA)
-        meta = _decode_metadata(text, members, where, written_here=version is not None)
+        del text  # only the member itself, handed over, keeps the text alive while it is decoded
+        meta = _decode_metadata(members.pop(METADATA), members, where, written_here=version is not None)
     clash = sorted(set(meta) & set(members))
     if clash:
         raise FormatError(f"{where} has both a metadata entry and an array member named {clash[0]!r}")
@@ -197,13 +205,14 @@ def _decode_metadata(
         value = value.decode("utf-8") if isinstance(value, bytes) else value
     except UnicodeDecodeError as exc:
         problem = f"{where} member 'metadata' is not UTF-8 text: {exc.reason} at byte {exc.start}"
+    not_json = False
     if problem is None:
         try:
             obj = metadata.loads(value, f"{where} member 'metadata'")
         except ValueError as exc:
-            problem = str(exc)
+            problem, not_json = str(exc), isinstance(exc, metadata.InvalidJSON)
     if problem is not None:
-        if not written_here and isinstance(value, str) and "not valid JSON" in problem:
+        if not_json and not written_here:
             # The TMD toolkit writes str(metadata) when json.dumps fails: keep that text, say why.
             warnings.warn(
                 f"{where} holds metadata that is not JSON (the TMD toolkit writes Python text when it "
