@@ -82,3 +82,9 @@ html_theme_options = {
     "footer_end": ["sphinx-version", "theme-version"],
 }
 html_context = {"default_mode": "light"}
+# Only the examples have pages below them; elsewhere the left column would be an empty "Section
+# Navigation". (Names without wildcards: Sphinx refuses two wildcard patterns matching one page.)
+html_sidebars = {
+    name: []
+    for name in ("index", "getting-started", "user-guide", "magics", "FORMAT", "guarantees", "benchmarks", "api")
+}

@@ -123,7 +123,7 @@ def test_a_notebook_page_shows_its_executed_outputs(page) -> None:
     main = page.locator("main")
     main.get_by_role("link", name="Examples", exact=True).first.click()
     expect(page.locator("h1")).to_contain_text("Examples")
-    main.get_by_role("link", name="tmd_nb quick start").click()
+    main.locator(".toctree-wrapper").get_by_role("link", name="tmd_nb quick start").click()
     expect(page.locator("h1")).to_contain_text("tmd_nb quick start")
 
     widths = _wait_for_pictures(page, "main .cell_output img")

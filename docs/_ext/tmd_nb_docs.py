@@ -70,7 +70,7 @@ class ApiDirective(SphinxDirective):
                     "%s.%s is public (in __all__) but has no docstring", name, member, location=self.get_location()
                 )
             by_kind[_kind(obj)].append(member)
-        lines = [".. autosummary::", ""]
+        lines = [".. autosummary::", "   :nosignatures:", ""]
         lines += [f"   {name}.{member}" for kind in GROUPS for member in sorted(by_kind[kind], key=str.lower)]
         lines.append("")
         for kind, title in GROUPS.items():
@@ -137,8 +137,14 @@ def _rewrite(text: str, base: Path, app: Sphinx, from_dir: str) -> str:
     return LINK.sub(replace, text)
 
 
-def _keep_if_present(text: str, base: Path) -> str:
-    return IF_PRESENT.sub(lambda m: m.group(2) if (base / m.group(1)).exists() else "", text)
+def _keep_if_present(app: Sphinx, text: str, base: Path) -> str:
+    def keep(match: re.Match[str]) -> str:
+        path = base / match.group(1)
+        # A dependency, present or not: the page is read again when the file appears or changes.
+        app.env.note_dependency(str(path))
+        return match.group(2) if path.exists() else ""
+
+    return IF_PRESENT.sub(keep, text)
 
 
 def _on_source_read(app: Sphinx, docname: str, source: list[str]) -> None:
@@ -146,7 +152,7 @@ def _on_source_read(app: Sphinx, docname: str, source: list[str]) -> None:
     if path.suffix != ".md":
         return  # notebooks are JSON; their links are left to MyST-NB
     base = path.parent
-    text = _keep_if_present(source[0], base)
+    text = _keep_if_present(app, source[0], base)
     source[0] = _rewrite(text, base, app, posixpath.dirname(docname))
 
 
