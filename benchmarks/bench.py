@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import tmd_nb  # noqa: E402
-from tmd_nb import deflate  # noqa: E402
+from tmd_nb.formats import deflate  # noqa: E402
 
 SAMPLES = ROOT.parent / "shared" / "data" / "tmd"
 MB = 1e6
@@ -189,7 +189,7 @@ def bench_dataset(d: Dataset, tmp: Path, repeats: int, levels: list[int]) -> lis
             f"NPZ save, level={level}",
             measure(
                 f"export_to_npz level={level}",
-                lambda: tmd_nb.export_to_npz({"height_map": a}, p[key], level=level),
+                lambda key=key, level=level: tmd_nb.export_to_npz({"height_map": a}, p[key], level=level),
                 n,
                 repeats,
                 p[key],
@@ -277,7 +277,7 @@ def machine() -> str:
     return (
         f"machine: {cpu}, {os.cpu_count()} cores ({usable} usable), {platform.system()} {platform.release()}\n"
         f"python {platform.python_version()}, numpy {np.__version__}, isal {isal_version}, "
-        f"tmd_nb {tmd_nb.__version__}; deflate threads {deflate._threads(None)}; load average {load}"
+        f"tmd_nb {tmd_nb.__version__}; deflate threads {deflate.thread_count(None)}; load average {load}"
     )
 
 
@@ -291,7 +291,8 @@ def table(rows: list[Row]) -> str:
         o, t = r.ours, r.theirs
         size = f"{o.file_bytes / t.file_bytes:.3f}" if o.file_bytes and t.file_bytes and "save" in r.op else ""
         lines.append(
-            f"{r.data:<40} {r.op:<35} | {'':<14} {o.seconds * 1e3:8.1f} {o.mbps:7.0f} {o.ratio:>6} {o.peak / MB:7.1f} | "
+            f"{r.data:<40} {r.op:<35} | {'':<14} "
+            f"{o.seconds * 1e3:8.1f} {o.mbps:7.0f} {o.ratio:>6} {o.peak / MB:7.1f} | "
             f"{t.label:<20} {t.seconds * 1e3:8.1f} {t.mbps:7.0f} {t.ratio:>6} {t.peak / MB:7.1f} | "
             f"{t.seconds / o.seconds:5.2f}x {size:>6}"
         )
@@ -311,7 +312,7 @@ def targets(rows: list[Row], big: str) -> str:
     out = []
     for data in (big, big + ", unquantised"):
 
-        def get(op: str) -> Row | None:
+        def get(op: str, data: str = data) -> Row | None:
             return by.get((data, op))
 
         save = get("NPZ save, compressed (default)")

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tmd_nb import npz
 from tmd_nb.errors import FormatError
-from tmd_nb.npz import read_npz, write_npz
+from tmd_nb.formats import archive as npz
+from tmd_nb.formats.archive import read_npz, write_npz
 
 DTYPES = [
     "?",

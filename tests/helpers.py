@@ -33,7 +33,7 @@ def assert_identical(a: Any, b: Any, path: str = "") -> None:
         assert_identical(a.imag, b.imag, path + ".imag")
     elif isinstance(a, (list, tuple)):
         assert len(a) == len(b), f"{path}: length {len(a)} != {len(b)}"
-        for i, (x, y) in enumerate(zip(a, b)):
+        for i, (x, y) in enumerate(zip(a, b, strict=False)):
             assert_identical(x, y, f"{path}[{i}]")
     elif isinstance(a, dict):
         assert list(a) == list(b), f"{path}: keys {list(a)} != {list(b)}"

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 import tmd_nb
-from tmd_nb import atomic, export_to_npy, export_to_npz, load_from_npz
+from tmd_nb import export_to_npy, export_to_npz, load_from_npz
+from tmd_nb.formats import atomic
 
 WRITERS = {"npz": export_to_npz, "npy": export_to_npy}
 

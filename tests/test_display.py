@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 from helpers import png_size
 
-from tmd_nb import display, export_to_npz, load
-from tmd_nb.display import HeightMapResult, preview_png, summary, summary_html, summary_text
+from tmd_nb import export_to_npz, load
+from tmd_nb.notebook import display
+from tmd_nb.notebook.display import HeightMapResult, preview_png, summary, summary_html, summary_text
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -90,7 +91,7 @@ def test_downsample_limits_both_sides_and_is_a_view() -> None:
 
 def test_preview_never_touches_pyplot_or_the_backend() -> None:
     code = (
-        "import matplotlib, sys, numpy as np; matplotlib.use('svg'); from tmd_nb.display import preview_png; "
+        "import matplotlib, sys, numpy as np; matplotlib.use('svg'); from tmd_nb.notebook.display import preview_png; "
         "preview_png(np.ones((3, 3))); assert 'matplotlib.pyplot' not in sys.modules, 'pyplot imported'; "
         "assert matplotlib.get_backend() == 'svg', matplotlib.get_backend(); "
         "assert 'IPython' not in sys.modules and 'ipywidgets' not in sys.modules; print('ok')"
@@ -184,7 +185,7 @@ def test_metadata_values_read_naturally_and_are_cut_at_the_end() -> None:
     # a value too long for the row is cut at its end, never in the middle of a repr
     cut = display.short_repr(dt.datetime(2024, 5, 1, tzinfo=paris), 12)
     assert cut == "2024-05-01T\u2026"
-    assert display.short_repr(list(range(3)) + ["x" * 100], 40).endswith("\u2026") and "..." not in display.short_repr(
+    assert display.short_repr([*list(range(3)), "x" * 100], 40).endswith("\u2026") and "..." not in display.short_repr(
         ["x" * 100], 200
     )
     html = summary_html(data)

@@ -10,10 +10,11 @@ import pytest
 from archive_helpers import same, sample, save_npz
 from conftest import require
 
-from tmd_nb import _io, deflate, load, load_tmd
+from tmd_nb import load, load_tmd
 from tmd_nb.errors import FormatError
-from tmd_nb.npy import read_npy, write_npy
-from tmd_nb.npz import read_npz
+from tmd_nb.formats import _io, deflate
+from tmd_nb.formats.archive import read_npz
+from tmd_nb.formats.npy import read_npy, write_npy
 
 
 def test_large_saves_write_back_while_writing(tmp_path, monkeypatch):

@@ -19,8 +19,10 @@ from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
 from traitlets.config import Config
 
-from tmd_nb import arguments, codec, completion, export_to_npz, load, magics
-from tmd_nb.display import HeightMapResult
+from tmd_nb import export_to_npz, load
+from tmd_nb.formats import registry as codec
+from tmd_nb.notebook import arguments, completion, magics
+from tmd_nb.notebook.display import HeightMapResult
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 SAVED = re.compile(
@@ -593,7 +595,7 @@ def test_extension_enabled_from_ipython_config(tmp_path) -> None:
 def test_panel_magic_shows_the_export_and_load_panels_on_the_user_namespace(ip, tmp_path) -> None:
     from ipywidgets.widgets.widget import Widget
 
-    from tmd_nb.panel import ExportPanel, LoadPanel
+    from tmd_nb.notebook.panel import ExportPanel, LoadPanel
 
     ip.user_ns["surface"] = np.zeros((4, 4))
     export_to_npz({"height_map": np.ones((3, 3)), "units": "um"}, tmp_path / "in.npz")

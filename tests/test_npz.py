@@ -27,10 +27,11 @@ from archive_helpers import (
 )
 from conftest import require
 
-from tmd_nb import _io, deflate, npz
 from tmd_nb.errors import FormatError
-from tmd_nb.npy import read_npy, write_npy
-from tmd_nb.npz import read_npz, write_npz
+from tmd_nb.formats import _io, deflate
+from tmd_nb.formats import archive as npz
+from tmd_nb.formats.archive import read_npz, write_npz
+from tmd_nb.formats.npy import read_npy, write_npy
 
 # ------------------------------------------------------------------------------------------
 # round trips and interop
@@ -117,12 +118,12 @@ def test_progress_is_monotone_and_ends_at_total(tmp_path, monkeypatch):
             tmp_path / f"{compress}.npz",
             {"a": a, "b": b},
             compress=compress,
-            progress=lambda d, t: calls.append((d, t)),
+            progress=lambda d, t, calls=calls: calls.append((d, t)),
         )
         check_progress(calls, a.nbytes + b.nbytes)
         assert len(calls) > 4
         calls = []
-        read_npz(path, progress=lambda d, t: calls.append((d, t)))
+        read_npz(path, progress=lambda d, t, calls=calls: calls.append((d, t)))
         check_progress(calls, sum(i.file_size for i in zipfile.ZipFile(path).infolist()))
         assert len(calls) > 4
     calls = []
@@ -194,8 +195,9 @@ def test_real_zip64_member_over_4_gib(tmp_path):
             crc, n = zlib.crc32(out, crc), n + len(out)
         raw.close()
         assert d.eof and n == info.file_size and crc == info.CRC
-    members, _ = npz._central_directory(open(path, "rb"), path.stat().st_size, "x")
-    assert [m.usize for m in members][0] == info.file_size
+    with open(path, "rb") as f:
+        members, _ = npz._central_directory(f, path.stat().st_size, "x")
+    assert next(m.usize for m in members) == info.file_size
 
 
 # ------------------------------------------------------------------------------------------

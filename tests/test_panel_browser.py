@@ -10,6 +10,7 @@ download browsers here) and the ``browser`` extra; without them the test skips, 
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import re
@@ -78,10 +79,8 @@ def _wait_until_ready(proc: subprocess.Popen, url: str, token: str, log: Path) -
         except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
             last = exc
         proc_wait = 0.2  # a bounded wait on the process itself, which also notices an early exit
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=proc_wait)
-        except subprocess.TimeoutExpired:
-            pass
     pytest.fail(f"JupyterLab did not answer on {url} within {SERVER_START_TIMEOUT:.0f} s ({last}):\n{_tail(log)}")
 
 

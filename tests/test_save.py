@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 import tmd_nb
-from tmd_nb import MetadataNotStoredWarning, codec, height_map_of, load, save
-from tmd_nb.codec import split_height_map
+from tmd_nb import MetadataNotStoredWarning, height_map_of, load, save
+from tmd_nb.formats import npz as codec
+from tmd_nb.heightmap import split_height_map
 
 HEIGHTS = np.arange(12, dtype=np.float32).reshape(3, 4)
 SCAN = {"height_map": HEIGHTS, "units": "um", "when": dt.date(2024, 5, 1)}
@@ -89,7 +90,7 @@ def test_compress_and_level_reach_the_npz_writer(tmp_path: Path) -> None:
 def test_progress_is_passed_through(tmp_path: Path) -> None:
     for name in ("p.npz", "p.npy", "p.tmd"):
         calls: list[tuple[int, int]] = []
-        save(HEIGHTS, tmp_path / name, progress=lambda done, total: calls.append((done, total)))
+        save(HEIGHTS, tmp_path / name, progress=lambda done, total, calls=calls: calls.append((done, total)))
         assert calls and calls[-1][0] == calls[-1][1] > 0, name
 
 

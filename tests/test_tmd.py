@@ -1,4 +1,4 @@
-"""Tests of the ``.tmd`` reader and writer (tmd_nb.tmd) and of content-based dispatch in tmd_nb.load.
+"""Tests of the ``.tmd`` reader and writer (tmd_nb.formats.tmd) and of content-based dispatch in tmd_nb.load.
 
 Synthetic files are written byte by byte with ``struct`` here, independently of export_to_tmd,
 so that reader and writer are each checked against the layout rather than against each other.
@@ -6,6 +6,7 @@ so that reader and writer are each checked against the layout rather than agains
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import struct
@@ -19,8 +20,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tmd_nb
-from tmd_nb import tmd
 from tmd_nb.errors import FormatError, MetadataNotStoredWarning
+from tmd_nb.formats import tmd
 
 V2_HEADER = b"Binary TrueMap Data File v2.0\r\n\0"
 V1_HEADER = b"Binary TrueMap Data File\r\n\0"
@@ -159,7 +160,7 @@ def test_progress_reports_the_data_bytes(tmd_samples: Path) -> None:
     calls: list[tuple[int, int]] = []
     tmd.load_tmd(tmd_samples / "v2_Surface.tmd", progress=lambda done, total: calls.append((done, total)))
     assert calls and calls[-1] == (169 * 169 * 4, 169 * 169 * 4)
-    assert all(a[0] <= b[0] for a, b in zip(calls, calls[1:]))
+    assert all(a[0] <= b[0] for a, b in itertools.pairwise(calls))
 
 
 # --------------------------------------------------------------------------- every variant, hand-made
@@ -359,7 +360,9 @@ def test_export_round_trip_is_bit_exact(
 ) -> None:
     rows = max(1, len(bits) // width)
     hm = np.resize(np.array(bits, dtype="<u4"), rows * width).view("<f4").reshape(rows, width)
-    d = dict(zip(["x_length", "y_length", "x_offset", "y_offset"], lengths), height_map=hm, comment=comment)
+    d = dict(
+        zip(["x_length", "y_length", "x_offset", "y_offset"], lengths, strict=False), height_map=hm, comment=comment
+    )
     out = tmd.export_to_tmd(d, tmp_path_factory.mktemp("rt") / "rt.tmd")
     back = tmd.load_tmd(out)
     assert back["height_map"].tobytes() == hm.tobytes()  # NaN payloads included

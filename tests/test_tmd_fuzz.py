@@ -13,8 +13,8 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tmd_nb import tmd
 from tmd_nb.errors import FormatError
+from tmd_nb.formats import tmd
 
 HEADERS = [
     b"Binary TrueMap Data File v2.0\r\n\0",

@@ -1,7 +1,7 @@
 """tmd_nb: move surface height maps in and out of Jupyter, losslessly and safely.
 
-The codec (:mod:`tmd_nb.codec`, :mod:`tmd_nb.tmd`) needs numpy only; the IPython magics and
-the ipywidgets panel are imported lazily, so ``import tmd_nb`` stays light.
+The format layer (:mod:`tmd_nb.formats`) needs numpy only; the IPython magics and the
+ipywidgets panels (:mod:`tmd_nb.notebook`) are imported lazily, so ``import tmd_nb`` stays light.
 """
 
 from __future__ import annotations
@@ -9,14 +9,19 @@ from __future__ import annotations
 from typing import Any
 
 from ._version import __version__
-from .codec import export_to_npy, export_to_npz, height_map_of, load, load_from_npy, load_from_npz, save
 from .errors import FormatError, MetadataNotStoredWarning
+from .formats.npy import export_to_npy, load_from_npy
+from .formats.npz import export_to_npz, load_from_npz
+from .formats.registry import load, save
+from .formats.tmd import export_to_tmd, load_tmd
+from .heightmap import height_map_of
 
 __all__ = [
     "ExportPanel",
     "FormatError",
     "LoadPanel",
     "MetadataNotStoredWarning",
+    "__version__",
     "export_to_npy",
     "export_to_npz",
     "export_to_tmd",
@@ -30,13 +35,9 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    # Lazy: the .tmd codec is light, but the panel pulls in ipywidgets and matplotlib.
-    if name in ("load_tmd", "export_to_tmd"):
-        from . import tmd
-
-        return getattr(tmd, name)
+    # Lazy: the panels pull in ipywidgets and matplotlib.
     if name in ("ExportPanel", "LoadPanel"):
-        from . import panel
+        from .notebook import panel
 
         return getattr(panel, name)
     raise AttributeError(f"module 'tmd_nb' has no attribute {name!r}")
@@ -44,13 +45,13 @@ def __getattr__(name: str) -> Any:
 
 def load_ipython_extension(ipython: Any) -> None:
     """``%load_ext tmd_nb``: register ``%tmd_export``, ``%tmd_load`` and ``%tmd_panel``."""
-    from .magics import load_ipython_extension as _load
+    from .notebook.magics import load_ipython_extension as load
 
-    _load(ipython)
+    load(ipython)
 
 
 def unload_ipython_extension(ipython: Any) -> None:
     """``%unload_ext tmd_nb``: remove the magics again."""
-    from .magics import unload_ipython_extension as _unload
+    from .notebook.magics import unload_ipython_extension as unload
 
-    _unload(ipython)
+    unload(ipython)

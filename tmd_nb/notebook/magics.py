@@ -1,8 +1,8 @@
 """IPython line magics ``%tmd_export``, ``%tmd_load`` and ``%tmd_panel`` (``%load_ext tmd_nb``).
 
-The work is done by plain functions: :mod:`tmd_nb.arguments` reads the argument line,
+The work is done by plain functions: :mod:`tmd_nb.notebook.arguments` reads the argument line,
 :func:`export_height_map` and :func:`load_height_map` below save and load, and
-:mod:`tmd_nb.completion` completes. :class:`TmdMagics` only parses arguments and prints. Every
+:mod:`tmd_nb.notebook.completion` completes. :class:`TmdMagics` only parses arguments and prints. Every
 user mistake becomes a one-line :class:`~IPython.core.error.UsageError` (IPython shows it
 without a traceback) and leaves no file behind: the codec validates before it writes and
 writes atomically.
@@ -18,15 +18,17 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from IPython.core.error import UsageError
+from IPython.core.interactiveshell import InteractiveShell
 from IPython.core.magic import Magics, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 
-from . import codec
+from ..errors import FormatError
+from ..formats import registry
+from ..heightmap import HEIGHT_MAP, keys_text, split_height_map
 from .arguments import is_variable_name, parse_line, parse_meta, resolve_name
 from .completion import register_completer, unregister_completer
 from .display import HeightMapResult, count_text, shape_text, size_text
-from .errors import FormatError
-from .saving import HOLDS, keys_text, save_reporting
+from .saving import keeping_all, save_reporting
 
 __all__ = [
     "TmdMagics",
@@ -78,7 +80,7 @@ class ProgressBar:
         self._last = now
         self.shown = True
         fraction = min(1.0, done / total) if total > 0 else 1.0
-        filled = int(round(fraction * self.width))
+        filled = round(fraction * self.width)
         bar = "#" * filled + "-" * (self.width - filled)
         stream = self.stream or sys.stderr
         stream.write(f"\r{self.label} [{bar}] {fraction:4.0%} of {size_text(total)}")
@@ -140,19 +142,22 @@ def export_height_map(
     """
     path = expand_path(path)
     ext = os.path.splitext(path)[1].lower()
-    fmt = codec.EXTENSIONS.get(ext)
+    fmt = registry.by_extension(ext)
     if fmt is None:
-        raise UsageError(f"cannot tell the format of {path!r} from its extension: use .npz, .npy or .tmd")
-    if not compress and fmt != "npz":
-        raise UsageError(f"--no-compress applies to .npz files only, not {ext}")
+        raise UsageError(
+            f"cannot tell the format of {path!r} from its extension: use {registry.one_of(list(registry.extensions()))}"
+        )
+    if not compress and "compress" not in fmt.options:
+        takers = registry.one_of([e for f in registry.FORMATS if "compress" in f.options for e in f.extensions])
+        raise UsageError(f"--no-compress applies to {takers} files only, not {ext}")
     try:
-        array, base_meta = codec.split_height_map(data, what)
+        array, base_meta = split_height_map(data, what)
     except (TypeError, ValueError) as exc:
         raise UsageError(str(exc)) from None
-    merged = {codec.HEIGHT_MAP: array, **base_meta, **(meta or {})}
-    if fmt == "npz":
+    merged = {HEIGHT_MAP: array, **base_meta, **(meta or {})}
+    if fmt.check is not None:
         try:  # validate the metadata before touching the file system
-            codec.encode_npz_members(merged)
+            fmt.check(merged)
         except (TypeError, ValueError) as exc:
             raise UsageError(f"{what}: {exc}") from None
     if os.path.isdir(path):
@@ -165,7 +170,7 @@ def export_height_map(
 
     start = time.perf_counter()
     try:
-        saved = save_reporting(merged, path, format=fmt, compress=compress, progress=progress)
+        saved = save_reporting(merged, path, format=fmt.name, compress=compress, progress=progress)
     except FormatError as exc:
         raise UsageError(str(exc)) from None
     except (TypeError, ValueError) as exc:  # what the format cannot hold, e.g. a non-ASCII .tmd comment
@@ -176,12 +181,12 @@ def export_height_map(
     notes = []
     if saved.lost:
         notes.append(
-            f"note: {ext} stores {HOLDS[fmt]} only; {count_text(len(saved.lost), 'metadata key')} "
-            f"not saved ({keys_text(saved.lost)}); use .npz to keep them"
+            f"note: {ext} stores {fmt.holds} only; {count_text(len(saved.lost), 'metadata key')} "
+            f"not saved ({keys_text(saved.lost)}); use {keeping_all()} to keep them"
         )
     return ExportReport(
         path=saved.path,
-        format=fmt,
+        format=fmt.name,
         shape=tuple(array.shape),
         dtype=str(array.dtype),
         metadata_keys=saved.stored,
@@ -195,7 +200,7 @@ def load_height_map(path: str, *, progress: Callable[[int, int], None] | None = 
     """Load an NPZ, NPY or TMD file (recognised by content) as a :class:`HeightMapResult`."""
     path = expand_path(path)
     try:
-        data = codec.load(path, progress=progress)
+        data = registry.load(path, progress=progress)
     except FormatError as exc:
         raise UsageError(str(exc)) from None
     except OSError as exc:
@@ -218,7 +223,7 @@ def export_message(name: str, report: ExportReport) -> str:
 
 def load_message(path: str, name: str, result: Mapping[str, Any], seconds: float) -> str:
     """The one line ``%tmd_load -n NAME`` prints."""
-    array = result[codec.HEIGHT_MAP]
+    array = result[HEIGHT_MAP]
     return (
         f"Loaded {path} into {name} ({shape_text(array.shape)} {array.dtype}, "
         f"{count_text(len(result) - 1, 'metadata key')}) in {_seconds_text(seconds)}"
@@ -231,6 +236,12 @@ def load_message(path: str, name: str, result: Mapping[str, Any], seconds: float
 @magics_class
 class TmdMagics(Magics):
     """Save and load height maps from the notebook: ``%tmd_export``, ``%tmd_load``, ``%tmd_panel``."""
+
+    def _user_shell(self) -> InteractiveShell:
+        """The shell the magics were registered with (always set once IPython has loaded them)."""
+        if self.shell is None:
+            raise UsageError("the tmd_nb magics are not registered with an IPython shell")
+        return self.shell
 
     @magic_arguments()
     @argument("-f", "--force", action="store_true", help="overwrite PATH if it exists (otherwise it is refused)")
@@ -272,7 +283,7 @@ class TmdMagics(Magics):
         args = parse_line(self.tmd_export.parser, "tmd_export", line)
         if args.help:
             return
-        data = resolve_name(args.name, self.shell.user_ns)
+        data = resolve_name(args.name, self._user_shell().user_ns)
         meta = parse_meta(args.meta)
         bar = ProgressBar(f"saving {args.path}")
         try:
@@ -315,7 +326,7 @@ class TmdMagics(Magics):
         seconds = time.perf_counter() - start
         if args.name is None:
             return result
-        self.shell.push({args.name: result})
+        self._user_shell().push({args.name: result})
         print(load_message(expand_path(args.path), args.name, result, seconds))
         return None
 
@@ -332,7 +343,7 @@ class TmdMagics(Magics):
         from . import panel
 
         cls = panel.LoadPanel if args.load else panel.ExportPanel
-        display(cls(namespace=self.shell.user_ns))
+        display(cls(namespace=self._user_shell().user_ns))
 
 
 # --------------------------------------------------------------------------- extension

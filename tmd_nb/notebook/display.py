@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from .codec import height_map_of, split_height_map
+from ..heightmap import height_map_of, split_height_map
 
 __all__ = [
     "HeightMapResult",

@@ -1,6 +1,6 @@
 """Saving for the magics and the panel: :func:`tmd_nb.save`, with dropped metadata reported, not warned.
 
-NPY holds the height map only and TMD a few header fields; their writers warn with
+Formats that hold less than a dict may carry (NPY, TMD, ...) warn with
 :class:`~tmd_nb.errors.MetadataNotStoredWarning`. An interactive user should get one plain note
 instead of a warning with a source line, so :func:`save_reporting` returns which keys were left
 out and each adapter words the note its own way.
@@ -14,14 +14,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .codec import HEIGHT_MAP, keys_text, save
-from .errors import MetadataNotStoredWarning
-from .tmd import FIELDS as TMD_FIELDS
+from ..errors import MetadataNotStoredWarning
+from ..formats import registry
+from ..heightmap import HEIGHT_MAP
 
-__all__ = ["HOLDS", "Saved", "keys_text", "save_reporting"]
+__all__ = ["Saved", "keeping_all", "save_reporting"]
 
-#: What a single-array format holds, in words, for notes about the metadata it leaves out.
-HOLDS = {"npy": "the height map", "tmd": "the height map, lengths, offsets and comment"}
+
+def keeping_all() -> str:
+    """The extensions of the formats that keep every metadata key, for "use ... to keep them" notes."""
+    return registry.one_of([f.extensions[0] for f in registry.FORMATS if f.keeps is None])
 
 
 @dataclass
@@ -39,6 +41,7 @@ def save_reporting(
     *,
     format: str,
     compress: bool = True,
+    level: int | str | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> Saved:
     """:func:`tmd_nb.save` ``data`` in ``format``; its MetadataNotStoredWarning becomes :attr:`Saved.lost`.
@@ -47,7 +50,7 @@ def save_reporting(
     """
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", MetadataNotStoredWarning)
-        written = save(data, path, format=format, compress=compress, progress=progress)
+        written = registry.save(data, path, format=format, compress=compress, level=level, progress=progress)
     dropped = False
     for warning in caught:
         if issubclass(warning.category, MetadataNotStoredWarning):
@@ -55,11 +58,6 @@ def save_reporting(
         else:
             warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     keys = [k for k in data if k != HEIGHT_MAP] if isinstance(data, Mapping) else []
-    if format == "npz":
-        stored, lost = keys, []
-    elif format == "tmd":  # "tmd_version" is derived on load, so leaving it out loses nothing
-        stored = [k for k in keys if k in TMD_FIELDS]
-        lost = [k for k in keys if k not in TMD_FIELDS and k != "tmd_version"]
-    else:
-        stored, lost = [], keys
-    return Saved(path=os.fspath(written), stored=len(stored), lost=lost if dropped else [])
+    fmt = registry.by_name(format)
+    stored = keys if fmt.keeps is None else [k for k in keys if k in fmt.keeps]
+    return Saved(path=os.fspath(written), stored=len(stored), lost=fmt.lost_keys(keys) if dropped else [])

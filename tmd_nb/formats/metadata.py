@@ -15,6 +15,7 @@ back as its base class, and silent coercion is exactly what this format exists t
 from __future__ import annotations
 
 import base64
+import binascii
 import datetime as dt
 import math
 import pathlib
@@ -134,9 +135,9 @@ def encode(meta: Mapping[str, Any], reserved: set[str] | None = None) -> tuple[d
         if t is bytes:
             return {TAG: "bytes", "base64": base64.b64encode(value).decode("ascii")}
         if t is list:
-            return [enc(v, path + (i,)) for i, v in enumerate(value)]
+            return [enc(v, (*path, i)) for i, v in enumerate(value)]
         if t is tuple:
-            return {TAG: "tuple", "items": [enc(v, path + (i,)) for i, v in enumerate(value)]}
+            return {TAG: "tuple", "items": [enc(v, (*path, i)) for i, v in enumerate(value)]}
         if t is dict:
             out = {}
             for k, v in value.items():
@@ -145,7 +146,7 @@ def encode(meta: Mapping[str, Any], reserved: set[str] | None = None) -> tuple[d
                         f"metadata dict at {_key_path(path)} has a key {k!r} of type "
                         f"{type(k).__name__}; only str keys can be stored"
                     )
-                out[k] = enc(v, path + (k,))
+                out[k] = enc(v, (*path, k))
             return {TAG: "dict", "items": out} if TAG in out else out
         if t is dt.datetime:
             out = {
@@ -218,14 +219,14 @@ def decode(
         if value is None or t in (bool, int, float, str):
             return value
         if t is list:
-            return [dec(v, path + (i,)) for i, v in enumerate(value)]
+            return [dec(v, (*path, i)) for i, v in enumerate(value)]
         if t is not dict:
             raise ValueError(f"{where} at {_key_path(path)} has unexpected JSON type {t.__name__}")
         if TAG not in value:
-            return {k: dec(v, path + (k,)) for k, v in value.items()}
+            return {k: dec(v, (*path, k)) for k, v in value.items()}
         try:
             return _decode_tagged(value, path)
-        except (KeyError, TypeError, ValueError, OverflowError, base64.binascii.Error) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError, binascii.Error) as exc:
             raise ValueError(f"{where} at {_key_path(path)} has a malformed {value.get(TAG)!r} value: {exc}") from None
 
     def _decode_tagged(value: dict[str, Any], path: tuple[Any, ...]) -> Any:
@@ -234,12 +235,12 @@ def decode(
             items = value["items"]
             if type(items) is not dict:
                 raise TypeError("items is not an object")
-            return {k: dec(v, path + (k,)) for k, v in items.items()}
+            return {k: dec(v, (*path, k)) for k, v in items.items()}
         if tag == "tuple":
             items = value["items"]
             if type(items) is not list:
                 raise TypeError("items is not a list")
-            return tuple(dec(v, path + (i,)) for i, v in enumerate(items))
+            return tuple(dec(v, (*path, i)) for i, v in enumerate(items))
         if tag == "int":
             return int(_str(value["hex"]), 16)
         if tag == "float":
@@ -254,8 +255,8 @@ def decode(
         if tag == "date":
             return dt.date.fromisoformat(_str(value["value"]))
         if tag == "time":
-            naive = dt.time.fromisoformat(_str(value["value"]))
-            return naive.replace(tzinfo=_tz_decode(value.get("tz")), fold=int(value.get("fold", 0)))
+            clock = dt.time.fromisoformat(_str(value["value"]))
+            return clock.replace(tzinfo=_tz_decode(value.get("tz")), fold=int(value.get("fold", 0)))
         if tag == "timedelta":
             return dt.timedelta(
                 days=_int(value["days"]), seconds=_int(value["seconds"]), microseconds=_int(value["microseconds"])

@@ -2,7 +2,7 @@
 
 :func:`complete` is a plain function of the line before the cursor and the user namespace;
 :func:`register_completer` wraps it in an IPython (>= 8.6) context matcher. The line is read
-with the magics' own tokenizer (:func:`tmd_nb.arguments.tokenize`), so a completed path is
+with the magics' own tokenizer (:func:`tmd_nb.notebook.arguments.tokenize`), so a completed path is
 exactly the word the magic will see.
 """
 
@@ -14,10 +14,9 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import numpy as np
-
+from ..formats import registry
+from ..heightmap import exportable, exportable_names
 from .arguments import tokenize
-from .codec import EXTENSIONS, height_map_of
 
 __all__ = [
     "MATCHER_ID",
@@ -29,7 +28,7 @@ __all__ = [
     "unregister_completer",
 ]
 
-MATCHER_ID = "tmd_nb.magics.complete"
+MATCHER_ID = "tmd_nb.notebook.magics.complete"
 
 _MAGIC_LINE = re.compile(
     r"\s*(?:(?P<target>[A-Za-z_]\w*)\s*=\s*)?(?P<percent>%?)(?P<magic>tmd_export|tmd_load|tmd_panel)"
@@ -39,27 +38,7 @@ _MAGIC_LINE = re.compile(
 _NEEDS_QUOTES = set(" \t\"'\\$#&;|<>()[]{}*?!`")
 
 
-def exportable(namespace: Mapping[str, Any], prefix: str = "") -> dict[str, tuple[Any, np.ndarray]]:
-    """``name -> (value, height map)`` of the user variables that can be saved, in namespace order.
-
-    The one rule for what ``%tmd_export`` completes and the export panel lists: 2-D numeric
-    arrays and dicts with a 2-D "height_map", under names not starting with ``_``.
-    """
-    found = {}
-    for name, value in list(namespace.items()):
-        if isinstance(name, str) and name.startswith(prefix) and not name.startswith("_"):
-            array = height_map_of(value)
-            if array is not None:
-                found[name] = (value, array)
-    return found
-
-
-def exportable_names(namespace: Mapping[str, Any], prefix: str = "") -> list[str]:
-    """User variables ``%tmd_export`` can save (see :func:`exportable`), sorted."""
-    return sorted(exportable(namespace, prefix))
-
-
-def path_candidates(typed: str, extensions: tuple[str, ...] = tuple(EXTENSIONS)) -> list[str]:
+def path_candidates(typed: str, extensions: tuple[str, ...] = registry.extensions()) -> list[str]:
     """Directories (ending in ``/``) and files with one of ``extensions`` that complete ``typed``.
 
     ``~`` is expanded for the lookup and kept in the result; hidden entries are offered only

@@ -1,6 +1,6 @@
 """Deflate and inflate the members of an NPZ archive: ISA-L or zlib, on every core.
 
-Levels (``level`` of :func:`tmd_nb.npz.write_npz` and :func:`tmd_nb.export_to_npz`)
+Levels (``level`` of :func:`tmd_nb.formats.archive.write_npz` and :func:`tmd_nb.export_to_npz`)
     ``None``
         :data:`DEFAULT_LEVEL`, 2: fast.
     ``0``
@@ -24,7 +24,7 @@ Parallel deflate
     compressed from scratch, so every chunk boundary is a point where the stream restarts with no
     reference to earlier data: the (compressed, uncompressed) offsets of those points are the
     member's chunk index (at most :data:`MAX_INDEX` of them, evenly thinned), which
-    :mod:`tmd_nb.npz` stores in an extra field. At levels 4-9 each chunk is primed with the 32 KiB
+    :mod:`tmd_nb.formats.archive` stores in an extra field. At levels 4-9 each chunk is primed with the 32 KiB
     before it (as pigz does), which costs (almost) no compression but leaves no restart points.
 
 Inflate
@@ -40,21 +40,24 @@ Inflate
 from __future__ import annotations
 
 import collections
+import io
 import itertools
 import math
 import os
 import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from types import ModuleType
 from typing import Any, BinaryIO, Protocol
 
 import numpy as np
 
+from ..errors import FormatError
 from . import _io
-from ._io import _Reporter, _WriteBehind
-from .errors import FormatError
-from .npy import _data_pieces
+from ._io import Reporter, WriteBehind
+from .npy import data_pieces
 
+_isal_zlib: ModuleType | None
 try:  # ISA-L: the same deflate format, several times faster. A declared dependency, but optional here.
     from isal import isal_zlib as _isal_zlib
 except ImportError:  # pragma: no cover - exercised by monkeypatching _isal_zlib to None
@@ -80,9 +83,9 @@ _SYNC_MARK = b"\x00\x00\xff\xff"  # the empty stored block a sync flush ends wit
 _PROBE = b"\x03\x00"  # an empty final block: ends the stream only if it comes where a block may start
 
 # What inflating a damaged stream can raise (besides ValueError and the like).
-_INFLATE_ERRORS: tuple[type[BaseException], ...] = (zlib.error,)
+INFLATE_ERRORS: tuple[type[BaseException], ...] = (zlib.error,)
 if _isal_zlib is not None:
-    _INFLATE_ERRORS += (_isal_zlib.error,)
+    INFLATE_ERRORS += (_isal_zlib.error,)
 
 
 class _MemberData(Protocol):
@@ -98,7 +101,7 @@ class _MemberData(Protocol):
     def deflated(self) -> bool: ...
 
 
-def _threads(threads: int | None) -> int:
+def thread_count(threads: int | None) -> int:
     if threads is not None:
         if type(threads) is not int or threads < 1:
             raise ValueError(f"threads must be a positive int or None, not {threads!r}")
@@ -110,11 +113,11 @@ def _threads(threads: int | None) -> int:
     return max(1, min(n, MAX_THREADS))
 
 
-def _crc32(data: Any, crc: int = 0) -> int:
+def crc32_of(data: Any, crc: int = 0) -> int:
     return (_isal_zlib.crc32 if _isal_zlib is not None else zlib.crc32)(data, crc)
 
 
-def _inflate_bound(csize: int) -> int:
+def inflate_bound(csize: int) -> int:
     """The most bytes ``csize`` bytes of deflate stream can honestly inflate to."""
     return csize * MAX_DEFLATE_RATIO + 1024
 
@@ -124,7 +127,7 @@ def _inflate_bound(csize: int) -> int:
 # --------------------------------------------------------------------------------------------
 
 
-class _Codec:
+class Codec:
     """What a ``level`` means: which library, which of its levels, and whether chunks are primed."""
 
     def __init__(self, level: int | None) -> None:
@@ -150,7 +153,10 @@ class _Codec:
     def compress(self, pieces: list[memoryview], zdict: bytes | None, final: bool) -> bytes:
         mod = self.module
         if mod is zlib:
-            c = zlib.compressobj(self.lib_level, zlib.DEFLATED, -15, 9, **({"zdict": zdict} if zdict else {}))
+            if zdict:
+                c = zlib.compressobj(self.lib_level, zlib.DEFLATED, -15, 9, zdict=zdict)
+            else:
+                c = zlib.compressobj(self.lib_level, zlib.DEFLATED, -15, 9)
         else:
             c = mod.compressobj(self.lib_level, mod.DEFLATED, -15)
         out = [c.compress(p) for p in pieces]
@@ -175,7 +181,7 @@ def _jobs(header: bytes, array: np.ndarray) -> Iterator[tuple[list[memoryview], 
     """Chunks of the member's bytes: (pieces, array bytes in them, is it the last chunk)."""
     pending: list[memoryview] = [memoryview(header)]
     pending_data = 0
-    for piece in _data_pieces(array, DEFLATE_CHUNK):
+    for piece in data_pieces(array, DEFLATE_CHUNK):
         if pending_data:
             yield pending, pending_data, False
             pending, pending_data = [], 0
@@ -184,10 +190,10 @@ def _jobs(header: bytes, array: np.ndarray) -> Iterator[tuple[list[memoryview], 
     yield pending, pending_data, True
 
 
-class _Deflater:
+class Deflater:
     """Deflates the members of one archive in turn, on one thread pool made for the first large member."""
 
-    def __init__(self, codec: _Codec, workers: int) -> None:
+    def __init__(self, codec: Codec, workers: int) -> None:
         self.codec, self.workers = codec, workers
         self.pool: ThreadPoolExecutor | None = None
 
@@ -196,8 +202,8 @@ class _Deflater:
         fp: BinaryIO,
         header: bytes,
         array: np.ndarray,
-        reporter: _Reporter,
-        behind: _WriteBehind,
+        reporter: Reporter,
+        behind: WriteBehind,
         index: list[tuple[int, int]],
     ) -> int:
         if self.workers > 1 and self.pool is None and array.nbytes > DEFLATE_CHUNK:
@@ -213,11 +219,11 @@ def _deflate_member(
     fp: BinaryIO,
     header: bytes,
     array: np.ndarray,
-    codec: _Codec,
+    codec: Codec,
     pool: ThreadPoolExecutor | None,
     workers: int,
-    reporter: _Reporter,
-    behind: _WriteBehind,
+    reporter: Reporter,
+    behind: WriteBehind,
     index: list[tuple[int, int]],
 ) -> int:
     """Deflate header + array bytes into ``fp`` as one stream; return the CRC-32 of the input.
@@ -241,7 +247,7 @@ def _deflate_member(
 
     for pieces, data_bytes, final in _jobs(header, array):
         for p in pieces:  # the main thread computes the CRC while the workers compress
-            crc = _crc32(p, crc)
+            crc = crc32_of(p, crc)
         zdict = _tail(previous, _WINDOW) if codec.prime and previous else None
         previous = pieces
         if done_in and not codec.prime:  # where this chunk starts: the previous one ended flushed
@@ -272,10 +278,10 @@ def _deflate_member(
 # --------------------------------------------------------------------------------------------
 
 
-class _MemberStream:
+class MemberStream:
     """The uncompressed bytes of one member, produced on demand, bounded by its declared sizes."""
 
-    def __init__(self, f: BinaryIO, m: _MemberData, where: str) -> None:
+    def __init__(self, f: io.FileIO, m: _MemberData, where: str) -> None:
         self.f, self.m, self.where = f, m, where
         self.left_in = m.csize  # compressed bytes not yet read from the file
         self.left_out = m.usize  # uncompressed bytes not yet produced
@@ -313,7 +319,7 @@ class _MemberStream:
                 n = self.f.readinto(buf[pos : pos + _io.CHUNK])
                 if not n:
                     raise FormatError(f"{self.where} is truncated: its data is cut off")
-                self.crc = _crc32(buf[pos : pos + n], self.crc)
+                self.crc = crc32_of(buf[pos : pos + n], self.crc)
                 self.left_in -= n
                 self.left_out -= n
                 pos += n
@@ -349,7 +355,7 @@ class _MemberStream:
                     raise FormatError(f"{self.where} is truncated: its deflate stream is cut off")
                 return b""
         self.left_out -= len(data)
-        self.crc = _crc32(data, self.crc)
+        self.crc = crc32_of(data, self.crc)
         return data
 
     def finish(self) -> None:
@@ -374,10 +380,10 @@ class _MemberStream:
             )
 
 
-def _inflate_rest(
+def inflate_rest(
     f: BinaryIO,
     m: _MemberData,
-    stream: _MemberStream,
+    stream: MemberStream,
     head: bytes,
     buf: memoryview,
     where: str,
@@ -407,11 +413,13 @@ def _inflate_parallel(
     end the stream exactly: then a sequential inflater is at the same block boundary there, so the
     result is exactly what any other reader of the archive gets (and the CRC is checked too).
     """
+    isal = _isal_zlib
+    assert isal is not None  # the caller takes this path only when ISA-L is there
     hlen = len(head)
     bounds = [(0, 0), *m.index, (m.csize, m.usize)]
     bad = f"{where} has a malformed tmd_nb chunk index"
-    for (c0, u0), (c1, u1) in zip(bounds, bounds[1:]):
-        if not (c0 < c1 and u0 < u1) or u1 - u0 > _inflate_bound(c1 - c0):
+    for (c0, u0), (c1, u1) in itertools.pairwise(bounds):
+        if not (c0 < c1 and u0 < u1) or u1 - u0 > inflate_bound(c1 - c0):
             raise FormatError(bad)
     if bounds[1][1] < hlen:
         raise FormatError(bad)
@@ -422,7 +430,7 @@ def _inflate_parallel(
         last = i == len(bounds) - 2
         if not last and os.pread(fd, 4, m.start + c1 - 4) != _SYNC_MARK:
             raise FormatError(f"{bad}: no flush point at compressed offset {c1}")
-        d = _isal_zlib.decompressobj(-15)
+        d = isal.decompressobj(-15)
         cpos, pos, crc, tail = c0, u0, 0, b""
         while True:
             if not tail and cpos < c1:
@@ -446,7 +454,7 @@ def _inflate_parallel(
                     buf[0 : len(out) - k] = out[k:]
                 else:
                     buf[pos - hlen : end - hlen] = out
-                crc = _isal_zlib.crc32(out, crc)
+                crc = isal.crc32(out, crc)
                 pos = end
             elif d.eof or cpos >= c1:
                 break
@@ -462,7 +470,7 @@ def _inflate_parallel(
     def collect(future: Future[tuple[int, int]]) -> None:
         nonlocal crc, reported
         part_crc, n = future.result()
-        crc = part_crc if crc is None else _isal_zlib.crc32_combine(crc, part_crc, n)
+        crc = part_crc if crc is None else isal.crc32_combine(crc, part_crc, n)
         advance(n - reported)
         reported = 0
 

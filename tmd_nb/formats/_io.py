@@ -6,13 +6,14 @@ one assignment changes them everywhere (tests lower them to exercise many chunks
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 import threading
 from collections.abc import Callable
 from typing import BinaryIO
 
-from .errors import FormatError
+from ..errors import FormatError
 
 __all__ = ["Progress"]
 
@@ -20,15 +21,15 @@ Progress = Callable[[int, int], None]
 
 # Unit of I/O and of progress reports when reading and writing uncompressed data.
 CHUNK = 1 << 23
-# Large saves start writing back to disk every this many bytes, while they go on (see _WriteBehind).
+# Large saves start writing back to disk every this many bytes, while they go on (see WriteBehind).
 WRITE_BEHIND = 1 << 24
 
 
-def _describe(path: str | os.PathLike[str]) -> str:
+def describe(path: str | os.PathLike[str]) -> str:
     return repr(os.fspath(path))
 
 
-def _open(path: str | os.PathLike[str], where: str) -> BinaryIO:
+def open_file(path: str | os.PathLike[str], where: str) -> io.FileIO:
     """Open for unbuffered reading; refuse a FIFO or socket, whose open or read could block forever."""
     try:
         mode = os.stat(path).st_mode
@@ -36,10 +37,10 @@ def _open(path: str | os.PathLike[str], where: str) -> BinaryIO:
         mode = 0  # let open() raise the proper OSError
     if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
         raise FormatError(f"{where} is not a regular file (a pipe or socket)")
-    return open(path, "rb", buffering=0)  # type: ignore[return-value]
+    return io.FileIO(path, "rb")
 
 
-class _WriteBehind:
+class WriteBehind:
     """Start the disk write-back of a large save while it is still being written.
 
     The caller fsyncs at the end for durability (tmd_nb saves through ``atomic_write``); by then
@@ -98,7 +99,7 @@ class _WriteBehind:
             self.thread = None
 
 
-class _Reporter:
+class Reporter:
     """Running total for ``progress(done_bytes, total_bytes)``, fed by whoever writes the bytes."""
 
     def __init__(self, progress: Progress | None, total: int) -> None:
@@ -114,7 +115,7 @@ class _Reporter:
             self.progress(0, 0)
 
 
-def _read_into(fp: BinaryIO, buf: memoryview, where: str, reporter: _Reporter) -> None:
+def read_into(fp: io.RawIOBase | io.BufferedIOBase, buf: memoryview, where: str, reporter: Reporter) -> None:
     """Fill ``buf`` from ``fp`` in pieces of :data:`CHUNK` bytes, reporting each to ``reporter``.
 
     Callers have checked the file's size against ``len(buf)``, so a file that runs out of bytes

@@ -31,17 +31,21 @@ import io
 import math
 import os
 import struct
-from collections.abc import Callable, Iterator
-from typing import BinaryIO
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, BinaryIO
 
 import numpy as np
 from numpy.lib import format as npformat
 
+from ..errors import FormatError, MetadataNotStoredWarning
+from ..heightmap import check_height_map_header, keys_text, split_height_map
 from . import _io
-from ._io import Progress, _describe, _open, _read_into, _Reporter, _WriteBehind
-from .errors import FormatError
+from ._io import Progress, Reporter, WriteBehind, describe, open_file, read_into
+from .atomic import atomic_write
+from .base import Format, PathLike
 
-__all__ = ["NPY_MAGIC", "read_npy", "write_npy"]
+__all__ = ["FORMAT", "NPY_MAGIC", "export_to_npy", "load_from_npy", "read_npy", "write_npy"]
 
 NPY_MAGIC = b"\x93NUMPY"
 # dtype kinds a member may have: bool, integers, floats, complex, str, bytes, datetime64, timedelta64.
@@ -54,7 +58,7 @@ def is_array_kind(dtype: np.dtype) -> bool:
     return dtype.kind in ALLOWED_KINDS and dtype.fields is None and dtype.subdtype is None
 
 
-def _parse_header(fp: BinaryIO, where: str) -> tuple[np.dtype, tuple[int, ...], bool, int]:
+def parse_header(fp: BinaryIO, where: str) -> tuple[np.dtype, tuple[int, ...], bool, int]:
     """Read an NPY header from ``fp``; return dtype, shape, fortran order and header length."""
     magic = fp.read(len(NPY_MAGIC))
     if magic != NPY_MAGIC:
@@ -83,7 +87,7 @@ def _parse_header(fp: BinaryIO, where: str) -> tuple[np.dtype, tuple[int, ...], 
     return dtype, tuple(int(n) for n in shape), bool(fortran), fp.tell()
 
 
-def _header_length(prefix: bytes, where: str) -> int:
+def header_length(prefix: bytes, where: str) -> int:
     """The whole header's length from its first 12 bytes (fewer if the data are shorter).
 
     Lets a stream read exactly the header, and no more, before parsing it.
@@ -99,11 +103,11 @@ def _header_length(prefix: bytes, where: str) -> int:
     return hlen
 
 
-def _nbytes(dtype: np.dtype, shape: tuple[int, ...]) -> int:
+def data_size(dtype: np.dtype, shape: tuple[int, ...]) -> int:
     return math.prod(shape) * dtype.itemsize
 
 
-def _header_bytes(array: np.ndarray, what: str) -> bytes:
+def header_bytes(array: np.ndarray, what: str) -> bytes:
     """The NPY header numpy itself would write for ``array`` (format 1.0, or 2.0 if it must)."""
     dtype = array.dtype
     if dtype.hasobject:
@@ -120,7 +124,7 @@ def _header_bytes(array: np.ndarray, what: str) -> bytes:
     return buf.getvalue()
 
 
-def _data_pieces(array: np.ndarray, piece: int) -> Iterator[memoryview]:
+def data_pieces(array: np.ndarray, piece: int) -> Iterator[memoryview]:
     """The bytes of ``array`` in the order its NPY header promises, in pieces of at most ``piece``.
 
     Contiguous arrays (C or Fortran order) are sliced without copying; other layouts are copied
@@ -135,13 +139,15 @@ def _data_pieces(array: np.ndarray, piece: int) -> Iterator[memoryview]:
     else:
         flat = None
     if flat is not None:
-        raw = memoryview(flat.view(np.uint8))
+        raw = flat.view(np.uint8).data
         for start in range(0, len(raw), piece):
             yield raw[start : start + piece]
         return
     step = max(1, piece // array.itemsize)
     for block in np.nditer(array, flags=["external_loop", "buffered", "zerosize_ok"], buffersize=step, order="C"):
-        yield memoryview(block.tobytes())  # nditer reuses its buffer: this copy is one piece only
+        # nditer reuses its buffer: this copy is one piece only. With external_loop it yields arrays;
+        # numpy's stubs type the items as tuples.
+        yield memoryview(block.tobytes())  # type: ignore[attr-defined]
 
 
 def write_npy(fp: BinaryIO, array: np.ndarray, progress: Progress | None = None) -> None:
@@ -150,16 +156,16 @@ def write_npy(fp: BinaryIO, array: np.ndarray, progress: Progress | None = None)
     ``progress(done_bytes, total_bytes)`` is called after each piece of array data.
     """
     array = np.asanyarray(array)
-    fp.write(_header_bytes(array, "array"))
-    _write_data(fp, array, progress)
+    fp.write(header_bytes(array, "array"))
+    write_data(fp, array, progress)
 
 
-def _write_data(fp: BinaryIO, array: np.ndarray, progress: Progress | None) -> None:
+def write_data(fp: BinaryIO, array: np.ndarray, progress: Progress | None) -> None:
     """Stream the bytes of ``array`` into ``fp`` in pieces (no copy), starting write-back as they go."""
-    reporter = _Reporter(progress, array.nbytes)
-    behind = _WriteBehind(fp, array.nbytes)
+    reporter = Reporter(progress, array.nbytes)
+    behind = WriteBehind(fp, array.nbytes)
     try:
-        for piece in _data_pieces(array, _io.CHUNK):
+        for piece in data_pieces(array, _io.CHUNK):
             fp.write(piece)
             behind.wrote(len(piece))
             reporter.add(len(piece))
@@ -181,13 +187,13 @@ def read_npy(
     ``progress(done_bytes, total_bytes)``. ``check(dtype, shape, where)`` may refuse the array
     from its header alone, before any data is read.
     """
-    where = _describe(path)
-    with _open(path, where) as fp:
+    where = describe(path)
+    with open_file(path, where) as fp:
         size = os.fstat(fp.fileno()).st_size
-        dtype, shape, fortran, offset = _parse_header(fp, where)  # type: ignore[arg-type]
+        dtype, shape, fortran, offset = parse_header(fp, where)
         if check is not None:
             check(dtype, shape, where)
-        expected = offset + _nbytes(dtype, shape)
+        expected = offset + data_size(dtype, shape)
         if expected != size:
             raise FormatError(
                 f"{where}: header claims {expected - offset} data bytes but the file stores {size - offset}"
@@ -199,22 +205,63 @@ def read_npy(
             if progress is not None:
                 progress(array.nbytes, array.nbytes)
             return array
-        array = _empty(dtype, shape, fortran, where)
-        reporter = _Reporter(progress, array.nbytes)
-        _read_into(fp, _bytes_of(array), where, reporter)  # type: ignore[arg-type]
+        array = empty_array(dtype, shape, fortran, where)
+        reporter = Reporter(progress, array.nbytes)
+        read_into(fp, bytes_of(array), where, reporter)
         reporter.finish()
         return array
 
 
-def _empty(dtype: np.dtype, shape: tuple[int, ...], fortran: bool, where: str) -> np.ndarray:
+def empty_array(dtype: np.dtype, shape: tuple[int, ...], fortran: bool, where: str) -> np.ndarray:
     try:
         return np.empty(shape, dtype=dtype, order="F" if fortran else "C")
     except (MemoryError, ValueError) as exc:
         raise FormatError(f"{where}: cannot allocate an array of shape {shape} and dtype {dtype}: {exc}") from None
 
 
-def _bytes_of(array: np.ndarray) -> memoryview:
+def bytes_of(array: np.ndarray) -> memoryview:
     """A writable byte view of a freshly allocated (hence contiguous) array."""
     if array.nbytes == 0:
         return memoryview(bytearray())
-    return memoryview(array.reshape(-1, order="A").view(np.uint8))
+    return array.reshape(-1, order="A").view(np.uint8).data
+
+
+def export_to_npy(
+    data: np.ndarray | Mapping[str, Any], output_path: PathLike, *, progress: Progress | None = None
+) -> str:
+    """Save the height map as a standard ``.npy`` file at exactly ``output_path``.
+
+    NPY holds the array only: metadata in ``data`` is not stored, and a
+    :class:`~tmd_nb.errors.MetadataNotStoredWarning` says so. Returns the absolute path.
+    """
+    array, meta = split_height_map(data)
+    if meta:
+        warnings.warn(
+            f"NPY stores the height map only; metadata not saved to {os.fspath(output_path)!r}: "
+            f"{keys_text(meta, 10)}. "
+            "Use export_to_npz to keep it.",
+            MetadataNotStoredWarning,
+            stacklevel=2,
+        )
+    with atomic_write(output_path) as fp:
+        write_npy(fp, array, progress=progress)
+    return os.path.abspath(output_path)
+
+
+def load_from_npy(path: PathLike, mmap: bool = False, *, progress: Progress | None = None) -> np.ndarray:
+    """Load a 2-D height map from a ``.npy`` file (``mmap=True``: a read-only memory map)."""
+    return read_npy(path, mmap=mmap, progress=progress, check=check_height_map_header)
+
+
+FORMAT = Format(
+    name="npy",
+    title="NPY",
+    extensions=(".npy",),
+    summary="the height map alone (numpy array file)",
+    recognise=lambda head, path: head.startswith(NPY_MAGIC),
+    load=lambda path, *, progress=None: {"height_map": load_from_npy(path, progress=progress)},
+    save=export_to_npy,
+    keeps=frozenset(),
+    label="height map only",
+    holds="the height map",
+)

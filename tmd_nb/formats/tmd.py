@@ -61,13 +61,14 @@ from typing import Any
 
 import numpy as np
 
-from ._io import Progress, _open, _read_into, _Reporter
+from ..errors import FormatError, MetadataNotStoredWarning
+from ..heightmap import keys_text, split_height_map
+from ._io import Progress, Reporter, open_file, read_into
 from .atomic import atomic_write
-from .codec import keys_text, split_height_map
-from .errors import FormatError, MetadataNotStoredWarning
-from .npy import _write_data
+from .base import Format
+from .npy import write_data
 
-__all__ = ["HEADER_V2", "MAGIC", "export_to_tmd", "load_tmd", "looks_like_tmd"]
+__all__ = ["FIELDS", "FORMAT", "HEADER_V2", "MAGIC", "export_to_tmd", "load_tmd", "looks_like_tmd"]
 
 MAGIC = b"Binary TrueMap Data File"
 HEADER_V2 = MAGIC + b" v2.0\r\n\0"
@@ -85,7 +86,7 @@ _KNOWN_KEYS = frozenset({"height_map", *FIELDS, "tmd_version"})
 PathLike = str | os.PathLike[str]
 
 
-def looks_like_tmd(head: bytes) -> bool:
+def looks_like_tmd(head: bytes | bytearray) -> bool:
     """Whether ``head`` (the first bytes of a file) starts with the TrueMap header, in any letter case."""
     return bytes(head[: len(MAGIC)]).lower() == _MAGIC_LOWER
 
@@ -143,7 +144,7 @@ def load_tmd(path: PathLike, *, mmap: bool = False, progress: Progress | None = 
     file; the file's size is checked against its header before anything is allocated.
     """
     where = repr(os.fspath(path))
-    with _open(path, where) as fp:  # refuses a pipe before opening it: open() would block
+    with open_file(path, where) as fp:  # refuses a pipe before opening it: open() would block
         st = os.fstat(fp.fileno())
         if not stat.S_ISREG(st.st_mode):
             raise FormatError(f"{where} is not a regular file")
@@ -212,7 +213,7 @@ def load_tmd(path: PathLike, *, mmap: bool = False, progress: Progress | None = 
         else:
             fp.seek(data_start)
             height_map = np.empty((height, width), dtype=_DTYPE)  # no per-value Python work
-            _read_into(fp, memoryview(height_map).cast("B"), where, _Reporter(progress, height_map.nbytes))
+            read_into(fp, height_map.data.cast("B"), where, Reporter(progress, height_map.nbytes))
     if not height_map.dtype.isnative:  # pragma: no cover - big-endian hosts only
         height_map = height_map.astype(np.float32)
     return {
@@ -322,5 +323,20 @@ def export_to_tmd(
     header = HEADER_V2 + comment.encode("ascii") + b"\0" + struct.pack("<II", width, height) + fields
     with atomic_write(output_path) as fp:
         fp.write(header)
-        _write_data(fp, heights, progress)  # C-contiguous, so its bytes go out row-major
+        write_data(fp, heights, progress)  # C-contiguous, so its bytes go out row-major
     return os.path.abspath(output_path)
+
+
+FORMAT = Format(
+    name="tmd",
+    title="TMD",
+    extensions=(".tmd",),
+    summary="TrueMap / GelSight scan: heights, lengths, offsets, comment",
+    recognise=lambda head, path: looks_like_tmd(head),
+    load=load_tmd,
+    save=export_to_tmd,
+    keeps=frozenset(FIELDS),
+    derived=frozenset({"tmd_version"}),
+    label="TrueMap",
+    holds="the height map, lengths, offsets and comment",
+)

@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 
 from IPython.core.error import UsageError
 
-from .codec import HEIGHT_MAP
+from ..heightmap import HEIGHT_MAP
 
 __all__ = ["Tokens", "is_variable_name", "parse_line", "parse_meta", "resolve_name", "split_line", "tokenize"]
 

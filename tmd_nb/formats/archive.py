@@ -1,7 +1,7 @@
 """NPZ archives: zip archives of NPY members, written and read by tmd_nb's own zip code.
 
 The writer streams each array into its member (no copy of the array is made), compressing with
-:mod:`tmd_nb.deflate`, and writes the zip structures itself, with Zip64 where needed; the reader
+:mod:`tmd_nb.formats.deflate`, and writes the zip structures itself, with Zip64 where needed; the reader
 checks every structure before it trusts it and inflates straight into the preallocated arrays.
 Whatever the writer produces is an ordinary NPZ that plain ``numpy.load`` opens.
 
@@ -14,8 +14,8 @@ Archive layout (PKWARE APPNOTE 6.3; all integers little-endian)
       seekable, and no data descriptors are written), the name ``<key>.npy``; and, when the member
       could reach 4 GiB, a Zip64 extra field (tag ``0x0001``) holding both sizes, with
       ``0xFFFFFFFF`` in the 32-bit fields;
-    * the member's data: an NPY file (see :mod:`tmd_nb.npy`), as it is or as one raw deflate
-      stream (see :mod:`tmd_nb.deflate`).
+    * the member's data: an NPY file (see :mod:`tmd_nb.formats.npy`), as it is or as one raw deflate
+      stream (see :mod:`tmd_nb.formats.deflate`).
 
     Then the central directory, one entry per member (made by Unix, version 20 or 45, mode
     0644), whose extra fields are: a Zip64 field with those of the uncompressed size, compressed
@@ -31,15 +31,15 @@ The chunk-index extra field
     member's data and from the start of its NPY bytes, in increasing order, excluding 0 and the
     ends: the points where the member's deflate stream restarts from scratch (the previous chunk
     ended with a sync flush, and nothing after refers to data before). ``n`` is at most
-    :data:`~tmd_nb.deflate.MAX_INDEX`. Stored members, members of one chunk and members deflated
+    :data:`~tmd_nb.formats.deflate.MAX_INDEX`. Stored members, members of one chunk and members deflated
     at zlib's levels (4-9, each chunk primed with the previous one) have no index. With it, the
     reader inflates the pieces between the points on every core (given ISA-L: see
-    :mod:`tmd_nb.deflate`).
+    :mod:`tmd_nb.formats.deflate`).
 
 Safety
     No pickle is ever loaded and object dtypes are refused; a header's claimed size is compared
     with the bytes actually stored before anything is allocated for it (deflate members are
-    bounded by :data:`~tmd_nb.deflate.MAX_DEFLATE_RATIO` of their compressed size); member names
+    bounded by :data:`~tmd_nb.formats.deflate.MAX_DEFLATE_RATIO` of their compressed size); member names
     must be unique ``.npy`` names; encrypted members and compression methods other than
     stored/deflate are refused; local headers must agree with the central directory, members must
     not overlap, CRCs are verified, and bytes after the data (of a member or of the archive) are
@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import os
 import struct
 import time
@@ -59,11 +60,11 @@ from typing import BinaryIO
 
 import numpy as np
 
+from ..errors import FormatError
 from . import _io
-from ._io import Progress, _describe, _open, _Reporter, _WriteBehind
-from .deflate import _INFLATE_ERRORS, _Codec, _crc32, _Deflater, _inflate_bound, _inflate_rest, _MemberStream, _threads
-from .errors import FormatError
-from .npy import _bytes_of, _data_pieces, _empty, _header_bytes, _header_length, _nbytes, _parse_header
+from ._io import Progress, Reporter, WriteBehind, describe, open_file
+from .deflate import INFLATE_ERRORS, Codec, Deflater, MemberStream, crc32_of, inflate_bound, inflate_rest, thread_count
+from .npy import bytes_of, data_pieces, data_size, empty_array, header_bytes, header_length, parse_header
 
 __all__ = ["ZIP_MAGIC", "read_npz", "write_npz"]
 
@@ -108,7 +109,8 @@ _ZIP64_EXTRA = 0x0001
 _INDEX_EXTRA = 0x746E
 
 # Everything a hostile or damaged archive can make the parsing and inflating code raise.
-_DECODE_ERRORS: tuple[type[BaseException], ...] = _INFLATE_ERRORS + (
+_DECODE_ERRORS: tuple[type[BaseException], ...] = (
+    *INFLATE_ERRORS,
     struct.error,
     ValueError,
     OverflowError,
@@ -166,16 +168,16 @@ def write_npz(
     be seekable: sizes and CRCs are patched into the local headers once a member is written.
 
     ``compress=False`` stores the bytes as they are. With ``compress=True``, ``level`` is
-    ``None`` (the default, :data:`~tmd_nb.deflate.DEFAULT_LEVEL` = 2: fast), ``0`` (stored, as
+    ``None`` (the default, :data:`~tmd_nb.formats.deflate.DEFAULT_LEVEL` = 2: fast), ``0`` (stored, as
     in zlib), ``1``-``3`` (ISA-L's levels) or ``4``-``9`` (zlib's): the top of
-    :mod:`tmd_nb.deflate` says what each one means.
+    :mod:`tmd_nb.formats.deflate` says what each one means.
 
-    Either way members larger than one chunk (:data:`~tmd_nb.deflate.DEFLATE_CHUNK`) are
+    Either way members larger than one chunk (:data:`~tmd_nb.formats.deflate.DEFLATE_CHUNK`) are
     compressed on ``threads`` threads (default: every available core, at most
-    :data:`~tmd_nb.deflate.MAX_THREADS`) and joined into one standard deflate stream.
+    :data:`~tmd_nb.formats.deflate.MAX_THREADS`) and joined into one standard deflate stream.
     ``progress(done_bytes, total_bytes)`` counts array data bytes.
     """
-    codec = _Codec(level) if compress else None
+    codec = Codec(level) if compress else None
     if codec is not None and codec.level == 0:
         codec = None
     items = []
@@ -183,13 +185,13 @@ def write_npz(
         if not isinstance(name, str) or not name:
             raise ValueError(f"NPZ member names must be non-empty str, not {name!r}")
         array = np.asanyarray(array)
-        items.append((name, array, _header_bytes(array, f"member {name!r}")))
+        items.append((name, array, header_bytes(array, f"member {name!r}")))
     total = sum(array.nbytes for _, array, _ in items)
-    reporter = _Reporter(progress, total)
-    workers = _threads(threads) if compress else 1
-    deflater = _Deflater(codec, workers) if codec is not None else None
+    reporter = Reporter(progress, total)
+    workers = thread_count(threads) if compress else 1
+    deflater = Deflater(codec, workers) if codec is not None else None
     entries: list[_Entry] = []
-    behind = _WriteBehind(fp, total)
+    behind = WriteBehind(fp, total)
     try:
         for name, array, header in items:
             entries.append(_write_member(fp, name, header, array, deflater, reporter, behind))
@@ -206,9 +208,9 @@ def _write_member(
     name: str,
     header: bytes,
     array: np.ndarray,
-    deflater: _Deflater | None,
-    reporter: _Reporter,
-    behind: _WriteBehind,
+    deflater: Deflater | None,
+    reporter: Reporter,
+    behind: WriteBehind,
 ) -> _Entry:
     try:
         raw_name = (name + ".npy").encode("ascii")
@@ -244,10 +246,10 @@ def _write_member(
     data_start = fp.tell()
     crc = 0
     if deflater is None:
-        crc = _crc32(header)
+        crc = crc32_of(header)
         fp.write(header)
-        for piece in _data_pieces(array, _io.CHUNK):
-            crc = _crc32(piece, crc)
+        for piece in data_pieces(array, _io.CHUNK):
+            crc = crc32_of(piece, crc)
             fp.write(piece)
             behind.wrote(len(piece))
             reporter.add(len(piece))
@@ -377,7 +379,7 @@ def _index_values(extra: bytes, where: str) -> list[tuple[int, int]]:
             if size % 16 or len(body) != size:
                 raise FormatError(f"{where} has a malformed tmd_nb chunk index")
             flat = struct.unpack(f"<{size // 8}Q", body)
-            return list(zip(flat[::2], flat[1::2]))
+            return list(zip(flat[::2], flat[1::2], strict=False))
     return []
 
 
@@ -524,7 +526,7 @@ def _check_member(f: BinaryIO, m: _Member, cd_offset: int, where: str) -> None:
     m.start = m.offset + _LOCAL.size + nlen + xlen
     if m.start + m.csize > cd_offset:
         raise FormatError(f"{where} claims {m.csize} stored bytes, more than the archive holds before its directory")
-    limit = m.csize if m.method == _STORED else _inflate_bound(m.csize)
+    limit = m.csize if m.method == _STORED else inflate_bound(m.csize)
     if m.usize > limit or (m.method == _STORED and m.usize != m.csize):
         raise FormatError(f"{where} claims {m.usize} bytes from {m.csize} stored bytes")
 
@@ -554,12 +556,12 @@ def read_npz(
     inflated on ``threads`` threads (default: every available core). ``progress(done_bytes,
     total_bytes)`` counts uncompressed member bytes.
     """
-    where = _describe(path)
-    workers = _threads(threads)
-    with _open(path, where) as f:
+    where = describe(path)
+    workers = thread_count(threads)
+    with open_file(path, where) as f:
         size = os.fstat(f.fileno()).st_size
         with _malformed(f"{where} is not a readable NPZ (zip) archive"):
-            members, cd_offset = _central_directory(f, size, where)  # type: ignore[arg-type]
+            members, cd_offset = _central_directory(f, size, where)
         seen: set[str] = set()
         for m in members:
             if m.name in seen:
@@ -567,12 +569,12 @@ def read_npz(
             seen.add(m.name)
         for m in members:
             with _malformed(f"{where} member {m.name!r} is corrupt"):
-                _check_member(f, m, cd_offset, f"{where} member {m.name!r}")  # type: ignore[arg-type]
+                _check_member(f, m, cd_offset, f"{where} member {m.name!r}")
         ordered = sorted(members, key=lambda m: m.offset)
-        for a, b in zip(ordered, ordered[1:]):
+        for a, b in itertools.pairwise(ordered):
             if a.start + a.csize > b.offset:
                 raise FormatError(f"{where}: members {a.name!r} and {b.name!r} overlap")
-        reporter = _Reporter(progress, sum(m.usize for m in members))
+        reporter = Reporter(progress, sum(m.usize for m in members))
 
         def advance(n: int) -> None:
             try:
@@ -585,29 +587,29 @@ def read_npz(
             for m in members:
                 member = f"{where} member {m.name!r}"
                 with _malformed(f"{member} is corrupt"):
-                    out[m.key] = _read_member(f, m, member, advance, workers)  # type: ignore[arg-type]
+                    out[m.key] = _read_member(f, m, member, advance, workers)
         except _CallbackFailed as failed:
             raise failed.__cause__ from None  # type: ignore[misc]
         reporter.finish()
         return out
 
 
-def _read_member(f: BinaryIO, m: _Member, where: str, advance: Callable[[int], None], threads: int) -> np.ndarray:
-    stream = _MemberStream(f, m, where)
+def _read_member(f: io.FileIO, m: _Member, where: str, advance: Callable[[int], None], threads: int) -> np.ndarray:
+    stream = MemberStream(f, m, where)
     prefix_len = min(m.usize, 12)
     head = stream.read(prefix_len)
-    hlen = _header_length(head, where)
+    hlen = header_length(head, where)
     if hlen > m.usize:
         raise FormatError(f"{where} is shorter than its own NPY header")
     head += stream.read(hlen - len(head))
-    dtype, shape, fortran, offset = _parse_header(io.BytesIO(head), where)
-    nbytes = _nbytes(dtype, shape)
+    dtype, shape, fortran, offset = parse_header(io.BytesIO(head), where)
+    nbytes = data_size(dtype, shape)
     if offset + nbytes != m.usize:
         raise FormatError(f"{where}: header claims {nbytes} data bytes but the archive stores {m.usize - offset}")
     if offset != len(head):
         raise FormatError(f"{where} has a malformed NPY header")
     advance(len(head))
-    array = _empty(dtype, shape, fortran, where)
-    buf = _bytes_of(array)
-    _inflate_rest(f, m, stream, head, buf, where, advance, threads)
+    array = empty_array(dtype, shape, fortran, where)
+    buf = bytes_of(array)
+    inflate_rest(f, m, stream, head, buf, where, advance, threads)
     return array

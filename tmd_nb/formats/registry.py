@@ -1,0 +1,167 @@
+"""The file formats tmd_nb reads and writes, and the two calls that choose among them.
+
+:data:`FORMATS` lists one :class:`~tmd_nb.formats.base.Format` per format module, in the order
+:func:`load` tries them on a file's first bytes (a container format that looks inside a zip
+comes before NPZ). A new format is one module ending in a ``FORMAT`` declaration, listed here.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from ..errors import FormatError
+from . import npy, npz, tmd
+from ._io import Progress, open_file
+from .base import Format, PathLike
+
+__all__ = [
+    "FORMATS",
+    "by_extension",
+    "by_name",
+    "extensions",
+    "for_path",
+    "load",
+    "names",
+    "one_of",
+    "recognise",
+    "save",
+]
+
+FORMATS: tuple[Format, ...] = (npz.FORMAT, npy.FORMAT, tmd.FORMAT)
+#: How many first bytes :attr:`Format.recognise` is shown.
+HEAD_SIZE = 512
+
+
+def one_of(items: list[str]) -> str:
+    """``"a, b or c"``, for messages that list the choices."""
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} or {items[-1]}"
+
+
+def names() -> tuple[str, ...]:
+    """Every format's name: ``("npz", "npy", "tmd", ...)``."""
+    return tuple(f.name for f in FORMATS)
+
+
+def extensions() -> tuple[str, ...]:
+    """Every file extension a format claims (lower case, with the dot)."""
+    return tuple(ext for f in FORMATS for ext in f.extensions)
+
+
+def by_name(name: str) -> Format:
+    """The format called ``name``; ``ValueError`` naming the choices for any other."""
+    for f in FORMATS:
+        if f.name == name:
+            return f
+    raise ValueError(f"unknown format {name!r}; choose {one_of([repr(n) for n in names()])}")
+
+
+def by_extension(ext: str) -> Format | None:
+    """The format whose files end in ``ext`` (any letter case), or None."""
+    ext = ext.lower()
+    for f in FORMATS:
+        if ext in f.extensions:
+            return f
+    return None
+
+
+def for_path(path: PathLike) -> Format:
+    """The format :func:`save` picks for ``path`` from its extension; ``ValueError`` if none claims it."""
+    ext = os.path.splitext(os.fspath(path))[1]
+    found = by_extension(ext)
+    if found is None:
+        raise ValueError(
+            f"cannot tell the format of {os.fspath(path)!r} from its extension "
+            f"{ext or '(none)'}: use {one_of(list(extensions()))}, or pass format="
+        )
+    return found
+
+
+def recognise(path: PathLike) -> Format:
+    """The format of the file at ``path``, from its content; :class:`FormatError` if none."""
+    with open_file(path, repr(os.fspath(path))) as fp:  # a pipe is refused, not waited on
+        head = fp.read(HEAD_SIZE)
+    for f in FORMATS:
+        if f.recognise(head, path):
+            return f
+    titles = sorted(f.title for f in FORMATS)
+    raise FormatError(f"{os.fspath(path)!r} is not an {one_of(titles)} file (it starts with {head[:16]!r})")
+
+
+def load(path: PathLike, *, progress: Progress | None = None) -> dict[str, Any]:
+    """Load any supported file, choosing the reader from its first bytes, not its name.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file to read.
+    progress : callable, optional
+        ``progress(done_bytes, total_bytes)``, called as the heights are read.
+
+    Returns
+    -------
+    dict
+        ``{"height_map": array, **metadata}``, whatever the format.
+
+    Raises
+    ------
+    FormatError
+        The file is of no supported format, or is malformed.
+    OSError
+        The file cannot be read (missing, a directory, a pipe, permission denied).
+    """
+    return recognise(path).load(path, progress=progress)
+
+
+def save(
+    data: np.ndarray | Mapping[str, Any],
+    path: PathLike,
+    *,
+    format: str | None = None,
+    compress: bool = True,
+    level: int | str | None = None,
+    progress: Progress | None = None,
+) -> str:
+    """Save ``data`` in any supported format: the counterpart of :func:`load`.
+
+    Parameters
+    ----------
+    data : numpy.ndarray or mapping
+        A 2-D height map, or a dict with a ``"height_map"`` array and metadata.
+    path : str or os.PathLike
+        Where to write; the file is replaced atomically.
+    format : str, optional
+        A format name (``"npz"``, ``"npy"``, ``"tmd"``, ...); ``None`` takes it from the
+        extension of ``path``.
+    compress, level
+        NPZ only (see :func:`tmd_nb.export_to_npz`); other formats refuse them.
+    progress : callable, optional
+        ``progress(done_bytes, total_bytes)``, called as the heights are written.
+
+    Returns
+    -------
+    str
+        The absolute path written.
+
+    Raises
+    ------
+    ValueError
+        The format is unknown, cannot be told from the extension, or does not take an option
+        given; raised before anything is written.
+    TypeError
+        A value cannot be stored (the message names its key).
+    """
+    fmt = for_path(path) if format is None else by_name(format)
+    options: dict[str, Any] = {}
+    if not compress:
+        options["compress"] = compress
+    if level is not None:
+        options["level"] = level
+    refused = [k for k in options if k not in fmt.options]
+    if refused:
+        takers = " and ".join(f.title for f in FORMATS if f.options)
+        raise ValueError(f"compress and level apply to {takers} only, not {fmt.title}")
+    return fmt.save(data, path, progress=progress, **options)

@@ -1,0 +1,107 @@
+"""What a height map is, for every layer: the rules the formats, the magics and the panels share.
+
+A height map is a 2-D numpy array of a numeric dtype (bool, integer, float, complex). The
+objects tmd_nb saves are either such an array or a str-keyed mapping holding one under
+``"height_map"``, whose other entries are the metadata.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+from .errors import FormatError
+
+__all__ = [
+    "HEIGHT_KINDS",
+    "HEIGHT_MAP",
+    "check_height_map_header",
+    "exportable",
+    "exportable_names",
+    "height_map_of",
+    "keys_text",
+    "split_height_map",
+]
+
+HEIGHT_MAP = "height_map"
+#: dtype kinds a height map may have: bool, signed and unsigned integer, float, complex.
+HEIGHT_KINDS = frozenset("biufc")
+
+
+def keys_text(keys: Iterable[Any], limit: int = 5) -> str:
+    """``'a', 'b', ...``: the first ``limit`` keys, for a message (``none`` if there are none)."""
+    keys = list(keys)
+    return ", ".join(repr(k) for k in keys[:limit]) + (", ..." if len(keys) > limit else "") or "none"
+
+
+def split_height_map(data: Any, what: str = "data") -> tuple[np.ndarray, dict[str, Any]]:
+    """Return the validated height map and the metadata (everything else) of ``data``.
+
+    ``data`` is a 2-D numeric array or a str-keyed dict with a ``"height_map"`` entry.
+    """
+    if isinstance(data, Mapping):
+        if HEIGHT_MAP not in data:
+            raise ValueError(f"{what} has no 'height_map' entry (keys: {keys_text(data, 8)})")
+        array = data[HEIGHT_MAP]
+        meta = {k: v for k, v in data.items() if k != HEIGHT_MAP}
+        what = f"{what}['height_map']"
+    else:
+        array, meta = data, {}
+    if isinstance(array, np.ma.MaskedArray):
+        raise TypeError(
+            f"{what} is a masked array; save array.filled(np.nan) and the mask "
+            "(np.ma.getmaskarray(array)) as a separate metadata entry instead"
+        )
+    if not isinstance(array, np.ndarray):
+        raise TypeError(
+            f"{what} must be a 2-D numpy array or a dict with a 'height_map' array, "
+            f"not {type(array).__module__}.{type(array).__qualname__}"
+        )
+    array = np.asarray(array)  # a memmap or matrix becomes a plain view, no copy
+    if array.ndim != 2:
+        raise ValueError(f"{what} must be 2-D, but has shape {array.shape} ({array.ndim}-D)")
+    if array.dtype.kind not in HEIGHT_KINDS or array.dtype.fields is not None:
+        raise TypeError(f"{what} has dtype {array.dtype}; a height map must be bool, integer, float or complex")
+    return array, meta
+
+
+def height_map_of(value: Any) -> np.ndarray | None:
+    """The array :func:`split_height_map` would accept in ``value`` (itself or its "height_map"), else None.
+
+    For listing what can be saved (completion, the panels' pickers): it never raises, whatever
+    the user's object does, and never reads the array's values.
+    """
+    try:
+        return split_height_map(value)[0]
+    except Exception:
+        return None
+
+
+def check_height_map_header(dtype: np.dtype, shape: tuple[int, ...], where: str) -> None:
+    """Raise :class:`FormatError` unless a stored array's header describes a height map."""
+    if len(shape) != 2:
+        raise FormatError(f"{where} holds a {len(shape)}-D array of shape {shape}, not a 2-D height map")
+    if dtype.kind not in HEIGHT_KINDS:
+        raise FormatError(f"{where} holds dtype {dtype}, not a numeric height map")
+
+
+def exportable(namespace: Mapping[str, Any], prefix: str = "") -> dict[str, tuple[Any, np.ndarray]]:
+    """``name -> (value, height map)`` of the user variables that can be saved, in namespace order.
+
+    The one rule for what ``%tmd_export`` completes and the export panel lists: 2-D numeric
+    arrays and dicts with a 2-D "height_map", under names not starting with ``_``.
+    """
+    found = {}
+    for name, value in list(namespace.items()):
+        if isinstance(name, str) and name.startswith(prefix) and not name.startswith("_"):
+            array = height_map_of(value)
+            if array is not None:
+                found[name] = (value, array)
+    return found
+
+
+def exportable_names(namespace: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """User variables ``%tmd_export`` can save (see :func:`exportable`), sorted."""
+    return sorted(exportable(namespace, prefix))
