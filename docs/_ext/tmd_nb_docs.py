@@ -25,6 +25,8 @@ from typing import Any
 
 from docutils import nodes
 from sphinx.application import Sphinx
+from sphinx.errors import PycodeError
+from sphinx.pycode import ModuleAnalyzer
 from sphinx.util import logging
 from sphinx.util.docutils import SphinxDirective
 
@@ -47,6 +49,14 @@ def _kind(obj: Any) -> str:
     return "data"
 
 
+def _attribute_doc(module: str, member: str) -> list[str]:
+    try:
+        docs = ModuleAnalyzer.for_module(module).find_attr_docs()
+    except PycodeError:
+        return []
+    return list(docs.get(("", member), []))
+
+
 GROUPS = {"function": "Functions", "class": "Classes", "exception": "Exceptions and warnings", "data": "Data"}
 
 
@@ -65,13 +75,20 @@ class ApiDirective(SphinxDirective):
         by_kind: dict[str, list[str]] = {kind: [] for kind in GROUPS}
         for member in public:
             obj = getattr(module, member)
-            if not (inspect.getdoc(obj) or "").strip():
+            # (Data such as __version__ cannot carry a docstring of its own: getdoc gives its type's.)
+            if _kind(obj) != "data" and not (inspect.getdoc(obj) or "").strip():
                 logger.warning(
                     "%s.%s is public (in __all__) but has no docstring", name, member, location=self.get_location()
                 )
             by_kind[_kind(obj)].append(member)
         lines = [".. autosummary::", "   :nosignatures:", ""]
-        lines += [f"   {name}.{member}" for kind in GROUPS for member in sorted(by_kind[kind], key=str.lower)]
+        # (Data is left out of the table: autosummary would summarise it by its type's docstring.)
+        lines += [
+            f"   {name}.{member}"
+            for kind in GROUPS
+            if kind != "data"
+            for member in sorted(by_kind[kind], key=str.lower)
+        ]
         lines.append("")
         for kind, title in GROUPS.items():
             members = sorted(by_kind[kind], key=str.lower)
@@ -79,6 +96,12 @@ class ApiDirective(SphinxDirective):
                 continue
             lines += [title, "-" * len(title), ""]
             for member in members:
+                if kind == "data":
+                    # autodata would show the docstring of the value's type (str's, for __version__):
+                    # a constant is shown with its value and the ``#:`` comment it has in the source, if any.
+                    lines += [f".. py:data:: {name}.{member}", f"   :value: {getattr(module, member)!r}", ""]
+                    lines += [f"   {line}" for line in _attribute_doc(name, member)] + [""]
+                    continue
                 lines.append(f".. auto{kind}:: {name}.{member}")
                 if kind in ("class", "exception"):
                     lines.append("   :show-inheritance:")
