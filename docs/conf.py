@@ -84,7 +84,6 @@ html_theme_options = {
 html_context = {"default_mode": "light"}
 # Only the examples have pages below them; elsewhere the left column would be an empty "Section
 # Navigation". (Names without wildcards: Sphinx refuses two wildcard patterns matching one page.)
-html_sidebars = {
-    name: []
-    for name in ("index", "getting-started", "user-guide", "magics", "FORMAT", "guarantees", "benchmarks", "api")
+html_sidebars: dict[str, list[str]] = {
+    page.stem: [] for page in DOCS.iterdir() if page.suffix in (".md", ".rst") and page.stem != "examples"
 }

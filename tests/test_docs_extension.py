@@ -91,7 +91,7 @@ def test_the_api_page_has_an_entry_for_every_name_of_all(tmp_path: Path) -> None
     for title in ("Functions", "Classes", "Exceptions and warnings", "Data"):
         assert f">{title}<" in html, title
     assert "str(object=" not in html  # VERSION is shown by its value, not by str's docstring
-    assert '<span class="pre">\'1.2\'</span>' in html
+    assert "<span class=\"pre\">'1.2'</span>" in html
 
 
 def test_a_public_name_without_a_docstring_fails_the_build(tmp_path: Path) -> None:
