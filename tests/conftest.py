@@ -12,6 +12,7 @@ tests that set no ``max_examples`` of their own take the profile's.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,16 @@ from hypothesis import HealthCheck, settings
 STRICT = os.environ.get("TMD_NB_STRICT") == "1"
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_TMD = ROOT.parent / "shared" / "data" / "tmd"
+# The browser tests drive Debian's chromium (Playwright cannot download its own browsers here).
+CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-dev-shm-usage",
+]
 
 _RELAXED = {
     "deadline": None,  # timing varies on a shared machine; speed is measured by benchmarks/, not here
