@@ -85,6 +85,11 @@ def wide_string(folder: Path) -> Path:
     return npz_with_metadata(folder / "wide.npz", text.encode())
 
 
+def escaped_quotes(folder: Path) -> Path:
+    """An unterminated string of escaped quotes: a string scanner that restarts at every quote is quadratic."""
+    return npz_with_metadata(folder / "quotes.npz", ('{"x": "' + '\\"' * 8_000_000).encode())
+
+
 def npy_long_header(folder: Path) -> Path:
     """A 114-byte NPY file whose version-2 header claims 4 GiB."""
     path = folder / "long_header.npy"
@@ -138,6 +143,7 @@ MAKERS: dict[str, Callable[[Path], Path]] = {
     "json_bomb": json_bomb,
     "json_bomb_bytes": json_bomb_bytes,
     "many_tagged": many_tagged,
+    "escaped_quotes": escaped_quotes,
     "wide_string": wide_string,
     "npy_long_header": npy_long_header,
     "npz_long_header": npz_long_header,

@@ -4,7 +4,8 @@ Run as ``python memory_probe.py PATH BUDGET_BYTES SIZE_FACTOR``. After the impor
 small load, so that every lazily imported module and cache is in place), the child reads its own
 address-space size, sets ``RLIMIT_AS`` to that size + BUDGET + SIZE_FACTOR x (size of PATH) + the
 bytes of the arrays the load is expected to return (an optional 4th argument), then loads PATH
-with :func:`tmd_nb.load`. It prints ``{"outcome": "ok" | "FormatError" | "MemoryError" | ...,
+with :func:`tmd_nb.load`, its CPU time capped too (``RLIMIT_CPU``, far above what any load needs,
+against quadratic work). It prints ``{"outcome": "ok" | "FormatError" | "MemoryError" | ...,
 "message": ...}``.
 """
 
@@ -20,6 +21,9 @@ import warnings
 import numpy as np
 
 import tmd_nb
+
+#: CPU seconds a load may take (SIGXCPU ends the process past them).
+CPU_SECONDS = 120
 
 
 def vm(field: str = "VmSize") -> int:
@@ -40,6 +44,11 @@ def main() -> None:
     base = vm()
     cap = base + budget + factor * os.path.getsize(path) + returned
     resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+    # A guard against work that grows faster than the file (quadratic scans), not a speed test:
+    # every load here takes a few seconds at most; the limit is far above that.
+    used = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = int(used.ru_utime + used.ru_stime) + CPU_SECONDS
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
     result: dict[str, object]
     try:
         with warnings.catch_warnings():

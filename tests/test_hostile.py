@@ -86,6 +86,7 @@ def probe(path: Path, returned: int = 0) -> dict:
         ("json_bomb", "FormatError", "bytes of metadata text, more than the 16,777,216 allowed"),
         ("json_bomb_bytes", "FormatError", "JSON values, more than the 1,000,000 allowed"),
         ("many_tagged", "ok", ""),
+        ("escaped_quotes", "FormatError", "member 'metadata' is not valid JSON: Unterminated string"),
         ("wide_string", "ok", ""),
         ("npy_long_header", "FormatError", "has an NPY header of 4294967292 bytes, more than the 10000 allowed"),
         ("npz_long_header", "FormatError", "has an NPY header of 4294967292 bytes, more than the 10000 allowed"),

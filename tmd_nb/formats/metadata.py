@@ -64,8 +64,10 @@ MAX_JSON_DEPTH = 2 * MAX_DEPTH + 4
 MAX_TEXT_BYTES = 16 << 20
 #: JSON values in one metadata text, counted (from above) before any of them is built.
 MAX_VALUES = 1_000_000
-# A JSON string, escapes included (the "unrolled loop" form: linear time, no backtracking).
-_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+# A JSON string, escapes included, or an unterminated one up to the end of the text. Possessive
+# quantifiers and the optional closing quote mean a match never fails once started: linear time,
+# even for text such as '"\\"\\"\\"...', where a search that could fail would restart at every quote.
+_JSON_STRING = re.compile(r'"[^"\\]*+(?:\\.[^"\\]*+)*+"?', re.DOTALL)
 _NOT_BRACKET = re.compile(r"[^\[\]{}]+")
 _SAFE_INT = 2**53
 _MEMBER_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,99}")
