@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from ._version import __version__
-from .errors import FormatError, MetadataNotStoredWarning
+from .errors import FormatError, MetadataNotStoredWarning, UndecodedMetadataWarning
 from .formats.npy import export_to_npy, load_from_npy
 from .formats.npz import export_to_npz, load_from_npz
 from .formats.registry import load, save
@@ -21,6 +21,7 @@ __all__ = [
     "FormatError",
     "LoadPanel",
     "MetadataNotStoredWarning",
+    "UndecodedMetadataWarning",
     "__version__",
     "export_to_npy",
     "export_to_npz",
