@@ -356,8 +356,12 @@ def loads(text: str, where: str = "metadata") -> Any:
 
         problem_box: list[str] = []
         worker = threading.Thread(target=parse, name="tmd_nb-json")
-        worker.start()
-        worker.join()
+        try:
+            worker.start()
+        except RuntimeError:  # no thread to be had (memory short): the caller's stack is what there is
+            problem_box.append(f"nested too deeply for the stack left at this call depth (at most {MAX_JSON_DEPTH})")
+        else:
+            worker.join()
         if outcome:
             return outcome[0]
         problem = problem_box[0] if problem_box else "the parser failed"

@@ -77,15 +77,19 @@ def encode_npz_members(data: Mapping[str, Any]) -> dict[str, np.ndarray]:
     array, meta = split_height_map(data)
     encoded, arrays = metadata.encode(meta, reserved=_RESERVED)
     text = json.dumps(encoded, ensure_ascii=False, allow_nan=False)
-    stored = np.array(text)
     # What the reader refuses is refused here, so that every file written loads again.
-    if stored.nbytes > metadata.MAX_TEXT_BYTES:
+    nbytes = 4 * len(text)  # the size of np.array(text): UTF-32, checked before making it
+    if nbytes > metadata.MAX_TEXT_BYTES:
         raise ValueError(
-            f"the metadata take {stored.nbytes:,} bytes as JSON text, more than the {metadata.MAX_TEXT_BYTES:,} "
+            f"the metadata take {nbytes:,} bytes as JSON text, more than the {metadata.MAX_TEXT_BYTES:,} "
             "an NPZ file may hold; store large values (long text, big lists) as numpy arrays"
         )
     metadata.check_json_text(text, "the metadata")
-    members = {HEIGHT_MAP: array, METADATA: stored, VERSION_MEMBER: np.array(FORMAT_VERSION, dtype=np.int64)}
+    members = {
+        HEIGHT_MAP: array,
+        METADATA: np.array(text),
+        VERSION_MEMBER: np.array(FORMAT_VERSION, dtype=np.int64),
+    }
     members.update(arrays)
     return members
 
