@@ -179,7 +179,7 @@ def test_export_npy_drops_metadata_with_one_note_line(ip, capsys, tmp_path) -> N
     match = saved_line(out)
     assert (match["fmt"], match["keys"], match["dtype"]) == ("NPY", "0", "int64")
     assert err.strip() == (
-        "note: .npy stores the height map only; 2 metadata keys not saved ('units', 'extra'); use .npz to keep them"
+        "note: .npy stores the height map only; 2 metadata keys not saved ('units', 'extra'); use .x3p, .npz or .gwy to keep them"
     )
     assert np.array_equal(np.load(tmp_path / "scan.npy"), np.arange(6).reshape(2, 3))
 
@@ -197,7 +197,7 @@ def test_tmd_round_trip_with_the_real_scans(ip, capsys, tmp_path, tmd_samples) -
     saved_line(out)
     assert err.strip() == (
         "note: .tmd stores the height map, lengths, offsets and comment only; 1 metadata key "
-        "not saved ('operator'); use .npz to keep them"
+        "not saved ('operator'); use .x3p, .npz or .gwy to keep them"
     )
     # what a .tmd file cannot represent is a one-line error and leaves no file
     message = usage_error(ip, capsys, "%tmd_export surface bad.tmd -m comment=café")
@@ -281,7 +281,10 @@ def test_wrong_type_is_one_line_and_leaves_no_file(ip, capsys, tmp_path, value, 
 @pytest.mark.parametrize(
     "cell, message",
     [
-        ("%tmd_export z out.txt", "cannot tell the format of 'out.txt' from its extension: use .npz, .npy or .tmd"),
+        (
+            "%tmd_export z out.txt",
+            "cannot tell the format of 'out.txt' from its extension: use .x3p, .npz, .npy, .tmd or .gwy",
+        ),
         ("%tmd_export z sub/", "cannot tell the format of 'sub/'"),
         ("%tmd_export z nodir/out.npz", "cannot save to 'nodir/out.npz': directory"),
         (
@@ -377,7 +380,7 @@ def test_load_recognises_content_not_extension(ip, tmp_path) -> None:
     [
         (None, "%tmd_load missing.npz", "no such file: 'missing.npz'"),
         ("dir", "%tmd_load folder", "'folder' is a directory, not a file"),
-        ("garbage", "%tmd_load junk.npz", "'junk.npz' is not an NPY, NPZ or TMD file (it starts with b'hello"),
+        ("garbage", "%tmd_load junk.npz", "'junk.npz' is not a GWY, NPY, NPZ, TMD or X3P file (it starts with b'hello"),
         ("truncated", "%tmd_load cut.npz", "'cut.npz'"),
         (None, "%tmd_load x.npz -n 2bad", "-n/--name needs a valid Python variable name, not '2bad'"),
         (None, "%tmd_load x.npz -n class", "-n/--name needs a valid Python variable name, not 'class'"),

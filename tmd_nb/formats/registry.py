@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import FormatError
-from . import npy, npz, tmd
+from . import gwy, npy, npz, tmd, x3p
 from ._io import Progress, open_file
 from .base import Format, PathLike
 
@@ -31,7 +31,7 @@ __all__ = [
     "save",
 ]
 
-FORMATS: tuple[Format, ...] = (npz.FORMAT, npy.FORMAT, tmd.FORMAT)
+FORMATS: tuple[Format, ...] = (x3p.FORMAT, npz.FORMAT, npy.FORMAT, tmd.FORMAT, gwy.FORMAT)
 #: How many first bytes :attr:`Format.recognise` is shown.
 HEAD_SIZE = 512
 
@@ -88,7 +88,8 @@ def recognise(path: PathLike) -> Format:
         if f.recognise(head, path):
             return f
     titles = sorted(f.title for f in FORMATS)
-    raise FormatError(f"{os.fspath(path)!r} is not an {one_of(titles)} file (it starts with {head[:16]!r})")
+    article = "an" if titles[0][0] in "AEFHILMNORSX" else "a"  # as the first letter is spoken: "an NPY", "a GWY"
+    raise FormatError(f"{os.fspath(path)!r} is not {article} {one_of(titles)} file (it starts with {head[:16]!r})")
 
 
 def load(path: PathLike, *, progress: Progress | None = None) -> dict[str, Any]:
