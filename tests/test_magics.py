@@ -179,7 +179,8 @@ def test_export_npy_drops_metadata_with_one_note_line(ip, capsys, tmp_path) -> N
     match = saved_line(out)
     assert (match["fmt"], match["keys"], match["dtype"]) == ("NPY", "0", "int64")
     assert err.strip() == (
-        "note: .npy stores the height map only; 2 metadata keys not saved ('units', 'extra'); use .x3p, .npz or .gwy to keep them"
+        "note: .npy stores the height map only; 2 metadata keys not saved ('units', 'extra'); "
+        "use .x3p, .npz or .gwy to keep them"
     )
     assert np.array_equal(np.load(tmp_path / "scan.npy"), np.arange(6).reshape(2, 3))
 

@@ -5,7 +5,7 @@ other tools read; tmd_nb's height map may be of another dtype, unit or byte orde
 of any type :func:`tmd_nb.export_to_npz` stores. The writer therefore stores, beside the format's
 standard fields, a *record*:
 
-``record.json`` (a JSON object, UTF-8)
+``record.json`` (a JSON object, ASCII with ``\\u`` escapes)
     ``{"tmd_nb": 1, "height": {"dtype": "<f4", "factor": 0.001, "exact": null | "height_map"},
     "fingerprint": "<crc32>", "metadata": {...}}``. ``metadata`` is the typed JSON of
     :mod:`tmd_nb.formats.metadata` (as in the NPZ ``metadata`` member); ``height.factor`` is the
@@ -16,6 +16,8 @@ standard fields, a *record*:
     Each array the metadata refers to, and, under ``height_map``, the exact height map when
     dividing the standard heights by ``factor`` and casting to ``dtype`` does not give it back
     bit for bit (float64 heights scaled by 1e-3, NaN payloads, infinities, complex, uint64...).
+    An empty height map (no rows or no columns) is stored there too, the standard grid being
+    one missing point.
 
 Where these pieces go is up to the format module (X3P: vendor-extension files; Gwyddion: string
 entries of the container). This module imports only numpy and the standard library.
@@ -42,6 +44,7 @@ __all__ = [
     "RECORD_VERSION",
     "Record",
     "fingerprint",
+    "grid",
     "npy_bytes",
     "pack",
     "restore",
@@ -82,6 +85,11 @@ def standard_heights(array: np.ndarray, factor: float) -> np.ndarray:
     """The heights in SI units (float64) other software should see; complex maps give their real part."""
     values = array.real if array.dtype.kind == "c" else array
     return np.asarray(values, dtype=np.float64) * factor
+
+
+def grid(array: np.ndarray) -> np.ndarray:
+    """The map to write in a format's standard fields: ``array``, or one missing point if it is empty."""
+    return array if array.size else np.full((1, 1), np.nan)
 
 
 def npy_bytes(array: np.ndarray) -> bytes:
@@ -126,7 +134,8 @@ def pack(height_map: np.ndarray, meta: Mapping[str, Any], seen: np.ndarray, fact
         "fingerprint": fingerprint(seen),
         "metadata": encoded,
     }
-    out = {RECORD: json.dumps(record, ensure_ascii=False, allow_nan=False).encode("utf-8")}
+    # ASCII: a lone surrogate in a key or string survives as a JSON escape.
+    out = {RECORD: json.dumps(record, ensure_ascii=True, allow_nan=False).encode("ascii")}
     if exact:
         out[HEIGHT_MAP] = npy_bytes(height_map)
     for name, value in arrays.items():
@@ -187,7 +196,7 @@ def unpack(members: Mapping[str, bytes], seen: np.ndarray, where: str) -> Record
             raise FormatError(f"{where}: its tmd_nb record refers to a missing exact height map")
         array = arrays[HEIGHT_MAP]
         check_height_map_header(array.dtype, array.shape, f"{where} tmd_nb height map")
-        if array.shape != seen.shape:
+        if array.shape != seen.shape and not (array.size == 0 and seen.shape == (1, 1)):
             raise FormatError(f"{where}: its tmd_nb height map has shape {array.shape}, the file's data {seen.shape}")
         return Record(array, meta, current=True)
     return Record(restore(seen, dtype, factor), meta, current=True)

@@ -332,14 +332,17 @@ def load_gwy(path: PathLike, *, progress: Progress | None = None) -> dict[str, A
 # --------------------------------------------------------------------------------------------
 
 
+def _gwy_text(text: str) -> str:
+    """``text`` as a Gwyddion string can hold it: UTF-8 without NUL (escapes otherwise)."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\0", "\\0")
+
+
 def _meta_text(value: Any) -> str | None:
     if type(value) in (str, int, float, bool):
-        text = str(value)
-    elif type(value) in (dt.datetime, dt.date):
-        text = value.isoformat()
-    else:
-        return None
-    return text.replace("\0", "\\0")
+        return _gwy_text(str(value))
+    if type(value) in (dt.datetime, dt.date):
+        return _gwy_text(value.isoformat())
+    return None
 
 
 def _build(data: Any) -> bytes:
@@ -347,8 +350,6 @@ def _build(data: Any) -> bytes:
     from gwyfile.objects import GwyContainer, GwyDataField, GwySIUnit
 
     array, meta = split_height_map(data)
-    if array.size == 0:
-        raise ValueError(f"a Gwyddion file cannot hold an empty height map (shape {array.shape})")
     phys = units.physical(meta)
     lateral = units.metres_per(phys.lateral_unit)
     height = units.metres_per(phys.height_unit)
@@ -357,9 +358,9 @@ def _build(data: Any) -> bytes:
         ("m" if height is not None else phys.height_unit),
     )
     lateral, height = lateral or 1.0, height or 1.0
-    rows, cols = array.shape
+    rows, cols = embedded.grid(array).shape
     x_length, y_length = phys.x_length or float(cols), phys.y_length or float(rows)
-    standard = embedded.standard_heights(array, height)
+    standard = embedded.standard_heights(embedded.grid(array), height)
     finite = np.isfinite(standard)
     seen = np.where(finite, standard, np.nan)
     record = embedded.pack(array, meta, seen, height)
@@ -378,11 +379,11 @@ def _build(data: Any) -> bytes:
     title = meta.get("title")
     entries: dict[str, Any] = {
         "/0/data": field(np.where(finite, standard, 0.0)),
-        "/0/data/title": title.replace("\0", "\\0") if isinstance(title, str) else "Height",
+        "/0/data/title": _gwy_text(title) if isinstance(title, str) else "Height",
     }
     if not finite.all():
         entries["/0/mask"] = field((~finite).astype(np.float64))
-    shown = {k: t for k, v in meta.items() if (t := _meta_text(v)) is not None}
+    shown = {_gwy_text(k): t for k, v in meta.items() if (t := _meta_text(v)) is not None}
     if shown:
         entries["/0/meta"] = GwyContainer(shown, typecodes=dict.fromkeys(shown, "s"))
     for name, content in record.items():
@@ -420,9 +421,7 @@ def export_to_gwy(
     ------
     TypeError
         A metadata value cannot be stored (the message names its key), or the height map is not
-        a numeric 2-D array.
-    ValueError
-        The map is empty; raised before anything is written.
+        a numeric 2-D array; raised before anything is written.
     """
     content = _build(data)
     with atomic_write(output_path) as fp:

@@ -188,14 +188,13 @@ def _build(data: Any) -> Any:
     from x3pio.model.datatypes import decode_raw, encode_raw, get_data_type
 
     array, meta = split_height_map(data)
-    if array.size == 0:
-        raise ValueError(f"an X3P file cannot hold an empty height map (shape {array.shape})")
     phys = units.physical(meta)
     lateral = _factor(phys.lateral_unit, "lateral_unit", "the lengths")
     height = _factor(phys.height_unit, "height_unit", "the heights")
-    spacing = phys.spacing(array.shape) or (1.0, 1.0)
-    z_type = x3pio.DataType(_z_type(array.dtype))
-    standard = embedded.standard_heights(array, height)
+    shown = embedded.grid(array)
+    spacing = phys.spacing(shown.shape) or (1.0, 1.0)
+    z_type = x3pio.DataType(_z_type(shown.dtype))
+    standard = embedded.standard_heights(shown, height)
     # What any X3P reader will see: x3pio's own coding of the heights, invalid points as NaN.
     with np.errstate(invalid="ignore", over="ignore"):
         finite = np.isfinite(standard)
@@ -254,8 +253,8 @@ def export_to_x3p(
         A metadata value cannot be stored (the message names its key), or the height map is not
         a numeric 2-D array.
     ValueError
-        ``lateral_unit`` or ``height_unit`` is not a length unit, or the map is empty; raised
-        before anything is written.
+        ``lateral_unit`` or ``height_unit`` is not a length unit; raised before anything is
+        written.
     """
     file = _build(data)
     content = file.dumps()
