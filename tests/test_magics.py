@@ -27,7 +27,7 @@ from tmd_nb.notebook.display import HeightMapResult
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 SAVED = re.compile(
     r"^Saved (?P<name>.+) \((?P<shape>[\d x]+) (?P<dtype>\w+), (?P<keys>\d+) metadata keys?\) to "
-    r"(?P<path>.+) \((?P<size>[\d.]+ (?:B|KiB|MiB|GiB)), (?P<fmt>NPZ|NPY|TMD)\) in [\d.]+ m?s$"
+    r"(?P<path>.+) \((?P<size>[\d.]+ (?:B|KiB|MiB|GiB)), (?P<fmt>NPZ|NPY|TMD|X3P|GWY)\) in [\d.]+ m?s$"
 )
 
 
@@ -674,3 +674,24 @@ def test_export_height_map_function_refuses_overwrite(tmp_path) -> None:
     assert target.read_bytes() == b"keep"
     report = magics.export_height_map(np.zeros((2, 2)), str(target), force=True, meta={"a": 1})
     assert report.metadata_keys == 1 and codec.load(target)["a"] == 1
+
+
+# --------------------------------------------------------------------------- exchange formats
+
+
+@pytest.mark.parametrize("ext, fmt", [(".x3p", "X3P"), (".gwy", "GWY")])
+def test_export_and_load_exchange_formats(ip, capsys, tmp_path, ext, fmt) -> None:
+    ip.user_ns["scan"] = {"height_map": np.arange(6, dtype=np.float32).reshape(2, 3), "x_length": 3.0}
+    _, out, err = run(ip, capsys, f"%tmd_export scan scan{ext} -m operator=me")
+    match = saved_line(out)
+    assert (match["fmt"], match["keys"], err) == (fmt, "2", "")
+    back = ip.run_line_magic("tmd_load", f"scan{ext}")
+    assert isinstance(back, HeightMapResult) and back["operator"] == "me" and back["x_length"] == 3.0
+    np.testing.assert_array_equal(back["height_map"], ip.user_ns["scan"]["height_map"])
+
+
+def test_completion_offers_x3p_and_gwy_files(ip, tmp_path) -> None:
+    for name in ("a.x3p", "b.gwy", "c.txt"):
+        (tmp_path / name).write_bytes(b"")
+    typed, candidates, kind = completion.complete("%tmd_load ", {})
+    assert typed == "" and kind == "path" and {"a.x3p", "b.gwy"} <= set(candidates) and "c.txt" not in candidates
