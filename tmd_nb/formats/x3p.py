@@ -463,16 +463,15 @@ def load_x3p(path: PathLike, *, progress: Progress | None = None) -> dict[str, A
         "height_unit": "m",
     }
     out: dict[str, Any]
-    record_files = {
-        uri[len(VENDOR) + 1 :].removesuffix(".npy"): uri
-        for uri in file.extensions
-        if uri.startswith(VENDOR + "/") and file.extensions[uri] is not None
-    }
-    if embedded.RECORD in record_files:
-        try:
-            members = {name: file.extensions[uri] for name, uri in record_files.items()}
-        except x3pio.X3pFormatError as exc:
-            raise FormatError(f"{where}: its tmd_nb record is damaged: {exc}") from None
+    try:  # extension files are unpacked (and their damage found) only now
+        members = {
+            uri[len(VENDOR) + 1 :].removesuffix(".npy"): content
+            for uri in file.extensions
+            if uri.startswith(VENDOR + "/") and (content := file.extensions[uri]) is not None
+        }
+    except _LIBRARY_ERRORS as exc:  # X3pFormatError is a ValueError
+        raise FormatError(f"{where}: its tmd_nb record is damaged: {exc}") from None
+    if embedded.RECORD in members:
         rec = embedded.unpack(members, seen, where)
         if rec.current:
             out = {"height_map": rec.height_map, **rec.metadata}
