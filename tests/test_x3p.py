@@ -316,3 +316,15 @@ def test_a_unit_that_is_not_a_length_is_refused_before_writing(tmp_path):
     with pytest.raises(ValueError, match=r"^height_unit 'V' is not a length unit"):
         export_to_x3p({"height_map": surface(), "height_unit": "V"}, tmp_path / "v.x3p")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_huge_declared_dimensions_are_refused_before_allocating(tmp_path, x3p_samples):
+    members = members_of(x3p_samples["testing"])
+    members["main.xml"] = re.sub(rb"<SizeX>\d+</SizeX>", b"<SizeX>1000000000</SizeX>", members["main.xml"])
+    members["main.xml"] = re.sub(rb"<SizeY>\d+</SizeY>", b"<SizeY>1000000000</SizeY>", members["main.xml"])
+    members["md5checksum.hex"] = hashlib.md5(members["main.xml"]).hexdigest().encode() + b" *main.xml\n"
+    path = write_zip(tmp_path / "huge.x3p", members)
+    with pytest.raises(
+        FormatError, match=r"^'.*huge\.x3p' is not a readable X3P file: The data file .* holds 4800 bytes"
+    ):
+        load_x3p(path)
