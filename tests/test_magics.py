@@ -697,5 +697,5 @@ def test_export_and_load_exchange_formats(ip, capsys, tmp_path, ext, fmt) -> Non
 def test_completion_offers_x3p_and_gwy_files(ip, tmp_path) -> None:
     for name in ("a.x3p", "b.gwy", "c.txt"):
         (tmp_path / name).write_bytes(b"")
-    typed, candidates, kind = completion.complete("%tmd_load ", {})
-    assert typed == "" and kind == "path" and {"a.x3p", "b.gwy"} <= set(candidates) and "c.txt" not in candidates
+    found = completions(ip, "%tmd_load ")
+    assert {"%tmd_load a.x3p", "%tmd_load b.gwy"} <= set(found) and "%tmd_load c.txt" not in found
