@@ -699,3 +699,10 @@ def test_completion_offers_x3p_and_gwy_files(ip, tmp_path) -> None:
         (tmp_path / name).write_bytes(b"")
     found = completions(ip, "%tmd_load ")
     assert {"%tmd_load a.x3p", "%tmd_load b.gwy"} <= set(found) and "%tmd_load c.txt" not in found
+
+
+def test_x3p_export_with_a_non_length_unit_is_refused_before_writing(ip, capsys, tmp_path) -> None:
+    ip.user_ns["scan"] = {"height_map": np.zeros((2, 3)), "height_unit": "V"}
+    _, out, err = run(ip, capsys, "%tmd_export scan scan.x3p")
+    assert out == "" and "scan: height_unit 'V' is not a length unit, so the heights cannot be stored in metres" in err
+    assert not (tmp_path / "scan.x3p").exists()

@@ -58,13 +58,13 @@ import numpy as np
 
 from ..errors import FormatError
 from ..heightmap import split_height_map
-from . import embedded, units
+from . import embedded, metadata, units
 from ._io import Progress, open_file, read_into
 from ._io import Reporter as _Reporter
 from .atomic import atomic_write
 from .base import Format, PathLike
 
-__all__ = ["FORMAT", "MAGIC", "export_to_gwy", "load_gwy", "scan"]
+__all__ = ["FORMAT", "MAGIC", "check", "export_to_gwy", "load_gwy", "scan"]
 
 MAGIC = b"GWYP"
 RECORD_PREFIX = "/tmd_nb/"
@@ -345,6 +345,12 @@ def _meta_text(value: Any) -> str | None:
     return None
 
 
+def check(data: Any) -> None:
+    """Raise ``TypeError``/``ValueError`` if :func:`export_to_gwy` would refuse ``data`` (cheap: no heights copied)."""
+    _, meta = split_height_map(data)
+    metadata.encode(meta, reserved={"height_map", embedded.RECORD})
+
+
 def _build(data: Any) -> bytes:
     """Validate ``data`` and serialize the whole file; ValueError/TypeError before anything is written."""
     from gwyfile.objects import GwyContainer, GwyDataField, GwySIUnit
@@ -439,6 +445,6 @@ FORMAT = Format(
     recognise=lambda head, path: head.startswith(MAGIC),
     load=load_gwy,
     save=export_to_gwy,
-    check=_build,
+    check=check,
     label="Gwyddion",
 )

@@ -65,13 +65,13 @@ import numpy as np
 from .._version import __version__
 from ..errors import FormatError
 from ..heightmap import split_height_map
-from . import embedded, units
+from . import embedded, metadata, units
 from ._io import Progress, open_file
 from .archive import ZIP_MAGIC
 from .atomic import atomic_write
 from .base import Format, PathLike
 
-__all__ = ["FORMAT", "VENDOR", "export_to_x3p", "load_x3p", "looks_like_x3p"]
+__all__ = ["FORMAT", "VENDOR", "check", "export_to_x3p", "load_x3p", "looks_like_x3p"]
 
 #: The vendor under which tmd_nb's record is registered (a URI the project owns: its PyPI page).
 VENDOR = "https://pypi.org/project/tmd-nb"
@@ -180,6 +180,15 @@ def _record2(meta: Mapping[str, Any]) -> Any:
         probing_system=probing,
         comment=_text(meta.get("comment")),
     )
+
+
+def check(data: Any) -> None:
+    """Raise ``TypeError``/``ValueError`` if :func:`export_to_x3p` would refuse ``data`` (cheap: no heights copied)."""
+    _, meta = split_height_map(data)
+    phys = units.physical(meta)
+    _factor(phys.lateral_unit, "lateral_unit", "the lengths")
+    _factor(phys.height_unit, "height_unit", "the heights")
+    metadata.encode(meta, reserved={"height_map", embedded.RECORD})
 
 
 def _build(data: Any) -> Any:
@@ -500,6 +509,6 @@ FORMAT = Format(
     recognise=looks_like_x3p,
     load=load_x3p,
     save=export_to_x3p,
-    check=_build,
+    check=check,
     label="ISO 25178-72",
 )
