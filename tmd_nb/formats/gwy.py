@@ -81,7 +81,7 @@ _ARRAYS = {ord("C"): 1, ord("I"): 4, ord("Q"): 8, ord("D"): 8}
 class _Walk:
     """State of :func:`scan`: the file's bytes and the copying gwyfile will do."""
 
-    def __init__(self, buf: bytes, where: str) -> None:
+    def __init__(self, buf: bytes | bytearray, where: str) -> None:
         self.buf, self.where, self.copies = buf, where, 0
 
     def fail(self, pos: int, what: str) -> FormatError:
@@ -147,7 +147,7 @@ class _Walk:
         return p
 
 
-def scan(buf: bytes, where: str) -> list[tuple[int, int]]:
+def scan(buf: bytes | bytearray, where: str) -> list[tuple[int, int]]:
     """Check the structure of a serialized top-level ``GwyContainer``; return its components' spans.
 
     ``buf`` is the file without its ``GWYP`` magic. Raises :class:`FormatError` naming ``where``.
@@ -155,7 +155,7 @@ def scan(buf: bytes, where: str) -> list[tuple[int, int]]:
     walk = _Walk(buf, where)
     name_end = walk.cstring(0, min(len(buf), MAX_NAME), "the top object's type name")
     if buf[: name_end - 1] != b"GwyContainer":
-        raise FormatError(f"{where} holds a {buf[: name_end - 1][:40]!r} object, not a GwyContainer")
+        raise FormatError(f"{where} holds a {bytes(buf[: min(name_end - 1, 40)])!r} object, not a GwyContainer")
     if name_end + 4 > len(buf):
         raise walk.fail(0, "truncated container header")
     (size,) = struct.unpack_from("<I", buf, name_end)
@@ -196,12 +196,12 @@ def _read_container(path: PathLike, where: str, progress: Progress | None) -> di
         raise FormatError(
             f"{where} is not a Gwyddion file: it does not start with {MAGIC!r} (it starts with {bytes(buf[:8])!r})"
         )
-    body = bytes(memoryview(buf)[len(MAGIC) :])
-    del buf
+    del buf[: len(MAGIC)]  # in place: no second copy of a large file
+    body = buf
     entries: dict[str, Any] = {}
     for start, end in scan(body, where):
         try:
-            name, value, _, _ = component_from_buffer(body[start:end], return_size=True)
+            name, value, _, _ = component_from_buffer(bytes(memoryview(body)[start:end]), return_size=True)
         except Exception as exc:  # gwyfile raises whatever a malformed value makes Python raise
             raise FormatError(
                 f"{where} has a malformed entry at byte {start + len(MAGIC)}: {type(exc).__name__}: {exc}"
