@@ -328,3 +328,20 @@ def test_huge_declared_dimensions_are_refused_before_allocating(tmp_path, x3p_sa
         FormatError, match=r"^'.*huge\.x3p' is not a readable X3P file: The data file .* holds 4800 bytes"
     ):
         load_x3p(path)
+
+
+def test_profiles_load_as_one_row_and_point_clouds_are_refused(tmp_path):
+    x3pio.write(tmp_path / "p.x3p", np.linspace(0, 1e-6, 7), x_scale=1e-6)
+    profile = load_x3p(tmp_path / "p.x3p")
+    assert profile["height_map"].shape == (1, 7) and profile["x_length"] == pytest.approx(7e-6)
+    x3pio.write_points(tmp_path / "c.x3p", np.array([[0.0, 0.0, 1.0], [1.0, 2.0, 3.0]]))
+    with pytest.raises(FormatError, match=r"^'.*c\.x3p' holds a point cloud, not a height map on a grid$"):
+        load_x3p(tmp_path / "c.x3p")
+
+
+def test_only_the_first_layer_of_a_multilayer_file_loads_with_a_warning(tmp_path):
+    layers = [np.zeros((2, 3)), np.ones((2, 3))]
+    x3pio.Surface.from_layers(layers, x_scale=1e-6, y_scale=1e-6).save(tmp_path / "l.x3p")
+    with pytest.warns(UserWarning, match=r"l\.x3p' holds 2 layers; only the first is loaded"):
+        back = load_x3p(tmp_path / "l.x3p")
+    np.testing.assert_array_equal(back["height_map"], layers[0])
