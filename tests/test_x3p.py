@@ -345,3 +345,19 @@ def test_only_the_first_layer_of_a_multilayer_file_loads_with_a_warning(tmp_path
     with pytest.warns(UserWarning, match=r"l\.x3p' holds 2 layers; only the first is loaded"):
         back = load_x3p(tmp_path / "l.x3p")
     np.testing.assert_array_equal(back["height_map"], layers[0])
+
+
+@pytest.mark.parametrize(
+    "date",
+    [
+        dt.datetime(1, 1, 1),
+        dt.datetime(9999, 12, 31, 23, 59),
+        dt.datetime(2020, 1, 1, tzinfo=dt.timezone(dt.timedelta(seconds=30))),
+        dt.datetime(1, 1, 1, tzinfo=dt.UTC),
+    ],
+)
+def test_dates_record2_cannot_hold_still_round_trip(tmp_path, date):
+    data = {"height_map": surface(), "date": date}
+    out = export_to_x3p(data, tmp_path / "d.x3p")
+    assert x3pio.read(out, verify=True).metadata.date is not None
+    assert_identical(data, load_x3p(out))

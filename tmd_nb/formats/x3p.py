@@ -148,8 +148,11 @@ def _text(value: Any) -> str | None:
 def _date(value: Any) -> dt.datetime | None:
     if type(value) is not dt.datetime:
         return None
-    offset = value.utcoffset()
-    if offset is not None and (offset.total_seconds() % 60 or abs(offset) > dt.timedelta(hours=14)):
+    try:  # X3P dates carry an offset: a naive one is written as local time, if it can be
+        offset = value.utcoffset() if value.tzinfo is not None else value.astimezone().utcoffset()
+    except (ValueError, OverflowError, OSError):
+        return None
+    if offset is None or offset.total_seconds() % 60 or abs(offset) > dt.timedelta(hours=14):
         return None
     return value
 
@@ -265,8 +268,13 @@ def export_to_x3p(
         ``lateral_unit`` or ``height_unit`` is not a length unit; raised before anything is
         written.
     """
+    import x3pio
+
     file = _build(data)
-    content = file.dumps()
+    try:
+        content = file.dumps()
+    except x3pio.X3pFormatError as exc:  # nothing is written yet
+        raise ValueError(f"cannot write this height map as X3P: {exc}") from None
     with atomic_write(output_path) as fp:
         fp.write(content)
     if progress is not None:
