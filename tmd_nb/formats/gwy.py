@@ -70,6 +70,8 @@ MAGIC = b"GWYP"
 RECORD_PREFIX = "/tmd_nb/"
 MAX_DEPTH = 32
 MAX_NAME = 4096
+#: Longest text shown per key in ``/0/meta``.
+MAX_META_TEXT = 1000
 #: gwyfile copies the rest of an object after each component: refuse files where that adds up
 #: to more than this many times the file size (plus a constant).
 MAX_COPY_FACTOR = 64
@@ -338,11 +340,14 @@ def _gwy_text(text: str) -> str:
 
 
 def _meta_text(value: Any) -> str | None:
+    """A metadata value as Gwyddion's metadata browser shows it (display only: the record keeps it)."""
     if type(value) in (str, int, float, bool):
-        return _gwy_text(str(value))
-    if type(value) in (dt.datetime, dt.date):
-        return _gwy_text(value.isoformat())
-    return None
+        text = str(value)
+    elif type(value) in (dt.datetime, dt.date):
+        text = value.isoformat()
+    else:
+        return None
+    return _gwy_text(text if len(text) <= MAX_META_TEXT else text[:MAX_META_TEXT] + "...")
 
 
 def check(data: Any) -> None:
