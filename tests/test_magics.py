@@ -180,7 +180,7 @@ def test_export_npy_drops_metadata_with_one_note_line(ip, capsys, tmp_path) -> N
     assert (match["fmt"], match["keys"], match["dtype"]) == ("NPY", "0", "int64")
     assert err.strip() == (
         "note: .npy stores the height map only; 2 metadata keys not saved ('units', 'extra'); "
-        "use .x3p, .npz or .gwy to keep them"
+        "use .npz, .x3p or .gwy to keep them"
     )
     assert np.array_equal(np.load(tmp_path / "scan.npy"), np.arange(6).reshape(2, 3))
 
@@ -198,7 +198,7 @@ def test_tmd_round_trip_with_the_real_scans(ip, capsys, tmp_path, tmd_samples) -
     saved_line(out)
     assert err.strip() == (
         "note: .tmd stores the height map, lengths, offsets and comment only; 1 metadata key "
-        "not saved ('operator'); use .x3p, .npz or .gwy to keep them"
+        "not saved ('operator'); use .npz, .x3p or .gwy to keep them"
     )
     # what a .tmd file cannot represent is a one-line error and leaves no file
     message = usage_error(ip, capsys, "%tmd_export surface bad.tmd -m comment=café")
@@ -284,7 +284,7 @@ def test_wrong_type_is_one_line_and_leaves_no_file(ip, capsys, tmp_path, value, 
     [
         (
             "%tmd_export z out.txt",
-            "cannot tell the format of 'out.txt' from its extension: use .x3p, .npz, .npy, .tmd or .gwy",
+            "cannot tell the format of 'out.txt' from its extension: use .npz, .npy, .tmd, .x3p or .gwy",
         ),
         ("%tmd_export z sub/", "cannot tell the format of 'sub/'"),
         ("%tmd_export z nodir/out.npz", "cannot save to 'nodir/out.npz': directory"),

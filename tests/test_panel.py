@@ -421,7 +421,7 @@ def test_npy_says_metadata_is_not_stored_without_a_raw_warning(ns: dict, tmp_pat
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert panel.save() == str(tmp_path / "scan.npy")
-    assert "metadata" in panel.status and "not stored" in panel.status and "choose X3P, NPZ or GWY" in panel.status
+    assert "metadata" in panel.status and "not stored" in panel.status and "choose NPZ, X3P or GWY" in panel.status
     assert_identical(ns["scan"]["height_map"], tmd_nb.load_from_npy(tmp_path / "scan.npy"))
     panel.selected = "flat"  # no metadata: nothing to warn about
     panel.path = tmp_path / "flat.npy"

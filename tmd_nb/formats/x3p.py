@@ -518,5 +518,6 @@ FORMAT = Format(
     load=load_x3p,
     save=export_to_x3p,
     check=check,
+    within="npz",
     label="ISO 25178-72",
 )
