@@ -33,6 +33,7 @@ from test_magics import usage_error
 import tmd_nb
 from tmd_nb import FormatError, export_to_npy, export_to_npz, load, load_from_npy, load_from_npz
 from tmd_nb.errors import MAX_MESSAGE, UndecodedMetadataWarning
+from tmd_nb.formats import embedded, registry
 from tmd_nb.formats.metadata import MAX_DEPTH, MAX_TEXT_BYTES, MAX_VALUES
 from tmd_nb.notebook import arguments
 from tmd_nb.notebook.display import HeightMapResult, summary_html, summary_text
@@ -181,6 +182,17 @@ def test_the_writer_refuses_what_the_reader_would_refuse(tmp_path: Path) -> None
     # just under the limits: written and read back
     near = {"height_map": hm(), "many": [0] * (MAX_VALUES - 10)}
     assert load_from_npz(export_to_npz(near, tmp_path / "near.npz"))["many"] == near["many"]
+
+
+def test_exchange_format_records_have_the_same_json_limits() -> None:
+    text = ('{"tmd_nb": 1, "metadata": {"x": [' + "0," * MAX_VALUES + "0]}}").encode()
+    with pytest.raises(FormatError) as info:
+        embedded.unpack({embedded.RECORD: text}, np.zeros((1, 1)), "'f.x3p'")
+    assert (
+        str(info.value)
+        == "'f.x3p': its tmd_nb record holds about 1,000,008 JSON values, more than the 1,000,000 allowed"
+    )
+    assert len(str(info.value)) <= MAX_MESSAGE and "\n" not in str(info.value)
 
 
 # --------------------------------------------------------------------------- 3. allocation before checking
@@ -336,9 +348,9 @@ def test_special_files_are_never_replaced(tmp_path: Path) -> None:
     for kind, path in special_files(tmp_path).items():
         target = os.path.realpath(path)
         mode = os.lstat(target).st_mode
-        for save in (export_to_npz, export_to_npy, tmd_nb.export_to_tmd):
+        for fmt in registry.names():  # every format saves through atomic_write
             with pytest.raises(FileExistsError) as info:
-                save({"height_map": hm()}, path)
+                tmd_nb.save({"height_map": hm()}, path, format=fmt)
             assert str(info.value) == f"[Errno 17] not a regular file ({kind}), so it is not replaced: {target!r}"
             assert os.lstat(target).st_mode == mode
     assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
@@ -349,9 +361,9 @@ def test_write_protected_files_are_never_replaced(tmp_path: Path) -> None:
     path = tmp_path / "keep.npz"
     path.write_bytes(b"precious")
     path.chmod(0o444)
-    for save in (export_to_npz, export_to_npy):
+    for fmt in registry.names():
         with pytest.raises(PermissionError) as info:
-            save({"height_map": hm()}, path)
+            tmd_nb.save({"height_map": hm()}, path, format=fmt)
         assert (
             str(info.value) == f"[Errno 13] write-protected (no write permission), so it is not replaced: {str(path)!r}"
         )

@@ -26,7 +26,14 @@ from nbclient import NotebookClient
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 # The ordered set the README promises; a missing one fails the suite, an extra one is run too.
-EXPECTED = ("01_quickstart", "02_magics", "03_export_panel", "04_scan_files", "05_large_heightmaps")
+EXPECTED = (
+    "01_quickstart",
+    "02_magics",
+    "03_export_panel",
+    "04_scan_files",
+    "05_large_heightmaps",
+    "06_exchange_formats",
+)
 ALL = sorted(set(EXPECTED) | {p.stem for p in NOTEBOOKS.glob("*.ipynb")})
 CELL_TIMEOUT = 180  # seconds, per cell (nbclient)
 NOTEBOOK_TIME_LIMIT = 180  # seconds, whole notebook

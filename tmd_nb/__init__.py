@@ -10,10 +10,12 @@ from typing import Any
 
 from ._version import __version__
 from .errors import FormatError, MetadataNotStoredWarning, UndecodedMetadataWarning
+from .formats.gwy import export_to_gwy, load_gwy
 from .formats.npy import export_to_npy, load_from_npy
 from .formats.npz import export_to_npz, load_from_npz
 from .formats.registry import load, save
 from .formats.tmd import export_to_tmd, load_tmd
+from .formats.x3p import export_to_x3p, load_x3p
 from .heightmap import height_map_of
 
 __all__ = [
@@ -23,14 +25,18 @@ __all__ = [
     "MetadataNotStoredWarning",
     "UndecodedMetadataWarning",
     "__version__",
+    "export_to_gwy",
     "export_to_npy",
     "export_to_npz",
     "export_to_tmd",
+    "export_to_x3p",
     "height_map_of",
     "load",
     "load_from_npy",
     "load_from_npz",
+    "load_gwy",
     "load_tmd",
+    "load_x3p",
     "save",
 ]
 
