@@ -8,7 +8,7 @@ import warnings
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from tmd_nb import FormatError, export_to_gwy, export_to_x3p, load, load_gwy, load_x3p
@@ -58,7 +58,6 @@ def test_random_bytes_are_format_errors(tmp_path, kind, content):
         LOADERS[kind](path)
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     kind=st.sampled_from(["x3p", "gwy"]),
     edits=st.lists(st.tuples(st.integers(0, 100_000), st.integers(0, 255)), min_size=1, max_size=6),
