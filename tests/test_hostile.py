@@ -195,6 +195,20 @@ def test_exchange_format_records_have_the_same_json_limits() -> None:
     assert len(str(info.value)) <= MAX_MESSAGE and "\n" not in str(info.value)
 
 
+def test_an_x3p_zip_entry_needing_an_unknown_zip_version_is_a_format_error(tmp_path: Path) -> None:
+    # Found by the thorough fuzz profile: zipfile raises NotImplementedError("zip file version 10.1").
+    data = bytearray(Path(tmd_nb.export_to_x3p({"height_map": hm()}, tmp_path / "good.x3p")).read_bytes())
+    entry = data.find(b"PK\x01\x02")
+    while entry >= 0:
+        data[entry + 6 : entry + 8] = (101).to_bytes(2, "little")
+        entry = data.find(b"PK\x01\x02", entry + 4)
+    path = tmp_path / "version.x3p"
+    path.write_bytes(bytes(data))
+    exc = format_error(tmd_nb.load_x3p, path)
+    assert str(exc) == f"{str(path)!r} is not an X3P file: not a readable zip archive (zip file version 10.1)"
+    assert str(format_error(load, path)).startswith(f"{str(path)!r}")  # no longer recognised as X3P
+
+
 # --------------------------------------------------------------------------- 3. allocation before checking
 
 

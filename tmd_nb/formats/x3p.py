@@ -291,7 +291,8 @@ def _checked_zip(fp: Any, where: str) -> tuple[zipfile.ZipFile, dict[str, zipfil
     """Open the zip and bound every declared size before anything is decompressed."""
     try:
         zf = zipfile.ZipFile(fp)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError, EOFError) as exc:
+    # NotImplementedError: zipfile's answer to a "version needed" it does not know (a damaged field).
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError, EOFError, NotImplementedError) as exc:
         raise FormatError(f"{where} is not an X3P file: not a readable zip archive ({exc})") from None
     infos = zf.infolist()
     if len(infos) > MAX_MEMBERS:
@@ -347,6 +348,7 @@ def _repack_old_root(zf: zipfile.ZipFile, members: dict[str, zipfile.ZipInfo], m
 
 _LIBRARY_ERRORS: tuple[type[BaseException], ...] = (
     zipfile.BadZipFile,
+    NotImplementedError,  # zipfile: an unknown "version needed" or compression in a damaged entry
     zlib.error,
     ValueError,
     KeyError,
