@@ -50,6 +50,7 @@ dimensions. Anything malformed raises :class:`~tmd_nb.errors.FormatError` naming
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import io
 import os
 import re
@@ -375,6 +376,10 @@ def _read_file(path: PathLike, where: str) -> Any:
             repacked = _repack_old_root(zf, members, main, where)
         except _LIBRARY_ERRORS as exc:
             raise FormatError(f"{where} is not a readable X3P file: {exc}") from None
+        except OSError as exc:  # EINVAL: a damaged entry made zipfile seek before the file's start
+            if exc.errno != errno.EINVAL:
+                raise
+            raise FormatError(f"{where} is not a readable X3P file: an entry points outside the file") from None
         source: Any = io.BytesIO(repacked) if repacked is not None else fp
 
         def read(verify: bool) -> Any:
@@ -393,6 +398,10 @@ def _read_file(path: PathLike, where: str) -> Any:
             raise FormatError(f"{where} is not a readable X3P file: {exc}") from None
         except _LIBRARY_ERRORS as exc:
             raise FormatError(f"{where} is not a readable X3P file: {type(exc).__name__}: {exc}") from None
+        except OSError as exc:  # as above: EINVAL is the file's damage, other errors the system's
+            if exc.errno != errno.EINVAL:
+                raise
+            raise FormatError(f"{where} is not a readable X3P file: an entry points outside the file") from None
 
 
 def _record2_keys(record: Any) -> dict[str, Any]:
