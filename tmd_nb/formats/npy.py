@@ -76,13 +76,18 @@ def parse_header(fp: BinaryIO, where: str, available: int | None = None) -> tupl
         fp.seek(hlen - len(prefix), io.SEEK_CUR)
     buffer = io.BytesIO(head)
     try:
-        version = npformat.read_magic(buffer)
-        if version == (1, 0):
-            shape, fortran, dtype = npformat.read_array_header_1_0(buffer, max_header_size=MAX_HEADER_SIZE)
-        elif version == (2, 0):
-            shape, fortran, dtype = npformat.read_array_header_2_0(buffer, max_header_size=MAX_HEADER_SIZE)
-        else:
-            raise FormatError(f"{where} uses unsupported NPY format version {version}")
+        with warnings.catch_warnings():
+            # numpy parses the header as a Python literal: a hostile one with "\c" in a string
+            # would also print Python's DeprecationWarning/SyntaxWarning about the escape.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", SyntaxWarning)
+            version = npformat.read_magic(buffer)
+            if version == (1, 0):
+                shape, fortran, dtype = npformat.read_array_header_1_0(buffer, max_header_size=MAX_HEADER_SIZE)
+            elif version == (2, 0):
+                shape, fortran, dtype = npformat.read_array_header_2_0(buffer, max_header_size=MAX_HEADER_SIZE)
+            else:
+                raise FormatError(f"{where} uses unsupported NPY format version {version}")
     except FormatError:
         raise
     except Exception as exc:  # numpy's header parser raises ValueError, SyntaxError, tokenize.TokenError...
