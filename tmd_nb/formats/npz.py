@@ -64,7 +64,7 @@ _RESERVED = {HEIGHT_MAP, METADATA, VERSION_MEMBER}
 
 def encode_npz_members(data: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """Validate ``data`` and return the archive members ``export_to_npz`` writes for it."""
-    array, meta = split_height_map(data)
+    array, meta = split_height_map(data, lazy=True)
     encoded, arrays = metadata.encode(meta, reserved=_RESERVED)
     text = json.dumps(encoded, ensure_ascii=False, allow_nan=False)
     members = {HEIGHT_MAP: array, METADATA: np.array(text), VERSION_MEMBER: np.array(FORMAT_VERSION, dtype=np.int64)}
@@ -88,6 +88,10 @@ def export_to_npz(
     ``level``: ``None`` (fast, ISA-L level 2), ``1``-``3`` (ISA-L), ``4``-``9`` (zlib; ``6`` and up
     give files no larger than ``np.savez_compressed``'s), ``0`` (stored). ``progress(done_bytes,
     total_bytes)`` is called as the array data is written.
+
+    The height map and array metadata values may be Dask arrays: they are streamed one block row
+    at a time (only that much is in memory), and the file is byte for byte the one the same data
+    in memory gives.
     """
     members = encode_npz_members(data)
     with atomic_write(output_path) as fp:

@@ -62,7 +62,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import FormatError, MetadataNotStoredWarning
-from ..heightmap import keys_text, split_height_map
+from ..heightmap import in_memory, keys_text, split_height_map
 from ._io import Progress, Reporter, open_file, read_into
 from .atomic import atomic_write
 from .base import Format
@@ -288,9 +288,11 @@ def export_to_tmd(
     are accepted when float32 represents every value exactly; otherwise ``ValueError`` says
     which value would be rounded. Other keys cannot be stored in a ``.tmd`` file: a
     :class:`~tmd_nb.errors.MetadataNotStoredWarning` names them. Everything is validated before
-    the file is touched, and the file is replaced atomically.
+    the file is touched, and the file is replaced atomically. A Dask height map is computed
+    first (a ``.tmd`` file is written from the whole array in memory): use NPY or NPZ, which
+    stream it, for maps larger than memory.
     """
-    array, meta = split_height_map(data)
+    array, meta = split_height_map(in_memory(data))  # a Dask array is computed: TMD is written whole
     height, width = array.shape
     if width == 0 or height == 0:
         raise ValueError(f"height map is empty (shape {array.shape}); a .tmd file holds at least one point")
