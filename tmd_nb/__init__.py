@@ -9,7 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 from ._version import __version__
+from .convert import ConvertReport, convert
 from .errors import FormatError, MetadataNotStoredWarning
+from .formats.chunks import load_metadata, open_dask
 from .formats.npy import export_to_npy, load_from_npy
 from .formats.npz import export_to_npz, load_from_npz
 from .formats.registry import load, save
@@ -17,11 +19,13 @@ from .formats.tmd import export_to_tmd, load_tmd
 from .heightmap import height_map_of
 
 __all__ = [
+    "ConvertReport",
     "ExportPanel",
     "FormatError",
     "LoadPanel",
     "MetadataNotStoredWarning",
     "__version__",
+    "convert",
     "export_to_npy",
     "export_to_npz",
     "export_to_tmd",
@@ -29,7 +33,9 @@ __all__ = [
     "load",
     "load_from_npy",
     "load_from_npz",
+    "load_metadata",
     "load_tmd",
+    "open_dask",
     "save",
 ]
 
