@@ -108,35 +108,44 @@ class HeightMapWindows:
         return (self.path, self.signature, self.data_offset, self.kind, self.shape, self.dtype.str)
 
     def __getitem__(self, key: Any) -> np.ndarray:
+        """``windows[rows, cols]``: slices, ints or integer arrays (each axis on its own, as Dask asks)."""
         if not isinstance(key, tuple):
             key = (key,)
         if len(key) > 2 or any(k is Ellipsis or k is None for k in key):
-            raise IndexError(f"index a height map with at most two ints or slices, not {key!r}")
+            raise IndexError(f"index a height map with at most two ints, slices or integer arrays, not {key!r}")
         key = key + (slice(None),) * (2 - len(key))
-        slices, drop = [], []
+        picks: list[range | np.ndarray] = []
+        drop = []
         for axis, (k, n) in enumerate(zip(key, self.shape, strict=True)):
             if isinstance(k, slice):
-                slices.append(k)
+                picks.append(range(*k.indices(n)))
                 continue
-            i = int(k)  # an int, or a numpy integer
-            if not -n <= i < n:
-                raise IndexError(f"index {i} is out of bounds for axis {axis} with size {n}")
-            i %= n
-            slices.append(slice(i, i + 1))
-            drop.append(axis)
-        rows, cols = slices
+            index = np.asarray(k)
+            if index.dtype == bool:
+                if index.shape != (n,):
+                    raise IndexError(f"boolean index of shape {index.shape} does not match axis {axis} of size {n}")
+                index = np.flatnonzero(index)
+            if index.dtype.kind not in "iu" or index.ndim > 1:
+                raise IndexError(f"index {k!r} on axis {axis} is not an int, a slice or a 1-D integer array")
+            if index.size and not (-n <= index.min() and index.max() < n):
+                raise IndexError(f"index {k!r} is out of bounds for axis {axis} with size {n}")
+            if index.ndim == 0:
+                drop.append(axis)
+            picks.append(np.atleast_1d(index % n if n else index))
+        rows, cols = picks
         # A Fortran-order file holds the transpose in C order.
         window = self._window(cols, rows, self.shape[::-1]).T if self.fortran else self._window(rows, cols, self.shape)
         return window.reshape([n for axis, n in enumerate(window.shape) if axis not in drop]) if drop else window
 
-    def _window(self, rows: slice, cols: slice, shape: tuple[int, int]) -> np.ndarray:
-        """``stored[rows, cols]`` of the C-order array of ``shape`` the file holds."""
-        rr, cr = range(*rows.indices(shape[0])), range(*cols.indices(shape[1]))
-        if not rr or not cr:
-            return np.empty((len(rr), len(cr)), dtype=self.dtype)
-        r0, r1, c0, c1 = min(rr), max(rr) + 1, min(cr), max(cr) + 1
-        if rr.step != 1 or cr.step != 1:  # read the rectangle around the selection, then pick
-            return self._window(slice(r0, r1), slice(c0, c1), shape)[np.subtract(rr, r0)][:, np.subtract(cr, c0)]
+    def _window(self, rows: range | np.ndarray, cols: range | np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+        """``stored[rows][:, cols]`` of the C-order array of ``shape`` the file holds."""
+        if not len(rows) or not len(cols):
+            return np.empty((len(rows), len(cols)), dtype=self.dtype)
+        r0, r1, c0, c1 = min(rows), max(rows) + 1, min(cols), max(cols) + 1
+        plain = isinstance(rows, range) and isinstance(cols, range) and rows.step == 1 and cols.step == 1
+        if not plain:  # read the rectangle around the selection, then pick
+            around = self._window(range(r0, r1), range(c0, c1), shape)
+            return around[np.subtract(rows, r0)][:, np.subtract(cols, c0)]
         if not self.deflated:
             mapped = np.memmap(self.path, dtype=self.dtype, mode="r", offset=self.data_offset, shape=shape)
             return np.array(mapped[r0:r1, c0:c1])
@@ -170,7 +179,7 @@ class HeightMapWindows:
                 while upos < end:
                     if not tail:
                         if cpos >= self.csize:
-                            raise FormatError(f"{where} is truncated: its deflate stream is cut off")
+                            raise FormatError(f"{where} is corrupt: its deflate stream runs out at byte {upos}")
                         tail = f.read(min(_STEP, self.csize - cpos))
                         if not tail:
                             raise FormatError(f"{where} is truncated: its compressed data is cut off")
@@ -178,7 +187,7 @@ class HeightMapWindows:
                     out = d.decompress(tail, min(_STEP, end - upos))
                     tail = d.unconsumed_tail
                     if not out and d.eof:
-                        raise FormatError(f"{where}: its deflate stream ends before byte {end}")
+                        raise FormatError(f"{where} is corrupt: its deflate stream ends at byte {upos}")
                     if upos + len(out) > begin:
                         yield out[max(0, begin - upos) :]
                     upos += len(out)
@@ -293,7 +302,8 @@ def open_dask(path: PathLike, chunks: Any = "auto") -> Any:
         chunks = (-1, "auto") if windows.fortran else ("auto", -1)
     name = f"tmd_nb-{windows.kind}-{tokenize(windows, chunks)}"
     meta = np.empty((0, 0), dtype=windows.dtype)
-    return da.from_array(windows, chunks=chunks, name=name, asarray=False, fancy=False, meta=meta)
+    # Dask fuses slicing into the reads (x[:256, :256] reads only that window) when fancy is left on.
+    return da.from_array(windows, chunks=chunks, name=name, asarray=False, meta=meta)
 
 
 def load_metadata(path: PathLike) -> dict[str, Any]:
