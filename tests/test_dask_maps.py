@@ -256,7 +256,7 @@ def test_open_dask_names_the_extra_to_install_without_dask(tmp_path, monkeypatch
 def test_the_format_layer_imports_without_dask():
     code = (
         "import sys; sys.modules['dask'] = None; sys.modules['distributed'] = None\n"
-        "import tmd_nb, tmd_nb.formats.chunks, tmd_nb.convert\n"
+        "import tmd_nb, tmd_nb.formats.chunks, tmd_nb.batch\n"
         "print(sorted(m for m in sys.modules if m.startswith(('dask', 'distributed', 'IPython'))))"
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

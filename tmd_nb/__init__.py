@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from ._version import __version__
-from .convert import ConvertReport, convert
+from .batch import ConvertReport, convert
 from .errors import FormatError, MetadataNotStoredWarning
 from .formats.chunks import load_metadata, open_dask
 from .formats.npy import export_to_npy, load_from_npy

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__
-from .convert import convert
+from .batch import convert
 from .formats import registry
 
 __all__ = ["build_parser", "main"]
@@ -42,13 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     conv.add_argument("--overwrite", action="store_true", help="convert again files whose output is already there")
     conv.add_argument("--no-progress", action="store_true", help="no progress bar")
+    conv.set_defaults(parser=conv)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line with ``argv`` (default: ``sys.argv[1:]``); return the exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
+    parser: argparse.ArgumentParser = args.parser  # the sub-command's, so that errors show its usage
     if args.jobs is not None and args.jobs < 1:
         parser.error(f"--jobs must be at least 1, not {args.jobs}")
     client = None
