@@ -275,3 +275,43 @@ def test_the_command_line_runs_on_a_scheduler_address(archive, tmp_path, cluster
     )
     assert run.returncode == 0, run.stderr
     assert run.stdout.startswith("6 converted, 0 skipped (already done), 0 failed")
+
+
+# ------------------------------------------------------------------------------------------
+# %tmd_convert
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def ip(tmp_path_factory, monkeypatch):
+    from IPython.core.interactiveshell import InteractiveShell
+    from traitlets.config import Config
+
+    monkeypatch.setenv("IPYTHONDIR", str(tmp_path_factory.mktemp("ipythondir")))
+    config = Config()
+    config.HistoryManager.hist_file = ":memory:"
+    shell = InteractiveShell.instance(config=config)
+    shell.run_line_magic("load_ext", "tmd_nb")
+    yield shell
+    shell.run_line_magic("unload_ext", "tmd_nb")
+
+
+def test_the_convert_magic_returns_the_report_and_turns_mistakes_into_usage_errors(ip, archive, tmp_path, capsys):
+    from IPython.core.error import UsageError
+
+    ip.user_ns["where"] = str(tmp_path / "out")
+    result = ip.run_cell(f'report = %tmd_convert "{archive}/lab-b" -o $where --jobs 1 --format npy')
+    assert result.success, result.error_in_exec
+    report = ip.user_ns.pop("report")
+    assert len(report.converted) == 3 and report.ok
+    assert all(Path(o).parent == tmp_path / "out" and o.endswith(".npy") for _, o in report.converted)
+    assert "convert: 100%" in capsys.readouterr().err
+    for line, message in [
+        (f"%tmd_convert {archive} -o", "%tmd_convert: argument -o/--out: expected one argument"),
+        (f"%tmd_convert {archive}/none -o out", f"%tmd_convert: no such file or folder: '{archive}/none'"),
+        (f"%tmd_convert {archive} -o out --jobs 0", "%tmd_convert: --jobs must be at least 1, not 0"),
+    ]:
+        result = ip.run_cell(line)
+        assert isinstance(result.error_in_exec, UsageError)
+        assert str(result.error_in_exec).startswith(message)
+    ip.user_ns.pop("where")

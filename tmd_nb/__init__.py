@@ -50,7 +50,7 @@ def __getattr__(name: str) -> Any:
 
 
 def load_ipython_extension(ipython: Any) -> None:
-    """``%load_ext tmd_nb``: register ``%tmd_export``, ``%tmd_load`` and ``%tmd_panel``."""
+    """``%load_ext tmd_nb``: register ``%tmd_export``, ``%tmd_load``, ``%tmd_panel`` and ``%tmd_convert``."""
     from .notebook.magics import load_ipython_extension as load
 
     load(ipython)
