@@ -244,7 +244,9 @@ def test_convert_on_a_local_cluster(archive, tmp_path, cluster):
     out = tmp_path / "out"
     with Client(cluster) as client:
         report = tmd_nb.convert(archive, out, client=client, progress=False)
+        again = tmd_nb.convert(archive, out, client=client, progress=False)  # a second run's own tasks
         workers = set(client.run(os.getpid).values())
+    assert again.converted == [] and sorted(again.skipped) == sorted(report.converted)
     assert len(report.converted) == 6 and len(report.failed) == 1
     assert report.failed[0][1].startswith("FormatError: ")
     assert len(workers) == 2 and os.getpid() not in workers

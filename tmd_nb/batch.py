@@ -290,8 +290,7 @@ def _run_dask(tasks: list[tuple[str, str]], format: str, overwrite: bool, client
         [o for _, o in tasks],
         format=format,
         overwrite=overwrite,
-        pure=False,
-        key=[f"tmd_nb-convert-{i}" for i in range(len(tasks))],
+        pure=False,  # unique keys: a second run on the same client never reuses the first one's results
     )
     by_key = {f.key: t for f, t in zip(futures, tasks, strict=True)}
     try:
