@@ -326,7 +326,7 @@ def test_invalid_value_marks_its_row_and_blocks_saving(
     assert "\u2717" in row._check.value and reason in row._check.value
     assert row._value.layout.border and "tmd-invalid" in row._dom_classes
     assert panel._save_button.disabled
-    assert "metadata 'sample'" in panel._problems.value
+    assert "metadata 'sample'" in panel._blocker_note.value
     assert panel.save() is None
     assert panel.status.startswith("Not saved: metadata 'sample'")
     assert not (tmp_path / "blocked.npz").exists()
@@ -340,13 +340,13 @@ def test_key_problems_block_saving(ns: dict) -> None:
     panel = ExportPanel(namespace=ns)
     panel.selected = "flat"
     first = _add(panel, "", "int", "1")
-    assert first.error == "the key is empty" and "metadata row 1" in panel._problems.value
+    assert first.error == "the key is empty" and "metadata row 1" in panel._blocker_note.value
     first._key.value = "height_map"
     assert "array itself" in first.error
     first._key.value = "a"
     second = _add(panel, "a", "int", "2")
     assert "used 2 times" in first.error and "used 2 times" in second.error
-    assert "and 1 more invalid row" in panel._problems.value
+    assert "and 1 more invalid row" in panel._blocker_note.value
     assert panel._save_button.disabled
     second._remove.click()
     assert panel._rows == [first] and first.error is None and not panel._save_button.disabled
@@ -357,7 +357,7 @@ def test_removing_a_read_only_row_drops_it_and_unstorable_values_block(ns: dict,
     panel = ExportPanel(namespace=ns)
     panel.selected = "odd"
     assert "cannot be saved" in _row(panel, "weird").error
-    assert panel._save_button.disabled and "metadata 'weird'" in panel._problems.value
+    assert panel._save_button.disabled and "metadata 'weird'" in panel._blocker_note.value
     _row(panel, "weird")._remove.click()
     _row(panel, "obj")._remove.click()
     panel.path = tmp_path / "odd.npz"
@@ -449,7 +449,7 @@ def test_errors_become_one_plain_sentence(ns: dict, tmp_path: Path) -> None:
     panel.selected = "flat"
     panel.path = tmp_path / "a_file" / "sub" / "inside.npz"  # a file where a folder should be
     assert panel._save_button.disabled
-    assert f"{tmp_path / 'a_file'} is a file, not a folder" in panel._problems.value
+    assert f"{tmp_path / 'a_file'} is a file, not a folder" in panel._blocker_note.value
     panel.path = tmp_path / ("x" * 300 + ".npz")  # fine to type, but too long once saving starts
     assert not panel._save_button.disabled
     assert panel.save() is None
@@ -469,9 +469,9 @@ def test_errors_become_one_plain_sentence(ns: dict, tmp_path: Path) -> None:
 def test_folder_and_empty_path_block_saving(ns: dict, tmp_path: Path) -> None:
     panel = ExportPanel(namespace=ns)
     panel.path = ""
-    assert panel._save_button.disabled and "type a file name" in panel._problems.value
+    assert panel._save_button.disabled and "type a file name" in panel._blocker_note.value
     panel.path = tmp_path
-    assert panel._save_button.disabled and "is a folder" in panel._problems.value
+    assert panel._save_button.disabled and "is a folder" in panel._blocker_note.value
 
 
 def test_existing_file_needs_explicit_overwrite(ns: dict, tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ from IPython.core.magic_arguments import argument, magic_arguments
 from ..errors import FormatError
 from ..formats import registry
 from ..heightmap import HEIGHT_MAP, keys_text, split_height_map
-from .arguments import is_variable_name, parse_line, parse_meta, resolve_name
+from .arguments import Syntax, is_variable_name, parse_line, parse_meta, resolve_name, syntax_of
 from .completion import register_completer, unregister_completer
 from .display import HeightMapResult, count_text, shape_text, size_text
 from .saving import keeping_all, save_reporting
@@ -40,9 +40,6 @@ __all__ = [
 
 #: Saves and loads that last longer than this many seconds show a progress bar on stderr.
 PROGRESS_AFTER = 1.0
-MAGIC_NAMES = ("tmd_export", "tmd_load", "tmd_panel", "tmd_convert")
-
-
 # --------------------------------------------------------------------------- progress
 
 
@@ -397,16 +394,27 @@ class TmdMagics(Magics):
 # --------------------------------------------------------------------------- extension
 
 
+def syntaxes() -> dict[str, Syntax]:
+    """What completion needs to know of each magic's argument line, read from its parser."""
+    return {  # one entry per line magic of TmdMagics; the test suite checks they match
+        "tmd_export": syntax_of(TmdMagics.tmd_export.parser, ("variable", "path")),
+        "tmd_load": syntax_of(TmdMagics.tmd_load.parser, ("path",)),
+        "tmd_panel": syntax_of(TmdMagics.tmd_panel.parser, ()),
+        # SRC... : any number of sources; the first eight complete as paths.
+        "tmd_convert": syntax_of(TmdMagics.tmd_convert.parser, ("path",) * 8),
+    }
+
+
 def load_ipython_extension(ipython: Any) -> None:
     """Register the magics and the argument completer on ``ipython``."""
     ipython.register_magics(TmdMagics)
-    register_completer(ipython)
+    register_completer(ipython, syntaxes())
 
 
 def unload_ipython_extension(ipython: Any) -> None:
     """Remove what :func:`load_ipython_extension` registered (magics and completer)."""
     manager = ipython.magics_manager
-    for name in MAGIC_NAMES:
+    for name in TmdMagics.magics["line"]:
         owner = getattr(manager.magics["line"].get(name), "__self__", None)
         if type(owner).__name__ == TmdMagics.__name__ and type(owner).__module__ == __name__:
             del manager.magics["line"][name]
