@@ -317,3 +317,13 @@ def test_the_convert_magic_returns_the_report_and_turns_mistakes_into_usage_erro
         assert isinstance(result.error_in_exec, UsageError)
         assert str(result.error_in_exec).startswith(message)
     ip.user_ns.pop("where")
+
+
+def test_the_convert_magic_completes_its_sources_as_paths(ip, tmp_path, monkeypatch):
+    from IPython.core.completer import provisionalcompleter
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "scans here").mkdir()
+    with provisionalcompleter():
+        found = [c.text for c in ip.Completer.completions("%tmd_convert sca", len("%tmd_convert sca"))]
+    assert found == ['"scans here/']  # a folder, quoted and left open for what follows
