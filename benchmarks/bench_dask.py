@@ -43,7 +43,7 @@ MAP = textwrap.dedent(
         return (np.round(z / step) * step).astype(np.float32)
 
     def block(base, i):
-        return np.roll(base, 977 * i, axis=1) + np.float32(i)
+        return base + np.float32(i)
     """
 )
 

@@ -33,6 +33,7 @@ import os
 import struct
 import warnings
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -160,36 +161,51 @@ def data_pieces(array: np.ndarray, piece: int) -> Iterator[memoryview]:
         yield memoryview(block.tobytes())  # type: ignore[attr-defined]
 
 
+def block_row(array: Any, i: int) -> np.ndarray:
+    """Block row ``i`` of a 2-D Dask array, computed, as a C-contiguous numpy array of the promised shape."""
+    band = np.ascontiguousarray(array.blocks[i].compute())
+    if band.shape != (array.chunks[0][i], array.shape[1]) or band.dtype != array.dtype:
+        raise ValueError(
+            f"block row {i} of the Dask array computed to shape {band.shape} and dtype {band.dtype}, "
+            f"not the {(array.chunks[0][i], array.shape[1])} and {array.dtype} its chunks promise"
+        )
+    return band
+
+
 def block_row_pieces(array: Any, piece: int) -> Iterator[memoryview]:
     """The C-order bytes of a 2-D Dask array, computed one block row at a time, in pieces of ``piece``.
 
     Every piece but the last is exactly ``piece`` bytes, as :func:`data_pieces` cuts an array in
     memory, so that what is made of the pieces (a deflate stream cut into chunks) is byte for byte
-    the same. A piece straddling two block rows is the only copy made; at most one block row (and
-    that piece) is held at a time.
+    the same. A piece straddling two block rows is the only copy made. The next block row is
+    computed on a helper thread while this one is written (Dask's own latency hidden behind the
+    compression), so at most two block rows are held at a time, besides the pieces in flight.
     """
     carry = bytearray()
-    for i in range(array.numblocks[0]):
-        band = np.ascontiguousarray(array.blocks[i].compute())
-        if band.shape != (array.chunks[0][i], array.shape[1]) or band.dtype != array.dtype:
-            raise ValueError(
-                f"block row {i} of the Dask array computed to shape {band.shape} and dtype {band.dtype}, "
-                f"not the {(array.chunks[0][i], array.shape[1])} and {array.dtype} its chunks promise"
-            )
-        raw = band.reshape(-1).view(np.uint8).data
-        pos = 0
-        if carry:
-            pos = min(piece - len(carry), len(raw))
-            carry += raw[:pos]
-            if len(carry) < piece:
-                continue
-            yield memoryview(bytes(carry))
-            carry = bytearray()
-        while len(raw) - pos >= piece:
-            yield raw[pos : pos + piece]
-            pos += piece
-        carry += raw[pos:]
-        del band, raw
+    count = array.numblocks[0]
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tmd_nb-block-row")
+    try:
+        ahead = pool.submit(block_row, array, 0)
+        for i in range(count):
+            band = ahead.result()
+            if i + 1 < count:
+                ahead = pool.submit(block_row, array, i + 1)
+            raw = band.reshape(-1).view(np.uint8).data
+            pos = 0
+            if carry:
+                pos = min(piece - len(carry), len(raw))
+                carry += raw[:pos]
+                if len(carry) < piece:
+                    continue
+                yield memoryview(bytes(carry))
+                carry = bytearray()
+            while len(raw) - pos >= piece:
+                yield raw[pos : pos + piece]
+                pos += piece
+            carry += raw[pos:]
+            del band, raw
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
     if carry:
         yield memoryview(bytes(carry))
 
