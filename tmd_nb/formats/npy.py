@@ -295,8 +295,8 @@ def export_to_npy(
 
     NPY holds the array only: metadata in ``data`` is not stored, and a
     :class:`~tmd_nb.errors.MetadataNotStoredWarning` says so. The height map may be a Dask array:
-    it is streamed one block row at a time, never held whole, and the file is byte for byte the
-    one the same data in memory gives. Returns the absolute path.
+    it is streamed one block row at a time (at most two in memory), never held whole, and the
+    file is byte for byte the one the same data in memory gives. Returns the absolute path.
     """
     array, meta = split_height_map(data, lazy=True)
     if meta:

@@ -90,8 +90,8 @@ def export_to_npz(
     total_bytes)`` is called as the array data is written.
 
     The height map and array metadata values may be Dask arrays: they are streamed one block row
-    at a time (only that much is in memory), and the file is byte for byte the one the same data
-    in memory gives.
+    at a time (at most two are in memory: the next is computed while one is written), and the
+    file is byte for byte the one the same data in memory gives.
     """
     members = encode_npz_members(data)
     with atomic_write(output_path) as fp:
