@@ -32,9 +32,11 @@ from .formats import registry
 from .formats.base import PathLike
 from .formats.chunks import load_metadata
 
-__all__ = ["ConvertReport", "convert", "convert_file", "plan"]
+__all__ = ["ConvertReport", "convert", "convert_file", "convert_files", "plan"]
 
 _GLOB_CHARS = re.compile(r"[*?[]")
+#: Most files converted by one Dask task (small scans take milliseconds; a task costs about as much).
+MAX_BATCH = 16
 
 
 @dataclass
@@ -280,27 +282,38 @@ def _run_local(tasks: list[tuple[str, str]], format: str, overwrite: bool, jobs:
             return
 
 
+def convert_files(batch: list[tuple[str, str]], format: str = "npz", overwrite: bool = False) -> list[dict[str, Any]]:
+    """:func:`convert_file` over a batch of ``(source, output)`` pairs: one Dask task for several small files."""
+    return [convert_file(source, output, format, overwrite) for source, output in batch]
+
+
+def _batches(tasks: list[tuple[str, str]], workers: int) -> list[list[tuple[str, str]]]:
+    """Batches of at most :data:`MAX_BATCH` files, about eight per worker, so that per-task overhead is amortised
+    while every worker still gets work until the end."""
+    size = max(1, min(MAX_BATCH, len(tasks) // (8 * max(1, workers))))
+    return [tasks[i : i + size] for i in range(0, len(tasks), size)]
+
+
 def _run_dask(tasks: list[tuple[str, str]], format: str, overwrite: bool, client: Any, done: Callable) -> None:
-    """Run the tasks on a ``dask.distributed`` client: paths go to the workers, results come back."""
+    """Run the tasks on a ``dask.distributed`` client, in batches: paths go to the workers, results come back."""
     from distributed import as_completed
 
-    futures = client.map(
-        convert_file,
-        [s for s, _ in tasks],
-        [o for _, o in tasks],
-        format=format,
-        overwrite=overwrite,
-        pure=False,  # unique keys: a second run on the same client never reuses the first one's results
-    )
-    by_key = {f.key: t for f, t in zip(futures, tasks, strict=True)}
+    batches = _batches(tasks, len(client.scheduler_info().get("workers", ())))
+    # pure=False: unique keys, so a second run on the same client never reuses the first one's results.
+    futures = client.map(convert_files, batches, format=format, overwrite=overwrite, pure=False)
+    by_key = {f.key: batch for f, batch in zip(futures, batches, strict=True)}
     try:
         for future in as_completed(futures):
-            source, output = by_key[future.key]
             try:
-                result = future.result()
+                results = future.result()
             except Exception as exc:  # a worker died (KilledWorker) or the task could not run
-                result = {"source": source, "output": output, "status": "failed", "reason": _reason(exc), "notes": []}
-            done(result)
+                reason = _reason(exc)
+                results = [
+                    {"source": s, "output": o, "status": "failed", "reason": reason, "notes": []}
+                    for s, o in by_key[future.key]
+                ]
+            for result in results:
+                done(result)
     except BaseException:
         client.cancel(futures)
         raise
