@@ -32,6 +32,7 @@ EXPECTED = (
     "03_export_panel",
     "04_scan_files",
     "05_large_heightmaps",
+    "06_exchange_formats",
     "07_archives_and_large_maps",
 )
 ALL = sorted(set(EXPECTED) | {p.stem for p in NOTEBOOKS.glob("*.ipynb")})

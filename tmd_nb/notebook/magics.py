@@ -194,7 +194,7 @@ def export_height_map(
 
 
 def load_height_map(path: str, *, progress: Callable[[int, int], None] | None = None) -> HeightMapResult:
-    """Load an NPZ, NPY or TMD file (recognised by content) as a :class:`HeightMapResult`."""
+    """Load any registered format (recognised by content) as a :class:`HeightMapResult`."""
     path = expand_path(path)
     try:
         data = registry.load(path, progress=progress)
@@ -262,10 +262,14 @@ class TmdMagics(Magics):
         metavar="NAME",
         help="the variable to save: a 2-D array or a dict with 'height_map' (also scan.z, scan['z'], stack[0])",
     )
-    @argument("path", metavar="PATH", help="file to write; .npz (with metadata), .npy (array only) or .tmd")
+    @argument(
+        "path",
+        metavar="PATH",
+        help=f"file to write; the extension picks the format: {registry.one_of(list(registry.extensions()))}",
+    )
     @line_magic
     def tmd_export(self, line: str) -> None:
-        """Save a height map from the namespace to an NPZ, NPY or TMD file.
+        """Save a height map from the namespace to an NPZ, NPY, TMD, X3P or GWY file.
 
         The format follows PATH's extension. Prints one line: what was saved, its shape and
         dtype, the number of metadata keys, the path, the file size and the time taken.
@@ -295,10 +299,14 @@ class TmdMagics(Magics):
 
     @magic_arguments()
     @argument("-n", "--name", metavar="NAME", help="bind the result to this variable and print one line")
-    @argument("path", metavar="PATH", help="an .npz, .npy or .tmd file (recognised by its content)")
+    @argument(
+        "path",
+        metavar="PATH",
+        help=f"a {registry.one_of(list(registry.extensions()))} file (recognised by its content)",
+    )
     @line_magic
     def tmd_load(self, line: str) -> HeightMapResult | None:
-        """Load a height map and its metadata from an NPZ, NPY or TMD file.
+        """Load a height map and its metadata from an NPZ, NPY, TMD, X3P or GWY file.
 
         Returns ``{"height_map": array, **metadata}`` (a dict that displays as a summary and
         a small picture), so ``scan = %tmd_load scan.npz`` works; with ``-n NAME`` it is bound
