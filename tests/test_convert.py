@@ -144,7 +144,10 @@ COPIES = 100
 
 
 @pytest.mark.slow
-def test_a_killed_convert_finishes_the_job_when_run_again(tmd_samples, tmp_path):
+@pytest.mark.parametrize(
+    ("how", "jobs"), [("SIGKILL", "1"), ("Ctrl-C", "2")], ids=["killed", "interrupted-with-process-pool"]
+)
+def test_a_killed_convert_finishes_the_job_when_run_again(tmd_samples, tmp_path, how, jobs):
     src = tmp_path / "src"
     src.mkdir()
     scans = sorted(tmd_samples.glob("*.tmd"))
@@ -152,7 +155,7 @@ def test_a_killed_convert_finishes_the_job_when_run_again(tmd_samples, tmp_path)
         scan = scans[i % len(scans)]
         os.symlink(scan, src / f"{i:03d}_{scan.name}")
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "tmd_nb", "convert", str(src), "-o", str(out), "--jobs", "1", "--no-progress"]
+    command = [sys.executable, "-m", "tmd_nb", "convert", str(src), "-o", str(out), "--jobs", jobs, "--no-progress"]
     child = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
     try:
@@ -161,8 +164,14 @@ def test_a_killed_convert_finishes_the_job_when_run_again(tmd_samples, tmp_path)
             assert time.monotonic() < deadline, "no output appeared within 60 s"
             time.sleep(0.01)
     finally:
-        os.killpg(child.pid, signal.SIGKILL)
-        child.wait()
+        # Ctrl-C in a terminal signals the whole process group: the command and its workers.
+        os.killpg(child.pid, signal.SIGKILL if how == "SIGKILL" else signal.SIGINT)
+        status = child.wait(timeout=60)
+    if how == "Ctrl-C":
+        assert status == 130
+        assert child.stderr.read().decode().endswith(
+            "interrupted: run the same command again to convert what is missing\n"
+        )
     done = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.glob("*.npz")}
     assert 3 <= len(done) < COPIES
 

@@ -21,6 +21,7 @@ import glob
 import multiprocessing
 import os
 import re
+import signal
 import sys
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -243,8 +244,17 @@ def _job_count(jobs: int | None) -> int:
     return jobs
 
 
+def _worker_setup() -> None:
+    """In each worker process: leave Ctrl-C to the parent, which stops handing out files and waits for these."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _run_local(tasks: list[tuple[str, str]], format: str, overwrite: bool, jobs: int, done: Callable) -> None:
-    """Run the tasks in this process (``jobs=1``) or on a process pool; a pool that breaks is restarted once."""
+    """Run the tasks in this process (``jobs=1``) or on a process pool; a pool that breaks is restarted once.
+
+    On Ctrl-C (``KeyboardInterrupt``) no new file is started, the ones in progress are finished
+    (each is written atomically either way), and the interrupt goes on to the caller.
+    """
     if jobs == 1 or len(tasks) <= 1:
         for source, output in tasks:
             done(convert_file(source, output, format, overwrite))
@@ -254,7 +264,8 @@ def _run_local(tasks: list[tuple[str, str]], format: str, overwrite: bool, jobs:
     left = list(tasks)
     for attempt in (1, 2):
         finished: set[tuple[str, str]] = set()
-        with cf.ProcessPoolExecutor(max_workers=min(jobs, len(left)), mp_context=context) as pool:
+        pool = cf.ProcessPoolExecutor(max_workers=min(jobs, len(left)), mp_context=context, initializer=_worker_setup)
+        with pool:
             futures = {pool.submit(convert_file, s, o, format, overwrite): (s, o) for s, o in left}
             try:
                 for future in cf.as_completed(futures):
@@ -273,9 +284,8 @@ def _run_local(tasks: list[tuple[str, str]], format: str, overwrite: bool, jobs:
                         }
                     finished.add((source, output))
                     done(result)
-            except BaseException:
-                for future in futures:
-                    future.cancel()
+            except BaseException:  # Ctrl-C: the files being converted are finished, the others never started
+                pool.shutdown(wait=True, cancel_futures=True)
                 raise
         left = [t for t in left if t not in finished]
         if not left:
