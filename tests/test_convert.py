@@ -169,8 +169,10 @@ def test_a_killed_convert_finishes_the_job_when_run_again(tmd_samples, tmp_path,
         status = child.wait(timeout=60)
     if how == "Ctrl-C":
         assert status == 130
-        assert child.stderr.read().decode().endswith(
-            "interrupted: run the same command again to convert what is missing\n"
+        assert (
+            child.stderr.read()
+            .decode()
+            .endswith("interrupted: run the same command again to convert what is missing\n")
         )
     done = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.glob("*.npz")}
     assert 3 <= len(done) < COPIES
