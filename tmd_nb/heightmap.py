@@ -106,10 +106,21 @@ def split_height_map(data: Any, what: str = "data", *, lazy: bool = False) -> tu
 
 
 def height_map_of(value: Any) -> np.ndarray | None:
-    """The array :func:`split_height_map` would accept in ``value`` (itself or its "height_map"), else None.
+    """The height map in ``value``, if it has one, without ever raising.
 
-    For listing what can be saved (completion, the panels' pickers): it never raises, whatever
-    the user's object does, and never reads the array's values.
+    For listing what can be saved (completion, the panels' pickers): whatever the user's object
+    does, this never raises and never reads the array's values.
+
+    Parameters
+    ----------
+    value : object
+        Anything: a 2-D numeric array, a dict with a ``"height_map"`` entry, or something else.
+
+    Returns
+    -------
+    numpy.ndarray or None
+        The array :func:`split_height_map` would accept in ``value`` (``value`` itself or its
+        ``"height_map"``), or None.
     """
     try:
         return split_height_map(value)[0]
