@@ -593,7 +593,7 @@ def test_extension_enabled_from_ipython_config(tmp_path) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert "Saved z (2 x 3 float64, 0 metadata keys)" in out.stdout
-    assert "['tmd_export', 'tmd_load', 'tmd_panel']" in out.stdout
+    assert "['tmd_convert', 'tmd_export', 'tmd_load', 'tmd_panel']" in out.stdout
     assert load(tmp_path / "cfg.npz")["height_map"].shape == (2, 3)
 
 

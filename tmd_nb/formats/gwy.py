@@ -57,7 +57,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import FormatError
-from ..heightmap import split_height_map
+from ..heightmap import in_memory, split_height_map
 from . import embedded, metadata, units
 from ._io import Progress, open_file, read_into
 from ._io import Reporter as _Reporter
@@ -352,7 +352,7 @@ def _meta_text(value: Any) -> str | None:
 
 def check(data: Any) -> None:
     """Raise ``TypeError``/``ValueError`` if :func:`export_to_gwy` would refuse ``data`` (cheap: no heights copied)."""
-    _, meta = split_height_map(data)
+    _, meta = split_height_map(data, lazy=True)  # checked, not computed
     metadata.encode(meta, reserved={"height_map", embedded.RECORD})
 
 
@@ -360,7 +360,7 @@ def _build(data: Any) -> bytes:
     """Validate ``data`` and serialize the whole file; ValueError/TypeError before anything is written."""
     from gwyfile.objects import GwyContainer, GwyDataField, GwySIUnit
 
-    array, meta = split_height_map(data)
+    array, meta = split_height_map(in_memory(data))  # a Dask array is computed: the file is written whole
     phys = units.physical(meta)
     lateral = units.metres_per(phys.lateral_unit)
     height = units.metres_per(phys.height_unit)
@@ -418,6 +418,8 @@ def export_to_gwy(
     data : numpy.ndarray or mapping
         A 2-D height map, or a dict with a ``"height_map"`` array and metadata (any value
         :func:`tmd_nb.export_to_npz` stores).
+        A Dask array (height map or metadata value) is computed first: Gwyddion files are
+        written whole; NPY and NPZ stream maps larger than memory instead.
     output_path : str or os.PathLike
         Where to write; the file is replaced atomically.
     progress : callable, optional

@@ -74,7 +74,7 @@ _RESERVED = {HEIGHT_MAP, METADATA, VERSION_MEMBER}
 
 def encode_npz_members(data: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """Validate ``data`` and return the archive members ``export_to_npz`` writes for it."""
-    array, meta = split_height_map(data)
+    array, meta = split_height_map(data, lazy=True)
     encoded, arrays = metadata.encode(meta, reserved=_RESERVED)
     text = json.dumps(encoded, ensure_ascii=False, allow_nan=False)
     # What the reader refuses is refused here, so that every file written loads again.
@@ -110,6 +110,10 @@ def export_to_npz(
     ``level``: ``None`` (fast, ISA-L level 2), ``1``-``3`` (ISA-L), ``4``-``9`` (zlib; ``6`` and up
     give files no larger than ``np.savez_compressed``'s), ``0`` (stored). ``progress(done_bytes,
     total_bytes)`` is called as the array data is written.
+
+    The height map and array metadata values may be Dask arrays: they are streamed one block row
+    at a time (at most two are in memory: the next is computed while one is written), and the
+    file is byte for byte the one the same data in memory gives.
     """
     members = encode_npz_members(data)
     with atomic_write(output_path) as fp:

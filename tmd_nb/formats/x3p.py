@@ -65,7 +65,7 @@ import numpy as np
 
 from .._version import __version__
 from ..errors import FormatError
-from ..heightmap import split_height_map
+from ..heightmap import in_memory, split_height_map
 from . import embedded, metadata, units
 from ._io import Progress, open_file
 from .archive import ZIP_MAGIC
@@ -188,7 +188,7 @@ def _record2(meta: Mapping[str, Any]) -> Any:
 
 def check(data: Any) -> None:
     """Raise ``TypeError``/``ValueError`` if :func:`export_to_x3p` would refuse ``data`` (cheap: no heights copied)."""
-    _, meta = split_height_map(data)
+    _, meta = split_height_map(data, lazy=True)  # checked, not computed
     phys = units.physical(meta)
     _factor(phys.lateral_unit, "lateral_unit", "the lengths")
     _factor(phys.height_unit, "height_unit", "the heights")
@@ -200,7 +200,7 @@ def _build(data: Any) -> Any:
     import x3pio
     from x3pio.model.datatypes import decode_raw, encode_raw, get_data_type
 
-    array, meta = split_height_map(data)
+    array, meta = split_height_map(in_memory(data))  # a Dask array is computed: the file is written whole
     phys = units.physical(meta)
     lateral = _factor(phys.lateral_unit, "lateral_unit", "the lengths")
     height = _factor(phys.height_unit, "height_unit", "the heights")
@@ -250,6 +250,8 @@ def export_to_x3p(
     data : numpy.ndarray or mapping
         A 2-D height map, or a dict with a ``"height_map"`` array and metadata (any value
         :func:`tmd_nb.export_to_npz` stores).
+        A Dask array (height map or metadata value) is computed first: X3P files are
+        written whole; NPY and NPZ stream maps larger than memory instead.
     output_path : str or os.PathLike
         Where to write; the file is replaced atomically.
     progress : callable, optional

@@ -1,4 +1,4 @@
-"""IPython line magics ``%tmd_export``, ``%tmd_load`` and ``%tmd_panel`` (``%load_ext tmd_nb``).
+"""IPython line magics ``%tmd_export``, ``%tmd_load``, ``%tmd_panel`` and ``%tmd_convert`` (``%load_ext tmd_nb``).
 
 The work is done by plain functions: :mod:`tmd_nb.notebook.arguments` reads the argument line,
 :func:`export_height_map` and :func:`load_height_map` below save and load, and
@@ -232,7 +232,7 @@ def load_message(path: str, name: str, result: Mapping[str, Any], seconds: float
 
 @magics_class
 class TmdMagics(Magics):
-    """Save and load height maps from the notebook: ``%tmd_export``, ``%tmd_load``, ``%tmd_panel``."""
+    """Save, load and convert height maps: ``%tmd_export``, ``%tmd_load``, ``%tmd_panel``, ``%tmd_convert``."""
 
     def _user_shell(self) -> InteractiveShell:
         """The shell the magics were registered with (always set once IPython has loaded them)."""
@@ -351,6 +351,54 @@ class TmdMagics(Magics):
         cls = panel.LoadPanel if args.load else panel.ExportPanel
         display(cls(namespace=self._user_shell().user_ns))
 
+    @magic_arguments()
+    @argument("sources", nargs="+", metavar="SRC", help="scan files, folders or glob patterns ('**' recurses)")
+    @argument("-o", "--out", required=True, metavar="OUT", help="output folder (created if needed)")
+    @argument("--format", default="npz", choices=registry.names(), help="output format (default: npz)")
+    @argument("--jobs", type=int, metavar="N", help="local worker processes (default: every core)")
+    @argument("--scheduler", metavar="ADDRESS", help="run on this dask.distributed scheduler instead")
+    @argument("--overwrite", action="store_true", help="convert again files whose output is already there")
+    @line_magic
+    def tmd_convert(self, line: str) -> Any:
+        """Convert scan files or whole folders, in parallel, with a progress bar: ``tmd_nb.convert``.
+
+        Returns the report (converted, skipped and failed files), so ``report = %tmd_convert ...``
+        works. Running it again after an interruption converts only what is missing.
+
+        Examples::
+
+            %tmd_convert scans/ -o converted/
+            report = %tmd_convert "scans/**/*.tmd" -o out --format npy --jobs 2
+        """
+        args = parse_line(self.tmd_convert.parser, "tmd_convert", line)
+        if args.help:
+            return None
+        if args.jobs is not None and args.jobs < 1:
+            raise UsageError(f"%tmd_convert: --jobs must be at least 1, not {args.jobs}")
+        from ..batch import convert
+
+        client = None
+        try:
+            if args.scheduler:
+                try:
+                    from distributed import Client
+                except ImportError:
+                    raise UsageError("%tmd_convert: --scheduler needs dask.distributed: pip install 'tmd_nb[dask]'")
+                client = Client(args.scheduler)
+            return convert(
+                [expand_path(s) for s in args.sources],
+                expand_path(args.out),
+                format=args.format,
+                overwrite=args.overwrite,
+                jobs=args.jobs,
+                client=client,
+            )
+        except (ValueError, FileNotFoundError) as exc:
+            raise UsageError(f"%tmd_convert: {exc}") from None
+        finally:
+            if client is not None:
+                client.close()
+
 
 # --------------------------------------------------------------------------- extension
 
@@ -361,6 +409,8 @@ def syntaxes() -> dict[str, Syntax]:
         "tmd_export": syntax_of(TmdMagics.tmd_export.parser, ("variable", "path")),
         "tmd_load": syntax_of(TmdMagics.tmd_load.parser, ("path",)),
         "tmd_panel": syntax_of(TmdMagics.tmd_panel.parser, ()),
+        # SRC... : any number of sources; the first eight complete as paths.
+        "tmd_convert": syntax_of(TmdMagics.tmd_convert.parser, ("path",) * 8),
     }
 
 
