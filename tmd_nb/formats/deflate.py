@@ -10,11 +10,13 @@ The ladder (named levels, ``level="fastest"`` etc.)
         quantised heights (the real scans) the file is 3.5-5% larger than numpy's, on
         full-precision floats the same size.
     ``"balanced"``
-        Files within 1% of numpy's (measured +0.3-0.9% on quantised heights) at several times its
-        speed: libdeflate level 1 for the last part of each member (a whole deflate stream of its
-        own, from scratch: libdeflate can only make whole streams), zlib level 6 for the part
-        before it, in chunks on the other cores, primed with the 32 KiB before each (as pigz
-        does). The split is chosen so that both finish together (:data:`SPLIT_SPEED`).
+        Files within 1% of numpy's (measured -0.6% to +0.6% on the real scans and quantised
+        heights) at several times its speed: libdeflate level 2 for the last part of each member
+        (a whole deflate stream of its own, from scratch: libdeflate can only make whole streams),
+        zlib level 6 for the part before it, in chunks on the other cores, primed with the 32 KiB
+        before each (as pigz does). The split is chosen so that both finish together
+        (:data:`SPLIT_SPEED`). libdeflate's level 1 is faster still, but up to 2.3% larger than
+        zlib's on some height maps.
     ``"smallest"``
         Files smaller than numpy's: libdeflate level 12 for the last part, zlib level 9 for the
         rest, split the same way. Slower than ``"balanced"``, still faster than numpy on 2 cores.
@@ -96,7 +98,7 @@ try:  # libdeflate: whole streams only, but closer to zlib's sizes at several ti
 except ImportError:  # pragma: no cover - exercised by monkeypatching _libdeflate to None
     _libdeflate = None
 
-__all__ = ["DEFAULT_LEVEL", "LEVEL_NAMES", "MAX_THREADS", "Level"]
+__all__ = ["DEFAULT_LEVEL", "LEVEL_NAMES", "MAX_THREADS", "Level", "level_problem"]
 
 # The fast default: ISA-L level 2 (see the top of this module for what every level means).
 DEFAULT_LEVEL = 2
@@ -106,11 +108,11 @@ LEVEL_NAMES = ("fastest", "balanced", "smallest")
 Level = int | str | None
 # Per named level: the integer level standing in for its flushable part (and for all of it without
 # libdeflate), and the libdeflate level of its last part (None: none).
-_NAMED: dict[str, tuple[int, int | None]] = {"fastest": (2, None), "balanced": (6, 1), "smallest": (9, 12)}
+_NAMED: dict[str, tuple[int, int | None]] = {"fastest": (2, None), "balanced": (6, 2), "smallest": (9, 12)}
 #: libdeflate's speed at its level over zlib's at the level standing in for the rest, per core, on
 #: quantised float32 heights (this module's benchmark machine): the share of a member given to
 #: libdeflate is chosen so that one thread running it ends with the others running zlib.
-SPLIT_SPEED = {1: 3.9, 12: 0.6}
+SPLIT_SPEED = {2: 2.5, 12: 0.6}
 MAX_THREADS = 8
 # Unit of parallel compression: each chunk becomes an independent, byte-aligned run of deflate
 # blocks. Small enough to bound memory (a few chunks are in flight), large enough that the
@@ -118,6 +120,8 @@ MAX_THREADS = 8
 DEFLATE_CHUNK = 1 << 22
 # Inflate in pieces of this many output bytes (they are copied into the result, cache-warm).
 INFLATE_PIECE = 1 << 21
+# Compressed bytes read to inflate a member's NPY header (which may yet be inflated again, whole).
+HEADER_FEED = 1 << 14
 # Deflate cannot expand data by more than about 1032:1; anything claiming more is lying.
 MAX_DEFLATE_RATIO = 1100
 # Restart points kept per member; any subset of them is still a valid index.
@@ -400,6 +404,7 @@ class MemberStream:
         self.left_out = m.usize  # uncompressed bytes not yet produced
         self.crc = 0
         self.tail = b""
+        self.feed = HEADER_FEED  # compressed bytes read at a time: few for the header, more for the data
         f.seek(m.start)
         self.d: Any = None
         if m.deflated:
@@ -409,7 +414,7 @@ class MemberStream:
     def _feed(self) -> bytes:
         data = self.tail
         if not data and self.left_in:
-            data = self.f.read(min(self.left_in, INFLATE_PIECE))
+            data = self.f.read(min(self.left_in, self.feed))
             if not data:
                 raise FormatError(f"{self.where} is truncated: its compressed data is cut off")
             self.left_in -= len(data)
@@ -427,6 +432,7 @@ class MemberStream:
         """Fill ``buf`` (exactly the rest of the member's data), calling ``progress(n)`` on the way."""
         pos = 0
         total = len(buf)
+        self.feed = INFLATE_PIECE
         if self.d is None:
             while pos < total:
                 n = self.f.readinto(buf[pos : pos + _io.CHUNK])

@@ -46,6 +46,7 @@ from ._io import Progress
 from .archive import ZIP_MAGIC, read_npz, write_npz
 from .atomic import atomic_write
 from .base import Format, PathLike
+from .deflate import level_problem
 
 __all__ = [
     "FORMAT",
@@ -91,6 +92,9 @@ def export_to_npz(
     ladder is documented in :mod:`tmd_nb.formats.deflate`. ``progress(done_bytes, total_bytes)``
     is called as the array data is written.
     """
+    problem = level_problem(level)
+    if problem is not None:  # before anything is written
+        raise ValueError(problem)
     members = encode_npz_members(data)
     with atomic_write(output_path) as fp:
         write_npz(fp, members, compress=compress, level=level, progress=progress)

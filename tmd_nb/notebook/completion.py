@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..formats import registry
+from ..formats.deflate import LEVEL_NAMES
 from ..heightmap import exportable, exportable_names
 from .arguments import tokenize
 
@@ -103,6 +104,8 @@ def complete(line_before_cursor: str, namespace: Mapping[str, Any]) -> tuple[str
     magic = match["magic"]
     words, typed, value, open_quote = tokenize(match["args"], partial=True)
     options, value_options = _options(magic)
+    if words and words[-1] == "--level":
+        return typed, [n for n in LEVEL_NAMES if n.startswith(typed)], "option"
     if words and words[-1] in value_options:
         return typed, [], "option"  # an option's value: nothing sensible to offer
     if typed.startswith("-"):
