@@ -144,6 +144,7 @@ def _libdeflate_or_not(monkeypatch, libdeflate: bool) -> None:
 def test_named_levels_write_files_numpy_reads_byte_exact(tmp_path, monkeypatch, level, libdeflate, threads):
     _libdeflate_or_not(monkeypatch, libdeflate)
     monkeypatch.setattr(deflate, "DEFLATE_CHUNK", 1 << 14)  # several chunks: the parallel split
+    monkeypatch.setattr(deflate, "SPLIT_MIN", 1 << 12)
     a = surface(160, seed=3)
     small = np.arange(5, dtype="<i2")
     path = save_npz(tmp_path / "l.npz", {"height_map": a, "small": small}, level=level, threads=threads)
@@ -162,6 +163,7 @@ def test_named_levels_write_files_numpy_reads_byte_exact(tmp_path, monkeypatch, 
     if codec.final is not None:  # on one thread libdeflate takes all the data, on two a share of it
         share = codec.final_bytes(a, threads, True)
         assert share == a.nbytes if threads == 1 else 0 < share < a.nbytes
+        assert codec.final_bytes(small, threads, True) == small.nbytes  # too small to split
 
 
 def test_fastest_is_the_default_and_level_2(tmp_path):
@@ -202,6 +204,7 @@ def test_split_member_carries_one_restart_point_and_inflates_in_parallel(tmp_pat
     require(deflate._libdeflate is not None, "deflate (libdeflate) is not installed")
     require(deflate._isal_zlib is not None, "isal (ISA-L) is not installed")
     monkeypatch.setattr(deflate, "DEFLATE_CHUNK", 1 << 14)
+    monkeypatch.setattr(deflate, "SPLIT_MIN", 1 << 12)
     a = surface(200, seed=5)
     path = save_npz(tmp_path / "b.npz", {"height_map": a}, level="balanced", threads=2)
     _, points = index_of(path.read_bytes())
