@@ -559,13 +559,17 @@ def test_completion_offers_options(ip) -> None:
 
 
 def test_completer_is_removed_on_unload(ip, tmp_path) -> None:
-    (tmp_path / "only.npz").write_bytes(b"")
-    assert completions(ip, "%tmd_load on") == ["%tmd_load only.npz"]
+    (tmp_path / "only scan.npz").write_bytes(b"")
+    assert completions(ip, "%tmd_load on") == ['%tmd_load "only scan.npz"']  # our quoting
     ip.run_line_magic("unload_ext", "tmd_nb")
     ids = [getattr(m, "matcher_identifier", None) for m in ip.Completer.custom_matchers]
     assert completion.MATCHER_ID not in ids
-    # IPython's own file completer may still answer, but not with our quoting/filtering
-    assert '%tmd_load "my' not in completions(ip, "%tmd_load on")
+    # IPython's own file completer may still answer, but not with our quoting
+    assert '%tmd_load "only scan.npz"' not in completions(ip, "%tmd_load on")
+
+
+def test_completion_knows_every_line_magic_and_no_other() -> None:
+    assert set(magics.syntaxes()) == set(magics.TmdMagics.magics["line"])
 
 
 # --------------------------------------------------------------------------- extension

@@ -18,6 +18,7 @@ from IPython.core.error import UsageError
 from ..heightmap import HEIGHT_MAP
 
 __all__ = [
+    "Syntax",
     "Tokens",
     "is_variable_name",
     "parse_level",
@@ -25,8 +26,31 @@ __all__ = [
     "parse_meta",
     "resolve_name",
     "split_line",
+    "syntax_of",
     "tokenize",
 ]
+
+
+class Syntax(NamedTuple):
+    """What a magic's argument line holds, for completion: its options and what its positionals are."""
+
+    #: Every option string (``-f``, ``--force``, ...), sorted.
+    options: tuple[str, ...]
+    #: The options that take a value (the next word is theirs, not a positional).
+    value_options: frozenset[str]
+    #: What each positional argument is, in order: ``"variable"`` or ``"path"``.
+    positionals: tuple[str, ...]
+
+
+def syntax_of(parser: argparse.ArgumentParser, positionals: tuple[str, ...]) -> Syntax:
+    """The :class:`Syntax` of a magic from its own argument parser, so completion cannot drift from it."""
+    # argparse lists its arguments only in the private ``_actions``; this is the one place that reads it.
+    actions = [a for a in parser._actions if a.option_strings]
+    return Syntax(
+        options=tuple(sorted(o for a in actions for o in a.option_strings)),
+        value_options=frozenset(o for a in actions if a.nargs != 0 for o in a.option_strings),
+        positionals=positionals,
+    )
 
 
 class Tokens(NamedTuple):

@@ -17,7 +17,7 @@ from typing import Any
 from ..formats import registry
 from ..formats.deflate import LEVEL_NAMES
 from ..heightmap import exportable, exportable_names
-from .arguments import tokenize
+from .arguments import Syntax, tokenize
 
 __all__ = [
     "MATCHER_ID",
@@ -31,11 +31,7 @@ __all__ = [
 
 MATCHER_ID = "tmd_nb.notebook.magics.complete"
 
-_MAGIC_LINE = re.compile(
-    r"\s*(?:(?P<target>[A-Za-z_]\w*)\s*=\s*)?(?P<percent>%?)(?P<magic>tmd_export|tmd_load|tmd_panel)"
-    r"\s+(?P<args>.*)",
-    re.DOTALL,
-)
+_MAGIC_LINE = r"\s*(?:(?P<target>[A-Za-z_]\w*)\s*=\s*)?(?P<percent>%?)(?P<magic>{names})\s+(?P<args>.*)"
 _NEEDS_QUOTES = set(" \t\"'\\$#&;|<>()[]{}*?!`")
 
 
@@ -80,31 +76,26 @@ def _quote_path(candidate: str, open_quote: str | None) -> str:
 
 
 @functools.cache
-def _options(magic: str) -> tuple[list[str], frozenset[str]]:
-    """A magic's option strings, and those that take a value, read from its own argument parser."""
-    from .magics import TmdMagics  # imported here: magics imports this module
-
-    actions = getattr(TmdMagics, magic).parser._actions
-    return (
-        sorted(o for a in actions for o in a.option_strings),
-        frozenset(o for a in actions if a.nargs != 0 for o in a.option_strings),
-    )
+def _magic_line(names: tuple[str, ...]) -> re.Pattern[str]:
+    return re.compile(_MAGIC_LINE.format(names="|".join(map(re.escape, names))), re.DOTALL)
 
 
-def complete(line_before_cursor: str, namespace: Mapping[str, Any]) -> tuple[str, list[str], str] | None:
-    """Completions for the argument being typed on a ``%tmd_export``/``%tmd_load``/``%tmd_panel`` line.
+def complete(
+    line_before_cursor: str, namespace: Mapping[str, Any], syntaxes: Mapping[str, Syntax]
+) -> tuple[str, list[str], str] | None:
+    """Completions for the argument being typed on the line of one of the magics in ``syntaxes``.
 
     Returns ``(typed, candidates, kind)``: ``typed`` is the raw text the candidates replace
     (with its opening quote, if any), ``kind`` is "variable", "path" or "option". ``None``
-    when the line is not one of our magics.
+    when the line is not one of those magics.
     """
-    match = _MAGIC_LINE.fullmatch(line_before_cursor)
+    match = _magic_line(tuple(syntaxes)).fullmatch(line_before_cursor)
     if match is None or (match["target"] and not match["percent"]):
         return None
-    magic = match["magic"]
+    syntax = syntaxes[match["magic"]]
     words, typed, value, open_quote = tokenize(match["args"], partial=True)
-    options, value_options = _options(magic)
-    if words and words[-1] == "--level":
+    options, value_options = syntax.options, syntax.value_options
+    if words and words[-1] == "--level" and "--level" in value_options:
         return typed, [n for n in LEVEL_NAMES if n.startswith(typed)], "option"
     if words and words[-1] in value_options:
         return typed, [], "option"  # an option's value: nothing sensible to offer
@@ -121,23 +112,24 @@ def complete(line_before_cursor: str, namespace: Mapping[str, Any]) -> tuple[str
             skip = True
         elif not word.startswith("-"):
             positionals.append(word)
-    if magic == "tmd_export" and not positionals:
+    wanted = syntax.positionals[len(positionals)] if len(positionals) < len(syntax.positionals) else None
+    if wanted == "variable":
         if typed and not typed.isidentifier():
             return typed, [], "variable"  # scan["z"] and such: leave it to IPython's own completers
         return typed, exportable_names(namespace, typed), "variable"
-    if (magic == "tmd_export" and len(positionals) == 1) or (magic == "tmd_load" and not positionals):
+    if wanted == "path":
         return typed, [_quote_path(c, open_quote) for c in path_candidates(value)], "path"
     return typed, [], "path"
 
 
-def _make_matcher(shell: Any) -> Callable[..., Any]:
+def _make_matcher(shell: Any, syntaxes: Mapping[str, Syntax]) -> Callable[..., Any]:
     """An IPython (>= 8.6) context matcher that completes our magics' arguments."""
     from IPython.core.completer import SimpleCompletion, context_matcher
 
     @context_matcher(identifier=MATCHER_ID, priority=100)
     def tmd_nb_matcher(context: Any) -> dict[str, Any]:
         before = context.text_until_cursor
-        found = complete(before, shell.user_ns)
+        found = complete(before, shell.user_ns, syntaxes)
         if found is None or not found[1] or not before.endswith(found[0]):
             return {"completions": [], "suppress": False}
         typed, candidates, kind = found
@@ -160,9 +152,10 @@ def unregister_completer(shell: Any) -> None:
         ]
 
 
-def register_completer(shell: Any) -> None:
-    """Add our matcher to ``shell``, replacing one registered before (so reloading adds no twin)."""
+def register_completer(shell: Any, syntaxes: Mapping[str, Syntax]) -> None:
+    """Add a matcher for the magics in ``syntaxes`` to ``shell``, replacing one registered before (so
+    reloading adds no twin)."""
     unregister_completer(shell)
     completer = getattr(shell, "Completer", None)
     if completer is not None:
-        completer.custom_matchers.append(_make_matcher(shell))
+        completer.custom_matchers.append(_make_matcher(shell, syntaxes))

@@ -26,7 +26,7 @@ from ..errors import FormatError
 from ..formats import registry
 from ..formats.deflate import LEVEL_NAMES, Level, level_problem
 from ..heightmap import HEIGHT_MAP, keys_text, split_height_map
-from .arguments import is_variable_name, parse_level, parse_line, parse_meta, resolve_name
+from .arguments import Syntax, is_variable_name, parse_level, parse_line, parse_meta, resolve_name, syntax_of
 from .completion import register_completer, unregister_completer
 from .display import HeightMapResult, count_text, shape_text, size_text
 from .saving import keeping_all, save_reporting
@@ -41,9 +41,6 @@ __all__ = [
 
 #: Saves and loads that last longer than this many seconds show a progress bar on stderr.
 PROGRESS_AFTER = 1.0
-MAGIC_NAMES = ("tmd_export", "tmd_load", "tmd_panel")
-
-
 # --------------------------------------------------------------------------- progress
 
 
@@ -375,16 +372,25 @@ class TmdMagics(Magics):
 # --------------------------------------------------------------------------- extension
 
 
+def syntaxes() -> dict[str, Syntax]:
+    """What completion needs to know of each magic's argument line, read from its parser."""
+    return {  # one entry per line magic of TmdMagics; the test suite checks they match
+        "tmd_export": syntax_of(TmdMagics.tmd_export.parser, ("variable", "path")),
+        "tmd_load": syntax_of(TmdMagics.tmd_load.parser, ("path",)),
+        "tmd_panel": syntax_of(TmdMagics.tmd_panel.parser, ()),
+    }
+
+
 def load_ipython_extension(ipython: Any) -> None:
     """Register the magics and the argument completer on ``ipython``."""
     ipython.register_magics(TmdMagics)
-    register_completer(ipython)
+    register_completer(ipython, syntaxes())
 
 
 def unload_ipython_extension(ipython: Any) -> None:
     """Remove what :func:`load_ipython_extension` registered (magics and completer)."""
     manager = ipython.magics_manager
-    for name in MAGIC_NAMES:
+    for name in TmdMagics.magics["line"]:
         owner = getattr(manager.magics["line"].get(name), "__self__", None)
         if type(owner).__name__ == TmdMagics.__name__ and type(owner).__module__ == __name__:
             del manager.magics["line"][name]
