@@ -18,7 +18,9 @@ import argparse
 import gc
 import os
 import platform
+import resource
 import statistics
+import struct
 import sys
 import tempfile
 import time
@@ -395,6 +397,80 @@ def targets(rows: list[Row], big: str) -> str:
     return "\n".join(out)
 
 
+def cpu_seconds(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
+    """(median CPU seconds of the whole process, every thread, user + system; median wall seconds)."""
+    cpu, wall = [], []
+    for _ in range(repeats):
+        gc.collect()
+        r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+        fn()
+        r1, t1 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+        cpu.append(r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime)
+        wall.append(t1 - t0)
+    return statistics.median(cpu), statistics.median(wall)
+
+
+def bounds(d: Dataset, tmp: Path, repeats: int) -> str:
+    """What bounds the default save and the load of numpy's file: their parts, timed alone."""
+    from isal import isal_zlib
+
+    a = d.array
+    raw = memoryview(a.reshape(-1)).cast("B")
+    chunks = [raw[i : i + deflate.DEFLATE_CHUNK] for i in range(0, len(raw), deflate.DEFLATE_CHUNK)]
+    out: list[bytes] = []
+
+    def compress() -> None:
+        out[:] = [isal_zlib.compressobj(2, isal_zlib.DEFLATED, -15).compress(c) for c in chunks]
+
+    def write() -> None:
+        with open(tmp / "w.bin", "wb") as f:
+            for piece in out:
+                f.write(piece)
+
+    def write_fsync() -> None:
+        with open(tmp / "w.bin", "wb") as f:
+            for piece in out:
+                f.write(piece)
+            f.flush()
+            os.fsync(f.fileno())
+
+    c_cpu, _ = cpu_seconds(compress, repeats)
+    crc_cpu, _ = cpu_seconds(lambda: deflate.crc32_of(raw), repeats)
+    w_cpu, _ = cpu_seconds(write, repeats)
+    _, f_wall = cpu_seconds(write_fsync, repeats)
+    s_cpu, s_wall = cpu_seconds(lambda: tmd_nb.export_to_npz({"height_map": a}, tmp / "b.npz"), repeats)
+    cores = deflate.thread_count(None)
+    lines = [
+        f"[{d.name}] default save, CPU seconds of each part alone (all threads, user + system):",
+        f"  ISA-L level 2 over the {len(chunks)} chunks {c_cpu * 1e3:.0f} ms, CRC-32 {crc_cpu * 1e3:.0f} ms, "
+        f"writing the {sum(map(len, out)) / MB:.0f} MB to the page cache {w_cpu * 1e3:.0f} ms "
+        f"(+ fsync: {f_wall * 1e3:.0f} ms wall)",
+        f"  the save: {s_cpu * 1e3:.0f} ms CPU, {s_wall * 1e3:.0f} ms wall on {cores} threads; ISA-L alone spread "
+        f"over {cores} cores: {c_cpu / cores * 1e3:.0f} ms",
+    ]
+    np.savez_compressed(tmp / "nb.npz", height_map=a)
+    if deflate.whole_inflater is not None:  # the single-stream inflate floor for numpy's file
+        import zipfile
+
+        info = zipfile.ZipFile(tmp / "nb.npz").getinfo("height_map.npy")
+        with open(tmp / "nb.npz", "rb") as f:
+            f.seek(info.header_offset + 26)
+            name_len, extra_len = struct.unpack("<HH", f.read(4))
+            f.seek(info.header_offset + 30 + name_len + extra_len)
+            data = bytearray(f.read(info.compress_size))
+        target = np.empty(info.file_size, np.uint8)
+        _, inflate_wall = cpu_seconds(lambda: deflate.whole_inflater(data, target, "x"), repeats)
+        _, np_wall = cpu_seconds(lambda: np.load(tmp / "nb.npz")["height_map"], repeats)
+        _, ours_wall = cpu_seconds(lambda: tmd_nb.load_from_npz(tmp / "nb.npz"), repeats)
+        lines += [
+            f"[{d.name}] load of numpy's file (one deflate stream):",
+            f"  libdeflate inflating it alone, one call, one core: {inflate_wall * 1e3:.0f} ms; "
+            f"load_from_npz {ours_wall * 1e3:.0f} ms; np.load {np_wall * 1e3:.0f} ms "
+            f"(ceiling for any single-stream inflater this fast: {np_wall / inflate_wall:.2f}x np.load)",
+        ]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small arrays, one repeat: a smoke run")
@@ -430,6 +506,10 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print("Targets (on " + big + "):")
     print(targets(rows, big))
+    print()
+    print("What bounds them (each part timed alone, medians):")
+    with tempfile.TemporaryDirectory(dir=args.dir, prefix="tmd_nb-bench-") as tmp:
+        print(bounds(next(d for d in data if d.name == big), Path(tmp), repeats if args.quick else 5))
     load = " ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
     print(f"\ntotal {time.perf_counter() - started:.0f} s; load average at the end {load}")
     return 0

@@ -243,9 +243,9 @@ def test_unknown_level_names_the_choices(tmp_path, bad):
 @pytest.mark.parametrize("whole", [True, False])
 def test_numpys_files_inflate_whole_or_streamed_alike(tmp_path, monkeypatch, whole):
     if whole:
-        require(deflate._whole is not None, "libdeflate's decompressor is not reachable")
+        require(deflate.whole_inflater is not None, "libdeflate's decompressor is not reachable")
     else:
-        monkeypatch.setattr(deflate, "_whole", None)
+        monkeypatch.setattr(deflate, "whole_inflater", None)
     a = surface(300, seed=2)
     f = np.asfortranarray(surface(40, seed=4).astype(">f8"))
     np.savez_compressed(tmp_path / "n.npz", height_map=a, f=f, empty=np.zeros((0, 3)), scalar=np.array(2.5))
@@ -258,7 +258,7 @@ def test_numpys_files_inflate_whole_or_streamed_alike(tmp_path, monkeypatch, who
 
 
 def test_whole_inflate_memory_is_the_array_and_the_compressed_member(tmp_path):
-    require(deflate._whole is not None, "libdeflate's decompressor is not reachable")
+    require(deflate.whole_inflater is not None, "libdeflate's decompressor is not reachable")
     import tracemalloc
 
     a = surface(700, seed=6)
@@ -275,7 +275,7 @@ def test_whole_inflate_memory_is_the_array_and_the_compressed_member(tmp_path):
 
 
 def test_whole_inflate_refuses_damage(tmp_path):
-    require(deflate._whole is not None, "libdeflate's decompressor is not reachable")
+    require(deflate.whole_inflater is not None, "libdeflate's decompressor is not reachable")
     from archive_helpers import build_zip, npy_bytes, refused
 
     body = npy_bytes(surface(50))

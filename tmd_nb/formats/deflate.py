@@ -555,7 +555,7 @@ def _whole_inflater() -> _WholeInflater | None:
         return None
 
 
-_whole = _whole_inflater()
+whole_inflater = _whole_inflater()
 #: Members larger than this are inflated piece by piece (with progress reports), never whole.
 WHOLE_INFLATE_MAX = 1 << 31
 
@@ -568,7 +568,7 @@ def inflate_whole(f: io.FileIO, m: _MemberData, where: str, threads: int) -> np.
     the caller makes the result's buffer (no copy). Memory: the compressed member, then the result.
     """
     if (
-        _whole is None
+        whole_inflater is None
         or _libdeflate is None
         or not m.deflated
         or m.usize > WHOLE_INFLATE_MAX
@@ -586,7 +586,7 @@ def inflate_whole(f: io.FileIO, m: _MemberData, where: str, threads: int) -> np.
         got += n
     del view
     out = np.empty(m.usize, dtype=np.uint8)
-    _whole(data, out, where)
+    whole_inflater(data, out, where)
     del data
     crc = crc32_of(out)
     if crc != m.crc:
