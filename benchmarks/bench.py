@@ -457,7 +457,7 @@ def bounds(d: Dataset, tmp: Path, repeats: int) -> str:
             f.seek(info.header_offset + 26)
             name_len, extra_len = struct.unpack("<HH", f.read(4))
             f.seek(info.header_offset + 30 + name_len + extra_len)
-            data = bytearray(f.read(info.compress_size))
+            data = np.frombuffer(bytearray(f.read(info.compress_size)), np.uint8)
         target = np.empty(info.file_size, np.uint8)
         _, inflate_wall = cpu_seconds(lambda: deflate.whole_inflater(data, target, "x"), repeats)
         _, np_wall = cpu_seconds(lambda: np.load(tmp / "nb.npz")["height_map"], repeats)

@@ -73,7 +73,9 @@ import ctypes
 import io
 import itertools
 import math
+import mmap
 import os
+import threading
 import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -525,26 +527,26 @@ class _WholeInflater:
         self.run.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t]
         self.run.argtypes += [size_p, size_p]
 
-    def __call__(self, data: bytearray, out: np.ndarray, where: str) -> None:
-        """Inflate all of ``data`` into all of ``out``, or raise FormatError saying what is wrong."""
+    def __call__(self, data: np.ndarray, out: np.ndarray, where: str) -> None:
+        """Inflate all of ``data`` into all of ``out`` (contiguous uint8 arrays), or raise FormatError."""
         d = self.alloc()
         if not d:  # pragma: no cover - out of memory
             raise MemoryError("libdeflate could not allocate a decompressor")
         used, made = ctypes.c_size_t(0), ctypes.c_size_t(0)
-        src = (ctypes.c_char * len(data)).from_buffer(data) if data else None
         try:
-            result = self.run(d, src, len(data), out.ctypes.data, out.nbytes, ctypes.byref(used), ctypes.byref(made))
+            result = self.run(
+                d, data.ctypes.data, data.nbytes, out.ctypes.data, out.nbytes, ctypes.byref(used), ctypes.byref(made)
+            )
         finally:
             self.free(d)
-            del src
         if result == 3:  # LIBDEFLATE_INSUFFICIENT_SPACE
             raise FormatError(f"{where} holds more data than its sizes say")
         if result != 0:  # LIBDEFLATE_BAD_DATA: corrupt or cut off
             raise FormatError(f"{where} is corrupt or truncated: its deflate stream does not inflate")
         if made.value != out.nbytes:
             raise FormatError(f"{where}: its deflate stream ends after {made.value} of {out.nbytes} bytes")
-        if used.value != len(data):
-            raise FormatError(f"{where} has {len(data) - used.value} bytes after the end of its deflate stream")
+        if used.value != data.nbytes:
+            raise FormatError(f"{where} has {data.nbytes - used.value} bytes after the end of its deflate stream")
 
 
 def _whole_inflater() -> _WholeInflater | None:
@@ -559,6 +561,15 @@ def _whole_inflater() -> _WholeInflater | None:
 whole_inflater = _whole_inflater()
 #: Members larger than this are inflated piece by piece (with progress reports), never whole.
 WHOLE_INFLATE_MAX = 1 << 31
+
+
+# Results from this size on have their pages mapped on another thread while the input is read.
+PREFAULT_MIN = 1 << 24
+
+
+def _touch(buf: np.ndarray) -> None:
+    """Write one byte of every page, so that inflating into ``buf`` takes no page faults."""
+    buf[:: mmap.PAGESIZE] = 0
 
 
 def inflate_whole(f: io.FileIO, m: _MemberData, where: str, threads: int) -> np.ndarray | None:
@@ -576,17 +587,25 @@ def inflate_whole(f: io.FileIO, m: _MemberData, where: str, threads: int) -> np.
         or (m.index and threads > 1 and hasattr(_isal_zlib, "crc32_combine"))
     ):
         return None
-    data = bytearray(m.csize)
-    view = memoryview(data)
-    f.seek(m.start)
-    got = 0
-    while got < m.csize:
-        n = f.readinto(view[got:])
-        if not n:
-            raise FormatError(f"{where} is truncated: its compressed data is cut off")
-        got += n
-    del view
     out = np.empty(m.usize, dtype=np.uint8)
+    prefault: threading.Thread | None = None
+    if threads > 1 and m.usize >= PREFAULT_MIN:  # the kernel maps the result's pages while the input is read
+        prefault = threading.Thread(target=_touch, args=(out,), name="tmd_nb-prefault", daemon=True)
+        prefault.start()
+    try:
+        data = np.empty(m.csize, dtype=np.uint8)  # not zero-filled, unlike a bytearray
+        view = data.data
+        f.seek(m.start)
+        got = 0
+        while got < m.csize:
+            n = f.readinto(view[got:])
+            if not n:
+                raise FormatError(f"{where} is truncated: its compressed data is cut off")
+            got += n
+        del view
+    finally:
+        if prefault is not None:
+            prefault.join()
     whole_inflater(data, out, where)
     del data
     crc = crc32_of(out)
