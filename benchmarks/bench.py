@@ -2,6 +2,7 @@
 
     python benchmarks/bench.py            # the full run (a few minutes on 2 cores)
     python benchmarks/bench.py --quick    # a smoke run of a few seconds
+    python benchmarks/bench.py --json benchmarks/results.json   # also keep the numbers (the docs plot them)
 
 Every number is the median of several repeats, measured through the public API
 (``tmd_nb.export_to_npz``, ``load_from_npz``, ``export_to_npy``, ``load_from_npy``,
@@ -15,7 +16,9 @@ array bytes (MB = 10^6 bytes) per second; ratio is array bytes / file bytes.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
+import json
 import os
 import platform
 import resource
@@ -481,6 +484,7 @@ def main(argv: list[str] | None = None) -> int:
         help="compression levels to time besides the default (comma-separated names or integers)",
     )
     parser.add_argument("--dir", default=None, help="where to write the files (default: a temporary directory)")
+    parser.add_argument("--json", default=None, metavar="PATH", help="also write the machine and every row as JSON")
     args = parser.parse_args(argv)
     repeats = args.repeats or (1 if args.quick else 5)
     levels: list[int | str] = [
@@ -512,6 +516,13 @@ def main(argv: list[str] | None = None) -> int:
         print(bounds(next(d for d in data if d.name == big), Path(tmp), repeats if args.quick else 5))
     load = " ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
     print(f"\ntotal {time.perf_counter() - started:.0f} s; load average at the end {load}")
+    if args.json:
+        results = {
+            "machine": machine().removeprefix("machine: "),
+            "repeats": repeats,
+            "rows": [dataclasses.asdict(r) for r in rows],
+        }
+        Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
     return 0
 
 

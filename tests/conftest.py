@@ -8,6 +8,7 @@ where a missing requirement is a failure and any skip fails the session.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,16 @@ import pytest
 STRICT = os.environ.get("TMD_NB_STRICT") == "1"
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_TMD = ROOT.parent / "shared" / "data" / "tmd"
+# The browser tests drive Debian's chromium (Playwright cannot download its own browsers here).
+CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-dev-shm-usage",
+]
 
 
 def require(ok: bool, reason: str) -> None:

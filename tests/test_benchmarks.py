@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -44,3 +45,27 @@ def test_bench_quick_prints_the_table(tmp_path):
     assert "fastest (default)" in ladder and "  synthetic 512x512 float32 " in ladder
     assert "Targets (on synthetic 512x512 float32)" in out
     assert list(tmp_path.iterdir()) == []  # the temporary files are gone
+
+
+@pytest.mark.slow
+def test_bench_json_keeps_every_row(tmp_path):
+    """``--json`` writes what the table shows, for the docs' benchmark plot."""
+    out = tmp_path / "results.json"
+    work = tmp_path / "work"
+    work.mkdir()
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--quick", "--dir", str(work), "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    results = json.loads(out.read_text())
+    assert "numpy " in results["machine"] and results["repeats"] == 1
+    table_rows = [line for line in result.stdout.splitlines() if line.startswith("synthetic 512x512 float32 ")]
+    rows = [r for r in results["rows"] if r["data"] == "synthetic 512x512 float32"]
+    assert [r["op"] for r in rows] == [line[41:76].strip() for line in table_rows]
+    for r in rows:
+        assert r["ours"]["seconds"] > 0 and r["theirs"]["seconds"] > 0
+        assert r["ours"]["nbytes"] == r["theirs"]["nbytes"] == 512 * 512 * 4

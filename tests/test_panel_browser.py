@@ -28,7 +28,7 @@ from typing import NamedTuple
 
 import numpy as np
 import pytest
-from conftest import ROOT, require
+from conftest import CHROMIUM, CHROMIUM_ARGS, ROOT, require
 
 import tmd_nb
 
@@ -36,7 +36,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 NOTEBOOK = ROOT / "notebooks" / "03_export_panel.ipynb"
 ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
+DOCS_SCREENSHOTS = {
+    name: ROOT / "docs" / "_static" / "screenshots" / name
+    for name in ("panel.png", "panel-invalid.png", "load-panel.png")
+}
 SERVER_START_TIMEOUT = 60.0
 UI_TIMEOUT_MS = 60_000
 
@@ -174,7 +177,11 @@ def _wait_for_new_picture(page, image, old_src: str | None) -> None:
 
 
 def _save_screenshot(page, name: str, tmp_path: Path, element=None) -> Path:
-    """Screenshot into tmp_path, then keep a copy in test-artifacts/ (git-ignored) for people to look at."""
+    """Screenshot into tmp_path, then keep a copy in test-artifacts/ (git-ignored) for people to look at.
+
+    With ``TMD_NB_DOCS_SCREENSHOTS=1``, the panel pictures the user guide shows are refreshed in
+    ``docs/_static/screenshots/`` too (they are committed, so the site builds without a browser).
+    """
     shot = tmp_path / name
     if element is not None:
         element.screenshot(path=str(shot))
@@ -182,6 +189,8 @@ def _save_screenshot(page, name: str, tmp_path: Path, element=None) -> Path:
         page.screenshot(path=str(shot), full_page=True)
     ARTIFACTS.mkdir(exist_ok=True)
     shutil.copy(shot, ARTIFACTS / name)
+    if os.environ.get("TMD_NB_DOCS_SCREENSHOTS") == "1" and name in DOCS_SCREENSHOTS:
+        shutil.copy(shot, DOCS_SCREENSHOTS[name])
     return ARTIFACTS / name
 
 
@@ -194,14 +203,7 @@ def test_export_panel_in_jupyterlab(lab: Lab, tmp_path: Path) -> None:
         browser = pw.chromium.launch(
             executable_path=CHROMIUM,
             headless=True,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--no-first-run",
-                "--disable-dev-shm-usage",
-            ],
+            args=CHROMIUM_ARGS,
         )
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1100})
