@@ -7,7 +7,7 @@ refer here. Every level writes a standard NPZ that plain ``numpy.load`` reads.
 The ladder (named levels, ``level="fastest"`` etc.)
     ``"fastest"`` (also ``None``, the default, and ``2``)
         ISA-L level 2 on every core. Several times faster than ``numpy.savez_compressed``; on
-        quantised heights (the real scans) the file is 3.5-5% larger than numpy's, on
+        quantised heights (the real scans) the file is 3.5-6% larger than numpy's, on
         full-precision floats the same size.
     ``"balanced"``
         Files within 1% of numpy's (measured -0.6% to +0.6% on the real scans and quantised
