@@ -164,6 +164,8 @@ def test_named_levels_write_files_numpy_reads_byte_exact(tmp_path, monkeypatch, 
         share = codec.final_bytes(a, threads, True)
         assert share == a.nbytes if threads == 1 else 0 < share < a.nbytes
         assert codec.final_bytes(small, threads, True) == small.nbytes  # too small to split
+        monkeypatch.setattr(deflate, "FINAL_MAX", 1000)  # libdeflate's share is capped: its output is held whole
+        assert codec.final_bytes(a, threads, True) == 1000
 
 
 def test_fastest_is_the_default_and_level_2(tmp_path):
@@ -288,3 +290,16 @@ def test_whole_inflate_refuses_damage(tmp_path):
     bad[len(bad) // 2] ^= 0xFF
     refused(tmp_path, build_zip([("a.npy", body, 8, {"data": bytes(bad)})]), "")
     refused(tmp_path, build_zip([("a.npy", body, 8, {"crc": 0x1234})]), "CRC")
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_capped_libdeflate_part_still_makes_one_stream(tmp_path, monkeypatch, threads):
+    require(deflate._libdeflate is not None, "deflate (libdeflate) is not installed")
+    monkeypatch.setattr(deflate, "DEFLATE_CHUNK", 1 << 14)
+    monkeypatch.setattr(deflate, "SPLIT_MIN", 1 << 12)
+    monkeypatch.setattr(deflate, "FINAL_MAX", 5000)  # most of the member is zlib's, the last 5000 bytes libdeflate's
+    a = surface(150, seed=8)
+    path = save_npz(tmp_path / "c.npz", {"height_map": a}, level="smallest", threads=threads)
+    assert np.load(path)["height_map"].tobytes() == a.tobytes()
+    assert same(read_npz(path, threads=threads)["height_map"], a)
+    unzip_ok(path)

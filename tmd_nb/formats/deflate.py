@@ -15,8 +15,9 @@ The ladder (named levels, ``level="fastest"`` etc.)
         (a whole deflate stream of its own, from scratch: libdeflate can only make whole streams),
         zlib level 6 for the part before it, in chunks on the other cores, primed with the 32 KiB
         before each (as pigz does). The split is chosen so that both finish together
-        (:data:`SPLIT_SPEED`). libdeflate's level 1 is faster still, but up to 2.3% larger than
-        zlib's on some height maps.
+        (:data:`SPLIT_SPEED`), with at most :data:`FINAL_MAX` bytes for libdeflate, whose output
+        is held in memory whole; members under :data:`SPLIT_MIN` are libdeflate's alone.
+        libdeflate's level 1 is faster still, but up to 2.3% larger than zlib's on some height maps.
     ``"smallest"``
         Files smaller than numpy's (measured -0.5% to -4.3% on the real scans): libdeflate level
         10 (its near-optimal parser; level 12 is slower for at most 0.4% less) for the last part,
@@ -119,6 +120,9 @@ SPLIT_SPEED = {2: 2.5, 10: 0.8}
 # Members from this size on are split between libdeflate and zlib on several threads; smaller ones are
 # libdeflate's alone: on a 0.6 MB scan the restart where libdeflate's stream begins cost 1.2-1.4% in size.
 SPLIT_MIN = 1 << 21
+# At most this many bytes go to libdeflate, which holds its whole input's compressed output at once:
+# a save of a larger member adds no more than about this much memory; the rest is zlib's.
+FINAL_MAX = 1 << 26
 MAX_THREADS = 8
 # Unit of parallel compression: each chunk becomes an independent, byte-aligned run of deflate
 # blocks. Small enough to bound memory (a few chunks are in flight), large enough that the
@@ -232,9 +236,9 @@ class Codec:
         if self.final is None or not array.nbytes or not (array.flags.c_contiguous or array.flags.f_contiguous):
             return 0
         if not parallel or workers < 2 or array.nbytes < SPLIT_MIN:
-            return array.nbytes
+            return min(array.nbytes, FINAL_MAX)
         speed = SPLIT_SPEED[self.final]
-        return min(array.nbytes, round(array.nbytes * speed / (workers - 1 + speed)))
+        return min(array.nbytes, FINAL_MAX, round(array.nbytes * speed / (workers - 1 + speed)))
 
     def compress(self, pieces: list[memoryview], zdict: bytes | None, final: bool) -> list[bytes]:
         mod = self.module
