@@ -16,6 +16,8 @@ import pytest
 STRICT = os.environ.get("TMD_NB_STRICT") == "1"
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_TMD = ROOT.parent / "shared" / "data" / "tmd"
+SHARED_X3P = ROOT.parent / "shared" / "data" / "x3p"
+SHARED_GWY = ROOT.parent / "shared" / "data" / "gwy"
 # The browser tests drive Debian's chromium (Playwright cannot download its own browsers here).
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
 CHROMIUM_ARGS = [
@@ -45,6 +47,25 @@ def tmd_samples() -> Path:
         f"sample scans not found at {SHARED_TMD} (they live in shared/data/tmd beside the repository)",
     )
     return SHARED_TMD
+
+
+@pytest.fixture
+def x3p_samples() -> dict[str, Path]:
+    """The X3P samples beside the repository (x3ptools' pyramid.x3p and testing.x3p), by stem."""
+    found = {p.stem: p for p in SHARED_X3P.glob("*.x3p")}
+    require(
+        {"pyramid", "testing"} <= set(found),
+        f"X3P samples not found at {SHARED_X3P} (they live in shared/data/x3p beside the repository)",
+    )
+    return found
+
+
+@pytest.fixture
+def gwy_sample() -> Path:
+    """gwyfile's test.gwy beside the repository: a 128 x 128 channel titled "Test"."""
+    path = SHARED_GWY / "test.gwy"
+    require(path.is_file(), f"Gwyddion sample not found at {path} (it lives in shared/data/gwy beside the repository)")
+    return path
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

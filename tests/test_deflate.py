@@ -303,3 +303,18 @@ def test_capped_libdeflate_part_still_makes_one_stream(tmp_path, monkeypatch, th
     assert np.load(path)["height_map"].tobytes() == a.tobytes()
     assert same(read_npz(path, threads=threads)["height_map"], a)
     unzip_ok(path)
+
+
+@pytest.mark.parametrize("level", ["balanced", "smallest"])
+def test_dask_array_at_named_levels_gives_the_same_member_as_in_memory(tmp_path, monkeypatch, level):
+    da = pytest.importorskip("dask.array")
+    require(deflate._libdeflate is not None, "deflate (libdeflate) is not installed")
+    monkeypatch.setattr(deflate, "DEFLATE_CHUNK", 1 << 14)
+    monkeypatch.setattr(deflate, "SPLIT_MIN", 1 << 12)
+    a = surface(160, seed=9)
+    lazy = da.from_array(a, chunks=(37, 160))
+    for threads in (1, 2):
+        ours = save_npz(tmp_path / f"d{threads}.npz", {"height_map": lazy}, level=level, threads=threads)
+        plain = save_npz(tmp_path / f"n{threads}.npz", {"height_map": a}, level=level, threads=threads)
+        assert raw_member_data(ours, "height_map.npy") == raw_member_data(plain, "height_map.npy")
+        assert np.load(ours)["height_map"].tobytes() == a.tobytes()

@@ -27,7 +27,7 @@ from tmd_nb.notebook.display import HeightMapResult
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 SAVED = re.compile(
     r"^Saved (?P<name>.+) \((?P<shape>[\d x]+) (?P<dtype>\w+), (?P<keys>\d+) metadata keys?\) to "
-    r"(?P<path>.+) \((?P<size>[\d.]+ (?:B|KiB|MiB|GiB)), (?P<fmt>NPZ|NPY|TMD)\) in [\d.]+ m?s$"
+    r"(?P<path>.+) \((?P<size>[\d.]+ (?:B|KiB|MiB|GiB)), (?P<fmt>NPZ|NPY|TMD|X3P|GWY)\) in [\d.]+ m?s$"
 )
 
 
@@ -211,7 +211,8 @@ def test_export_npy_drops_metadata_with_one_note_line(ip, capsys, tmp_path) -> N
     match = saved_line(out)
     assert (match["fmt"], match["keys"], match["dtype"]) == ("NPY", "0", "int64")
     assert err.strip() == (
-        "note: .npy stores the height map only; 2 metadata keys not saved ('units', 'extra'); use .npz to keep them"
+        "note: .npy stores the height map only; 2 metadata keys not saved ('units', 'extra'); "
+        "use .npz, .x3p or .gwy to keep them"
     )
     assert np.array_equal(np.load(tmp_path / "scan.npy"), np.arange(6).reshape(2, 3))
 
@@ -229,7 +230,7 @@ def test_tmd_round_trip_with_the_real_scans(ip, capsys, tmp_path, tmd_samples) -
     saved_line(out)
     assert err.strip() == (
         "note: .tmd stores the height map, lengths, offsets and comment only; 1 metadata key "
-        "not saved ('operator'); use .npz to keep them"
+        "not saved ('operator'); use .npz, .x3p or .gwy to keep them"
     )
     # what a .tmd file cannot represent is a one-line error and leaves no file
     message = usage_error(ip, capsys, "%tmd_export surface bad.tmd -m comment=café")
@@ -313,7 +314,10 @@ def test_wrong_type_is_one_line_and_leaves_no_file(ip, capsys, tmp_path, value, 
 @pytest.mark.parametrize(
     "cell, message",
     [
-        ("%tmd_export z out.txt", "cannot tell the format of 'out.txt' from its extension: use .npz, .npy or .tmd"),
+        (
+            "%tmd_export z out.txt",
+            "cannot tell the format of 'out.txt' from its extension: use .npz, .npy, .tmd, .x3p or .gwy",
+        ),
         ("%tmd_export z sub/", "cannot tell the format of 'sub/'"),
         ("%tmd_export z nodir/out.npz", "cannot save to 'nodir/out.npz': directory"),
         (
@@ -409,7 +413,7 @@ def test_load_recognises_content_not_extension(ip, tmp_path) -> None:
     [
         (None, "%tmd_load missing.npz", "no such file: 'missing.npz'"),
         ("dir", "%tmd_load folder", "'folder' is a directory, not a file"),
-        ("garbage", "%tmd_load junk.npz", "'junk.npz' is not an NPY, NPZ or TMD file (it starts with b'hello"),
+        ("garbage", "%tmd_load junk.npz", "'junk.npz' is not a GWY, NPY, NPZ, TMD or X3P file (it starts with b'hello"),
         ("truncated", "%tmd_load cut.npz", "'cut.npz'"),
         (None, "%tmd_load x.npz -n 2bad", "-n/--name needs a valid Python variable name, not '2bad'"),
         (None, "%tmd_load x.npz -n class", "-n/--name needs a valid Python variable name, not 'class'"),
@@ -627,7 +631,7 @@ def test_extension_enabled_from_ipython_config(tmp_path) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert "Saved z (2 x 3 float64, 0 metadata keys)" in out.stdout
-    assert "['tmd_export', 'tmd_load', 'tmd_panel']" in out.stdout
+    assert "['tmd_convert', 'tmd_export', 'tmd_load', 'tmd_panel']" in out.stdout
     assert load(tmp_path / "cfg.npz")["height_map"].shape == (2, 3)
 
 
@@ -712,3 +716,31 @@ def test_export_height_map_function_refuses_overwrite(tmp_path) -> None:
     assert target.read_bytes() == b"keep"
     report = magics.export_height_map(np.zeros((2, 2)), str(target), force=True, meta={"a": 1})
     assert report.metadata_keys == 1 and codec.load(target)["a"] == 1
+
+
+# --------------------------------------------------------------------------- exchange formats
+
+
+@pytest.mark.parametrize("ext, fmt", [(".x3p", "X3P"), (".gwy", "GWY")])
+def test_export_and_load_exchange_formats(ip, capsys, tmp_path, ext, fmt) -> None:
+    ip.user_ns["scan"] = {"height_map": np.arange(6, dtype=np.float32).reshape(2, 3), "x_length": 3.0}
+    _, out, err = run(ip, capsys, f"%tmd_export scan scan{ext} -m operator=me")
+    match = saved_line(out)
+    assert (match["fmt"], match["keys"], err) == (fmt, "2", "")
+    back = ip.run_line_magic("tmd_load", f"scan{ext}")
+    assert isinstance(back, HeightMapResult) and back["operator"] == "me" and back["x_length"] == 3.0
+    np.testing.assert_array_equal(back["height_map"], ip.user_ns["scan"]["height_map"])
+
+
+def test_completion_offers_x3p_and_gwy_files(ip, tmp_path) -> None:
+    for name in ("a.x3p", "b.gwy", "c.txt"):
+        (tmp_path / name).write_bytes(b"")
+    found = completions(ip, "%tmd_load ")
+    assert {"%tmd_load a.x3p", "%tmd_load b.gwy"} <= set(found) and "%tmd_load c.txt" not in found
+
+
+def test_x3p_export_with_a_non_length_unit_is_refused_before_writing(ip, capsys, tmp_path) -> None:
+    ip.user_ns["scan"] = {"height_map": np.zeros((2, 3)), "height_unit": "V"}
+    _, out, err = run(ip, capsys, "%tmd_export scan scan.x3p")
+    assert out == "" and "scan: height_unit 'V' is not a length unit, so the heights cannot be stored in metres" in err
+    assert not (tmp_path / "scan.x3p").exists()

@@ -26,7 +26,15 @@ from nbclient import NotebookClient
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 # The ordered set the README promises; a missing one fails the suite, an extra one is run too.
-EXPECTED = ("01_quickstart", "02_magics", "03_export_panel", "04_scan_files", "05_large_heightmaps")
+EXPECTED = (
+    "01_quickstart",
+    "02_magics",
+    "03_export_panel",
+    "04_scan_files",
+    "05_large_heightmaps",
+    "06_exchange_formats",
+    "07_archives_and_large_maps",
+)
 ALL = sorted(set(EXPECTED) | {p.stem for p in NOTEBOOKS.glob("*.ipynb")})
 CELL_TIMEOUT = 180  # seconds, per cell (nbclient)
 NOTEBOOK_TIME_LIMIT = 180  # seconds, whole notebook
@@ -166,12 +174,27 @@ def check_large(nb: nbformat.NotebookNode, errors: dict[int, dict[str, Any]]) ->
     assert mime_outputs(nb, "image/png"), "no bar chart"
 
 
+def check_archives(nb: nbformat.NotebookNode, errors: dict[int, dict[str, Any]]) -> None:
+    out = stream_text(nb)
+    summaries = re.findall(r"^(\d+) converted, (\d+) skipped \(already done\), (\d+) failed$", out, re.M)
+    assert len(summaries) == 3, out
+    (converted, skipped, failed), again, on_cluster = summaries
+    assert int(converted) >= 16 and skipped == "0" and failed == "1"
+    assert again == ("0", converted, "1") and on_cluster == (converted, "0", "1")
+    assert "FormatError: " in out and "identical: True" in out
+    assert "window identical: True" in out and "False" not in out
+    assert "['tmd_nb', 'deflate'] (4096, 8192) float32" in out
+    assert mime_outputs(nb, WIDGET_MIME), "convert showed no progress bar widget"
+    assert mime_outputs(nb, "image/png"), "the window is not plotted"
+
+
 CHECKS: dict[str, Callable[[nbformat.NotebookNode, dict[int, dict[str, Any]]], None]] = {
     "01_quickstart": check_quickstart,
     "02_magics": check_magics,
     "03_export_panel": check_panel,
     "04_scan_files": check_scan_files,
     "05_large_heightmaps": check_large,
+    "07_archives_and_large_maps": check_archives,
 }
 
 

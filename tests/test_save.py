@@ -53,7 +53,9 @@ def test_explicit_format_wins_over_the_extension(tmp_path: Path, fmt: str, reade
 
 @pytest.mark.parametrize("name", ["scan.txt", "scan", "scan.npz.bak", "archive.zip"])
 def test_unknown_extension_is_refused_before_any_file_is_touched(tmp_path: Path, name: str) -> None:
-    with pytest.raises(ValueError, match="cannot tell the format of .*use .npz, .npy or .tmd"):
+    with pytest.raises(
+        ValueError, match="cannot tell the format of .*use .npz, .npy, .tmd, .x3p or .gwy, or pass format="
+    ):
         save(SCAN, tmp_path / name)
     assert list(tmp_path.iterdir()) == []
 
@@ -159,3 +161,12 @@ def test_height_map_of_never_raises_and_never_reads_values() -> None:
     huge = np.lib.stride_tricks.as_strided(np.zeros(1), shape=(100_000, 100_000), strides=(0, 0))
     found = height_map_of({"height_map": huge})  # 10**10 values: any read or str() would hang
     assert found is not None and found.shape == (100_000, 100_000) and np.shares_memory(found, huge)
+
+
+def test_menus_list_formats_in_registry_order_but_x3p_is_recognised_before_npz() -> None:
+    from tmd_nb.formats import registry
+
+    assert registry.names()[:3] == ("npz", "npy", "tmd")
+    order = [f.name for f in registry.recognition_order()]
+    assert sorted(order) == sorted(registry.names())
+    assert order.index("x3p") < order.index("npz")  # an X3P file is a zip archive too

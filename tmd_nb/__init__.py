@@ -9,27 +9,39 @@ from __future__ import annotations
 from typing import Any
 
 from ._version import __version__
+from .batch import ConvertReport, convert
 from .errors import FormatError, MetadataNotStoredWarning
+from .formats.chunks import load_metadata, open_dask
+from .formats.gwy import export_to_gwy, load_gwy
 from .formats.npy import export_to_npy, load_from_npy
 from .formats.npz import export_to_npz, load_from_npz
 from .formats.registry import load, save
 from .formats.tmd import export_to_tmd, load_tmd
+from .formats.x3p import export_to_x3p, load_x3p
 from .heightmap import height_map_of
 
 __all__ = [
+    "ConvertReport",
     "ExportPanel",
     "FormatError",
     "LoadPanel",
     "MetadataNotStoredWarning",
     "__version__",
+    "convert",
+    "export_to_gwy",
     "export_to_npy",
     "export_to_npz",
     "export_to_tmd",
+    "export_to_x3p",
     "height_map_of",
     "load",
     "load_from_npy",
     "load_from_npz",
+    "load_gwy",
+    "load_metadata",
     "load_tmd",
+    "load_x3p",
+    "open_dask",
     "save",
 ]
 
@@ -44,7 +56,7 @@ def __getattr__(name: str) -> Any:
 
 
 def load_ipython_extension(ipython: Any) -> None:
-    """``%load_ext tmd_nb``: register ``%tmd_export``, ``%tmd_load`` and ``%tmd_panel``."""
+    """``%load_ext tmd_nb``: register ``%tmd_export``, ``%tmd_load``, ``%tmd_panel`` and ``%tmd_convert``."""
     from .notebook.magics import load_ipython_extension as load
 
     load(ipython)

@@ -7,8 +7,10 @@ objects tmd_nb saves are either such an array or a str-keyed mapping holding one
 
 from __future__ import annotations
 
+import math
+import sys
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 
@@ -21,6 +23,8 @@ __all__ = [
     "exportable",
     "exportable_names",
     "height_map_of",
+    "in_memory",
+    "is_dask_array",
     "keys_text",
     "split_height_map",
 ]
@@ -36,10 +40,36 @@ def keys_text(keys: Iterable[Any], limit: int = 5) -> str:
     return ", ".join(repr(k) for k in keys[:limit]) + (", ..." if len(keys) > limit else "") or "none"
 
 
-def split_height_map(data: Any, what: str = "data") -> tuple[np.ndarray, dict[str, Any]]:
+def is_dask_array(value: Any) -> bool:
+    """Whether ``value`` is a ``dask.array.Array`` (without importing dask: none exists unless it is loaded)."""
+    module = sys.modules.get("dask.array")
+    return module is not None and isinstance(value, module.Array)
+
+
+def in_memory(data: Any) -> Any:
+    """``data`` with a Dask height map, and Dask metadata values at its top level, computed to numpy.
+
+    For the writers that need the whole array at once (TMD); NPY and NPZ stream Dask arrays instead.
+    """
+    if is_dask_array(data):
+        return np.asarray(data.compute())
+    if isinstance(data, Mapping) and any(is_dask_array(v) for v in data.values()):
+        return {k: np.asarray(v.compute()) if is_dask_array(v) else v for k, v in data.items()}
+    return data
+
+
+@overload
+def split_height_map(
+    data: Any, what: str = ..., *, lazy: Literal[False] = ...
+) -> tuple[np.ndarray, dict[str, Any]]: ...
+@overload
+def split_height_map(data: Any, what: str = ..., *, lazy: bool) -> tuple[Any, dict[str, Any]]: ...
+def split_height_map(data: Any, what: str = "data", *, lazy: bool = False) -> tuple[Any, dict[str, Any]]:
     """Return the validated height map and the metadata (everything else) of ``data``.
 
-    ``data`` is a 2-D numeric array or a str-keyed dict with a ``"height_map"`` entry.
+    ``data`` is a 2-D numeric array or a str-keyed dict with a ``"height_map"`` entry. With
+    ``lazy``, a ``dask.array.Array`` is accepted too and returned as it is (not computed), for
+    the writers that stream it block by block.
     """
     if isinstance(data, Mapping):
         if HEIGHT_MAP not in data:
@@ -54,6 +84,14 @@ def split_height_map(data: Any, what: str = "data") -> tuple[np.ndarray, dict[st
             f"{what} is a masked array; save array.filled(np.nan) and the mask "
             "(np.ma.getmaskarray(array)) as a separate metadata entry instead"
         )
+    if lazy and is_dask_array(array):
+        if array.ndim != 2:
+            raise ValueError(f"{what} must be 2-D, but has shape {array.shape} ({array.ndim}-D)")
+        if array.dtype.kind not in HEIGHT_KINDS or array.dtype.fields is not None:
+            raise TypeError(f"{what} has dtype {array.dtype}; a height map must be bool, integer, float or complex")
+        if any(math.isnan(n) for n in array.shape):
+            raise ValueError(f"{what} is a Dask array of unknown shape {array.shape}; call compute_chunk_sizes() first")
+        return array, meta
     if not isinstance(array, np.ndarray):
         raise TypeError(
             f"{what} must be a 2-D numpy array or a dict with a 'height_map' array, "
@@ -68,10 +106,21 @@ def split_height_map(data: Any, what: str = "data") -> tuple[np.ndarray, dict[st
 
 
 def height_map_of(value: Any) -> np.ndarray | None:
-    """The array :func:`split_height_map` would accept in ``value`` (itself or its "height_map"), else None.
+    """The height map in ``value``, if it has one, without ever raising.
 
-    For listing what can be saved (completion, the panels' pickers): it never raises, whatever
-    the user's object does, and never reads the array's values.
+    For listing what can be saved (completion, the panels' pickers): whatever the user's object
+    does, this never raises and never reads the array's values.
+
+    Parameters
+    ----------
+    value : object
+        Anything: a 2-D numeric array, a dict with a ``"height_map"`` entry, or something else.
+
+    Returns
+    -------
+    numpy.ndarray or None
+        The array :func:`split_height_map` would accept in ``value`` (``value`` itself or its
+        ``"height_map"``), or None.
     """
     try:
         return split_height_map(value)[0]

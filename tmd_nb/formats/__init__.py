@@ -1,8 +1,11 @@
-"""The format layer: file formats and their plumbing, importing only numpy and the standard library.
+"""The format layer: file formats and their plumbing, importing numpy and the standard library.
 
-:mod:`~tmd_nb.formats.registry` lists the formats; each format module (:mod:`.npy`,
-:mod:`.npz`, :mod:`.tmd`, ...) documents its on-disk layout at its top and ends with its
-:class:`~tmd_nb.formats.base.Format` declaration. The plumbing they share: :mod:`.archive`
-(zip archives of NPY members), :mod:`.deflate`, :mod:`.metadata` (typed JSON), :mod:`.atomic`
-(crash-safe replacement) and :mod:`._io`.
+(:mod:`.x3p` and :mod:`.gwy` also use the field's own libraries, ``x3pio`` and ``gwyfile``,
+imported when a file is read or written.) :mod:`~tmd_nb.formats.registry` lists the formats;
+each format module (:mod:`.npy`, :mod:`.npz`, :mod:`.tmd`, :mod:`.x3p`, :mod:`.gwy`)
+documents its on-disk layout at its top and ends with its :class:`~tmd_nb.formats.base.Format`
+declaration. The plumbing they share: :mod:`.archive` (zip archives of NPY members),
+:mod:`.deflate`, :mod:`.metadata` (typed JSON), :mod:`.atomic` (crash-safe replacement),
+:mod:`.units` (the physical-keys convention), :mod:`.embedded` (tmd_nb's record inside X3P and
+Gwyddion files) and :mod:`._io`.
 """

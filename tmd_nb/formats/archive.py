@@ -56,12 +56,13 @@ import itertools
 import os
 import struct
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Container, Iterator, Mapping
 from typing import BinaryIO
 
 import numpy as np
 
 from ..errors import FormatError
+from ..heightmap import is_dask_array
 from . import _io
 from ._io import Progress, Reporter, WriteBehind, describe, open_file
 from .deflate import (
@@ -78,7 +79,7 @@ from .deflate import (
 )
 from .npy import bytes_of, data_pieces, data_size, empty_array, header_bytes, header_length, parse_header
 
-__all__ = ["ZIP_MAGIC", "read_npz", "write_npz"]
+__all__ = ["ZIP_MAGIC", "checked_members", "read_npz", "write_npz"]
 
 ZIP_MAGIC = b"PK\x03\x04"
 # Zip fields of 32 bits hold values below this; larger values go into Zip64 extra fields. Tests
@@ -176,8 +177,10 @@ def write_npz(
 ) -> None:
     """Write ``members`` as ``<name>.npy`` entries of a zip archive that ``numpy.load`` opens.
 
-    Each array is streamed into its member in chunks (no copy of the array is made). ``fp`` must
-    be seekable: sizes and CRCs are patched into the local headers once a member is written.
+    Each array is streamed into its member in chunks (no copy of the array is made); a Dask array
+    is computed one block row at a time, and its member is byte for byte the one the same data in
+    memory gives. ``fp`` must be seekable: sizes and CRCs are patched into the local headers once
+    a member is written.
 
     ``compress=False`` stores the bytes as they are. With ``compress=True``, ``level`` is one of
     the ladder's names ``"fastest"`` (= ``None``, the default), ``"balanced"`` or ``"smallest"``,
@@ -196,7 +199,8 @@ def write_npz(
     for name, array in members.items():
         if not isinstance(name, str) or not name:
             raise ValueError(f"NPZ member names must be non-empty str, not {name!r}")
-        array = np.asanyarray(array)
+        if not is_dask_array(array):  # a Dask array is streamed block row by block row
+            array = np.asanyarray(array)
         items.append((name, array, header_bytes(array, f"member {name!r}")))
     total = sum(array.nbytes for _, array, _ in items)
     reporter = Reporter(progress, total)
@@ -558,34 +562,49 @@ def _malformed(message: str) -> Iterator[None]:
         raise FormatError(f"{message}: {exc}") from None
 
 
+def checked_members(f: BinaryIO, where: str) -> list[_Member]:
+    """The members of the zip archive open as ``f``, in archive order, every structure checked.
+
+    Each tells where its data lie (``start``, ``csize``), what they inflate to (``usize``,
+    ``crc``, ``deflated``) and its restart points (``index``); nothing is inflated.
+    """
+    size = os.fstat(f.fileno()).st_size
+    with _malformed(f"{where} is not a readable NPZ (zip) archive"):
+        members, cd_offset = _central_directory(f, size, where)
+    seen: set[str] = set()
+    for m in members:
+        if m.name in seen:
+            raise FormatError(f"{where} has duplicate member names ({m.name!r})")
+        seen.add(m.name)
+    for m in members:
+        with _malformed(f"{where} member {m.name!r} is corrupt"):
+            _check_member(f, m, cd_offset, f"{where} member {m.name!r}")
+    ordered = sorted(members, key=lambda m: m.offset)
+    for a, b in itertools.pairwise(ordered):
+        if a.start + a.csize > b.offset:
+            raise FormatError(f"{where}: members {a.name!r} and {b.name!r} overlap")
+    return members
+
+
 def read_npz(
-    path: str | os.PathLike[str], *, progress: Progress | None = None, threads: int | None = None
+    path: str | os.PathLike[str],
+    *,
+    progress: Progress | None = None,
+    threads: int | None = None,
+    skip: Container[str] = (),
 ) -> dict[str, np.ndarray]:
     """Read every ``.npy`` member of a zip archive, in archive order, keyed by name without ``.npy``.
 
     Deflated members are inflated (ISA-L where installed) straight into the preallocated arrays;
     the members tmd_nb wrote carry an index of restart points in their deflate stream, and are
     inflated on ``threads`` threads (default: every available core). ``progress(done_bytes,
-    total_bytes)`` counts uncompressed member bytes.
+    total_bytes)`` counts uncompressed member bytes. Members named in ``skip`` (without ``.npy``)
+    are checked in the directory but not read.
     """
     where = describe(path)
     workers = thread_count(threads)
     with open_file(path, where) as f:
-        size = os.fstat(f.fileno()).st_size
-        with _malformed(f"{where} is not a readable NPZ (zip) archive"):
-            members, cd_offset = _central_directory(f, size, where)
-        seen: set[str] = set()
-        for m in members:
-            if m.name in seen:
-                raise FormatError(f"{where} has duplicate member names ({m.name!r})")
-            seen.add(m.name)
-        for m in members:
-            with _malformed(f"{where} member {m.name!r} is corrupt"):
-                _check_member(f, m, cd_offset, f"{where} member {m.name!r}")
-        ordered = sorted(members, key=lambda m: m.offset)
-        for a, b in itertools.pairwise(ordered):
-            if a.start + a.csize > b.offset:
-                raise FormatError(f"{where}: members {a.name!r} and {b.name!r} overlap")
+        members = [m for m in checked_members(f, where) if m.key not in skip]
         reporter = Reporter(progress, sum(m.usize for m in members))
 
         def advance(n: int) -> None:

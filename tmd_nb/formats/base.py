@@ -42,6 +42,9 @@ class Format:
     #: ``check(data)``: raise ``TypeError``/``ValueError`` if ``save`` would refuse ``data``, writing
     #: nothing (``None``: only ``save`` itself checks).
     check: Callable[[Any], object] | None = None
+    #: The format whose files this one's are a special case of (an X3P file is a zip archive, as an
+    #: NPZ file is): :func:`~tmd_nb.formats.registry.load` tries this format first.
+    within: str | None = None
     #: Options ``save`` takes besides ``progress``, e.g. ``{"compress", "level"}``.
     options: frozenset[str] = field(default_factory=frozenset)
     #: The metadata keys a file keeps (``None``: every key ``export_to_npz`` accepts).

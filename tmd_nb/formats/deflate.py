@@ -86,6 +86,7 @@ from typing import Any, BinaryIO, Protocol
 import numpy as np
 
 from ..errors import FormatError
+from ..heightmap import is_dask_array
 from . import _io
 from ._io import Reporter, WriteBehind
 from .npy import data_pieces
@@ -233,7 +234,12 @@ class Codec:
 
     def final_bytes(self, array: np.ndarray, workers: int, parallel: bool) -> int:
         """How many of the array's last bytes libdeflate compresses (a contiguous array's only)."""
-        if self.final is None or not array.nbytes or not (array.flags.c_contiguous or array.flags.f_contiguous):
+        if self.final is None or not array.nbytes:
+            return 0
+        if is_dask_array(array):  # 2-D ones only: their last rows are computed apart
+            if array.ndim != 2:
+                return 0
+        elif not (array.flags.c_contiguous or array.flags.f_contiguous):
             return 0
         if not parallel or workers < 2 or array.nbytes < SPLIT_MIN:
             return min(array.nbytes, FINAL_MAX)
@@ -294,7 +300,12 @@ def _jobs(header: bytes, array: np.ndarray, limit: int, last: bool) -> Iterator[
 
 
 def _final_view(array: np.ndarray, n: int) -> memoryview:
-    """The last ``n`` bytes of a contiguous array, in the order its NPY header promises."""
+    """The last ``n`` bytes of a contiguous array (or 2-D Dask array), in the order its NPY header promises."""
+    if is_dask_array(array):  # C order: the last rows, computed (at most FINAL_MAX bytes and a row)
+        row = array.shape[1] * array.dtype.itemsize
+        rows = -(-n // row)
+        lazy: Any = array
+        array = np.ascontiguousarray(lazy[lazy.shape[0] - rows :].compute())
     flat = array.reshape(-1) if array.flags.c_contiguous else array.T.reshape(-1)
     raw = flat.view(np.uint8).data
     return raw[len(raw) - n :]

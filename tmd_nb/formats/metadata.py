@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from ..heightmap import is_dask_array
 from .npy import is_array_kind  # what the NPY layer stores is what metadata may hold
 
 __all__ = ["MAX_DEPTH", "TAG", "decode", "encode", "is_array_kind"]
@@ -99,7 +100,7 @@ def encode(meta: Mapping[str, Any], reserved: set[str] | None = None) -> tuple[d
     # Claim the usable top-level names first, so generated names never collide with them.
     for key, value in meta.items():
         if (
-            type(value) is np.ndarray
+            (type(value) is np.ndarray or is_dask_array(value))
             and _MEMBER_NAME.fullmatch(key)
             and key not in reserved
             and not re.fullmatch(r"__array_\d+__", key)
@@ -168,7 +169,7 @@ def encode(meta: Mapping[str, Any], reserved: set[str] | None = None) -> tuple[d
             return {TAG: "timedelta", "days": value.days, "seconds": value.seconds, "microseconds": value.microseconds}
         if t in _PATH_TYPES:
             return {TAG: "path", "class": _PATH_TYPES[t], "value": str(value)}
-        if t is np.ndarray:
+        if t is np.ndarray or is_dask_array(value):  # a Dask array is streamed into its member
             return store(value, path)
         if t is np.str_:
             return {TAG: "numpy.str_", "value": str(value)}

@@ -33,13 +33,14 @@ import os
 import struct
 import warnings
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, BinaryIO
 
 import numpy as np
 from numpy.lib import format as npformat
 
 from ..errors import FormatError, MetadataNotStoredWarning
-from ..heightmap import check_height_map_header, keys_text, split_height_map
+from ..heightmap import check_height_map_header, is_dask_array, keys_text, split_height_map
 from . import _io
 from ._io import Progress, Reporter, WriteBehind, describe, open_file, read_into
 from .atomic import atomic_write
@@ -108,13 +109,19 @@ def data_size(dtype: np.dtype, shape: tuple[int, ...]) -> int:
 
 
 def header_bytes(array: np.ndarray, what: str) -> bytes:
-    """The NPY header numpy itself would write for ``array`` (format 1.0, or 2.0 if it must)."""
+    """The NPY header numpy itself would write for ``array`` (format 1.0, or 2.0 if it must).
+
+    A Dask array gets the header of the same data in memory (C order).
+    """
     dtype = array.dtype
     if dtype.hasobject:
         raise ValueError(f"{what} has dtype {dtype}: Python objects cannot be saved without pickle, which is refused")
     if not is_array_kind(dtype):
         raise TypeError(f"{what} has unsupported dtype {dtype}; use a bool, numeric, str, bytes or datetime dtype")
-    header = npformat.header_data_from_array_1_0(array)
+    if is_dask_array(array):  # written in C order, block row by block row
+        header = {"descr": npformat.dtype_to_descr(dtype), "fortran_order": False, "shape": tuple(array.shape)}
+    else:
+        header = npformat.header_data_from_array_1_0(array)
     buf = io.BytesIO()
     try:
         npformat.write_array_header_1_0(buf, header)
@@ -128,9 +135,13 @@ def data_pieces(array: np.ndarray, piece: int) -> Iterator[memoryview]:
     """The bytes of ``array`` in the order its NPY header promises, in pieces of at most ``piece``.
 
     Contiguous arrays (C or Fortran order) are sliced without copying; other layouts are copied
-    one piece at a time, never as a whole.
+    one piece at a time, never as a whole. A Dask array is computed one block row at a time
+    (:func:`block_row_pieces`).
     """
     if array.nbytes == 0:
+        return
+    if is_dask_array(array):
+        yield from block_row_pieces(array, piece)
         return
     if array.flags.c_contiguous:
         flat = array.reshape(-1)
@@ -150,12 +161,63 @@ def data_pieces(array: np.ndarray, piece: int) -> Iterator[memoryview]:
         yield memoryview(block.tobytes())  # type: ignore[attr-defined]
 
 
+def block_row(array: Any, i: int) -> np.ndarray:
+    """Block row ``i`` of a 2-D Dask array, computed, as a C-contiguous numpy array of the promised shape."""
+    band = np.ascontiguousarray(array.blocks[i].compute())
+    if band.shape != (array.chunks[0][i], array.shape[1]) or band.dtype != array.dtype:
+        raise ValueError(
+            f"block row {i} of the Dask array computed to shape {band.shape} and dtype {band.dtype}, "
+            f"not the {(array.chunks[0][i], array.shape[1])} and {array.dtype} its chunks promise"
+        )
+    return band
+
+
+def block_row_pieces(array: Any, piece: int) -> Iterator[memoryview]:
+    """The C-order bytes of a 2-D Dask array, computed one block row at a time, in pieces of ``piece``.
+
+    Every piece but the last is exactly ``piece`` bytes, as :func:`data_pieces` cuts an array in
+    memory, so that what is made of the pieces (a deflate stream cut into chunks) is byte for byte
+    the same. A piece straddling two block rows is the only copy made. The next block row is
+    computed on a helper thread while this one is written (Dask's own latency hidden behind the
+    compression), so at most two block rows are held at a time, besides the pieces in flight.
+    """
+    carry = bytearray()
+    count = array.numblocks[0]
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tmd_nb-block-row")
+    try:
+        ahead = pool.submit(block_row, array, 0)
+        for i in range(count):
+            band = ahead.result()
+            if i + 1 < count:
+                ahead = pool.submit(block_row, array, i + 1)
+            raw = band.reshape(-1).view(np.uint8).data
+            pos = 0
+            if carry:
+                pos = min(piece - len(carry), len(raw))
+                carry += raw[:pos]
+                if len(carry) < piece:
+                    continue
+                yield memoryview(bytes(carry))
+                carry = bytearray()
+            while len(raw) - pos >= piece:
+                yield raw[pos : pos + piece]
+                pos += piece
+            carry += raw[pos:]
+            del band, raw
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    if carry:
+        yield memoryview(bytes(carry))
+
+
 def write_npy(fp: BinaryIO, array: np.ndarray, progress: Progress | None = None) -> None:
     """Write ``array`` to ``fp`` in NPY format (no pickle), streamed in pieces without a copy.
 
-    ``progress(done_bytes, total_bytes)`` is called after each piece of array data.
+    ``progress(done_bytes, total_bytes)`` is called after each piece of array data. A Dask
+    array is streamed one block row at a time, into the same bytes as the array in memory.
     """
-    array = np.asanyarray(array)
+    if not is_dask_array(array):
+        array = np.asanyarray(array)
     fp.write(header_bytes(array, "array"))
     write_data(fp, array, progress)
 
@@ -232,9 +294,11 @@ def export_to_npy(
     """Save the height map as a standard ``.npy`` file at exactly ``output_path``.
 
     NPY holds the array only: metadata in ``data`` is not stored, and a
-    :class:`~tmd_nb.errors.MetadataNotStoredWarning` says so. Returns the absolute path.
+    :class:`~tmd_nb.errors.MetadataNotStoredWarning` says so. The height map may be a Dask array:
+    it is streamed one block row at a time (at most two in memory), never held whole, and the
+    file is byte for byte the one the same data in memory gives. Returns the absolute path.
     """
-    array, meta = split_height_map(data)
+    array, meta = split_height_map(data, lazy=True)
     if meta:
         warnings.warn(
             f"NPY stores the height map only; metadata not saved to {os.fspath(output_path)!r}: "

@@ -65,7 +65,7 @@ _RESERVED = {HEIGHT_MAP, METADATA, VERSION_MEMBER}
 
 def encode_npz_members(data: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """Validate ``data`` and return the archive members ``export_to_npz`` writes for it."""
-    array, meta = split_height_map(data)
+    array, meta = split_height_map(data, lazy=True)
     encoded, arrays = metadata.encode(meta, reserved=_RESERVED)
     text = json.dumps(encoded, ensure_ascii=False, allow_nan=False)
     members = {HEIGHT_MAP: array, METADATA: np.array(text), VERSION_MEMBER: np.array(FORMAT_VERSION, dtype=np.int64)}
@@ -91,6 +91,10 @@ def export_to_npz(
     numpy's), or an integer as in zlib (``0`` stored, ``1``-``3`` ISA-L, ``4``-``9`` zlib); the
     ladder is documented in :mod:`tmd_nb.formats.deflate`. ``progress(done_bytes, total_bytes)``
     is called as the array data is written.
+
+    The height map and array metadata values may be Dask arrays: they are streamed one block row
+    at a time (at most two are in memory: the next is computed while one is written), and the
+    file is byte for byte the one the same data in memory gives.
     """
     problem = level_problem(level)
     if problem is not None:  # before anything is written

@@ -1,8 +1,10 @@
 """The file formats tmd_nb reads and writes, and the two calls that choose among them.
 
 :data:`FORMATS` lists one :class:`~tmd_nb.formats.base.Format` per format module, in the order
-:func:`load` tries them on a file's first bytes (a container format that looks inside a zip
-comes before NPZ). A new format is one module ending in a ``FORMAT`` declaration, listed here.
+menus and messages show them. :func:`load` tries them on a file's first bytes in that order too,
+except that a format whose files are a special case of another's (:attr:`Format.within`: an X3P
+file is a zip archive, like NPZ) is tried before it. A new format is one module ending in a
+``FORMAT`` declaration, listed here.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import FormatError
-from . import npy, npz, tmd
+from . import gwy, npy, npz, tmd, x3p
 from ._io import Progress, open_file
 from .base import Format, PathLike
 
@@ -28,10 +30,11 @@ __all__ = [
     "names",
     "one_of",
     "recognise",
+    "recognition_order",
     "save",
 ]
 
-FORMATS: tuple[Format, ...] = (npz.FORMAT, npy.FORMAT, tmd.FORMAT)
+FORMATS: tuple[Format, ...] = (npz.FORMAT, npy.FORMAT, tmd.FORMAT, x3p.FORMAT, gwy.FORMAT)
 #: How many first bytes :attr:`Format.recognise` is shown.
 HEAD_SIZE = 512
 
@@ -39,6 +42,16 @@ HEAD_SIZE = 512
 def one_of(items: list[str]) -> str:
     """``"a, b or c"``, for messages that list the choices."""
     return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} or {items[-1]}"
+
+
+def recognition_order() -> list[Format]:
+    """:data:`FORMATS`, each format moved before the one its files are a special case of."""
+    order = list(FORMATS)
+    for f in FORMATS:
+        if f.within is not None:
+            order.remove(f)
+            order.insert(order.index(by_name(f.within)), f)
+    return order
 
 
 def names() -> tuple[str, ...]:
@@ -84,11 +97,12 @@ def recognise(path: PathLike) -> Format:
     """The format of the file at ``path``, from its content; :class:`FormatError` if none."""
     with open_file(path, repr(os.fspath(path))) as fp:  # a pipe is refused, not waited on
         head = fp.read(HEAD_SIZE)
-    for f in FORMATS:
+    for f in recognition_order():
         if f.recognise(head, path):
             return f
     titles = sorted(f.title for f in FORMATS)
-    raise FormatError(f"{os.fspath(path)!r} is not an {one_of(titles)} file (it starts with {head[:16]!r})")
+    article = "an" if titles[0][0] in "AEFHILMNORSX" else "a"  # as the first letter is spoken: "an NPY", "a GWY"
+    raise FormatError(f"{os.fspath(path)!r} is not {article} {one_of(titles)} file (it starts with {head[:16]!r})")
 
 
 def load(path: PathLike, *, progress: Progress | None = None) -> dict[str, Any]:

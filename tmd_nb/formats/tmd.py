@@ -62,7 +62,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import FormatError, MetadataNotStoredWarning
-from ..heightmap import keys_text, split_height_map
+from ..heightmap import in_memory, keys_text, split_height_map
 from ._io import Progress, Reporter, open_file, read_into
 from .atomic import atomic_write
 from .base import Format
@@ -135,13 +135,29 @@ def _parse_version(header: bytes, where: str) -> int:
 def load_tmd(path: PathLike, *, mmap: bool = False, progress: Progress | None = None) -> dict[str, Any]:
     """Load a TrueMap v1 / v2.0 or GelSight ``.tmd`` file (layout: see the module docstring).
 
-    Returns ``{"height_map": float32 array (height, width), "x_length", "y_length", "x_offset",
-    "y_offset", "comment", "tmd_version"}``; v1 files report offsets ``0.0`` and
-    ``tmd_version`` 1. Every value is a type :func:`tmd_nb.export_to_npz` stores as is.
-    With ``mmap=True`` the height map is a read-only memory map of the file.
-    ``progress(done_bytes, total_bytes)`` is called as the heights are read.
-    Raises :class:`~tmd_nb.errors.FormatError` for a file that is not a well-formed ``.tmd``
-    file; the file's size is checked against its header before anything is allocated.
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file to read.
+    mmap : bool, default False
+        Return the height map as a read-only memory map of the file instead of reading it.
+    progress : callable, optional
+        ``progress(done_bytes, total_bytes)``, called as the heights are read.
+
+    Returns
+    -------
+    dict
+        ``{"height_map": float32 array (height, width), "x_length", "y_length", "x_offset",
+        "y_offset", "comment", "tmd_version"}``; v1 files report offsets ``0.0`` and
+        ``tmd_version`` 1. Every value is a type :func:`tmd_nb.export_to_npz` stores as is.
+
+    Raises
+    ------
+    FormatError
+        The file is not a well-formed ``.tmd`` file; its size is checked against its header
+        before anything is allocated.
+    OSError
+        The file cannot be read.
     """
     where = repr(os.fspath(path))
     with open_file(path, where) as fp:  # refuses a pipe before opening it: open() would block
@@ -278,19 +294,43 @@ def _float32_value(meta: Mapping[str, Any], key: str, default: float) -> bytes:
 def export_to_tmd(
     data: np.ndarray | Mapping[str, Any], output_path: PathLike, *, progress: Progress | None = None
 ) -> str:
-    """Save a height map as a TrueMap v2.0 ``.tmd`` file at exactly ``output_path``; return its absolute path.
+    """Save a height map as a TrueMap v2.0 ``.tmd`` file at exactly ``output_path``.
 
-    ``data`` is a 2-D array or a dict with ``"height_map"`` and optionally ``x_length``,
-    ``y_length`` (mm; default: width and height, i.e. a 1 mm pixel pitch), ``x_offset``,
-    ``y_offset`` (default 0.0) and ``comment`` (ASCII without NUL; default empty, written
-    verbatim). Lengths and offsets are stored as float32, the nearest float32 to the value given
-    (values :func:`load_tmd` returned come back bit for bit). Heights of any real numeric dtype
-    are accepted when float32 represents every value exactly; otherwise ``ValueError`` says
-    which value would be rounded. Other keys cannot be stored in a ``.tmd`` file: a
-    :class:`~tmd_nb.errors.MetadataNotStoredWarning` names them. Everything is validated before
-    the file is touched, and the file is replaced atomically.
+    Lengths and offsets are stored as float32, the nearest float32 to the value given (values
+    :func:`load_tmd` returned come back bit for bit). Everything is validated before the file is
+    touched, and the file is replaced atomically.
+
+    Parameters
+    ----------
+    data : numpy.ndarray or mapping
+        A 2-D array, or a dict with ``"height_map"`` and optionally ``x_length``, ``y_length``
+        (mm; default: width and height, i.e. a 1 mm pixel pitch), ``x_offset``, ``y_offset``
+        (default 0.0) and ``comment`` (ASCII without NUL; default empty, written verbatim).
+        A Dask array is computed first: a ``.tmd`` file is written in one piece.
+    output_path : str or os.PathLike
+        Where to write.
+    progress : callable, optional
+        ``progress(done_bytes, total_bytes)``, called as the heights are written.
+
+    Returns
+    -------
+    str
+        The absolute path written.
+
+    Raises
+    ------
+    ValueError
+        A height float32 cannot represent exactly (the message names it), an empty or too large
+        map, a length that is not a finite float32, a comment that is not ASCII.
+    TypeError
+        ``data`` is not a height map, or a field has the wrong type.
+
+    Warns
+    -----
+    MetadataNotStoredWarning
+        ``data`` holds keys a ``.tmd`` file cannot store; the warning names them.
     """
-    array, meta = split_height_map(data)
+    array, meta = split_height_map(in_memory(data))  # a Dask array is computed: TMD is written whole
     height, width = array.shape
     if width == 0 or height == 0:
         raise ValueError(f"height map is empty (shape {array.shape}); a .tmd file holds at least one point")

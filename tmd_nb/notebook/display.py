@@ -20,16 +20,18 @@ import math
 import reprlib
 from collections.abc import Mapping
 from pathlib import PurePath
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
+from ..formats.units import physical
 from ..heightmap import height_map_of, split_height_map
 
 __all__ = [
     "HeightMapResult",
     "count_text",
     "downsample",
+    "picture_axes",
     "png_img_tag",
     "preview_png",
     "shape_text",
@@ -74,14 +76,57 @@ def _as_float(small: np.ndarray) -> np.ndarray:
     return small.astype(np.float64)
 
 
+class PictureAxes(NamedTuple):
+    """How :func:`preview_png` draws a map: image extent, aspect, axis and colour-bar labels."""
+
+    extent: tuple[float, float, float, float]
+    aspect: Literal["equal", "auto"]
+    xlabel: str
+    ylabel: str
+    label: str
+
+
+def picture_axes(
+    shape: tuple[int, ...], metadata: Mapping[str, Any] | None, *, complex_values: bool = False
+) -> PictureAxes:
+    """Physical axes when ``metadata`` gives the lengths (see :func:`preview_png`), pixel axes otherwise."""
+    rows, cols = shape
+    phys = physical(metadata) if metadata is not None else None
+    label = "|height|" if complex_values else "height"
+    if phys is not None and phys.height_known and phys.height_unit:
+        label += f" ({phys.height_unit})"
+    if phys is not None and phys.x_length is not None and phys.y_length is not None:
+        # the pixels cover the scanned area: the image spans offset .. offset + length
+        x0, y0 = phys.x_offset, phys.y_offset
+        ratio = max(phys.x_length, phys.y_length) / min(phys.x_length, phys.y_length)
+        unit = f" ({phys.lateral_unit})" if phys.lateral_unit else ""
+        extent = (x0, x0 + phys.x_length, y0 + phys.y_length, y0)
+        return PictureAxes(extent, "equal" if ratio <= 8 else "auto", f"x{unit}", f"y{unit}", label)
+    # extent in original pixel indices, so the axes read as row/column of the full map
+    ratio = max(rows, cols) / min(rows, cols)
+    extent = (-0.5, cols - 0.5, rows - 0.5, -0.5)
+    return PictureAxes(extent, "equal" if ratio <= 8 else "auto", "column", "row", label)
+
+
 def preview_png(
-    height_map: np.ndarray, *, max_pixels: int = 256, title: str | None = None, label: str | None = None
+    height_map: np.ndarray,
+    *,
+    max_pixels: int = 256,
+    title: str | None = None,
+    label: str | None = None,
+    metadata: Mapping[str, Any] | None = None,
 ) -> bytes:
     """A small PNG image of ``height_map`` with a colour bar.
 
     The array is downsampled first, so a 4000 x 4000 map renders as fast as a small one.
     NaN and infinite values are masked and drawn in :data:`BAD_COLOR`; complex maps show
     their magnitude. ``label`` names the colour bar (default "height", "|height|" for complex).
+
+    With ``metadata`` that gives the lengths (``x_length``, ``y_length``; see
+    :mod:`tmd_nb.formats.units`), the axes show physical coordinates in ``lateral_unit`` from the
+    offsets, with the aspect ratio of the real surface, and the colour bar names ``height_unit``
+    (millimetres when the metadata names no unit, as in ``.tmd`` files). Otherwise the axes count
+    rows and columns.
     """
     import matplotlib
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -108,24 +153,23 @@ def preview_png(
     fig = Figure(figsize=(4.6, 3.6), dpi=80, layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    ratio = max(rows, cols) / min(rows, cols)
-    # extent in original pixel indices, so the axes read as row/column of the full map
+    axes = picture_axes(array.shape, metadata, complex_values=array.dtype.kind == "c")
     image = ax.imshow(
         masked,
         cmap=cmap,
         vmin=vmin,
         vmax=vmax,
         interpolation="nearest",
-        extent=(-0.5, cols - 0.5, rows - 0.5, -0.5),
-        aspect="equal" if ratio <= 8 else "auto",
+        extent=axes.extent,
+        aspect=axes.aspect,
     )
-    ax.set_xlabel("column", fontsize=8)
-    ax.set_ylabel("row", fontsize=8)
+    ax.set_xlabel(axes.xlabel, fontsize=8, parse_math=False)
+    ax.set_ylabel(axes.ylabel, fontsize=8, parse_math=False)
     ax.tick_params(labelsize=7)
     colorbar = fig.colorbar(image, ax=ax, shrink=0.9)
     colorbar.ax.tick_params(labelsize=7)
     if label is None:
-        label = "|height|" if array.dtype.kind == "c" else "height"
+        label = axes.label
     colorbar.set_label(label, fontsize=8, parse_math=False)
     notes = []
     if not finite.all():
@@ -413,7 +457,7 @@ class HeightMapResult(dict):
     def _repr_html_(self) -> str | None:
         if not _is_height_map_dict(self):
             return None
-        image = png_img_tag(preview_png(self["height_map"]))
+        image = png_img_tag(preview_png(self["height_map"], metadata=self))
         return (
             f'<div class="tmd-nb-result" style="display:flex;gap:1em;align-items:flex-start;flex-wrap:wrap">'
             f"<div>{summary_html(self)}</div><div>{image}</div></div>"

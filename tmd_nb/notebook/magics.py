@@ -1,4 +1,4 @@
-"""IPython line magics ``%tmd_export``, ``%tmd_load`` and ``%tmd_panel`` (``%load_ext tmd_nb``).
+"""IPython line magics ``%tmd_export``, ``%tmd_load``, ``%tmd_panel`` and ``%tmd_convert`` (``%load_ext tmd_nb``).
 
 The work is done by plain functions: :mod:`tmd_nb.notebook.arguments` reads the argument line,
 :func:`export_height_map` and :func:`load_height_map` below save and load, and
@@ -205,7 +205,7 @@ def export_height_map(
 
 
 def load_height_map(path: str, *, progress: Callable[[int, int], None] | None = None) -> HeightMapResult:
-    """Load an NPZ, NPY or TMD file (recognised by content) as a :class:`HeightMapResult`."""
+    """Load any registered format (recognised by content) as a :class:`HeightMapResult`."""
     path = expand_path(path)
     try:
         data = registry.load(path, progress=progress)
@@ -243,7 +243,7 @@ def load_message(path: str, name: str, result: Mapping[str, Any], seconds: float
 
 @magics_class
 class TmdMagics(Magics):
-    """Save and load height maps from the notebook: ``%tmd_export``, ``%tmd_load``, ``%tmd_panel``."""
+    """Save, load and convert height maps: ``%tmd_export``, ``%tmd_load``, ``%tmd_panel``, ``%tmd_convert``."""
 
     def _user_shell(self) -> InteractiveShell:
         """The shell the magics were registered with (always set once IPython has loaded them)."""
@@ -280,10 +280,14 @@ class TmdMagics(Magics):
         metavar="NAME",
         help="the variable to save: a 2-D array or a dict with 'height_map' (also scan.z, scan['z'], stack[0])",
     )
-    @argument("path", metavar="PATH", help="file to write; .npz (with metadata), .npy (array only) or .tmd")
+    @argument(
+        "path",
+        metavar="PATH",
+        help=f"file to write; the extension picks the format: {registry.one_of(list(registry.extensions()))}",
+    )
     @line_magic
     def tmd_export(self, line: str) -> None:
-        """Save a height map from the namespace to an NPZ, NPY or TMD file.
+        """Save a height map from the namespace to an NPZ, NPY, TMD, X3P or GWY file.
 
         The format follows PATH's extension. Prints one line: what was saved, its shape and
         dtype, the number of metadata keys, the path, the file size and the time taken.
@@ -321,10 +325,14 @@ class TmdMagics(Magics):
 
     @magic_arguments()
     @argument("-n", "--name", metavar="NAME", help="bind the result to this variable and print one line")
-    @argument("path", metavar="PATH", help="an .npz, .npy or .tmd file (recognised by its content)")
+    @argument(
+        "path",
+        metavar="PATH",
+        help=f"a {registry.one_of(list(registry.extensions()))} file (recognised by its content)",
+    )
     @line_magic
     def tmd_load(self, line: str) -> HeightMapResult | None:
-        """Load a height map and its metadata from an NPZ, NPY or TMD file.
+        """Load a height map and its metadata from an NPZ, NPY, TMD, X3P or GWY file.
 
         Returns ``{"height_map": array, **metadata}`` (a dict that displays as a summary and
         a small picture), so ``scan = %tmd_load scan.npz`` works; with ``-n NAME`` it is bound
@@ -368,6 +376,54 @@ class TmdMagics(Magics):
         cls = panel.LoadPanel if args.load else panel.ExportPanel
         display(cls(namespace=self._user_shell().user_ns))
 
+    @magic_arguments()
+    @argument("sources", nargs="+", metavar="SRC", help="scan files, folders or glob patterns ('**' recurses)")
+    @argument("-o", "--out", required=True, metavar="OUT", help="output folder (created if needed)")
+    @argument("--format", default="npz", choices=registry.names(), help="output format (default: npz)")
+    @argument("--jobs", type=int, metavar="N", help="local worker processes (default: every core)")
+    @argument("--scheduler", metavar="ADDRESS", help="run on this dask.distributed scheduler instead")
+    @argument("--overwrite", action="store_true", help="convert again files whose output is already there")
+    @line_magic
+    def tmd_convert(self, line: str) -> Any:
+        """Convert scan files or whole folders, in parallel, with a progress bar: ``tmd_nb.convert``.
+
+        Returns the report (converted, skipped and failed files), so ``report = %tmd_convert ...``
+        works. Running it again after an interruption converts only what is missing.
+
+        Examples::
+
+            %tmd_convert scans/ -o converted/
+            report = %tmd_convert "scans/**/*.tmd" -o out --format npy --jobs 2
+        """
+        args = parse_line(self.tmd_convert.parser, "tmd_convert", line)
+        if args.help:
+            return None
+        if args.jobs is not None and args.jobs < 1:
+            raise UsageError(f"%tmd_convert: --jobs must be at least 1, not {args.jobs}")
+        from ..batch import convert
+
+        client = None
+        try:
+            if args.scheduler:
+                try:
+                    from distributed import Client
+                except ImportError:
+                    raise UsageError("%tmd_convert: --scheduler needs dask.distributed: pip install 'tmd_nb[dask]'")
+                client = Client(args.scheduler)
+            return convert(
+                [expand_path(s) for s in args.sources],
+                expand_path(args.out),
+                format=args.format,
+                overwrite=args.overwrite,
+                jobs=args.jobs,
+                client=client,
+            )
+        except (ValueError, FileNotFoundError) as exc:
+            raise UsageError(f"%tmd_convert: {exc}") from None
+        finally:
+            if client is not None:
+                client.close()
+
 
 # --------------------------------------------------------------------------- extension
 
@@ -378,6 +434,8 @@ def syntaxes() -> dict[str, Syntax]:
         "tmd_export": syntax_of(TmdMagics.tmd_export.parser, ("variable", "path")),
         "tmd_load": syntax_of(TmdMagics.tmd_load.parser, ("path",)),
         "tmd_panel": syntax_of(TmdMagics.tmd_panel.parser, ()),
+        # SRC... : any number of sources; the first eight complete as paths.
+        "tmd_convert": syntax_of(TmdMagics.tmd_convert.parser, ("path",) * 8),
     }
 
 

@@ -100,10 +100,10 @@ def show_preview(image: widgets.Image, info: widgets.HTML, data: Any, title: str
     The picture is set first: it is the slowest part for the browser to show, and the summary
     changing last tells a person (and a browser test) that the preview is complete.
     """
-    array, _ = split_height_map(data)
+    array, meta = split_height_map(data)
     note = ""
     try:
-        image.value = preview_png(array, max_pixels=256, title=title)
+        image.value = preview_png(array, max_pixels=256, title=title, metadata=meta)
         image.layout.display = None
     except (TypeError, ValueError) as exc:
         image.value = b""

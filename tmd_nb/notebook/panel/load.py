@@ -44,7 +44,7 @@ class LoadPanel(Panel):
         self._title = widgets.HTML("<b>Load a height map</b>")
         self._path = widgets.Combobox(
             description="File",
-            placeholder="path of a .npz, .npy or .tmd file",
+            placeholder=f"path of a {registry.one_of(list(registry.extensions()))} file",
             ensure_option=False,
             layout=widgets.Layout(width="34em"),
         )
@@ -119,7 +119,7 @@ class LoadPanel(Panel):
         return self._data
 
     def refresh(self) -> None:
-        """List the loadable files (.npz, .npy, .tmd) of the folder in the file field's suggestions."""
+        """List the loadable files (every extension of the registry) of the folder in the file field's suggestions."""
         folder = self._directory or os.getcwd()
         try:
             names = sorted(
@@ -225,7 +225,7 @@ class LoadPanel(Panel):
         """Why Bind cannot run yet, or None."""
         name = self._name.value.strip()
         if self._data is None:
-            return "no file is loaded; pick a .npz, .npy or .tmd file"
+            return f"no file is loaded; pick a {registry.one_of(list(registry.extensions()))} file"
         if not name:
             return "type a variable name"
         if not is_variable_name(name):

@@ -1,0 +1,457 @@
+"""Gwyddion native files (``.gwy``), read and written through the ``gwyfile`` library.
+
+A ``.gwy`` file is ``GWYP`` followed by one serialized ``GwyContainer``: an object is its type
+name (NUL-terminated), a uint32 byte size and its components; a component is a name, a type
+code (``b c i q d s o`` scalars, strings and objects; ``C I Q D S O`` arrays of them, each with a
+uint32 count) and its value, all little-endian.
+
+What :func:`export_to_gwy` writes (keys of the top container)
+--------------------------------------------------------------
+``/0/data``
+    A ``GwyDataField``: the heights in SI units as float64 (metres when ``height_unit`` is a
+    length, millimetres by default; another unit, e.g. ``"V"``, is written as it is, unscaled),
+    ``xreal``/``yreal`` = ``x_length``/``y_length`` in metres (the pixel size is ``xreal /
+    xres``, as in Gwyddion; without lengths, one lateral unit per pixel), ``xoff``/``yoff``
+    from the offsets, ``si_unit_xy`` and ``si_unit_z`` (``GwySIUnit``). NaN and infinite
+    heights are written as 0 and masked.
+``/0/mask``
+    Only when some heights are not finite: a ``GwyDataField`` of the same grid, 1 where the
+    height is missing, 0 elsewhere.
+``/0/data/title``
+    The ``title`` key when it is a string, else ``"Height"``.
+``/0/meta``
+    A ``GwyContainer`` of strings, which Gwyddion's metadata browser shows: the metadata keys
+    whose values are strings, numbers, booleans or dates, as text.
+``/tmd_nb/record.json``, ``/tmd_nb/<name>``
+    tmd_nb's record (:mod:`tmd_nb.formats.embedded`) as string entries: the JSON as it is, each
+    NPY array in base64 (``height_map`` when the float64 metres do not give back the exact map).
+
+What :func:`load_gwy` reads
+---------------------------
+A file tmd_nb wrote comes back exactly as saved. Other files give the first channel
+(``/0/data``, else the lowest-numbered ``/N/data``): ``{"height_map": float64 in the file's z
+unit, NaN under ``/N/mask``, "x_length", "y_length", "x_offset", "y_offset", "lateral_unit",
+"height_unit"}`` as the file states them, plus ``title`` and ``gwyddion_meta`` (a dict of the
+channel's ``/N/meta`` strings) when present. A file whose data changed after tmd_nb wrote it
+loads the file's data and lengths with a warning, keeping the other tmd_nb metadata keys.
+
+Safety: ``gwyfile`` trusts the sizes in the file, so the whole structure is first walked here
+(:func:`scan`) without building anything: every name and string must end within its object,
+every object and array must fit in its parent, nesting is at most :data:`MAX_DEPTH` deep, and
+the copying gwyfile does per component is bounded. Only then are the top-level entries handed to
+gwyfile, one at a time. Malformed files raise :class:`~tmd_nb.errors.FormatError` naming the file.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import os
+import stat
+import struct
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from ..errors import FormatError
+from ..heightmap import in_memory, split_height_map
+from . import embedded, metadata, units
+from ._io import Progress, open_file, read_into
+from ._io import Reporter as _Reporter
+from .atomic import atomic_write
+from .base import Format, PathLike
+
+__all__ = ["FORMAT", "MAGIC", "check", "export_to_gwy", "load_gwy", "scan"]
+
+MAGIC = b"GWYP"
+RECORD_PREFIX = "/tmd_nb/"
+MAX_DEPTH = 32
+MAX_NAME = 4096
+#: Longest text shown per key in ``/0/meta``.
+MAX_META_TEXT = 1000
+#: gwyfile copies the rest of an object after each component: refuse files where that adds up
+#: to more than this many times the file size (plus a constant).
+MAX_COPY_FACTOR = 64
+_COPY_ALLOWANCE = 1 << 30
+_SCALARS = {ord("b"): 1, ord("c"): 1, ord("i"): 4, ord("q"): 8, ord("d"): 8}
+_ARRAYS = {ord("C"): 1, ord("I"): 4, ord("Q"): 8, ord("D"): 8}
+
+
+class _Walk:
+    """State of :func:`scan`: the file's bytes and the copying gwyfile will do."""
+
+    def __init__(self, buf: bytes | bytearray, where: str) -> None:
+        self.buf, self.where, self.copies = buf, where, 0
+
+    def fail(self, pos: int, what: str) -> FormatError:
+        return FormatError(f"{self.where} is not a well-formed Gwyddion file: {what} (at byte {pos + len(MAGIC)})")
+
+    def cstring(self, pos: int, end: int, what: str) -> int:
+        """Position just past the NUL ending the string at ``pos``, which must come before ``end``."""
+        nul = self.buf.find(b"\0", pos, end)
+        if nul < 0:
+            raise self.fail(pos, f"{what} runs past the end of its object")
+        return nul + 1
+
+    def obj(self, pos: int, end: int, depth: int) -> int:
+        """Check the object at ``pos`` (within ``end``); return where it ends."""
+        if depth > MAX_DEPTH:
+            raise self.fail(pos, f"objects nested more than {MAX_DEPTH} deep")
+        body = self.cstring(pos, min(end, pos + MAX_NAME), "an object's type name")
+        if body + 4 > end:
+            raise self.fail(pos, "truncated object header")
+        (size,) = struct.unpack_from("<I", self.buf, body)
+        body += 4
+        body_end = body + size
+        if body_end > end:
+            raise self.fail(pos, f"an object declares {size} bytes but only {end - body} remain")
+        p = body
+        while p < body_end:
+            if depth > 0:  # gwyfile slices the rest of a nested object for each component (twice for 'o')
+                self.copies += 2 * (body_end - p)
+            p = self.component(p, body_end, depth)
+        return body_end
+
+    def component(self, pos: int, end: int, depth: int) -> int:
+        p = self.cstring(pos, min(end, pos + MAX_NAME), "a component name")
+        if p >= end:
+            raise self.fail(pos, "a component without a type")
+        code = self.buf[p]
+        p += 1
+        if code in _SCALARS:
+            p += _SCALARS[code]
+        elif code == ord("s"):
+            p = self.cstring(p, end, "a string")
+        elif code == ord("o"):
+            p = self.obj(p, end, depth + 1)
+        elif code in _ARRAYS or code in (ord("S"), ord("O")):
+            if p + 4 > end:
+                raise self.fail(pos, "a truncated array count")
+            (count,) = struct.unpack_from("<I", self.buf, p)
+            p += 4
+            if code in _ARRAYS:
+                p += count * _ARRAYS[code]
+            elif count > end - p:
+                raise self.fail(pos, f"an array of {count} items in {end - p} bytes")
+            elif code == ord("S"):
+                for _ in range(count):
+                    p = self.cstring(p, end, "a string")
+            else:
+                for _ in range(count):
+                    p = self.obj(p, end, depth + 1)
+        else:
+            raise self.fail(pos, f"unknown type code {bytes([code])!r}")
+        if p > end:
+            raise self.fail(pos, "a component runs past the end of its object")
+        return p
+
+
+def scan(buf: bytes | bytearray, where: str) -> list[tuple[int, int]]:
+    """Check the structure of a serialized top-level ``GwyContainer``; return its components' spans.
+
+    ``buf`` is the file without its ``GWYP`` magic. Raises :class:`FormatError` naming ``where``.
+    """
+    walk = _Walk(buf, where)
+    name_end = walk.cstring(0, min(len(buf), MAX_NAME), "the top object's type name")
+    if buf[: name_end - 1] != b"GwyContainer":
+        raise FormatError(f"{where} holds a {bytes(buf[: min(name_end - 1, 40)])!r} object, not a GwyContainer")
+    if name_end + 4 > len(buf):
+        raise walk.fail(0, "truncated container header")
+    (size,) = struct.unpack_from("<I", buf, name_end)
+    end = name_end + 4 + size
+    if end > len(buf):
+        raise FormatError(
+            f"{where} is truncated: its container declares {size} bytes but {len(buf) - name_end - 4} follow"
+        )
+    if end != len(buf):
+        raise FormatError(f"{where} has {len(buf) - end} stray bytes after its container")
+    spans = []
+    p = name_end + 4
+    while p < end:
+        q = walk.component(p, end, 0)
+        spans.append((p, q))
+        p = q
+    if walk.copies > MAX_COPY_FACTOR * len(buf) + _COPY_ALLOWANCE:
+        raise FormatError(f"{where} is laid out so that reading it would copy {walk.copies} bytes; refused")
+    return spans
+
+
+# --------------------------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------------------------
+
+
+def _read_container(path: PathLike, where: str, progress: Progress | None) -> dict[str, Any]:
+    """The top-level entries of a ``.gwy`` file, each parsed by gwyfile after :func:`scan`."""
+    from gwyfile.objects import component_from_buffer
+
+    with open_file(path, where) as fp:
+        st = os.fstat(fp.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise FormatError(f"{where} is not a regular file")
+        buf = bytearray(st.st_size)
+        read_into(fp, memoryview(buf), where, _Reporter(progress, st.st_size))
+    if not buf.startswith(MAGIC):
+        raise FormatError(
+            f"{where} is not a Gwyddion file: it does not start with {MAGIC!r} (it starts with {bytes(buf[:8])!r})"
+        )
+    del buf[: len(MAGIC)]  # in place: no second copy of a large file
+    body = buf
+    entries: dict[str, Any] = {}
+    for start, end in scan(body, where):
+        try:
+            name, value, _, _ = component_from_buffer(bytes(memoryview(body)[start:end]), return_size=True)
+        except Exception as exc:  # gwyfile raises whatever a malformed value makes Python raise
+            raise FormatError(
+                f"{where} has a malformed entry at byte {start + len(MAGIC)}: {type(exc).__name__}: {exc}"
+            ) from None
+        entries[name] = value
+    return entries
+
+
+def _field(entries: Mapping[str, Any], key: str, where: str) -> tuple[np.ndarray, Any]:
+    """The checked ``(yres, xres)`` float64 array of the data field at ``key``, and the field."""
+    from gwyfile.objects import GwyDataField
+
+    field = entries[key]
+    if not isinstance(field, GwyDataField):
+        raise FormatError(f"{where}: {key} is not a GwyDataField")
+    xres, yres, data = field.get("xres"), field.get("yres"), field.get("data")
+    if type(xres) is not int or type(yres) is not int or xres < 1 or yres < 1:
+        raise FormatError(f"{where}: {key} has no valid xres/yres ({xres!r}, {yres!r})")
+    if not isinstance(data, np.ndarray) or data.dtype != np.float64 or data.size != xres * yres:
+        size = getattr(data, "size", None)
+        raise FormatError(f"{where}: {key} holds {size} values, not xres x yres = {xres} x {yres}")
+    return data.reshape(yres, xres), field
+
+
+def _number(field: Any, key: str, default: float, where: str) -> float:
+    value = field.get(key, default)
+    if type(value) not in (float, int) or not np.isfinite(value):
+        raise FormatError(f"{where}: the data field's {key} is not a finite number ({value!r})")
+    return float(value)
+
+
+def _unit(field: Any, key: str) -> str:
+    unit = field.get(key)
+    text = unit.get("unitstr") if isinstance(unit, Mapping) else None
+    return text if isinstance(text, str) else ""
+
+
+def _channel(entries: Mapping[str, Any], where: str) -> int:
+    numbers = []
+    for key in entries:
+        parts = key.split("/")
+        if len(parts) == 3 and parts[0] == "" and parts[2] == "data" and parts[1].isdigit():
+            numbers.append(int(parts[1]))
+    if not numbers:
+        raise FormatError(f"{where} holds no image channel (/N/data)")
+    return 0 if 0 in numbers else min(numbers)
+
+
+def load_gwy(path: PathLike, *, progress: Progress | None = None) -> dict[str, Any]:
+    """Load a height map and its metadata from a Gwyddion ``.gwy`` file.
+
+    A file written by :func:`export_to_gwy` comes back exactly as saved; other files give their
+    first channel in the units they state (see the module docstring).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The ``.gwy`` file.
+    progress : callable, optional
+        ``progress(done_bytes, total_bytes)``, called as the file is read.
+
+    Returns
+    -------
+    dict
+        ``{"height_map": array, **metadata}``.
+
+    Raises
+    ------
+    FormatError
+        The file is not a well-formed Gwyddion file with an image channel.
+    OSError
+        The file cannot be read.
+    """
+    where = repr(os.fspath(path))
+    entries = _read_container(path, where, progress)
+    channel = _channel(entries, where)
+    data, field = _field(entries, f"/{channel}/data", where)
+    seen = np.array(data, dtype=np.float64)
+    mask_key = f"/{channel}/mask"
+    if mask_key in entries:
+        mask, _ = _field(entries, mask_key, where)
+        if mask.shape != seen.shape:
+            raise FormatError(f"{where}: {mask_key} has shape {mask.shape}, the data {seen.shape}")
+        seen[mask > 0.5] = np.nan
+    standard = {
+        "x_length": _number(field, "xreal", 1.0, where),
+        "y_length": _number(field, "yreal", 1.0, where),
+        "x_offset": _number(field, "xoff", 0.0, where),
+        "y_offset": _number(field, "yoff", 0.0, where),
+        "lateral_unit": _unit(field, "si_unit_xy"),
+        "height_unit": _unit(field, "si_unit_z"),
+    }
+    record = {k[len(RECORD_PREFIX) :]: v for k, v in entries.items() if k.startswith(RECORD_PREFIX)}
+    if embedded.RECORD in record:
+        members: dict[str, bytes] = {}
+        for name, value in record.items():
+            if not isinstance(value, str):
+                raise FormatError(f"{where}: its tmd_nb entry {name!r} is not a string")
+            try:
+                members[name] = (
+                    value.encode("utf-8") if name == embedded.RECORD else base64.b64decode(value, validate=True)
+                )
+            except (binascii.Error, ValueError):
+                raise FormatError(f"{where}: its tmd_nb entry {name!r} is not valid base64") from None
+        rec = embedded.unpack(members, seen, where)
+        if rec.current:
+            return {"height_map": rec.height_map, **rec.metadata}
+        warnings.warn(
+            f"{where}: its data changed after tmd_nb wrote it (edited by other software?); loaded the "
+            "file's data and lengths, with the other tmd_nb metadata",
+            UserWarning,
+            stacklevel=2,
+        )
+        kept = {k: v for k, v in rec.metadata.items() if k not in units.PHYSICAL_KEYS}
+        return {"height_map": seen, **kept, **standard}
+    out: dict[str, Any] = {"height_map": seen, **standard}
+    title = entries.get(f"/{channel}/data/title")
+    if isinstance(title, str):
+        out["title"] = title
+    meta = entries.get(f"/{channel}/meta")
+    if isinstance(meta, Mapping):
+        out["gwyddion_meta"] = {str(k): v for k, v in meta.items() if isinstance(v, str | int | float | bool)}
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Writing
+# --------------------------------------------------------------------------------------------
+
+
+def _gwy_text(text: str) -> str:
+    """``text`` as a Gwyddion string can hold it: UTF-8 without NUL (escapes otherwise)."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\0", "\\0")
+
+
+def _meta_text(value: Any) -> str | None:
+    """A metadata value as Gwyddion's metadata browser shows it (display only: the record keeps it)."""
+    if type(value) in (str, int, float, bool):
+        text = str(value)
+    elif type(value) in (dt.datetime, dt.date):
+        text = value.isoformat()
+    else:
+        return None
+    return _gwy_text(text if len(text) <= MAX_META_TEXT else text[:MAX_META_TEXT] + "...")
+
+
+def check(data: Any) -> None:
+    """Raise ``TypeError``/``ValueError`` if :func:`export_to_gwy` would refuse ``data`` (cheap: no heights copied)."""
+    _, meta = split_height_map(data, lazy=True)  # checked, not computed
+    metadata.encode(meta, reserved={"height_map", embedded.RECORD})
+
+
+def _build(data: Any) -> bytes:
+    """Validate ``data`` and serialize the whole file; ValueError/TypeError before anything is written."""
+    from gwyfile.objects import GwyContainer, GwyDataField, GwySIUnit
+
+    array, meta = split_height_map(in_memory(data))  # a Dask array is computed: the file is written whole
+    phys = units.physical(meta)
+    lateral = units.metres_per(phys.lateral_unit)
+    height = units.metres_per(phys.height_unit)
+    xy_unit, z_unit = (
+        ("m" if lateral is not None else phys.lateral_unit),
+        ("m" if height is not None else phys.height_unit),
+    )
+    lateral, height = lateral or 1.0, height or 1.0
+    rows, cols = embedded.grid(array).shape
+    x_length, y_length = phys.x_length or float(cols), phys.y_length or float(rows)
+    standard = embedded.standard_heights(embedded.grid(array), height)
+    finite = np.isfinite(standard)
+    seen = np.where(finite, standard, np.nan)
+    record = embedded.pack(array, meta, seen, height)
+
+    def field(values: np.ndarray) -> Any:
+        return GwyDataField(
+            np.ascontiguousarray(values, dtype=np.float64),
+            xreal=x_length * lateral,
+            yreal=y_length * lateral,
+            xoff=phys.x_offset * lateral,
+            yoff=phys.y_offset * lateral,
+            si_unit_xy=GwySIUnit(unitstr=xy_unit),
+            si_unit_z=GwySIUnit(unitstr=z_unit),
+        )
+
+    title = meta.get("title")
+    entries: dict[str, Any] = {
+        "/0/data": field(np.where(finite, standard, 0.0)),
+        "/0/data/title": _gwy_text(title) if isinstance(title, str) else "Height",
+    }
+    if not finite.all():
+        entries["/0/mask"] = field((~finite).astype(np.float64))
+    shown = {_gwy_text(k): t for k, v in meta.items() if (t := _meta_text(v)) is not None}
+    if shown:
+        entries["/0/meta"] = GwyContainer(shown, typecodes=dict.fromkeys(shown, "s"))
+    for name, content in record.items():
+        text = content.decode("utf-8") if name == embedded.RECORD else base64.b64encode(content).decode("ascii")
+        entries[RECORD_PREFIX + name] = text
+    typecodes = {k: ("o" if not isinstance(v, str) else "s") for k, v in entries.items()}
+    return MAGIC + GwyContainer(entries, typecodes=typecodes).serialize()
+
+
+def export_to_gwy(
+    data: np.ndarray | Mapping[str, Any], output_path: PathLike, *, progress: Progress | None = None
+) -> str:
+    """Save a height map and its metadata as a Gwyddion ``.gwy`` file.
+
+    Gwyddion reads the heights and lengths in SI units (converted from ``height_unit`` and
+    ``lateral_unit``, millimetres by default), NaN as its mask; tmd_nb reads back exactly what
+    was saved (the layout is in the module docstring).
+
+    Parameters
+    ----------
+    data : numpy.ndarray or mapping
+        A 2-D height map, or a dict with a ``"height_map"`` array and metadata (any value
+        :func:`tmd_nb.export_to_npz` stores).
+        A Dask array (height map or metadata value) is computed first: Gwyddion files are
+        written whole; NPY and NPZ stream maps larger than memory instead.
+    output_path : str or os.PathLike
+        Where to write; the file is replaced atomically.
+    progress : callable, optional
+        ``progress(done_bytes, total_bytes)``, called when the file is written.
+
+    Returns
+    -------
+    str
+        The absolute path written.
+
+    Raises
+    ------
+    TypeError
+        A metadata value cannot be stored (the message names its key), or the height map is not
+        a numeric 2-D array; raised before anything is written.
+    """
+    content = _build(data)
+    with atomic_write(output_path) as fp:
+        fp.write(content)
+    if progress is not None:
+        progress(len(content), len(content))
+    return os.path.abspath(output_path)
+
+
+FORMAT = Format(
+    name="gwy",
+    title="GWY",
+    extensions=(".gwy",),
+    summary="Gwyddion file: data field in SI units + mask + metadata, tmd_nb metadata kept",
+    recognise=lambda head, path: head.startswith(MAGIC),
+    load=load_gwy,
+    save=export_to_gwy,
+    check=check,
+    label="Gwyddion",
+)
