@@ -70,10 +70,20 @@ _EXISTS_PROBLEM = "the file exists; tick 'Overwrite the existing file' to replac
 class ExportPanel(Panel):
     """Export a height map of the notebook interactively: pick, preview, edit metadata, save.
 
-    ``namespace`` is where variables are listed from (default: the IPython user namespace, which
-    is what ``%tmd_panel`` passes). The public API mirrors the widgets: :attr:`selected`,
-    :attr:`path`, :attr:`format`, :attr:`level`, :attr:`overwrite`, :attr:`metadata`, :attr:`status`, :meth:`refresh`,
-    :meth:`add_row` and :meth:`save`.
+    The public API mirrors the widgets, so a script or a test can drive the panel as a person
+    would: :attr:`selected`, :attr:`path`, :attr:`format`, :attr:`level`, :attr:`overwrite`,
+    :attr:`metadata`, :attr:`status`, :meth:`refresh`, :meth:`add_row` and :meth:`save`.
+
+    Parameters
+    ----------
+    namespace : dict, optional
+        Where the exportable variables are listed from. Default: the IPython user namespace
+        (what ``%tmd_panel`` passes).
+
+    Raises
+    ------
+    RuntimeError
+        No ``namespace`` is given and no IPython shell is running.
     """
 
     def __init__(self, namespace: MutableMapping[str, Any] | None = None) -> None:
