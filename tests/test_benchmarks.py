@@ -38,6 +38,11 @@ def test_bench_quick_prints_the_table(tmp_path):
     assert len(rows) >= 10
     for line in rows:  # every row has a speed ratio against numpy
         assert line.rstrip().split("|")[-1].split()[0].endswith("x")
+    for level in ("balanced", "smallest"):  # the ladder: a row per level and data set, and its targets
+        assert f"NPZ save, level={level}" in out
+        assert f"level='{level}' file" in out
+    ladder = out.split("Ladder (")[1].split("Targets (")[0]
+    assert "fastest (default)" in ladder and "  synthetic 512x512 float32 " in ladder
     assert "Targets (on synthetic 512x512 float32)" in out
     assert list(tmp_path.iterdir()) == []  # the temporary files are gone
 

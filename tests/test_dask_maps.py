@@ -218,6 +218,7 @@ def test_load_metadata_reads_everything_but_the_heights(tmp_path, monkeypatch):
         raise AssertionError("the height map was read")
 
     monkeypatch.setattr(archive, "inflate_rest", refuse, raising=True)
+    monkeypatch.setattr(archive, "inflate_whole", refuse, raising=True)  # libdeflate's one-call path
     with pytest.raises(AssertionError):
         tmd_nb.load(tmp_path / "map.npz")
     monkeypatch.undo()

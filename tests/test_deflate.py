@@ -124,3 +124,197 @@ def test_lying_chunk_index_is_refused(tmp_path, monkeypatch):
         # other readers do not use the index: the stream itself is intact
         assert same(np.load(path)["a"], a), what
         assert same(read_npz(path, threads=1)["a"], a), what
+
+
+# --------------------------------------------------------------------------------------------
+# The ladder: named levels
+# --------------------------------------------------------------------------------------------
+
+
+def _libdeflate_or_not(monkeypatch, libdeflate: bool) -> None:
+    if libdeflate:
+        require(deflate._libdeflate is not None, "deflate (libdeflate) is not installed")
+    else:
+        monkeypatch.setattr(deflate, "_libdeflate", None)
+
+
+@pytest.mark.parametrize("level", deflate.LEVEL_NAMES)
+@pytest.mark.parametrize("libdeflate", [True, False])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_named_levels_write_files_numpy_reads_byte_exact(tmp_path, monkeypatch, level, libdeflate, threads):
+    _libdeflate_or_not(monkeypatch, libdeflate)
+    monkeypatch.setattr(deflate, "DEFLATE_CHUNK", 1 << 14)  # several chunks: the parallel split
+    monkeypatch.setattr(deflate, "SPLIT_MIN", 1 << 12)
+    a = surface(160, seed=3)
+    small = np.arange(5, dtype="<i2")
+    path = save_npz(tmp_path / "l.npz", {"height_map": a, "small": small}, level=level, threads=threads)
+    with np.load(path) as z:
+        assert same(z["height_map"], a) and same(z["small"], small)
+        assert z["height_map"].tobytes() == a.tobytes()
+    back = read_npz(path)
+    assert same(back["height_map"], a) and same(back["small"], small)
+    assert back["height_map"].flags.writeable
+    assert zipfile.ZipFile(path).testzip() is None
+    unzip_ok(path)
+    info = zipfile.ZipFile(path).getinfo("height_map.npy")
+    assert info.compress_type == zipfile.ZIP_DEFLATED and info.compress_size < info.file_size
+    codec = deflate.Codec(level)
+    assert (codec.final is not None) == (libdeflate and level != "fastest")
+    if codec.final is not None:  # on one thread libdeflate takes all the data, on two a share of it
+        share = codec.final_bytes(a, threads, True)
+        assert share == a.nbytes if threads == 1 else 0 < share < a.nbytes
+        assert codec.final_bytes(small, threads, True) == small.nbytes  # too small to split
+        monkeypatch.setattr(deflate, "FINAL_MAX", 1000)  # libdeflate's share is capped: its output is held whole
+        assert codec.final_bytes(a, threads, True) == 1000
+
+
+def test_fastest_is_the_default_and_level_2(tmp_path):
+    a = surface(120)
+    files = [save_npz(tmp_path / f"{k}.npz", {"a": a}, level=k) for k in (None, "fastest", 2)]
+    assert len({raw_member_data(f, "a.npy") for f in files}) == 1
+
+
+@pytest.mark.parametrize(("name", "number"), [("balanced", 6), ("smallest", 9)])
+def test_without_libdeflate_named_levels_are_zlib_levels(tmp_path, monkeypatch, name, number):
+    monkeypatch.setattr(deflate, "_libdeflate", None)
+    monkeypatch.setattr(deflate, "DEFLATE_CHUNK", 1 << 14)
+    a = surface(150)
+    named = save_npz(tmp_path / "n.npz", {"a": a}, level=name, threads=2)
+    numbered = save_npz(tmp_path / "i.npz", {"a": a}, level=number, threads=2)
+    assert raw_member_data(named, "a.npy") == raw_member_data(numbered, "a.npy")
+
+
+def test_ladder_sizes_against_numpy(tmp_path, monkeypatch):
+    require(deflate._libdeflate is not None, "deflate (libdeflate) is not installed")
+    monkeypatch.setattr(deflate, "DEFLATE_CHUNK", 1 << 18)  # a 1 MB member split over two threads
+    a = surface(512, seed=1)
+    np.savez_compressed(tmp_path / "np.npz", height_map=a)
+    numpy_size = (tmp_path / "np.npz").stat().st_size
+    sizes = {}
+    for level in deflate.LEVEL_NAMES:
+        for threads in (1, 2):
+            path = save_npz(tmp_path / f"{level}{threads}.npz", {"height_map": a}, level=level, threads=threads)
+            sizes[level, threads] = path.stat().st_size / numpy_size
+            assert np.load(path)["height_map"].tobytes() == a.tobytes()
+    for threads in (1, 2):
+        assert sizes["balanced", threads] <= 1.01, sizes
+        assert sizes["smallest", threads] < 1.0, sizes
+        assert sizes["smallest", threads] < sizes["balanced", threads] < sizes["fastest", threads], sizes
+
+
+def test_split_member_carries_one_restart_point_and_inflates_in_parallel(tmp_path, monkeypatch):
+    require(deflate._libdeflate is not None, "deflate (libdeflate) is not installed")
+    require(deflate._isal_zlib is not None, "isal (ISA-L) is not installed")
+    monkeypatch.setattr(deflate, "DEFLATE_CHUNK", 1 << 14)
+    monkeypatch.setattr(deflate, "SPLIT_MIN", 1 << 12)
+    a = surface(200, seed=5)
+    path = save_npz(tmp_path / "b.npz", {"height_map": a}, level="balanced", threads=2)
+    _, points = index_of(path.read_bytes())
+    share = deflate.Codec("balanced").final_bytes(a, 2, True)
+    usize = zipfile.ZipFile(path).getinfo("height_map.npy").file_size
+    assert len(points) == 2 and points[1] == usize - share  # one (compressed, uncompressed) pair
+    calls = []
+    real = deflate._inflate_parallel
+    monkeypatch.setattr(deflate, "_inflate_parallel", lambda *args: calls.append(args) or real(*args))
+    assert same(read_npz(path, threads=2)["height_map"], a) and len(calls) == 1
+    assert same(read_npz(path, threads=1)["height_map"], a) and len(calls) == 1  # on one thread: whole
+
+
+@pytest.mark.parametrize("bad", ["fast", "Balanced", "", 10, 2.5])
+def test_unknown_level_names_the_choices(tmp_path, bad):
+    from tmd_nb import export_to_npz, save
+
+    message = f"compression level must be 'fastest', 'balanced', 'smallest', an int from 0 to 9 or None, not {bad!r}"
+    target = tmp_path / "x.npz"
+    target.write_bytes(b"old")
+    for call in (
+        lambda: export_to_npz({"height_map": np.zeros((2, 2))}, target, level=bad),
+        lambda: save(np.zeros((2, 2)), target, level=bad),
+    ):
+        with pytest.raises(ValueError) as info:
+            call()
+        assert str(info.value) == message
+    assert target.read_bytes() == b"old"
+
+
+# --------------------------------------------------------------------------------------------
+# Inflating a member other tools wrote: libdeflate, whole
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("whole", [True, False])
+def test_numpys_files_inflate_whole_or_streamed_alike(tmp_path, monkeypatch, whole):
+    if whole:
+        require(deflate.whole_inflater is not None, "libdeflate's decompressor is not reachable")
+    else:
+        monkeypatch.setattr(deflate, "whole_inflater", None)
+    a = surface(300, seed=2)
+    f = np.asfortranarray(surface(40, seed=4).astype(">f8"))
+    np.savez_compressed(tmp_path / "n.npz", height_map=a, f=f, empty=np.zeros((0, 3)), scalar=np.array(2.5))
+    seen = []
+    back = read_npz(tmp_path / "n.npz", progress=lambda done, total: seen.append((done, total)))
+    assert same(back["height_map"], a) and same(back["f"], f) and back["f"].flags.f_contiguous
+    assert back["empty"].shape == (0, 3) and back["scalar"] == 2.5
+    assert all(v.flags.writeable for v in back.values())
+    check_progress(seen, seen[-1][1])
+
+
+def test_whole_inflate_memory_is_the_array_and_the_compressed_member(tmp_path):
+    require(deflate.whole_inflater is not None, "libdeflate's decompressor is not reachable")
+    import tracemalloc
+
+    a = surface(700, seed=6)
+    np.savez_compressed(tmp_path / "n.npz", height_map=a)
+    csize = zipfile.ZipFile(tmp_path / "n.npz").getinfo("height_map.npy").compress_size
+    tracemalloc.start()
+    try:
+        back = read_npz(tmp_path / "n.npz")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert same(back["height_map"], a)
+    assert peak <= a.nbytes + csize + (1 << 18), (peak, a.nbytes, csize)  # not a second copy of either
+
+
+def test_whole_inflate_refuses_damage(tmp_path):
+    require(deflate.whole_inflater is not None, "libdeflate's decompressor is not reachable")
+    from archive_helpers import build_zip, npy_bytes, refused
+
+    body = npy_bytes(surface(50))
+    stream = (lambda c: c.compress(body) + c.flush())(zlib.compressobj(6, 8, -15))
+    refused(
+        tmp_path, build_zip([("a.npy", body, 8, {"data": stream + b"\0\0"})]), "2 bytes after the end of its deflate"
+    )
+    refused(tmp_path, build_zip([("a.npy", body, 8, {"data": stream[:-40]})]), "")
+    bad = bytearray(stream)
+    bad[len(bad) // 2] ^= 0xFF
+    refused(tmp_path, build_zip([("a.npy", body, 8, {"data": bytes(bad)})]), "")
+    refused(tmp_path, build_zip([("a.npy", body, 8, {"crc": 0x1234})]), "CRC")
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_capped_libdeflate_part_still_makes_one_stream(tmp_path, monkeypatch, threads):
+    require(deflate._libdeflate is not None, "deflate (libdeflate) is not installed")
+    monkeypatch.setattr(deflate, "DEFLATE_CHUNK", 1 << 14)
+    monkeypatch.setattr(deflate, "SPLIT_MIN", 1 << 12)
+    monkeypatch.setattr(deflate, "FINAL_MAX", 5000)  # most of the member is zlib's, the last 5000 bytes libdeflate's
+    a = surface(150, seed=8)
+    path = save_npz(tmp_path / "c.npz", {"height_map": a}, level="smallest", threads=threads)
+    assert np.load(path)["height_map"].tobytes() == a.tobytes()
+    assert same(read_npz(path, threads=threads)["height_map"], a)
+    unzip_ok(path)
+
+
+@pytest.mark.parametrize("level", ["balanced", "smallest"])
+def test_dask_array_at_named_levels_gives_the_same_member_as_in_memory(tmp_path, monkeypatch, level):
+    da = pytest.importorskip("dask.array")
+    require(deflate._libdeflate is not None, "deflate (libdeflate) is not installed")
+    monkeypatch.setattr(deflate, "DEFLATE_CHUNK", 1 << 14)
+    monkeypatch.setattr(deflate, "SPLIT_MIN", 1 << 12)
+    a = surface(160, seed=9)
+    lazy = da.from_array(a, chunks=(37, 160))
+    for threads in (1, 2):
+        ours = save_npz(tmp_path / f"d{threads}.npz", {"height_map": lazy}, level=level, threads=threads)
+        plain = save_npz(tmp_path / f"n{threads}.npz", {"height_map": a}, level=level, threads=threads)
+        assert raw_member_data(ours, "height_map.npy") == raw_member_data(plain, "height_map.npy")
+        assert np.load(ours)["height_map"].tobytes() == a.tobytes()

@@ -173,6 +173,38 @@ def test_no_compress_stores_members_uncompressed(ip, capsys, tmp_path) -> None:
     )
 
 
+@pytest.mark.parametrize("level", ["fastest", "balanced", "smallest", "6", "0"])
+def test_level_reaches_the_npz_writer(ip, capsys, tmp_path, level) -> None:
+    ip.user_ns["scan"] = {"height_map": np.linspace(0, 1, 40000).reshape(200, 200), "units": "um"}
+    _, out, _ = run(ip, capsys, f"%tmd_export scan s.npz --level {level}")
+    saved_line(out)
+    reference = export_to_npz(ip.user_ns["scan"], tmp_path / "ref.npz", level=int(level) if level.isdigit() else level)
+    with zipfile.ZipFile(tmp_path / "s.npz") as ours, zipfile.ZipFile(reference) as theirs:
+        for name in theirs.namelist():
+            assert ours.getinfo(name).compress_size == theirs.getinfo(name).compress_size
+            assert ours.read(name) == theirs.read(name)
+    assert np.load(tmp_path / "s.npz")["height_map"].tobytes() == ip.user_ns["scan"]["height_map"].tobytes()
+
+
+def test_level_mistakes_are_one_line(ip, capsys, tmp_path) -> None:
+    ip.user_ns["z"] = np.zeros((2, 2))
+    assert (
+        usage_error(ip, capsys, "%tmd_export z a.npz --level fast")
+        == "--level must be fastest, balanced or smallest or 0-9 as in zlib, not 'fast'"
+    )
+    assert (
+        usage_error(ip, capsys, "%tmd_export z a.npz --level 12")
+        == "--level must be fastest, balanced or smallest or 0-9 as in zlib, not 12"
+    )
+    assert usage_error(ip, capsys, "%tmd_export z a.npy --level balanced") == (
+        "--level applies to .npz files only, not .npy"
+    )
+    assert usage_error(ip, capsys, "%tmd_export z a.npz --level 6 --no-compress") == (
+        "--level and --no-compress contradict each other; give one of them"
+    )
+    assert files(tmp_path) == []
+
+
 def test_export_npy_drops_metadata_with_one_note_line(ip, capsys, tmp_path) -> None:
     ip.user_ns["scan"] = {"height_map": np.arange(6).reshape(2, 3), "units": "um"}
     _, out, err = run(ip, capsys, "%tmd_export scan scan.npy -m extra=1")
@@ -291,7 +323,7 @@ def test_wrong_type_is_one_line_and_leaves_no_file(ip, capsys, tmp_path, value, 
         (
             "%tmd_export z",
             "%tmd_export: the following arguments are required: PATH (usage: %tmd_export [-f] "
-            "[--no-compress] [-m KEY=VALUE] NAME PATH; see %tmd_export?)",
+            "[--no-compress] [--level LEVEL] [-m KEY=VALUE] NAME PATH; see %tmd_export?)",
         ),
         ("%tmd_export z out.npz --bogus", "%tmd_export: unrecognized arguments: --bogus"),
         ("%tmd_export z out.npz extra", "%tmd_export: unrecognized arguments: extra"),
@@ -452,7 +484,10 @@ def test_slow_saves_and_loads_show_progress_on_stderr(ip, capsys, monkeypatch) -
 
 def test_question_mark_help_shows_argparse_usage(ip, capsys) -> None:
     for magic, options in [
-        ("tmd_export", ["-f, --force", "--no-compress", "-m <KEY=VALUE>, --meta <KEY=VALUE>", "NAME", "PATH"]),
+        (
+            "tmd_export",
+            ["-f, --force", "--no-compress", "--level LEVEL", "-m <KEY=VALUE>, --meta <KEY=VALUE>", "NAME", "PATH"],
+        ),
         ("tmd_load", ["-n NAME, --name NAME", "PATH"]),
         ("tmd_panel", ["--load"]),
     ]:
@@ -461,7 +496,8 @@ def test_question_mark_help_shows_argparse_usage(ip, capsys) -> None:
         for option in options:
             assert option in out, (magic, option)
     _, out, _ = run(ip, capsys, "%tmd_export -h")
-    assert out.startswith("%tmd_export [-f] [--no-compress] [-m KEY=VALUE] NAME PATH") and "--force" in out
+    usage = " ".join(out.split("\n\n")[0].split())  # argparse wraps the usage line at the terminal width
+    assert usage == "%tmd_export [-f] [--no-compress] [--level LEVEL] [-m KEY=VALUE] NAME PATH" and "--force" in out
 
 
 # --------------------------------------------------------------------------- completion
@@ -520,6 +556,8 @@ def test_completion_offers_directories_and_height_map_files_for_path(ip, tmp_pat
 
 def test_completion_offers_options(ip) -> None:
     assert completions(ip, "%tmd_export z out.npz --n") == ["%tmd_export z out.npz --no-compress"]
+    assert completions(ip, "%tmd_export z out.npz --level b") == ["%tmd_export z out.npz --level balanced"]
+    assert completions(ip, "%tmd_export z out.npz --level s") == ["%tmd_export z out.npz --level smallest"]
     assert completions(ip, "%tmd_load x.npz --") == ["%tmd_load x.npz --name"]
     assert completions(ip, "%tmd_panel --") == ["%tmd_panel --load"]
 

@@ -412,6 +412,44 @@ def test_saved_file_is_what_export_to_npz_writes(ns: dict, tmp_path: Path, fmt: 
     assert methods == ({zipfile.ZIP_DEFLATED} if fmt == "npz" else {zipfile.ZIP_STORED})
 
 
+@pytest.mark.parametrize("level", ["fastest", "balanced", "smallest"])
+def test_level_choice_is_what_export_to_npz_writes_at_that_level(ns: dict, tmp_path: Path, level: str) -> None:
+    panel = ExportPanel(namespace=ns)
+    panel.selected = "scan"
+    assert panel.level == "fastest"  # the default
+    panel.level = level
+    panel.path = tmp_path / "panel.npz"
+    assert panel.save() == str(tmp_path / "panel.npz")
+    reference = tmd_nb.export_to_npz(ns["scan"], tmp_path / "reference.npz", level=level)
+    assert _member_bytes(tmp_path / "panel.npz") == _member_bytes(Path(reference))
+    assert_identical(tmd_nb.load_from_npz(reference), tmd_nb.load_from_npz(tmp_path / "panel.npz"))
+
+
+def test_level_choice_shows_for_compressing_formats_only(ns: dict) -> None:
+    panel = ExportPanel(namespace=ns)
+    assert [value for _, value in panel._level.options] == ["fastest", "balanced", "smallest"]
+    shown = {}
+    for fmt in ["npz", "npz-uncompressed", "npy", "tmd"]:
+        panel.format = fmt
+        shown[fmt] = panel._level.layout.display != "none"
+    assert shown == {"npz": True, "npz-uncompressed": False, "npy": False, "tmd": False}
+    with pytest.raises(ValueError, match="^unknown level 'fast'; choose one of fastest, balanced, smallest$"):
+        panel.level = "fast"
+
+
+def test_level_is_not_passed_to_formats_without_one(ns: dict, tmp_path: Path) -> None:
+    panel = ExportPanel(namespace=ns)
+    panel.selected = "flat"
+    panel.level = "smallest"
+    panel.format = "npy"
+    panel.path = tmp_path / "flat.npy"
+    assert panel.save() == str(tmp_path / "flat.npy")  # the level is for NPZ only: not an error here
+    panel.format = "npz-uncompressed"
+    panel.path = tmp_path / "flat.npz"
+    assert panel.save() == str(tmp_path / "flat.npz")
+    assert {m[1] for m in _member_bytes(tmp_path / "flat.npz")} == {zipfile.ZIP_STORED}
+
+
 def test_npy_says_metadata_is_not_stored_without_a_raw_warning(ns: dict, tmp_path: Path) -> None:
     panel = ExportPanel(namespace=ns)
     panel.selected = "scan"

@@ -32,9 +32,10 @@ The chunk-index extra field
     ends: the points where the member's deflate stream restarts from scratch (the previous chunk
     ended with a sync flush, and nothing after refers to data before). ``n`` is at most
     :data:`~tmd_nb.formats.deflate.MAX_INDEX`. Stored members, members of one chunk and members deflated
-    at zlib's levels (4-9, each chunk primed with the previous one) have no index. With it, the
-    reader inflates the pieces between the points on every core (given ISA-L: see
-    :mod:`tmd_nb.formats.deflate`).
+    at zlib's levels (4-9, each chunk primed with the previous one) have no index; members written
+    at ``"balanced"`` or ``"smallest"`` on several threads have one point, where the libdeflate part
+    starts. With it, the reader inflates the pieces between the points on every core (given ISA-L:
+    see :mod:`tmd_nb.formats.deflate`).
 
 Safety
     No pickle is ever loaded and object dtypes are refused; a header's claimed size is compared
@@ -64,7 +65,18 @@ from ..errors import FormatError
 from ..heightmap import is_dask_array
 from . import _io
 from ._io import Progress, Reporter, WriteBehind, describe, open_file
-from .deflate import INFLATE_ERRORS, Codec, Deflater, MemberStream, crc32_of, inflate_bound, inflate_rest, thread_count
+from .deflate import (
+    INFLATE_ERRORS,
+    Codec,
+    Deflater,
+    Level,
+    MemberStream,
+    crc32_of,
+    inflate_bound,
+    inflate_rest,
+    inflate_whole,
+    thread_count,
+)
 from .npy import bytes_of, data_pieces, data_size, empty_array, header_bytes, header_length, parse_header
 
 __all__ = ["ZIP_MAGIC", "checked_members", "read_npz", "write_npz"]
@@ -159,7 +171,7 @@ def write_npz(
     members: Mapping[str, np.ndarray],
     *,
     compress: bool = True,
-    level: int | None = None,
+    level: Level = None,
     progress: Progress | None = None,
     threads: int | None = None,
 ) -> None:
@@ -170,10 +182,10 @@ def write_npz(
     memory gives. ``fp`` must be seekable: sizes and CRCs are patched into the local headers once
     a member is written.
 
-    ``compress=False`` stores the bytes as they are. With ``compress=True``, ``level`` is
-    ``None`` (the default, :data:`~tmd_nb.formats.deflate.DEFAULT_LEVEL` = 2: fast), ``0`` (stored, as
-    in zlib), ``1``-``3`` (ISA-L's levels) or ``4``-``9`` (zlib's): the top of
-    :mod:`tmd_nb.formats.deflate` says what each one means.
+    ``compress=False`` stores the bytes as they are. With ``compress=True``, ``level`` is one of
+    the ladder's names ``"fastest"`` (= ``None``, the default), ``"balanced"`` or ``"smallest"``,
+    or an integer as in zlib (``0`` stored, ``1``-``3`` ISA-L's levels, ``4``-``9`` zlib's): the top
+    of :mod:`tmd_nb.formats.deflate` says what each one means.
 
     Either way members larger than one chunk (:data:`~tmd_nb.formats.deflate.DEFLATE_CHUNK`) are
     compressed on ``threads`` threads (default: every available core, at most
@@ -648,6 +660,14 @@ def _read_member(
     if check is not None:
         check(m.key, dtype, shape, where, keys)
     advance(len(head))
+    whole = inflate_whole(f, m, where, threads)
+    if whole is not None:
+        advance(m.usize - len(head))
+        if offset % dtype.alignment == 0:  # the array is made over the inflated bytes, past the header
+            return np.ndarray(shape, dtype=dtype, buffer=whole, offset=offset, order="F" if fortran else "C")
+        array = empty_array(dtype, shape, fortran, where)  # a header of odd length: copy, aligned
+        bytes_of(array)[:] = whole.data[offset:]
+        return array
     array = empty_array(dtype, shape, fortran, where)
     buf = bytes_of(array)
     inflate_rest(f, m, stream, head, buf, where, advance, threads)

@@ -56,6 +56,7 @@ from ._io import Progress
 from .archive import ZIP_MAGIC, read_npz, write_npz
 from .atomic import atomic_write
 from .base import Format, PathLike
+from .deflate import level_problem
 
 __all__ = [
     "FORMAT",
@@ -99,7 +100,7 @@ def export_to_npz(
     output_path: PathLike,
     compress: bool = True,
     *,
-    level: int | None = None,
+    level: int | str | None = None,
     progress: Progress | None = None,
 ) -> str:
     """Save ``data["height_map"]`` and every other key of ``data`` as typed metadata in an NPZ archive.
@@ -107,14 +108,19 @@ def export_to_npz(
     Everything is validated before the file is touched; a value that cannot be stored raises
     ``TypeError`` naming its key path. Returns the absolute path written.
 
-    ``level``: ``None`` (fast, ISA-L level 2), ``1``-``3`` (ISA-L), ``4``-``9`` (zlib; ``6`` and up
-    give files no larger than ``np.savez_compressed``'s), ``0`` (stored). ``progress(done_bytes,
-    total_bytes)`` is called as the array data is written.
+    ``level``: ``"fastest"`` (= ``None``, the default), ``"balanced"`` (within 1% of
+    ``np.savez_compressed``'s size, several times its speed) or ``"smallest"`` (smaller than
+    numpy's), or an integer as in zlib (``0`` stored, ``1``-``3`` ISA-L, ``4``-``9`` zlib); the
+    ladder is documented in :mod:`tmd_nb.formats.deflate`. ``progress(done_bytes, total_bytes)``
+    is called as the array data is written.
 
     The height map and array metadata values may be Dask arrays: they are streamed one block row
     at a time (at most two are in memory: the next is computed while one is written), and the
     file is byte for byte the one the same data in memory gives.
     """
+    problem = level_problem(level)
+    if problem is not None:  # before anything is written
+        raise ValueError(problem)
     members = encode_npz_members(data)
     with atomic_write(output_path) as fp:
         write_npz(fp, members, compress=compress, level=level, progress=progress)

@@ -151,7 +151,9 @@ def save(
         A format name (``"npz"``, ``"npy"``, ``"tmd"``, ...); ``None`` takes it from the
         extension of ``path``.
     compress, level
-        NPZ only (see :func:`tmd_nb.export_to_npz`); other formats refuse them.
+        NPZ only (see :func:`tmd_nb.export_to_npz`); other formats refuse them. ``level`` is
+        ``"fastest"`` (the default), ``"balanced"``, ``"smallest"`` or an integer 0-9: the ladder
+        is documented in :mod:`tmd_nb.formats.deflate`.
     progress : callable, optional
         ``progress(done_bytes, total_bytes)``, called as the heights are written.
 

@@ -23,6 +23,7 @@ __all__ = [
     "Tokens",
     "is_variable_name",
     "name_problem",
+    "parse_level",
     "parse_line",
     "parse_meta",
     "resolve_name",
@@ -305,3 +306,14 @@ def parse_meta(items: list[str] | None) -> dict[str, Any]:
             value = text
         meta[key] = value
     return meta
+
+
+def parse_level(text: str | None) -> int | str | None:
+    """``--level``'s value: a digit string becomes an int (``"6"`` -> 6), a name stays a name.
+
+    Whether it is a level at all is checked where it is used, with the message that lists the choices.
+    """
+    if text is None:
+        return None
+    text = text.strip()
+    return int(text) if text.isascii() and text.isdigit() else text

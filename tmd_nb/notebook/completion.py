@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..formats import registry
+from ..formats.deflate import LEVEL_NAMES
 from ..heightmap import exportable, exportable_names
 from .arguments import Syntax, tokenize
 
@@ -94,6 +95,8 @@ def complete(
     syntax = syntaxes[match["magic"]]
     words, typed, value, open_quote = tokenize(match["args"], partial=True)
     options, value_options = syntax.options, syntax.value_options
+    if words and words[-1] == "--level" and "--level" in value_options:
+        return typed, [n for n in LEVEL_NAMES if n.startswith(typed)], "option"
     if words and words[-1] in value_options:
         return typed, [], "option"  # an option's value: nothing sensible to offer
     if typed.startswith("-"):

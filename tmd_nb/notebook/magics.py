@@ -24,8 +24,9 @@ from IPython.core.magic_arguments import argument, magic_arguments
 
 from ..errors import FormatError
 from ..formats import registry
+from ..formats.deflate import LEVEL_NAMES, Level, level_problem
 from ..heightmap import HEIGHT_MAP, keys_text, split_height_map
-from .arguments import Syntax, name_problem, parse_line, parse_meta, resolve_name, syntax_of
+from .arguments import Syntax, name_problem, parse_level, parse_line, parse_meta, resolve_name, syntax_of
 from .completion import register_completer, unregister_completer
 from .display import HeightMapResult, count_text, shape_text, size_text
 from .saving import keeping_all, save_reporting
@@ -128,12 +129,14 @@ def export_height_map(
     what: str = "data",
     force: bool = False,
     compress: bool = True,
+    level: Level = None,
     meta: Mapping[str, Any] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> ExportReport:
     """Save ``data`` (2-D array or dict with "height_map") to ``path``, the format chosen by its extension.
 
-    ``meta`` is merged into a shallow copy (``data`` itself is never modified). An existing
+    ``meta`` is merged into a shallow copy (``data`` itself is never modified). ``level`` is a
+    compression level (see :mod:`tmd_nb.formats.deflate`), for formats that compress. An existing
     file is refused unless ``force``. User mistakes raise :class:`UsageError` naming ``what``
     or the path; nothing is written then.
     """
@@ -147,6 +150,14 @@ def export_height_map(
     if not compress and "compress" not in fmt.options:
         takers = registry.one_of([e for f in registry.FORMATS if "compress" in f.options for e in f.extensions])
         raise UsageError(f"--no-compress applies to {takers} files only, not {ext}")
+    if level is not None:
+        if level_problem(level) is not None:
+            raise UsageError(f"--level must be {registry.one_of(list(LEVEL_NAMES))} or 0-9 as in zlib, not {level!r}")
+        if "level" not in fmt.options:
+            takers = registry.one_of([e for f in registry.FORMATS if "level" in f.options for e in f.extensions])
+            raise UsageError(f"--level applies to {takers} files only, not {ext}")
+        if not compress:
+            raise UsageError("--level and --no-compress contradict each other; give one of them")
     try:
         array, base_meta = split_height_map(data, what)
     except (TypeError, ValueError) as exc:
@@ -167,7 +178,7 @@ def export_height_map(
 
     start = time.perf_counter()
     try:
-        saved = save_reporting(merged, path, format=fmt.name, compress=compress, progress=progress)
+        saved = save_reporting(merged, path, format=fmt.name, compress=compress, level=level, progress=progress)
     except FormatError as exc:
         raise UsageError(str(exc)) from None
     except (TypeError, ValueError) as exc:  # what the format cannot hold, e.g. a non-ASCII .tmd comment
@@ -249,6 +260,13 @@ class TmdMagics(Magics):
         help="store the NPZ members uncompressed (faster, larger)",
     )
     @argument(
+        "--level",
+        metavar="LEVEL",
+        default=None,
+        help=f"NPZ compression: {', '.join(LEVEL_NAMES)} (fastest is the default; balanced: within 1%% of "
+        "numpy's size; smallest: smaller than numpy's) or 0-9 as in zlib",
+    )
+    @argument(
         "-m",
         "--meta",
         action="append",
@@ -280,6 +298,7 @@ class TmdMagics(Magics):
             %tmd_export scan scan.npz
             %tmd_export z "results/run 3.npy" -f
             %tmd_export scan scan.npz -m units=um -m pixel_size=0.5e-6 -m note="first pass"
+            %tmd_export scan scan.npz --level balanced
         """
         args = parse_line(self.tmd_export.parser, "tmd_export", line)
         if args.help:
@@ -289,7 +308,14 @@ class TmdMagics(Magics):
         bar = ProgressBar(f"saving {args.path}")
         try:
             report = export_height_map(
-                data, args.path, what=args.name, force=args.force, compress=args.compress, meta=meta, progress=bar
+                data,
+                args.path,
+                what=args.name,
+                force=args.force,
+                compress=args.compress,
+                level=parse_level(args.level),
+                meta=meta,
+                progress=bar,
             )
         finally:
             bar.close()

@@ -11,6 +11,7 @@ from typing import Any
 import ipywidgets as widgets
 
 from ...formats import registry
+from ...formats.deflate import LEVEL_NAMES
 from ...heightmap import exportable, keys_text, split_height_map
 from ..display import (
     count_text,
@@ -49,6 +50,19 @@ def format_choices() -> list[tuple[str, str, str]]:
 
 FORMATS: list[tuple[str, str, str]] = format_choices()
 EXTENSION = {fmt: ext for _, fmt, ext in FORMATS}
+#: (label, level) of the compression dropdown: the ladder of :mod:`tmd_nb.formats.deflate`, fastest first.
+_LEVEL_LABELS = {
+    "fastest": "fastest (default)",
+    "balanced": "balanced: within 1% of numpy's size",
+    "smallest": "smallest: smaller than numpy's",
+}
+LEVELS: list[tuple[str, str]] = [(_LEVEL_LABELS.get(name, name), name) for name in LEVEL_NAMES]
+
+
+def takes_level(choice: str) -> bool:
+    """Whether a format choice of the dropdown compresses, so that a level applies to it."""
+    return not choice.endswith("-uncompressed") and "level" in registry.by_name(choice).options
+
 
 _EXISTS_PROBLEM = "the file exists; tick 'Overwrite the existing file' to replace it"
 
@@ -56,10 +70,20 @@ _EXISTS_PROBLEM = "the file exists; tick 'Overwrite the existing file' to replac
 class ExportPanel(Panel):
     """Export a height map of the notebook interactively: pick, preview, edit metadata, save.
 
-    ``namespace`` is where variables are listed from (default: the IPython user namespace, which
-    is what ``%tmd_panel`` passes). The public API mirrors the widgets: :attr:`selected`,
-    :attr:`path`, :attr:`format`, :attr:`overwrite`, :attr:`metadata`, :attr:`status`, :meth:`refresh`,
-    :meth:`add_row` and :meth:`save`.
+    The public API mirrors the widgets, so a script or a test can drive the panel as a person
+    would: :attr:`selected`, :attr:`path`, :attr:`format`, :attr:`level`, :attr:`overwrite`,
+    :attr:`metadata`, :attr:`status`, :meth:`refresh`, :meth:`add_row` and :meth:`save`.
+
+    Parameters
+    ----------
+    namespace : dict, optional
+        Where the exportable variables are listed from. Default: the IPython user namespace
+        (what ``%tmd_panel`` passes).
+
+    Raises
+    ------
+    RuntimeError
+        No ``namespace`` is given and no IPython shell is running.
     """
 
     def __init__(self, namespace: MutableMapping[str, Any] | None = None) -> None:
@@ -101,6 +125,13 @@ class ExportPanel(Panel):
             description="Format",
             layout=widgets.Layout(width="20em"),
         )
+        self._level = widgets.Dropdown(
+            options=LEVELS,
+            value="fastest",
+            description="Level",
+            tooltip="compression: fastest, balanced (file within 1% of numpy's) or smallest (smaller than numpy's)",
+            layout=widgets.Layout(width="24em"),
+        )
         self._path = widgets.Text(
             description="Path",
             placeholder="file name, e.g. scan.npz",
@@ -130,6 +161,7 @@ class ExportPanel(Panel):
             (self._rows_box, "tmd-panel-rows"),
             (self._add_button, "tmd-panel-add-row"),
             (self._format, "tmd-panel-format"),
+            (self._level, "tmd-panel-level"),
             (self._path, "tmd-panel-path"),
             (self._exists_note, "tmd-panel-exists"),
             (self._overwrite, "tmd-panel-overwrite"),
@@ -153,7 +185,7 @@ class ExportPanel(Panel):
                 self._rows_box,
                 widgets.HBox([self._add_button, widgets.Label("suggested:"), *self._suggest_buttons]),
                 widgets.HTML("<b>Output</b>"),
-                self._format,
+                widgets.HBox([self._format, self._level]),
                 self._path,
                 widgets.HBox([self._exists_note, self._overwrite]),
                 self._blocker_note,
@@ -172,6 +204,7 @@ class ExportPanel(Panel):
         self._path.observe(self._on_path, "value")
         self._overwrite.observe(lambda _: self._validate(), "value")
         self._save_button.on_click(lambda _: self.save())
+        self._show_level()
         self.refresh()
 
     # ------------------------------------------------------------------ public API
@@ -200,6 +233,18 @@ class ExportPanel(Panel):
         if value not in EXTENSION:
             raise ValueError(f"unknown format {value!r}; choose one of {', '.join(EXTENSION)}")
         self._format.value = value
+
+    @property
+    def level(self) -> str:
+        """The compression level of the ladder (``"fastest"``, ``"balanced"``, ``"smallest"``; see
+        :mod:`tmd_nb.formats.deflate`), used when :attr:`format` compresses."""
+        return self._level.value
+
+    @level.setter
+    def level(self, value: str) -> None:
+        if value not in LEVEL_NAMES:
+            raise ValueError(f"unknown level {value!r}; choose one of {', '.join(LEVEL_NAMES)}")
+        self._level.value = value
 
     @property
     def overwrite(self) -> bool:
@@ -297,6 +342,7 @@ class ExportPanel(Panel):
             self._format.value.removesuffix("-uncompressed"),
             not self._format.value.endswith("-uncompressed"),
         )
+        level = self._level.value if takes_level(self._format.value) else None
 
         self._save_button.disabled = True
         self._progress.bar_style = ""
@@ -306,7 +352,9 @@ class ExportPanel(Panel):
         try:
             with warnings.catch_warnings(record=True) as caught:  # shown in the status line
                 warnings.simplefilter("always")
-                saved = save_reporting(data, target, format=fmt, compress=compress, progress=self._on_progress)
+                saved = save_reporting(
+                    data, target, format=fmt, compress=compress, level=level, progress=self._on_progress
+                )
             notes = [str(warning.message) for warning in caught]
         except Exception as exc:  # even a bug is one line in the panel, where the person is looking
             self._failed("Not saved", exc)
@@ -396,7 +444,11 @@ class ExportPanel(Panel):
         self._overwrite.value = False  # a new path needs its own confirmation
         self._validate()
 
+    def _show_level(self) -> None:
+        self._level.layout.display = None if takes_level(self._format.value) else "none"
+
     def _on_format(self, change: dict[str, Any]) -> None:
+        self._show_level()
         root, ext = os.path.splitext(self._path.value)
         wanted = EXTENSION[change["new"]]
         if ext.lower() in registry.extensions() and ext.lower() != wanted:

@@ -25,9 +25,23 @@ __all__ = ["LoadPanel"]
 class LoadPanel(Panel):
     """Load a height-map file interactively: pick it, see its summary and preview, bind it to a name.
 
-    ``namespace`` receives the variable (default: the IPython user namespace). The bound value is
-    ``{"height_map": array, **metadata}`` (a :class:`tmd_nb.notebook.display.HeightMapResult`, which is a
-    dict) or the bare array when "height map only" is chosen.
+    The bound value is ``{"height_map": array, **metadata}`` (a
+    :class:`tmd_nb.notebook.display.HeightMapResult`, which is a dict) or the bare array when
+    "height map only" is chosen. Public API: :attr:`path`, :attr:`name`, :attr:`data`,
+    :attr:`status`, :meth:`refresh` and :meth:`bind`.
+
+    Parameters
+    ----------
+    namespace : dict, optional
+        Receives the variable. Default: the IPython user namespace (what ``%tmd_panel --load``
+        passes).
+    directory : str or os.PathLike, optional
+        The folder whose scan files are listed. Default: the working directory.
+
+    Raises
+    ------
+    RuntimeError
+        No ``namespace`` is given and no IPython shell is running.
     """
 
     def __init__(
