@@ -321,10 +321,35 @@ def export_to_npy(
 ) -> str:
     """Save the height map as a standard ``.npy`` file at exactly ``output_path``.
 
-    NPY holds the array only: metadata in ``data`` is not stored, and a
-    :class:`~tmd_nb.errors.MetadataNotStoredWarning` says so. The height map may be a Dask array:
-    it is streamed one block row at a time (at most two in memory), never held whole, and the
-    file is byte for byte the one the same data in memory gives. Returns the absolute path.
+    The file is what ``numpy.save`` writes, byte for byte, and replaces any old one atomically.
+
+    Parameters
+    ----------
+    data : numpy.ndarray or mapping
+        A 2-D numeric array, or a dict with a ``"height_map"`` array. It may be a Dask array: it
+        is streamed one block row at a time (at most two in memory), never held whole, and the
+        file is byte for byte the one the same data in memory gives.
+    output_path : str or os.PathLike
+        Where to write (exactly this path; no extension is added).
+    progress : callable, optional
+        ``progress(done_bytes, total_bytes)``, called as the array data is written.
+
+    Returns
+    -------
+    str
+        The absolute path written.
+
+    Raises
+    ------
+    TypeError, ValueError
+        ``data`` is not a 2-D numeric height map.
+    OSError
+        The file cannot be written; an existing special or write-protected file is refused.
+
+    Warns
+    -----
+    MetadataNotStoredWarning
+        ``data`` holds metadata: NPY holds the array only.
     """
     array, meta = split_height_map(data, lazy=True)
     if meta:
@@ -341,10 +366,30 @@ def export_to_npy(
 
 
 def load_from_npy(file_path: PathLike, mmap: bool = False, *, progress: Progress | None = None) -> np.ndarray:
-    """Load a 2-D height map from a ``.npy`` file (``mmap=True``: a read-only memory map).
+    """Load a 2-D height map from a ``.npy`` file, never unpickling anything.
 
-    ``file_path`` is the TMD toolkit's name for the parameter, so ``load_from_npy(file_path=...)``
-    works as it does there.
+    Parameters
+    ----------
+    file_path : str or os.PathLike
+        The file (the TMD toolkit's name for this parameter, so ``load_from_npy(file_path=...)``
+        works as it does there).
+    mmap : bool, default False
+        Return a read-only memory map of the file instead of reading it.
+    progress : callable, optional
+        ``progress(done_bytes, total_bytes)``, called as the array is read.
+
+    Returns
+    -------
+    numpy.ndarray
+        The 2-D height map, with the dtype, byte order and memory layout the file declares.
+
+    Raises
+    ------
+    FormatError
+        The file is not a well-formed NPY file of a 2-D numeric array; the header is checked
+        against the file's size before anything is allocated.
+    OSError
+        The file cannot be read.
     """
     return read_npy(file_path, mmap=mmap, progress=progress, check=check_height_map_header)
 

@@ -105,18 +105,43 @@ def export_to_npz(
 ) -> str:
     """Save ``data["height_map"]`` and every other key of ``data`` as typed metadata in an NPZ archive.
 
-    Everything is validated before the file is touched; a value that cannot be stored raises
-    ``TypeError`` naming its key path. Returns the absolute path written.
+    Everything is validated before the file is touched, and the file is replaced atomically. The
+    archive opens with plain ``numpy.load`` (``allow_pickle`` off); its layout is in
+    ``docs/FORMAT.md``.
 
-    ``level``: ``"fastest"`` (= ``None``, the default), ``"balanced"`` (within 1% of
-    ``np.savez_compressed``'s size, several times its speed) or ``"smallest"`` (smaller than
-    numpy's), or an integer as in zlib (``0`` stored, ``1``-``3`` ISA-L, ``4``-``9`` zlib); the
-    ladder is documented in :mod:`tmd_nb.formats.deflate`. ``progress(done_bytes, total_bytes)``
-    is called as the array data is written.
+    Parameters
+    ----------
+    data : mapping
+        ``{"height_map": 2-D numeric array, **metadata}`` with str keys. Metadata values keep
+        their types (numbers, text, bytes, None, dates and times with their zones, containers,
+        numpy scalars and arrays). The height map and array values may be Dask arrays: they are
+        streamed one block row at a time (at most two in memory), and the file is byte for byte
+        the one the same data in memory gives.
+    output_path : str or os.PathLike
+        Where to write (exactly this path; no extension is added).
+    compress : bool, default True
+        Deflate the members; ``False`` stores them (fastest, largest).
+    level : str or int, optional
+        A rung of the compression ladder, ``"fastest"`` (the default), ``"balanced"`` or
+        ``"smallest"``, or an integer level; what each means is documented once, in
+        :mod:`tmd_nb.formats.deflate`.
+    progress : callable, optional
+        ``progress(done_bytes, total_bytes)``, called as the array data is written.
 
-    The height map and array metadata values may be Dask arrays: they are streamed one block row
-    at a time (at most two are in memory: the next is computed while one is written), and the
-    file is byte for byte the one the same data in memory gives.
+    Returns
+    -------
+    str
+        The absolute path written.
+
+    Raises
+    ------
+    TypeError
+        A key is not a str, or a value cannot be stored; the message names its key path.
+    ValueError
+        ``data`` has no 2-D numeric ``"height_map"``, a value is out of the format's limits, or
+        ``level`` is unknown.
+    OSError
+        The file cannot be written; an existing special or write-protected file is refused.
     """
     problem = level_problem(level)
     if problem is not None:  # before anything is written
