@@ -165,6 +165,16 @@ class Row:
     ours: Timing
     theirs: Timing
 
+    @property
+    def speed(self) -> float:
+        """numpy's time / tmd_nb's: above 1, tmd_nb is faster."""
+        return self.theirs.seconds / self.ours.seconds
+
+    @property
+    def size(self) -> float:
+        """tmd_nb's file / numpy's."""
+        return self.ours.file_bytes / self.theirs.file_bytes
+
 
 def bench_dataset(d: Dataset, tmp: Path, repeats: int, levels: list[int | str]) -> list[Row]:
     a = d.array
@@ -292,12 +302,12 @@ def table(rows: list[Row]) -> str:
     lines = [head, "-" * len(head)]
     for r in rows:
         o, t = r.ours, r.theirs
-        size = f"{o.file_bytes / t.file_bytes:.3f}" if o.file_bytes and t.file_bytes and "save" in r.op else ""
+        size = f"{r.size:.3f}" if o.file_bytes and t.file_bytes and "save" in r.op else ""
         lines.append(
             f"{r.data:<40} {r.op:<35} | {'':<14} "
             f"{o.seconds * 1e3:8.1f} {o.mbps:7.0f} {o.ratio:>6} {o.peak / MB:7.1f} | "
             f"{t.label:<20} {t.seconds * 1e3:8.1f} {t.mbps:7.0f} {t.ratio:>6} {t.peak / MB:7.1f} | "
-            f"{t.seconds / o.seconds:5.2f}x {size:>6}"
+            f"{r.speed:5.2f}x {size:>6}"
         )
     return "\n".join(lines)
 
@@ -349,8 +359,7 @@ def targets(rows: list[Row], big: str) -> str:
         save = get("NPZ save, compressed (default)")
         if save is None:
             continue
-        speed = save.theirs.seconds / save.ours.seconds
-        grow = save.ours.file_bytes / save.theirs.file_bytes
+        speed, grow = save.speed, save.size
         out.append(f"[{data}]")
         out.append(
             f"  compressed save >= 15x np.savez_compressed, file <= 5% larger: {speed:.1f}x, "
@@ -358,39 +367,37 @@ def targets(rows: list[Row], big: str) -> str:
         )
         balanced = get("NPZ save, level=balanced")
         if balanced is not None:
-            gb = balanced.ours.file_bytes / balanced.theirs.file_bytes
-            sb = balanced.theirs.seconds / balanced.ours.seconds
+            gb, sb = balanced.size, balanced.speed
             out.append(
                 f"  level='balanced' file <= 1% larger than np.savez_compressed's, >= 6x its speed: "
                 f"{(gb - 1) * 100:+.2f}%, {sb:.1f}x -> {'MET' if gb <= 1.01 and sb >= 6 else 'NOT MET'}"
             )
         smallest = get("NPZ save, level=smallest")
         if smallest is not None:
-            gs = smallest.ours.file_bytes / smallest.theirs.file_bytes
-            ss = smallest.theirs.seconds / smallest.ours.seconds
+            gs, ss = smallest.size, smallest.speed
             out.append(
                 f"  level='smallest' file smaller than np.savez_compressed's: {(gs - 1) * 100:+.2f}%, "
                 f"{ss:.1f}x its speed -> {'MET' if gs < 1 else 'NOT MET'}"
             )
         small = get("NPZ save, level=6")
         if small is not None:
-            g6 = small.ours.file_bytes / small.theirs.file_bytes
+            g6 = small.size
             out.append(
                 f"  level=6 file no larger than np.savez_compressed's: {(g6 - 1) * 100:+.3f}%, "
-                f"{small.theirs.seconds / small.ours.seconds:.1f}x its speed -> {'MET' if g6 <= 1 else 'NOT MET'}"
+                f"{small.speed:.1f}x its speed -> {'MET' if g6 <= 1 else 'NOT MET'}"
             )
         for op, what in (
             ("NPZ load, numpy's compressed file", "numpy's file"),
             ("NPZ load, tmd_nb's compressed file", "tmd_nb's file"),
         ):
             r = get(op)
-            s = r.theirs.seconds / r.ours.seconds
+            s = r.speed
             out.append(f"  compressed load >= 2x np.load ({what}): {s:.2f}x -> {'MET' if s >= 2 else 'NOT MET'}")
         r = get("NPY save")
-        s = r.theirs.seconds / r.ours.seconds
+        s = r.speed
         out.append(f"  NPY save >= 0.8x np.save + fsync: {s:.2f}x -> {'MET' if s >= 0.8 else 'NOT MET'}")
         r = get("NPY load")
-        s = r.theirs.seconds / r.ours.seconds
+        s = r.speed
         out.append(f"  NPY load >= 0.8x np.load: {s:.2f}x -> {'MET' if s >= 0.8 else 'NOT MET'}")
         peaks = [r.ours.peak for r in rows if r.data == data and "save" in r.op]
         out.append(
