@@ -84,24 +84,20 @@ def split_height_map(data: Any, what: str = "data", *, lazy: bool = False) -> tu
             f"{what} is a masked array; save array.filled(np.nan) and the mask "
             "(np.ma.getmaskarray(array)) as a separate metadata entry instead"
         )
-    if lazy and is_dask_array(array):
-        if array.ndim != 2:
-            raise ValueError(f"{what} must be 2-D, but has shape {array.shape} ({array.ndim}-D)")
-        if array.dtype.kind not in HEIGHT_KINDS or array.dtype.fields is not None:
-            raise TypeError(f"{what} has dtype {array.dtype}; a height map must be bool, integer, float or complex")
-        if any(math.isnan(n) for n in array.shape):
-            raise ValueError(f"{what} is a Dask array of unknown shape {array.shape}; call compute_chunk_sizes() first")
-        return array, meta
-    if not isinstance(array, np.ndarray):
-        raise TypeError(
-            f"{what} must be a 2-D numpy array or a dict with a 'height_map' array, "
-            f"not {type(array).__module__}.{type(array).__qualname__}"
-        )
-    array = np.asarray(array)  # a memmap or matrix becomes a plain view, no copy
+    dask = lazy and is_dask_array(array)  # kept lazy, for the writers that stream it
+    if not dask:
+        if not isinstance(array, np.ndarray):
+            raise TypeError(
+                f"{what} must be a 2-D numpy array or a dict with a 'height_map' array, "
+                f"not {type(array).__module__}.{type(array).__qualname__}"
+            )
+        array = np.asarray(array)  # a memmap or matrix becomes a plain view, no copy
     if array.ndim != 2:
         raise ValueError(f"{what} must be 2-D, but has shape {array.shape} ({array.ndim}-D)")
     if array.dtype.kind not in HEIGHT_KINDS or array.dtype.fields is not None:
         raise TypeError(f"{what} has dtype {array.dtype}; a height map must be bool, integer, float or complex")
+    if dask and any(math.isnan(n) for n in array.shape):
+        raise ValueError(f"{what} is a Dask array of unknown shape {array.shape}; call compute_chunk_sizes() first")
     return array, meta
 
 
