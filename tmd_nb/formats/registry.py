@@ -27,11 +27,13 @@ __all__ = [
     "extensions",
     "for_path",
     "load",
+    "lossless",
     "names",
     "one_of",
     "recognise",
     "recognition_order",
     "save",
+    "taking",
 ]
 
 FORMATS: tuple[Format, ...] = (npz.FORMAT, npy.FORMAT, tmd.FORMAT, x3p.FORMAT, gwy.FORMAT)
@@ -52,6 +54,16 @@ def recognition_order() -> list[Format]:
             order.remove(f)
             order.insert(order.index(by_name(f.within)), f)
     return order
+
+
+def taking(option: str) -> list[Format]:
+    """The formats whose ``save`` takes ``option`` (``"compress"``, ``"level"``)."""
+    return [f for f in FORMATS if option in f.options]
+
+
+def lossless() -> list[Format]:
+    """The formats that keep every metadata key ``export_to_npz`` accepts."""
+    return [f for f in FORMATS if f.keeps is None]
 
 
 def names() -> tuple[str, ...]:

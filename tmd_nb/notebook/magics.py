@@ -148,13 +148,13 @@ def export_height_map(
             f"cannot tell the format of {path!r} from its extension: use {registry.one_of(list(registry.extensions()))}"
         )
     if not compress and "compress" not in fmt.options:
-        takers = registry.one_of([e for f in registry.FORMATS if "compress" in f.options for e in f.extensions])
+        takers = registry.one_of([e for f in registry.taking("compress") for e in f.extensions])
         raise UsageError(f"--no-compress applies to {takers} files only, not {ext}")
     if level is not None:
         if level_problem(level) is not None:
             raise UsageError(f"--level must be {registry.one_of(list(LEVEL_NAMES))} or 0-9 as in zlib, not {level!r}")
         if "level" not in fmt.options:
-            takers = registry.one_of([e for f in registry.FORMATS if "level" in f.options for e in f.extensions])
+            takers = registry.one_of([e for f in registry.taking("level") for e in f.extensions])
             raise UsageError(f"--level applies to {takers} files only, not {ext}")
         if not compress:
             raise UsageError("--level and --no-compress contradict each other; give one of them")

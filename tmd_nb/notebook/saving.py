@@ -23,7 +23,7 @@ __all__ = ["Saved", "keeping_all", "save_reporting"]
 
 def keeping_all() -> str:
     """The extensions of the formats that keep every metadata key, for "use ... to keep them" notes."""
-    return registry.one_of([f.extensions[0] for f in registry.FORMATS if f.keeps is None])
+    return registry.one_of([f.extensions[0] for f in registry.lossless()])
 
 
 @dataclass

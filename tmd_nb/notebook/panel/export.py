@@ -368,7 +368,7 @@ class ExportPanel(Panel):
         written = saved.path
         message = f"Saved {name} to {written} ({size_text(os.path.getsize(written))}, {elapsed:.2f} s)."
         if saved.lost:
-            keeping = registry.one_of([f.title for f in registry.FORMATS if f.keeps is None])
+            keeping = registry.one_of([f.title for f in registry.lossless()])
             notes.append(
                 f"{fmt.upper()} holds {registry.by_name(fmt).holds} only, so the metadata ({keys_text(saved.lost)}) "
                 f"was not stored; choose {keeping} to keep it."
