@@ -104,14 +104,14 @@ def test_summary_statistics_ignore_nan_and_inf() -> None:
     assert (info["min"], info["max"], info["mean"]) == (-2.0, 3.0, pytest.approx(2 / 3))
     assert (info["finite"], info["nan"], info["inf"]) == (3, 2, 1)
     text = summary_text(array)
-    assert "min -2, max 3, mean 0.666667" in text and "2 NaN" in text and "1 inf" in text
+    assert "min -2, max 3, mean 0.666667" in text and "2 missing (NaN)" in text and "1 inf" in text
 
 
-def test_summary_of_all_nan_reports_no_finite_values() -> None:
+def test_summary_of_all_nan_reports_no_heights() -> None:
     info = summary(np.full((3, 3), np.nan, dtype=np.float32))
     assert "min" not in info and info["nan"] == 9
-    assert "no finite values" in summary_text(np.full((3, 3), np.nan))
-    assert "no finite values" in summary_html(np.full((3, 3), np.nan))
+    assert "no heights" in summary_text(np.full((3, 3), np.nan))
+    assert "no heights" in summary_html(np.full((3, 3), np.nan))
 
 
 def test_summary_of_integer_bool_and_complex_maps() -> None:
@@ -271,3 +271,91 @@ def test_summary_never_copies_a_large_map_whole() -> None:
     finally:
         tracemalloc.stop()
     assert peak < big.nbytes / 2, f"peak {peak / 2**20:.1f} MiB for a {big.nbytes / 2**20:.0f} MiB map"
+
+
+# --------------------------------------------------------------------------- missing points, shape
+
+
+def _drawn(fig) -> tuple:
+    """The image axes and the colour bar axes of a drawn preview figure, as pixel boxes."""
+    fig.canvas.draw()
+    (image_ax,) = fig.axes
+    (bar_ax,) = image_ax.child_axes
+    return image_ax.get_window_extent(), bar_ax.get_window_extent()
+
+
+def _texts(fig) -> str:
+    return " | ".join(t.get_text() for t in fig.findobj(lambda a: hasattr(a, "get_text")) if t.get_text())
+
+
+@pytest.mark.parametrize("shape", [(256, 918), (918, 256)], ids=["wide", "tall"])
+def test_wide_and_tall_maps_get_a_readable_picture_with_a_colour_bar_of_its_size(shape) -> None:
+    heights = np.random.default_rng(8).normal(size=shape)
+    image, bar = _drawn(display.preview_figure(heights))
+    short = min(image.width, image.height)
+    assert short >= 100, f"the picture is a {image.width:.0f} x {image.height:.0f} px strip"
+    assert bar.height == pytest.approx(image.height, abs=3), (bar.height, image.height)
+    width, height = png_size(preview_png(heights))
+    assert width < 600 and height < 600
+
+
+def test_a_square_map_keeps_its_colour_bar_beside_the_picture() -> None:
+    image, bar = _drawn(display.preview_figure(np.random.default_rng(9).random((300, 300))))
+    assert abs(image.width - image.height) <= 2 and bar.height == pytest.approx(image.height, abs=3)
+    assert bar.x0 > image.x1
+
+
+def test_preview_says_how_many_points_are_missing_and_in_which_colour() -> None:
+    heights = np.random.default_rng(10).random((1000, 1000))
+    heights[:100, :123] = np.nan  # 12,300 points, counted on the whole map, not on the picture
+    heights[500, 500] = np.inf
+    text = _texts(display.preview_figure(heights))
+    assert "magenta: 12,300 missing points (NaN), 1 inf" in text
+    assert "magenta" not in _texts(display.preview_figure(np.ones((3, 3))))
+
+
+def test_an_all_nan_map_draws_and_summarises_without_a_numpy_warning() -> None:
+    nothing = np.full((4, 5), np.nan, dtype=np.float32)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fig = display.preview_figure(nothing)
+        png = preview_png(nothing)
+        text = summary_text(nothing)
+        html = summary_html(nothing)
+        HeightMapResult(height_map=nothing)._repr_html_()
+    assert png.startswith(PNG_SIGNATURE)
+    assert "no heights: all 20 points are missing (NaN), drawn magenta" in _texts(fig)
+    assert not fig.axes[0].child_axes  # no colour bar for a range that does not exist
+    assert "no heights: all 20 points are missing (NaN)" in text and "no heights" in html
+
+
+def test_summary_says_how_many_points_are_missing() -> None:
+    heights = np.array([[1.0, np.nan, 3.0], [np.inf, -2.0, np.nan]])
+    info = summary(heights)
+    expected = "min -2, max 3, mean 0.666667 of 3 finite points; left out: 2 missing (NaN), 1 inf"
+    assert display.stats_text(info) == expected
+    assert display.stats_text(summary(np.array([[np.inf, np.nan]]))) == "no heights: 1 missing (NaN), 1 inf"
+    assert display.stats_text(summary(np.ones((2, 2)))) == "min 1, max 1, mean 1"
+
+
+def test_preview_labels_axes_and_colour_bar_from_the_unit_keys() -> None:
+    meta = {"x_length": 640.0, "y_length": 480.0, "lateral_unit": "um", "height_unit": "nm"}
+    axes = display.picture_axes((48, 64), meta)
+    assert (axes.xlabel, axes.ylabel, axes.label) == ("x (um)", "y (um)", "height (nm)")
+    text = _texts(display.preview_figure(np.zeros((48, 64)), metadata=meta))
+    assert "x (um)" in text and "height (nm)" in text
+
+
+def test_preview_labels_follow_the_units_shorthand() -> None:
+    """``units`` is the documented shorthand for both unit keys; the specific keys win.
+
+    The preview reads units only through ``tmd_nb.formats.units.physical``, so this holds as soon as
+    ``physical`` knows the shorthand.
+    """
+    both = display.picture_axes((48, 64), {"x_length": 640.0, "y_length": 480.0, "units": "um"})
+    assert (both.xlabel, both.ylabel, both.label) == ("x (um)", "y (um)", "height (um)")
+    mixed = {"x_length": 0.64, "y_length": 0.48, "units": "mm", "height_unit": "nm"}
+    assert display.picture_axes((48, 64), mixed).label == "height (nm)"
+    assert display.picture_axes((48, 64), mixed).xlabel == "x (mm)"

@@ -31,8 +31,10 @@ __all__ = [
     "HeightMapResult",
     "count_text",
     "downsample",
+    "missing_text",
     "picture_axes",
     "png_img_tag",
+    "preview_figure",
     "preview_png",
     "shape_text",
     "short_repr",
@@ -45,6 +47,7 @@ __all__ = [
 
 #: Non-finite values (NaN, +-inf) are drawn in this colour, outside the colour map.
 BAD_COLOR = "#ff00ff"
+_BAD_NAME = "magenta"
 #: Elements per chunk when computing statistics: bounds the temporaries for huge arrays.
 _STATS_CHUNK = 1 << 20
 #: Metadata rows shown before "... and N more".
@@ -108,25 +111,71 @@ def picture_axes(
     return PictureAxes(extent, "equal" if ratio <= 8 else "auto", "column", "row", label)
 
 
-def preview_png(
+#: Size of the picture's longer side, in inches at :data:`_DPI`, for a wide and for a tall map.
+_LONG_WIDE, _LONG_TALL = 5.2, 4.6
+#: Area of the picture (square inches): an elongated map is drawn longer and narrower, not smaller.
+_AREA = 3.3 * 3.3
+#: Room around the picture: axis labels and ticks left, colour bar right, labels and notes below.
+_LEFT, _RIGHT, _BELOW, _TITLE = 0.75, 0.95, 0.75, 0.25
+_DPI = 80
+#: Narrowest figure: the notes under a tall map stay readable.
+_MIN_WIDTH = 3.4
+
+
+def _picture_inches(axes: PictureAxes) -> tuple[float, float]:
+    """Width and height of the picture: the drawn aspect of the map, at a readable size.
+
+    The area stays about the same for every aspect, so a 918 x 256 map is a wide picture of
+    readable height rather than a thin strip; the longer side is capped so the whole figure stays
+    small in a notebook.
+    """
+    left, right, bottom, top = axes.extent
+    width, height = abs(right - left), abs(top - bottom)
+    ratio = width / height if axes.aspect == "equal" else (8.0 if width >= height else 1 / 8)
+    ratio = min(max(ratio, 1 / 8), 8.0)
+    w, h = math.sqrt(_AREA * ratio), math.sqrt(_AREA / ratio)
+    if w > _LONG_WIDE:
+        w, h = _LONG_WIDE, _LONG_WIDE / ratio
+    if h > _LONG_TALL:
+        w, h = _LONG_TALL * ratio, _LONG_TALL
+    return max(w, 1.0), max(h, 1.0)
+
+
+def _missing_counts(array: np.ndarray) -> tuple[int, int]:
+    """``(NaN, inf)`` counts of the whole map, in chunks of rows (never a full-size temporary)."""
+    if array.dtype.kind not in "fc":
+        return 0, 0
+    rows, cols = array.shape
+    step = max(1, _STATS_CHUNK // max(cols, 1))
+    nan = bad = 0
+    for start in range(0, rows, step):
+        chunk = array[start : start + step]
+        nan += int(np.count_nonzero(np.isnan(chunk)))
+        bad += int(chunk.size - np.count_nonzero(np.isfinite(chunk)))
+    return nan, bad - nan
+
+
+def missing_text(nan: int, inf: int) -> str:
+    """``"12,300 missing (NaN), 1 inf"``: the points the statistics and the colours leave out."""
+    parts = [f"{nan:,} missing (NaN)"] if nan else []
+    if inf:
+        parts.append(f"{inf:,} inf")
+    return ", ".join(parts)
+
+
+def preview_figure(
     height_map: np.ndarray,
     *,
     max_pixels: int = 256,
     title: str | None = None,
     label: str | None = None,
     metadata: Mapping[str, Any] | None = None,
-) -> bytes:
-    """A small PNG image of ``height_map`` with a colour bar.
+) -> Any:
+    """The :class:`matplotlib.figure.Figure` that :func:`preview_png` renders (for tests and reuse).
 
-    The array is downsampled first, so a 4000 x 4000 map renders as fast as a small one.
-    NaN and infinite values are masked and drawn in :data:`BAD_COLOR`; complex maps show
-    their magnitude. ``label`` names the colour bar (default "height", "|height|" for complex).
-
-    With ``metadata`` that gives the lengths (``x_length``, ``y_length``; see
-    :mod:`tmd_nb.formats.units`), the axes show physical coordinates in ``lateral_unit`` from the
-    offsets, with the aspect ratio of the real surface, and the colour bar names ``height_unit``
-    (millimetres when the metadata names no unit, as in ``.tmd`` files). Otherwise the axes count
-    rows and columns.
+    The figure is sized to the map's drawn aspect (see :func:`_picture_inches`), and the colour
+    bar is an inset of the picture's axes, so it is exactly as tall as the picture whatever the
+    shape. Missing points are counted on the whole map, not on the downsampled picture.
     """
     import matplotlib
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -141,7 +190,8 @@ def preview_png(
     values = _as_float(downsample(array, max_pixels))
     finite = np.isfinite(values)
     masked = np.ma.masked_array(values, mask=~finite)
-    if finite.any():
+    any_finite = bool(finite.any())
+    if any_finite:
         vmin, vmax = float(values[finite].min()), float(values[finite].max())
     else:
         vmin, vmax = 0.0, 1.0
@@ -149,11 +199,30 @@ def preview_png(
         pad = abs(vmin) * 0.5 or 0.5
         vmin, vmax = vmin - pad, vmax + pad
 
-    cmap = matplotlib.colormaps["viridis"].with_extremes(bad=BAD_COLOR)
-    fig = Figure(figsize=(4.6, 3.6), dpi=80, layout="constrained")
+    axes = picture_axes(array.shape, metadata, complex_values=array.dtype.kind == "c")
+    width, height = _picture_inches(axes)
+    notes = []
+    nan, inf = _missing_counts(array)
+    if not any_finite and not inf:
+        notes.append(f"no heights: all {nan:,} points are missing (NaN), drawn {_BAD_NAME}")
+    elif not any_finite:
+        notes.append(f"no heights: {missing_text(nan, inf)}, drawn {_BAD_NAME}")
+    elif nan or inf:
+        missing = f"{nan:,} missing point{'' if nan == 1 else 's'} (NaN)" if nan else ""
+        notes.append(f"{_BAD_NAME}: " + ", ".join(part for part in (missing, f"{inf:,} inf" if inf else "") if part))
+    if values.shape != array.shape:
+        notes.append(f"shown at {values.shape[0]} x {values.shape[1]}")
+    fig = Figure(
+        figsize=(
+            max(width + _LEFT + _RIGHT, _MIN_WIDTH),
+            height + _BELOW + (_TITLE if title is not None else 0.1) + (0.12 if len(notes) > 1 else 0),
+        ),
+        dpi=_DPI,
+        layout="constrained",
+    )
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    axes = picture_axes(array.shape, metadata, complex_values=array.dtype.kind == "c")
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad=BAD_COLOR)
     image = ax.imshow(
         masked,
         cmap=cmap,
@@ -166,20 +235,44 @@ def preview_png(
     ax.set_xlabel(axes.xlabel, fontsize=8, parse_math=False)
     ax.set_ylabel(axes.ylabel, fontsize=8, parse_math=False)
     ax.tick_params(labelsize=7)
-    colorbar = fig.colorbar(image, ax=ax, shrink=0.9)
-    colorbar.ax.tick_params(labelsize=7)
-    if label is None:
-        label = axes.label
-    colorbar.set_label(label, fontsize=8, parse_math=False)
-    notes = []
-    if not finite.all():
-        notes.append("magenta: NaN/inf" if finite.any() else "no finite values")
-    if values.shape != array.shape:
-        notes.append(f"shown at {values.shape[0]} x {values.shape[1]}")
+    if any_finite:
+        # an inset in axes coordinates follows the picture's box after its aspect is applied
+        cax = ax.inset_axes((1 + 0.1 / width, 0.0, 0.14 / width, 1.0))
+        colorbar = fig.colorbar(image, cax=cax)
+        colorbar.ax.tick_params(labelsize=7)
+        colorbar.set_label(axes.label if label is None else label, fontsize=8, parse_math=False)
     if title is not None:
         ax.set_title(title, fontsize=9, parse_math=False)
     if notes:
-        fig.supxlabel("; ".join(notes), fontsize=7, color="0.35")
+        fig.supxlabel("\n".join(notes), fontsize=7, color="0.35")
+    return fig
+
+
+def preview_png(
+    height_map: np.ndarray,
+    *,
+    max_pixels: int = 256,
+    title: str | None = None,
+    label: str | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> bytes:
+    """A small PNG image of ``height_map`` with a colour bar.
+
+    The array is downsampled first, so a 4000 x 4000 map renders as fast as a small one.
+    NaN (missing points) and infinite values are left out of the colour range and drawn in
+    :data:`BAD_COLOR` (magenta), and a note under the picture says how many there are; complex
+    maps show their magnitude. ``label`` names the colour bar (default "height", "|height|" for
+    complex). The picture has the map's aspect at a readable size: a 918 x 256 map is wide, not a
+    strip beside a tall colour bar.
+
+    With ``metadata`` that gives the lengths (``x_length``, ``y_length``; see
+    :mod:`tmd_nb.formats.units`), the axes show physical coordinates in the lateral unit from the
+    offsets, with the aspect ratio of the real surface, and the colour bar names the height unit,
+    both as :func:`tmd_nb.formats.units.physical` reads them (``lateral_unit``/``height_unit``, or
+    the ``units`` shorthand; millimetres when the metadata names no unit, as in ``.tmd`` files).
+    Otherwise the axes count rows and columns.
+    """
+    fig = preview_figure(height_map, max_pixels=max_pixels, title=title, label=label, metadata=metadata)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     return buffer.getvalue()
@@ -358,24 +451,23 @@ def _format_number(value: Any) -> str:
 
 
 def stats_text(info: Mapping[str, Any]) -> str:
-    """``min .., max .., mean ..`` of a :func:`summary`, and how many NaN/inf values were left out."""
+    """``min .., max .., mean ..`` of the finite points of a :func:`summary`, and what was left out.
+
+    Missing points (NaN) and infinite values never count as heights; a map without a finite
+    value says so plainly instead of showing a statistic of nothing.
+    """
     prefix = "|z| " if info["magnitude"] else ""
-    if info["finite"]:
-        text = (
-            f"{prefix}min {_format_number(info['min'])}, max {_format_number(info['max'])}, "
-            f"mean {_format_number(info['mean'])}"
-        )
-    else:
-        text = "no finite values"
-    extra = []
-    if info["nan"]:
-        extra.append(f"{info['nan']:,} NaN")
-    if info["inf"]:
-        extra.append(f"{info['inf']:,} inf")
-    if extra and info["finite"]:
-        text += f" (ignoring {', '.join(extra)})"
-    elif extra:
-        text += f" ({', '.join(extra)})"
+    left_out = missing_text(info["nan"], info["inf"])
+    if not info["finite"]:
+        if info["nan"] and not info["inf"]:
+            return f"no heights: all {info['nan']:,} points are missing (NaN)"
+        return f"no heights: {left_out}"
+    text = (
+        f"{prefix}min {_format_number(info['min'])}, max {_format_number(info['max'])}, "
+        f"mean {_format_number(info['mean'])}"
+    )
+    if left_out:
+        text += f" of {info['finite']:,} finite points; left out: {left_out}"
     return text
 
 
