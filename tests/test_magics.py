@@ -500,6 +500,13 @@ def test_question_mark_help_shows_argparse_usage(ip, capsys) -> None:
     assert usage == "%tmd_export [-f] [--no-compress] [--level LEVEL] [-m KEY=VALUE] NAME PATH" and "--force" in out
 
 
+def test_export_help_names_the_unit_keys_and_their_shorthand(ip, capsys) -> None:
+    _, out, _ = run(ip, capsys, "%tmd_export?")
+    assert "-m lateral_unit=um -m height_unit=nm" in out
+    assert "``units`` is the shorthand for both" in out
+    assert "-m units=um" in out
+
+
 # --------------------------------------------------------------------------- completion
 
 
@@ -560,6 +567,15 @@ def test_completion_offers_options(ip) -> None:
     assert completions(ip, "%tmd_export z out.npz --level s") == ["%tmd_export z out.npz --level smallest"]
     assert completions(ip, "%tmd_load x.npz --") == ["%tmd_load x.npz --name"]
     assert completions(ip, "%tmd_panel --") == ["%tmd_panel --load"]
+
+
+def test_completion_offers_the_formats_convert_can_write(ip) -> None:
+    line = "%tmd_convert scans/ -o out --format "
+    writable = [f.name for f in codec.FORMATS if f.save is not None]
+    assert completions(ip, line) == [line + name for name in writable]
+    assert completions(ip, line + "n") == [line + "npz", line + "npy"]
+    assert completions(ip, line + "g") == [line + "gwy"]
+    assert not any(c.endswith(("False", "None", "and", "nonlocal")) for c in completions(ip, line + "n"))
 
 
 def test_completer_is_removed_on_unload(ip, tmp_path) -> None:
@@ -661,6 +677,28 @@ def test_panel_magic_shows_the_export_and_load_panels_on_the_user_namespace(ip, 
     load_panel.name = "from_panel"
     assert load_panel.bind() == "from_panel"
     assert ip.user_ns["from_panel"]["units"] == "um"
+
+
+def test_panel_magic_in_a_terminal_says_it_needs_jupyter(tmp_path) -> None:
+    """A terminal IPython cannot show widgets: one line says so, instead of a widget repr."""
+    code = "import numpy as np; z = np.ones((2, 3))\n%load_ext tmd_nb\n%tmd_panel\n%tmd_panel --load\nprint('end')\n"
+    (tmp_path / "panel.ipy").write_text(code)
+    env = {**os.environ, "IPYTHONDIR": str(tmp_path / "ipdir"), "HOME": str(tmp_path)}
+    out = subprocess.run(
+        [sys.executable, "-m", "IPython", "--HistoryManager.hist_file=:memory:", "--no-banner", "panel.ipy"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    hint = (
+        "%tmd_panel: the panel is a Jupyter widget; open this in JupyterLab, Jupyter Notebook or VS Code "
+        "(in a terminal, use %tmd_export and %tmd_load)"
+    )
+    assert (out.stdout + out.stderr).count(hint) == 2, out.stdout + out.stderr
+    assert "Panel(" not in out.stdout and "VBox" not in out.stdout and "end" in out.stdout
 
 
 # --------------------------------------------------------------------------- plain functions

@@ -42,6 +42,8 @@ class Syntax(NamedTuple):
     value_options: frozenset[str]
     #: What each positional argument is, in order: ``"variable"`` or ``"path"``.
     positionals: tuple[str, ...]
+    #: The values an option accepts when its parser lists them (``--format``: the format names).
+    choices: Mapping[str, tuple[str, ...]] = {}
 
 
 def syntax_of(parser: argparse.ArgumentParser, positionals: tuple[str, ...]) -> Syntax:
@@ -52,6 +54,7 @@ def syntax_of(parser: argparse.ArgumentParser, positionals: tuple[str, ...]) -> 
         options=tuple(sorted(o for a in actions for o in a.option_strings)),
         value_options=frozenset(o for a in actions if a.nargs != 0 for o in a.option_strings),
         positionals=positionals,
+        choices={o: tuple(map(str, a.choices)) for a in actions if a.choices for o in a.option_strings},
     )
 
 

@@ -97,6 +97,8 @@ def complete(
     options, value_options = syntax.options, syntax.value_options
     if words and words[-1] == "--level" and "--level" in value_options:
         return typed, [n for n in LEVEL_NAMES if n.startswith(typed)], "option"
+    if words and words[-1] in syntax.choices:
+        return typed, [c for c in syntax.choices[words[-1]] if c.startswith(typed)], "option"
     if words and words[-1] in value_options:
         return typed, [], "option"  # an option's value: nothing sensible to offer
     if typed.startswith("-"):

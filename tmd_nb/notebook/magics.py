@@ -41,6 +41,18 @@ __all__ = [
 
 #: Saves and loads that last longer than this many seconds show a progress bar on stderr.
 PROGRESS_AFTER = 1.0
+#: What ``%tmd_panel`` says where widgets cannot show (a terminal), instead of printing a widget's repr.
+PANEL_NEEDS_JUPYTER = (
+    "%tmd_panel: the panel is a Jupyter widget; open this in JupyterLab, Jupyter Notebook or VS Code "
+    "(in a terminal, use %tmd_export and %tmd_load)"
+)
+
+
+def _writable_formats() -> list[str]:
+    """The names ``--format`` accepts and completes: formats that can write a file."""
+    return [f.name for f in registry.FORMATS if f.save is not None]
+
+
 # --------------------------------------------------------------------------- progress
 
 
@@ -297,8 +309,13 @@ class TmdMagics(Magics):
 
             %tmd_export scan scan.npz
             %tmd_export z "results/run 3.npy" -f
-            %tmd_export scan scan.npz -m units=um -m pixel_size=0.5e-6 -m note="first pass"
+            %tmd_export scan scan.npz -m lateral_unit=um -m height_unit=nm -m note="first pass"
+            %tmd_export scan scan.npz -m units=um -m x_length=640 -m y_length=480
             %tmd_export scan scan.npz --level balanced
+
+        Units: ``lateral_unit`` (of ``x_length``, ``y_length`` and the offsets) and ``height_unit``;
+        ``units`` is the shorthand for both, and a specific key wins over it. Without any, lengths
+        are read as millimetres, as in ``.tmd`` files (docs/FORMAT.md, "Physical keys").
         """
         args = parse_line(self.tmd_export.parser, "tmd_export", line)
         if args.help:
@@ -370,6 +387,11 @@ class TmdMagics(Magics):
         args = parse_line(self.tmd_panel.parser, "tmd_panel", line)
         if args.help:
             return
+        formatter = self._user_shell().display_formatter
+        if formatter is not None and "text/html" not in formatter.active_types:
+            # a terminal shows plain text only: a widget would print as its repr
+            print(PANEL_NEEDS_JUPYTER, file=sys.stderr)
+            return
         from IPython.display import display
 
         from . import panel
@@ -380,7 +402,7 @@ class TmdMagics(Magics):
     @magic_arguments()
     @argument("sources", nargs="+", metavar="SRC", help="scan files, folders or glob patterns ('**' recurses)")
     @argument("-o", "--out", required=True, metavar="OUT", help="output folder (created if needed)")
-    @argument("--format", default="npz", choices=registry.names(), help="output format (default: npz)")
+    @argument("--format", default="npz", choices=_writable_formats(), help="output format (default: npz)")
     @argument("--jobs", type=int, metavar="N", help="local worker processes (default: every core)")
     @argument("--scheduler", metavar="ADDRESS", help="run on this dask.distributed scheduler instead")
     @argument("--overwrite", action="store_true", help="convert again files whose output is already there")
