@@ -208,7 +208,7 @@ def test_rows_are_prefilled_typed_and_read_only_where_needed(ns: dict) -> None:
         "day": (False, "date", "2024-05-17"),
         "mask": (True, None, "array(30, 40) bool"),
         "nested": (True, None, "dict with 2 keys: {'operator': 'A', 'passes': [1, 2]}"),
-        "gain": (True, None, "float32: np.float32(1.25)"),
+        "gain": (False, "float32", "1.25"),
     }
     assert _row(panel, "mask")._value.disabled and _row(panel, "mask")._key.disabled
     assert panel.metadata["mask"] is ns["scan"]["mask"]  # the very object, saved unchanged
@@ -276,11 +276,53 @@ def test_added_rows_are_saved_with_their_types(ns: dict, tmp_path: Path) -> None
     assert_identical(expected, back)
 
 
+def test_numpy_floats_show_their_shortest_repr_and_save_in_their_own_dtype(tmp_path: Path) -> None:
+    meta = {
+        "x_length": np.float32(2.52),
+        "pitch": np.float64(0.1),
+        "tiny": np.float32(1e-45),
+        "neg_zero": np.float32(-0.0),
+        "gap": np.float32("nan"),
+    }
+    panel = ExportPanel(namespace={"scan": {"height_map": np.zeros((2, 2), np.float32), **meta}})
+    shown = {row.key: (row.readonly, row._type.value, row._value.value) for row in panel._rows}
+    assert shown == {
+        "x_length": (False, "float32", "2.52"),
+        "pitch": (False, "float64", "0.1"),
+        "tiny": (False, "float32", "1e-45"),
+        "neg_zero": (False, "float32", "-0.0"),
+        "gap": (False, "float32", "nan"),
+    }
+    panel.path = tmp_path / "f.npz"
+    assert panel.save() is not None, panel.status
+    assert_identical({"height_map": np.zeros((2, 2), np.float32), **meta}, tmd_nb.load_from_npz(tmp_path / "f.npz"))
+    row = _row(panel, "x_length")
+    row._value.value = "1e39"
+    assert row.error == "'1e39' is too large for float32"
+    row._value.value = "2.5x"
+    assert row.error == "'2.5x' is not a number"
+    row._value.value = "3.25"
+    assert row.error is None and type(row.parsed) is np.float32 and row.parsed == np.float32(3.25)
+
+
+def test_type_labels_fit_their_dropdown_and_literal_explains_itself(ns: dict) -> None:
+    from tmd_nb.notebook.panel.values import VALUE_TYPES
+
+    width_em = 8.5  # the type dropdown's width, with room for its arrow
+    assert all(len(label) * 0.62 + 1.6 <= width_em for label, _ in VALUE_TYPES), VALUE_TYPES
+    panel = ExportPanel(namespace=ns)
+    panel.selected = "flat"
+    _add(panel, "shape", "literal", "")
+    assert panel._rows[-1]._type.layout.width == "8.5em"
+    assert panel._rows[-1]._value.placeholder == "a Python literal: [1, 2], (0.5, 'mm'), 1+2j, b'raw'"
+
+
 def test_suggested_keys_bring_their_type(ns: dict) -> None:
     panel = ExportPanel(namespace=ns)
     panel.selected = "flat"
     buttons = {button.description: button for button in panel._suggest_buttons}
-    assert set(buttons) == {"units", "x_length", "y_length", "source", "timestamp"}
+    # the unit keys of the one convention (docs/FORMAT.md), not the shorthand
+    assert set(buttons) == {"lateral_unit", "height_unit", "x_length", "y_length", "source", "timestamp"}
     buttons["x_length"].click()
     row = panel._rows[-1]
     assert (row.key, row._type.value) == ("x_length", "float")
@@ -291,7 +333,7 @@ def test_suggested_keys_bring_their_type(ns: dict) -> None:
     assert stamp._type.value == "datetime" and stamp.error is None
     assert abs(stamp.parsed - dt.datetime.now().astimezone()) < dt.timedelta(minutes=5)
     assert "timestamp" not in panel._rows[0]._key.options  # a key in use is no longer suggested
-    assert buttons["x_length"].disabled and not buttons["units"].disabled
+    assert buttons["x_length"].disabled and not buttons["height_unit"].disabled
     buttons["x_length"].click()  # already there: no duplicate row (headless, a disabled button still clicks)
     assert [row.key for row in panel._rows] == ["x_length", "timestamp"]
     assert "already in the metadata" in panel.status

@@ -11,7 +11,9 @@ Design rules, because a panel is used by people who never read the docs:
 
 * a metadata value is never silently turned into a string: each editable row has a type, its text
   is parsed on every change, and an invalid row is marked and blocks saving with a message naming
-  the key; values the editor cannot represent exactly (arrays, nested structures, numpy scalars...)
+  the key; numpy float32/float64 scalars are edited in their own dtype (shown by their shortest
+  repr in it: 2.52, not 2.5199999809265137); values the editor cannot represent exactly (arrays,
+  nested structures, other numpy scalars...)
   are shown read-only and saved unchanged;
 * an existing file is never replaced without an explicit tick on "Overwrite";
 * errors end up as one plain sentence in the status line, never as a traceback;

@@ -9,7 +9,7 @@ from typing import Any
 import ipywidgets as widgets
 
 from .common import GREEN, INVALID_BORDER, RED, html_line
-from .values import SUGGESTED_KEYS, VALUE_TYPES, check_storable, describe_value, parse_value
+from .values import PLACEHOLDERS, SUGGESTED_KEYS, VALUE_TYPES, check_storable, describe_value, parse_value
 
 __all__ = ["MetadataRow", "ReadOnlyRow", "Row"]
 
@@ -118,7 +118,7 @@ class MetadataRow(Row):
     def _sync_enabled(self) -> None:
         none = self._type.value == "None"
         self._value.disabled = none and not self._value.value
-        self._value.placeholder = "(no value)" if none else "value"
+        self._value.placeholder = "(no value)" if none else PLACEHOLDERS.get(self._type.value, "value")
 
     def validate(self, problem: str | None) -> None:
         """Parse the value and show the verdict; ``problem`` is a key problem found by the panel."""

@@ -29,10 +29,12 @@ __all__ = [
 ]
 
 #: Keys offered in the key field of a metadata row, with the type they usually have.
+#: The unit keys are the convention's own (``units`` is only a shorthand for both; docs/FORMAT.md).
 SUGGESTED_KEYS: dict[str, str] = {
-    "units": "str",
     "x_length": "float",
     "y_length": "float",
+    "lateral_unit": "str",
+    "height_unit": "str",
     "source": "str",
     "timestamp": "datetime",
 }
@@ -42,13 +44,19 @@ VALUE_TYPES: list[tuple[str, str]] = [
     ("str", "str"),
     ("int", "int"),
     ("float", "float"),
+    ("float32", "float32"),
+    ("float64", "float64"),
     ("bool", "bool"),
     ("None", "None"),
     ("datetime", "datetime"),
     ("date", "date"),
-    ("literal (list, tuple, complex, bytes)", "literal"),
+    ("literal", "literal"),
 ]
 TYPE_NAMES = {name for _, name in VALUE_TYPES}
+#: The value field's hint for each type that needs one (the dropdown's labels stay short).
+PLACEHOLDERS = {"literal": "a Python literal: [1, 2], (0.5, 'mm'), 1+2j, b'raw'"}
+#: numpy float scalars the editor keeps in their own dtype, shown by their shortest repr in it.
+NUMPY_FLOATS: dict[str, type[np.floating]] = {"float32": np.float32, "float64": np.float64}
 
 LITERAL_LIMIT = 500  # longest repr shown as an editable literal
 
@@ -75,6 +83,8 @@ def parse_value(kind: str, text: str) -> Any:
             return float(stripped)
         except ValueError:
             raise ValueError(f"{quote(text)} is not a number") from None
+    if kind in NUMPY_FLOATS:
+        return _numpy_float(kind, text)
     if kind == "bool":
         lowered = stripped.lower()
         if lowered in ("true", "yes", "1"):
@@ -103,6 +113,22 @@ def parse_value(kind: str, text: str) -> Any:
     raise ValueError(f"unknown value type {kind!r}")
 
 
+def _numpy_float(kind: str, text: str) -> np.floating:
+    """``text`` as the numpy float ``kind``, rounded once from the decimal; overflow is refused."""
+    stripped = text.strip()
+    try:
+        float(stripped)  # the spellings Python accepts, no more (numpy would take "0x10" or b"")
+        with np.errstate(over="raise"):
+            value = NUMPY_FLOATS[kind](stripped)
+    except ValueError:
+        raise ValueError(f"{quote(text)} is not a number") from None
+    except FloatingPointError:
+        value = NUMPY_FLOATS[kind]("inf")
+    if np.isinf(value) and not np.isinf(float(stripped)):
+        raise ValueError(f"{quote(text)} is too large for {kind}")
+    return value
+
+
 def quote(text: str, limit: int = 40) -> str:
     return repr(text if len(text) <= limit else text[: limit - 1] + "\u2026")
 
@@ -127,6 +153,8 @@ def render_value(value: Any) -> tuple[str, str] | None:
         candidate = ("int", str(value))
     elif t is float:
         candidate = ("float", repr(value))
+    elif t in NUMPY_FLOATS.values():
+        candidate = (np.dtype(t).name, str(value))  # numpy's str is the shortest repr in its own dtype
     elif t is str:
         # A Text field is one line: multi-line or control-character text is edited as a literal.
         candidate = ("str", value) if value.isprintable() else ("literal", repr(value))
