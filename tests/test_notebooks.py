@@ -129,7 +129,7 @@ def check_quickstart(nb: nbformat.NotebookNode, errors: dict[int, dict[str, Any]
 def check_magics(nb: nbformat.NotebookNode, errors: dict[int, dict[str, Any]]) -> None:
     out = stream_text(nb)
     assert re.search(
-        r"^Saved surface \(200 x 300 float32, 4 metadata keys\) to \S*surface\.npz \(.*NPZ\) in ", out, re.M
+        r"^Saved surface \(200 x 300 float32, 5 metadata keys\) to \S*surface\.npz \(.*NPZ\) in ", out, re.M
     ), out
     assert re.search(r"^Loaded run1\.npz into run1 \(200 x 300 float32, 4 metadata keys\)", out, re.M), out
     assert "identical: True" in out
@@ -224,6 +224,16 @@ def test_prose_between_code_cells(stem: str) -> None:
     kinds = "".join("c" if c.cell_type == "code" else "m" for c in nb.cells if c.source.strip())
     assert len(code_cells(nb)) >= 3 and kinds.count("m") >= 3, f"{stem}: cell kinds {kinds}"
     assert "cccc" not in kinds, f"{stem}: four code cells in a row without prose ({kinds})"
+
+
+@pytest.mark.parametrize("stem", ALL)
+def test_units_follow_the_one_convention(stem: str) -> None:
+    """Units are ``lateral_unit``/``height_unit`` strings, or ``units`` as their shorthand: never a dict of both."""
+    nb = nbformat.read(notebook_path(stem), as_version=4)
+    for i, cell in enumerate(code_cells(nb)):
+        for match in re.finditer(r"""["']units["']\s*:\s*(\S)""", cell.source):
+            assert match.group(1) in "\"'", f"{stem} code cell {i}: 'units' must be a unit string:\n{cell.source}"
+        assert not re.search(r"""["'](lateral|height)["']\s*:""", cell.source), f"{stem} code cell {i}"
 
 
 @pytest.mark.slow
