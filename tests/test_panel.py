@@ -317,6 +317,27 @@ def test_type_labels_fit_their_dropdown_and_literal_explains_itself(ns: dict) ->
     assert panel._rows[-1]._value.placeholder == "a Python literal: [1, 2], (0.5, 'mm'), 1+2j, b'raw'"
 
 
+def test_paths_in_the_home_folder_are_shown_from_tilde(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Messages name files as people write them (~/scans/a.npz), not by the home folder's full path."""
+    home = tmp_path / "home"
+    (home / "scans").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    panel = ExportPanel(namespace={"flat": np.zeros((5, 6))})
+    panel.path = home / "scans" / "a.npz"
+    assert panel.save() == str(home / "scans" / "a.npz")  # the API returns the real path
+    assert panel.status.startswith("Saved flat to ~/scans/a.npz ("), panel.status
+    assert "~/scans/a.npz already exists." in panel._exists_note.value
+    loader = LoadPanel(namespace={}, directory=home / "scans")
+    loader.path = "a.npz"
+    assert loader.status.startswith("Loaded ~/scans/a.npz ("), loader.status
+    loader.name = "a"
+    loader.bind()
+    assert loader.status == "a now holds the height map and 0 metadata keys from ~/scans/a.npz."
+    elsewhere = tmp_path / "b.npz"  # outside the home folder: the full path
+    panel.path = elsewhere
+    assert panel.save() and panel.status.startswith(f"Saved flat to {elsewhere} (")
+
+
 def test_suggested_keys_bring_their_type(ns: dict) -> None:
     panel = ExportPanel(namespace=ns)
     panel.selected = "flat"

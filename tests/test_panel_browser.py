@@ -86,7 +86,12 @@ def _wait_until_ready(proc: subprocess.Popen, url: str, token: str, log: Path) -
 
 @pytest.fixture
 def lab(tmp_path: Path) -> Iterator[Lab]:
-    """A private JupyterLab server on 127.0.0.1 serving a copy of notebook 03; always stopped."""
+    """A private JupyterLab server on 127.0.0.1 serving a copy of notebook 03; always stopped.
+
+    The server and its kernel see a home folder of their own, ``tmp_path/home``, and serve
+    ``~/scans``; temporary folders go to ``~/tmp``. The panels name files under the home folder
+    from ``~``, so the screenshots the docs show read ``~/scans/...``, not pytest's paths.
+    """
     require(
         CHROMIUM is not None,
         "Chromium not found (install Debian's 'chromium' package; Playwright cannot download its own browsers here)",
@@ -97,10 +102,11 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
     require(
         importlib.util.find_spec("jupyterlab") is not None, "jupyterlab is not installed (pip install -e '.[browser]')"
     )
-    root = tmp_path / "lab"
-    root.mkdir()
-    shutil.copy(NOTEBOOK, root / NOTEBOOK.name)
     home = tmp_path / "home"
+    root = home / "scans"
+    root.mkdir(parents=True)
+    (home / "tmp").mkdir()
+    shutil.copy(NOTEBOOK, root / NOTEBOOK.name)
     env = dict(os.environ)
     # Keep every Jupyter/IPython setting and runtime file of this server inside tmp_path.
     env.update(
@@ -110,6 +116,8 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
             "JUPYTERLAB_SETTINGS_DIR": str(home / "lab-settings"),
             "JUPYTERLAB_WORKSPACES_DIR": str(home / "lab-workspaces"),
             "IPYTHONDIR": str(home / "ipython"),
+            "HOME": str(home),
+            "TMPDIR": str(home / "tmp"),
             "MPLBACKEND": "module://matplotlib_inline.backend_inline",
         }
     )
@@ -255,7 +263,7 @@ def test_export_panel_in_jupyterlab(lab: Lab, tmp_path: Path) -> None:
                 save.click()
                 status = panel.locator(".tmd-panel-status")
                 expect(status).to_contain_text("Saved surface to")
-                expect(status).to_contain_text("browser_export.npz")
+                expect(status).to_contain_text("Saved surface to ~/scans/browser_export.npz")
                 # Saving again needs an explicit overwrite confirmation.
                 expect(panel.locator(".tmd-panel-exists")).to_contain_text("already exists")
                 expect(save).to_be_disabled()
@@ -267,7 +275,7 @@ def test_export_panel_in_jupyterlab(lab: Lab, tmp_path: Path) -> None:
                 picker.select_option(index=index)
                 expect(panel.locator(".tmd-panel-summary")).to_contain_text("240 x 320 float64")
                 _wait_for_new_picture(page, image, old_picture)
-                expect(panel.locator(".tmd-meta-row")).to_have_count(6)
+                expect(panel.locator(".tmd-meta-row")).to_have_count(7)
                 expect(panel.locator(".tmd-meta-readonly .tmd-meta-value input")).to_have_value("array(240, 320) bool")
                 expect(panel.locator(".tmd-panel-path input")).to_have_value("browser_export.npz")  # typed paths stay
                 _save_screenshot(page, "panel-scan.png", tmp_path, panel)
@@ -275,6 +283,7 @@ def test_export_panel_in_jupyterlab(lab: Lab, tmp_path: Path) -> None:
                 # The load panel of the notebook was bound by a scripted cell; it rendered too.
                 loader = page.locator(".tmd-load-panel")
                 expect(loader.locator(".tmd-load-status")).to_contain_text("scan_again now holds the height map")
+                expect(loader.locator(".tmd-load-status")).to_contain_text("from ~/tmp/")
                 expect(loader.locator(".tmd-load-summary")).to_contain_text("operator")
                 _save_screenshot(page, "load-panel.png", tmp_path, loader)
             except Exception:

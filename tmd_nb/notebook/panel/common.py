@@ -31,6 +31,7 @@ __all__ = [
     "facts_html",
     "html_line",
     "plain_error",
+    "show_path",
     "show_preview",
     "user_namespace",
 ]
@@ -66,6 +67,24 @@ def plain_error(exc: BaseException) -> str:
         return f"{exc.strerror}{where}"
     text = str(exc).strip() or type(exc).__name__
     return text[0].upper() + text[1:]
+
+
+def show_path(path: str | os.PathLike[str] | None) -> str:
+    """``path`` as the messages show it: under the home folder from ``~`` (``~/scans/a.npz``).
+
+    Shorter, and the same on every machine, so a screenshot or a copied message does not carry the
+    user's account name. The panels' API (``save()``, ``path``) keeps the real absolute path.
+    """
+    path = str(path)
+    home = os.path.expanduser("~")
+    if home in ("~", os.sep) or not os.path.isabs(home):
+        return path
+    home = os.path.normpath(home)
+    if path == home:
+        return "~"
+    if path.startswith(home + os.sep):
+        return "~" + path[len(home) :]
+    return path
 
 
 def blocking_file(target: str) -> str | None:

@@ -26,6 +26,7 @@ from .common import (
     Panel,
     blocking_file,
     html_line,
+    show_path,
     show_preview,
     user_namespace,
 )
@@ -347,7 +348,7 @@ class ExportPanel(Panel):
         self._save_button.disabled = True
         self._progress.bar_style = ""
         self._progress.value = 0.0
-        self._set_status(f"Saving {name} to {target} \u2026", None)
+        self._set_status(f"Saving {name} to {show_path(target)} \u2026", None)
         start = time.perf_counter()
         try:
             with warnings.catch_warnings(record=True) as caught:  # shown in the status line
@@ -366,7 +367,7 @@ class ExportPanel(Panel):
         self._progress.value = 1.0
         self._progress.bar_style = "success"
         written = saved.path
-        message = f"Saved {name} to {written} ({size_text(os.path.getsize(written))}, {elapsed:.2f} s)."
+        message = f"Saved {name} to {show_path(written)} ({size_text(os.path.getsize(written))}, {elapsed:.2f} s)."
         if saved.lost:
             keeping = registry.one_of([f.title for f in registry.lossless()])
             notes.append(
@@ -491,7 +492,7 @@ class ExportPanel(Panel):
         target = self._target() if self._path.value.strip() else None
         exists = target is not None and os.path.isfile(target)
         if exists:
-            self._exists_note.value = html_line(f"{target} already exists.", ORANGE, "\u26a0")
+            self._exists_note.value = html_line(f"{show_path(target)} already exists.", ORANGE, "\u26a0")
             self._overwrite.layout.display = None
         else:
             self._exists_note.value = ""
@@ -505,7 +506,7 @@ class ExportPanel(Panel):
         elif target is None:
             self._blocker = "type a file name in Path"
         elif os.path.isdir(target):
-            self._blocker = f"{target} is a folder; add a file name"
+            self._blocker = f"{show_path(target)} is a folder; add a file name"
         elif (blocking := blocking_file(target)) is not None:
             self._blocker = f"{blocking} is a file, not a folder, so it cannot hold {os.path.basename(target)}"
         elif exists and not self._overwrite.value:

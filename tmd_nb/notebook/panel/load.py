@@ -17,7 +17,7 @@ from ..display import (
     count_text,
     size_text,
 )
-from .common import GREEN, ORANGE, RED, Panel, html_line, show_preview, user_namespace
+from .common import GREEN, ORANGE, RED, Panel, html_line, show_path, show_preview, user_namespace
 
 __all__ = ["LoadPanel"]
 
@@ -167,7 +167,7 @@ class LoadPanel(Panel):
             what = f"the height map and {count_text(len(self._data) - 1, 'metadata key')}"
         self._namespace[name] = self._bound
         self._set_status(
-            f"{name} now holds {what} from {self._loaded_path}"
+            f"{name} now holds {what} from {show_path(self._loaded_path)}"
             + (" (it replaced the previous value)." if replaced else "."),
             GREEN,
             "\u2713",
@@ -200,7 +200,9 @@ class LoadPanel(Panel):
             target = self._target()
             if not os.path.isfile(target):
                 self._set_status(
-                    f"No file at {target}." if not os.path.isdir(target) else f"{target} is a folder; pick a file.",
+                    f"No file at {show_path(target)}."
+                    if not os.path.isdir(target)
+                    else f"{show_path(target)} is a folder; pick a file.",
                     "#666",
                 )
             else:
@@ -209,7 +211,7 @@ class LoadPanel(Panel):
 
     def _read(self, target: str) -> None:
         start = time.perf_counter()
-        self._set_status(f"Loading {target} \u2026", None)
+        self._set_status(f"Loading {show_path(target)} \u2026", None)
         try:
             data = registry.load(target, progress=self._on_progress)
         except Exception as exc:  # even a bug is one line in the panel
@@ -220,7 +222,8 @@ class LoadPanel(Panel):
         self._data, self._loaded_path = data, target
         show_preview(self._preview_image, self._summary, data, os.path.basename(target), with_metadata=True)
         self._set_status(
-            f"Loaded {target} ({size_text(os.path.getsize(target))}, {elapsed:.2f} s). Choose a name and press Bind.",
+            f"Loaded {show_path(target)} ({size_text(os.path.getsize(target))}, {elapsed:.2f} s). "
+            "Choose a name and press Bind.",
             None,
         )
         if not self._name_edited:
