@@ -169,6 +169,26 @@ def test_preview_shows_picture_and_summary(ns: dict) -> None:
     assert "min -5, max 123456789" in panel._summary.value  # integers in full, not 1.23457e+08
 
 
+def test_panels_summarise_finite_points_and_count_the_missing_ones(tmp_path: Path) -> None:
+    import warnings
+
+    holed = np.arange(12.0).reshape(3, 4)
+    holed[0, :3] = np.nan
+    nothing = np.full((3, 4), np.nan, dtype=np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no numpy warning about an empty range, no matplotlib one
+        panel = ExportPanel(namespace={"holed": holed, "nothing": nothing})
+        panel.selected = "holed"
+        assert "min 3, max 11, mean 7 of 9 finite points; left out: 3 missing (NaN)" in panel._summary.value
+        panel.selected = "nothing"
+        assert "no heights: all 12 points are missing (NaN)" in panel._summary.value
+        assert png_size(panel._preview_image.value)[0] > 100
+        tmd_nb.export_to_npz({"height_map": nothing}, tmp_path / "nothing.npz")
+        loader = LoadPanel(namespace={}, directory=tmp_path)
+        loader.path = "nothing.npz"
+    assert "no heights: all 12 points are missing (NaN)" in loader._summary.value
+
+
 def test_preview_of_4000_by_4000_is_downsampled_and_quick() -> None:
     big = np.random.default_rng(1).random((4000, 4000))
     panel = ExportPanel(namespace={"a_small": np.zeros((2, 2)), "big": big})
