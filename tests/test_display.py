@@ -359,3 +359,11 @@ def test_preview_labels_follow_the_units_shorthand() -> None:
     mixed = {"x_length": 0.64, "y_length": 0.48, "units": "mm", "height_unit": "nm"}
     assert display.picture_axes((48, 64), mixed).label == "height (nm)"
     assert display.picture_axes((48, 64), mixed).xlabel == "x (mm)"
+
+
+def test_metadata_table_keeps_keys_and_types_apart_on_one_line() -> None:
+    html = summary_html({"height_map": np.zeros((2, 2)), "lateral_unit": "mm", "timestamp": dt.datetime(2024, 5, 17)})
+    cells = re.findall(r'<td style="([^"]*)"><code>(lateral_unit|timestamp)</code>', html)
+    assert len(cells) == 2 and all("nowrap" in style and "padding" in style for style, _ in cells), cells
+    kinds = re.findall(r'<td style="([^"]*)">(str|datetime\.datetime)</td>', html)
+    assert len(kinds) == 2 and all("nowrap" in style for style, _ in kinds), kinds

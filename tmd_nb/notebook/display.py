@@ -511,6 +511,10 @@ def summary_text(data: np.ndarray | Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+#: Style of the metadata table's key and type cells: on one line, with a gap before the next column.
+_CELL = "text-align:left;padding:0 1em 0 0;white-space:nowrap"
+
+
 def summary_html(data: np.ndarray | Mapping[str, Any]) -> str:
     """An HTML fragment: a header line, the statistics and a metadata table (all escaped)."""
     info = summary(data)
@@ -524,13 +528,14 @@ def summary_html(data: np.ndarray | Mapping[str, Any]) -> str:
     meta = info["metadata"]
     if meta:
         parts.append(
-            '<table class="tmd-nb-metadata"><thead><tr><th style="text-align:left">key</th>'
-            '<th style="text-align:left">type</th><th style="text-align:left">value</th></tr></thead><tbody>'
+            '<table class="tmd-nb-metadata"><thead><tr>'
+            f'<th style="{_CELL}">key</th><th style="{_CELL}">type</th><th style="text-align:left">value</th>'
+            "</tr></thead><tbody>"
         )
         for key, kind, text in meta[:MAX_META_ROWS]:
             parts.append(
-                f'<tr><td style="text-align:left"><code>{esc(short_repr(key, 40) if len(key) > 40 else key)}'
-                f'</code></td><td style="text-align:left">{esc(kind)}</td>'
+                f'<tr><td style="{_CELL}"><code>{esc(short_repr(key, 40) if len(key) > 40 else key)}'
+                f'</code></td><td style="{_CELL}">{esc(kind)}</td>'
                 f'<td style="text-align:left"><code>{esc(text)}</code></td></tr>'
             )
         if len(meta) > MAX_META_ROWS:
