@@ -105,7 +105,7 @@ def coordinates(meta: Mapping[str, Any], shape: tuple[int, int]) -> dict[str, tu
     px = physical(meta)
     axes = (("y", shape[0], px.y_length, px.y_offset), ("x", shape[1], px.x_length, px.x_offset))
     return {
-        dim: (offset + (np.arange(n, dtype=np.float64) + 0.5) * (length / n), px.lateral_unit)
+        dim: (offset + (np.arange(n, dtype=np.float64) + 0.5) * (length / max(n, 1)), px.lateral_unit)
         for dim, n, length, offset in axes
         if length is not None
     }
