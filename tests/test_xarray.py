@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import pathlib
+import pickle
 import subprocess
 import sys
 import tomllib
@@ -188,6 +189,7 @@ def test_pint_xarray_quantifies_the_units_and_conversions_come_back_as_physical_
             r"the x and y coordinates have different units \(mm, um\)",
         ),
         (lambda da: da.assign_coords(x=da.x.values + 1), "the x coordinate has no 'units' attribute"),
+        (lambda da: da.assign_attrs(height_map=1), "has an attribute 'height_map', which would replace the heights"),
     ],
 )
 def test_what_from_xarray_refuses(change: Any, message: str) -> None:
@@ -334,6 +336,8 @@ def test_npy_and_npz_open_without_reading_the_heights(
     np.testing.assert_array_equal(window, heights[:16, :24])
     np.testing.assert_array_equal(opened.compute().values, heights)
     assert len(reads) == 1 + 8
+    # The graph's tasks hold the path and offsets only: it pickles, as a distributed cluster needs.
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(opened)).values, heights)
     # Without chunks the DataArray is lazily indexed: a window reads that window only.
     reads.clear()
     plain = xr.open_dataarray(path, engine=ENGINE)

@@ -78,7 +78,8 @@ def from_xarray(da: Any) -> dict[str, Any]:
     The coordinates and ``attrs["units"]`` are the truth: after ``.sel``, ``.isel`` or a unit
     conversion, the lengths, offsets and units are computed from them (evenly spaced
     coordinates; a decreasing axis is flipped back to increasing). Dims ``("x", "y")`` are
-    transposed. A Dask-backed DataArray stays lazy. ``tmd_nb.save(da, path)`` calls this.
+    transposed. A Dask-backed DataArray stays lazy. Coordinates other than ``x`` and ``y`` are
+    left out. ``tmd_nb.save(da, path)`` calls this.
 
     Parameters
     ----------
@@ -94,7 +95,7 @@ def from_xarray(da: Any) -> dict[str, Any]:
     ------
     ValueError
         Other dims, unevenly spaced coordinates, coordinates without units or with different
-        units.
+        units, an attribute ``"height_map"``.
     TypeError
         The DataArray holds a pint Quantity (call ``.pint.dequantify()`` first).
     """

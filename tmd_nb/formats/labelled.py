@@ -151,7 +151,8 @@ def from_labelled(da: Any, what: str = "the DataArray") -> dict[str, Any]:
     """``{"height_map": array, **metadata}`` from an xarray DataArray (see the module docstring).
 
     A Dataset gives its ``"height_map"`` variable. The heights stay as they are: a Dask-backed
-    array stays lazy (``tmd_nb.save`` streams it), a numpy one is not copied.
+    array stays lazy (``tmd_nb.save`` streams it), a numpy one is not copied. Coordinates other
+    than ``x`` and ``y`` (the scalar ``y`` a ``.sel`` leaves, say) are not metadata and are left out.
     """
     if hasattr(da, "data_vars"):  # a Dataset: the variable tmd_nb's engine names height_map
         if HEIGHT_MAP not in da.data_vars:
@@ -167,8 +168,9 @@ def from_labelled(da: Any, what: str = "the DataArray") -> dict[str, Any]:
         raise TypeError(f"{what} holds a pint Quantity; call .pint.dequantify() first")
     heights = data if is_dask_array(data) else np.asarray(data)
     attrs = dict(da.attrs)
+    if HEIGHT_MAP in attrs:
+        raise ValueError(f"{what} has an attribute 'height_map', which would replace the heights; rename it")
     meta = {key_name(k) if isinstance(k, str) else k: v for k, v in attrs.items() if k != "units"}
-    meta.pop(HEIGHT_MAP, None)
     meta, flips = _physical_keys(meta, da, heights.shape, attrs.get("units"), what)
     if flips:
         heights = heights[tuple(slice(None, None, -1) if dim in flips else slice(None) for dim in DIMS)]
