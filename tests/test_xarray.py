@@ -153,6 +153,33 @@ def test_a_crop_with_sel_gives_the_crops_own_lengths_and_offsets() -> None:
     assert back["lateral_unit"] == "mm" and back["height_unit"] == "um"
 
 
+@given(
+    shape=st.tuples(st.integers(2, 40), st.integers(2, 40)),
+    lengths=st.tuples(st.floats(1e-6, 1e6), st.floats(1e-6, 1e6)),
+    offsets=st.tuples(st.floats(-1e6, 1e6), st.floats(-1e6, 1e6)),
+    data=st.data(),
+)
+def test_any_crop_gets_the_lengths_and_offsets_of_the_spacing_rule(
+    shape: tuple[int, int], lengths: tuple[float, float], offsets: tuple[float, float], data: st.DataObject
+) -> None:
+    (ny, nx), (x_length, y_length), (x_offset, y_offset) = shape, lengths, offsets
+    d = {"height_map": np.zeros(shape), "x_length": x_length, "y_length": y_length}
+    d |= {"x_offset": x_offset, "y_offset": y_offset, "lateral_unit": "um"}
+    y0 = data.draw(st.integers(0, ny - 2))
+    y1 = data.draw(st.integers(y0 + 2, ny))
+    x0 = data.draw(st.integers(0, nx - 2))
+    x1 = data.draw(st.integers(x0 + 2, nx))
+    back = tmd_nb.from_xarray(tmd_nb.to_xarray(d).isel(y=slice(y0, y1), x=slice(x0, x1)))
+    dx, dy = x_length / nx, y_length / ny
+    slack = 1e-9 * (abs(x_offset) + abs(y_offset) + x_length + y_length)
+    assert back["height_map"].shape == (y1 - y0, x1 - x0)
+    assert back["x_length"] == pytest.approx((x1 - x0) * dx, rel=1e-9, abs=slack)
+    assert back["y_length"] == pytest.approx((y1 - y0) * dy, rel=1e-9, abs=slack)
+    assert back["x_offset"] == pytest.approx(x_offset + x0 * dx, rel=1e-9, abs=slack)
+    assert back["y_offset"] == pytest.approx(y_offset + y0 * dy, rel=1e-9, abs=slack)
+    assert back["lateral_unit"] == "um"
+
+
 def test_a_reversed_axis_is_flipped_back() -> None:
     d = scan()
     back = tmd_nb.from_xarray(tmd_nb.to_xarray(d).isel(x=slice(None, None, -1)).transpose("x", "y"))
