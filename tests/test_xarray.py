@@ -414,11 +414,12 @@ import xarray as xr
 engines = xr.backends.list_engines()
 print(type(engines["tmd_nb"]).__name__)
 print(xr.open_dataarray({path!r}, engine="tmd_nb").attrs["units"])
+print(xr.open_dataarray({path!r}).attrs["height_unit"])  # found by its content, no engine named
 """
     env = {"PYTHONPATH": f"{info.parent}:{ROOT}", "PATH": "/usr/bin:/bin"}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["TmdNbBackendEntrypoint", "um"]
+    assert result.stdout.split() == ["TmdNbBackendEntrypoint", "um", "um"]
 
 
 def test_the_installed_tmd_nb_engine_is_found_by_name(tmp_path: pathlib.Path) -> None:
@@ -465,6 +466,9 @@ def test_what_a_netcdf_round_trip_gives_back(tmp_path: pathlib.Path) -> None:
         "tuple": (1, 2),
         "longs": np.arange(3, dtype=np.int64),
         "f32": np.float32(1.5),
+        "i16": np.int16(-2),
+        "i64": np.int64(4),
+        "u8": np.uint8(5),
     }
     back = tmd_nb.from_xarray(netcdf_round_trip(tmd_nb.to_xarray(d), tmp_path / "scan.nc"))
     assert_identical(
@@ -481,6 +485,8 @@ def test_what_a_netcdf_round_trip_gives_back(tmp_path: pathlib.Path) -> None:
             "list": np.array([1, 2], dtype=">i4"),
             "tuple": np.array([1, 2], dtype=">i4"),
             "longs": np.arange(3, dtype=">i4"),
+            "i64": np.int32(4),
+            "u8": np.int8(5),
         },
         back,
     )

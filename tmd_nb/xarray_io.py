@@ -39,7 +39,9 @@ def to_xarray(data: np.ndarray | Mapping[str, Any]) -> Any:
     datetimes, paths, complex numbers, lists of strings, arrays of two or more dimensions and
     ints beyond 32 bits (drop those attributes first, or save to NPZ, which keeps everything). Of
     what it writes, reading back gives: ints as ``numpy.int32``, floats as ``numpy.float64``,
-    bools as ``numpy.int8``, bytes as ``str``, lists and tuples as arrays, int64 arrays as int32.
+    bools as ``numpy.int8``, bytes as ``str``, lists and tuples as arrays, int64 arrays as int32,
+    numpy scalars as their own type where netCDF 3 has it (float32, float64, int32, int16, int8)
+    and else as the signed type of their size (int64 as int32).
     Heights of dtype float64, float32, int32, int16, int8 and bool come back as they were;
     unsigned heights come back as the signed integers of their size, int64 and uint64 ones as
     int32 (refused when a value does not fit); float16 and complex heights are refused. The
