@@ -15,7 +15,8 @@ Lazy
     (:class:`~tmd_nb.formats.chunks.HeightMapWindows`). With ``chunks=`` the DataArray is
     Dask-backed, each block read on its own, so a map bigger than memory opens and computes in
     pieces; a deflated NPZ member prefers bands of whole rows (``chunks={}``), as each block
-    inflates whole rows anyway. Other formats are read whole when opened.
+    inflates whole rows anyway. As with ``open_dask``, windows are not CRC-checked (the CRC covers
+    a whole NPZ member; ``tmd_nb.load`` checks it). Other formats are read whole when opened.
 
 Backend arguments
     ``channel``: passed to ``tmd_nb.load`` when given (for files holding several channels); such a
