@@ -34,6 +34,7 @@ EXPECTED = (
     "05_large_heightmaps",
     "06_exchange_formats",
     "07_archives_and_large_maps",
+    "08_xarray",
 )
 ALL = sorted(set(EXPECTED) | {p.stem for p in NOTEBOOKS.glob("*.ipynb")})
 CELL_TIMEOUT = 180  # seconds, per cell (nbclient)
@@ -188,6 +189,17 @@ def check_archives(nb: nbformat.NotebookNode, errors: dict[int, dict[str, Any]])
     assert mime_outputs(nb, "image/png"), "the window is not plotted"
 
 
+def check_xarray(nb: nbformat.NotebookNode, errors: dict[int, dict[str, Any]]) -> None:
+    out = stream_text(nb)
+    assert "round trip identical: True" in out and out.count("heights identical: True") == 2
+    assert "crop (50, 50) {'x_length': 100.0, 'y_length': 100.0, 'x_offset': 200.0, 'y_offset': 0.0}" in out
+    assert re.search(r"^Sq = \d+\.\d\d nm = 0\.\d{5} µm$", out, re.M), out
+    assert "'lateral_unit': 'mm', 'height_unit': 'um'" in out and "same surface: True" in out
+    assert "dask.array.core (8192, 8192) float32" in out
+    assert "False" not in out
+    assert len(mime_outputs(nb, "image/png")) == 2, "the map, the profile, the overview and the window are not plotted"
+
+
 CHECKS: dict[str, Callable[[nbformat.NotebookNode, dict[int, dict[str, Any]]], None]] = {
     "01_quickstart": check_quickstart,
     "02_magics": check_magics,
@@ -195,6 +207,7 @@ CHECKS: dict[str, Callable[[nbformat.NotebookNode, dict[int, dict[str, Any]]], N
     "04_scan_files": check_scan_files,
     "05_large_heightmaps": check_large,
     "07_archives_and_large_maps": check_archives,
+    "08_xarray": check_xarray,
 }
 
 

@@ -1,7 +1,8 @@
 """tmd_nb: move surface height maps in and out of Jupyter, losslessly and safely.
 
 The format layer (:mod:`tmd_nb.formats`) needs numpy only; the IPython magics and the
-ipywidgets panels (:mod:`tmd_nb.notebook`) are imported lazily, so ``import tmd_nb`` stays light.
+ipywidgets panels (:mod:`tmd_nb.notebook`) are imported lazily, and xarray only when
+:func:`to_xarray` runs, so ``import tmd_nb`` stays light.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from .formats.registry import load, save
 from .formats.tmd import export_to_tmd, load_tmd
 from .formats.x3p import export_to_x3p, load_x3p
 from .heightmap import height_map_of
+from .xarray_io import from_xarray, to_xarray
 
 __all__ = [
     "ConvertReport",
@@ -34,6 +36,7 @@ __all__ = [
     "export_to_npz",
     "export_to_tmd",
     "export_to_x3p",
+    "from_xarray",
     "height_map_of",
     "load",
     "load_from_npy",
@@ -44,6 +47,7 @@ __all__ = [
     "load_x3p",
     "open_dask",
     "save",
+    "to_xarray",
 ]
 
 

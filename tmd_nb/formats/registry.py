@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import FormatError
-from . import gwy, npy, npz, tmd, x3p
+from . import gwy, labelled, npy, npz, tmd, x3p
 from ._io import Progress, open_file
 from .base import Format, PathLike
 
@@ -155,8 +155,9 @@ def save(
 
     Parameters
     ----------
-    data : numpy.ndarray or mapping
-        A 2-D height map, or a dict with a ``"height_map"`` array and metadata.
+    data : numpy.ndarray, mapping or xarray.DataArray
+        A 2-D height map, a dict with a ``"height_map"`` array and metadata, or a DataArray
+        (:func:`tmd_nb.from_xarray` gives the dict).
     path : str or os.PathLike
         Where to write; the file is replaced atomically.
     format : str, optional
@@ -182,6 +183,8 @@ def save(
     TypeError
         A value cannot be stored (the message names its key).
     """
+    if labelled.is_labelled(data):
+        data = labelled.from_labelled(data)
     fmt = for_path(path) if format is None else by_name(format)
     options: dict[str, Any] = {}
     if not compress:
