@@ -34,7 +34,7 @@ EXPECTED = (
     "05_large_heightmaps",
     "06_exchange_formats",
     "07_archives_and_large_maps",
-    "08_xarray",
+    "09_xarray",
 )
 ALL = sorted(set(EXPECTED) | {p.stem for p in NOTEBOOKS.glob("*.ipynb")})
 CELL_TIMEOUT = 180  # seconds, per cell (nbclient)
@@ -207,7 +207,7 @@ CHECKS: dict[str, Callable[[nbformat.NotebookNode, dict[int, dict[str, Any]]], N
     "04_scan_files": check_scan_files,
     "05_large_heightmaps": check_large,
     "07_archives_and_large_maps": check_archives,
-    "08_xarray": check_xarray,
+    "09_xarray": check_xarray,
 }
 
 
