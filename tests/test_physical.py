@@ -14,6 +14,7 @@ import struct
 import subprocess
 import warnings
 import zipfile
+from fractions import Fraction
 from pathlib import Path
 
 import gwyfile
@@ -391,6 +392,36 @@ def test_version_1_records_still_load_exactly(tmp_path: Path) -> None:
     back = tmd_nb.load(out)
     np.testing.assert_array_equal(back["height_map"], hm)
     assert back["k"] == "v" and back["height_map"].dtype == np.float32
+
+
+def test_version_1_x3p_records_still_load_exactly(tmp_path: Path) -> None:
+    hm = np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4)
+    out = tmd_nb.save({"height_map": hm, "x_length": 4.0, "y_length": 3.0, "k": "v"}, tmp_path / "old.x3p")
+    record = json.loads(x3p_record(out)["record.json"])
+    assert record["height"]["exact"] is None  # restored from the metres alone, as version 1 did
+    seen = x3pio.read(out).layers[0].z
+    record.update({"tmd_nb": 1, "fingerprint": embedded.fingerprint(seen)})
+    record["height"].pop("missing")
+    record.pop("checksums")
+    replace_x3p_member(out, "record.json", json.dumps(record).encode())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        back = tmd_nb.load(out)
+    assert back["height_map"].tobytes() == hm.tobytes() and back["k"] == "v" and back["x_length"] == 4.0
+
+
+POWERS = {"km": 3, "m": 0, "cm": -2, "mm": -3, "um": -6, "\u00b5m": -6, "\u03bcm": -6, "nm": -9, "Å": -10, "pm": -12}
+
+
+@given(
+    value=st.floats(allow_nan=False, allow_infinity=False, min_value=-1e200, max_value=1e200),
+    a=st.sampled_from(sorted(POWERS)),
+    b=st.sampled_from(sorted(POWERS)),
+)
+def test_a_conversion_is_the_correctly_rounded_value(value: float, a: str, b: str) -> None:
+    assert set(POWERS) == set(units.LENGTHS)
+    exact = Fraction(value) * Fraction(10) ** (POWERS[a] - POWERS[b])
+    assert units.convert(value, a, b) == float(exact)  # float(Fraction) rounds correctly
 
 
 # --------------------------------------------------------------------------- the property, over formats
