@@ -179,6 +179,20 @@ def test_fill_points_reach_x3p_and_gwyddion_as_their_missing_points(tmp_path: Pa
     assert np.isnan(tmd_nb.load(tmp_path / "s.gwy")["height_map"][gone]).all()
 
 
+def test_convert_turns_fill_points_into_each_formats_missing_points(tmp_path: Path) -> None:
+    (tmp_path / "in").mkdir()
+    heights = filled_scan(2, (40, 50))
+    (tmp_path / "in" / "scan.tmd").write_bytes(truemap_file(heights))
+    gone = heights.view("<u4") == FILL_BITS
+    for fmt in ("npz", "x3p", "gwy", "tmd"):
+        assert tmd_nb.convert(tmp_path / "in", tmp_path / fmt, format=fmt, jobs=1, progress=False).ok
+    with np.load(tmp_path / "npz" / "scan.npz") as archive:
+        assert (np.isnan(archive["height_map"]) == gone).all()
+    assert (np.isnan(x3pio.read(tmp_path / "x3p" / "scan.x3p").layers[0].z) == gone).all()
+    assert ((gwyfile.load(str(tmp_path / "gwy" / "scan.gwy"))["/0/mask"].data > 0.5) == gone).all()
+    assert (tmp_path / "tmd" / "scan.tmd").read_bytes() == truemap_file(heights)
+
+
 @pytest.mark.parametrize("fill", [-1e10, -1.0000001e10, -1e11, -np.inf])
 def test_only_the_exact_fill_value_counts_as_missing(tmp_path: Path, fill: float) -> None:
     heights = np.zeros((2, 2), dtype=np.float32)
