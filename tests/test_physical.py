@@ -442,12 +442,24 @@ def test_a_conversion_is_the_correctly_rounded_value(value: float, a: str, b: st
 
 
 def in_metres(meta: dict, shape: tuple[int, int]) -> tuple[float, float, float, float, float]:
-    """``(x_length, y_length, x_offset, y_offset, metres per height unit)`` of tmd_nb metadata."""
-    phys = units.physical(meta)
-    lateral, height = units.factors(meta)
-    x = phys.x_length if phys.x_length is not None else shape[1]
-    y = phys.y_length if phys.y_length is not None else shape[0]
-    return x * lateral, y * lateral, phys.x_offset * lateral, phys.y_offset * lateral, height
+    """``(x_length, y_length, x_offset, y_offset, metres per height unit)``, by the documented rule.
+
+    Written out here from docs/FORMAT.md, not with tmd_nb.formats.units: the specific unit key,
+    else ``units``, else millimetres; every length is given in this test.
+    """
+
+    def metres(key: str) -> float:
+        unit = meta.get(key, meta.get("units", "mm"))
+        return float(Fraction(10) ** POWERS[unit])
+
+    lateral, height = metres("lateral_unit"), metres("height_unit")
+    return (
+        meta["x_length"] * lateral,
+        meta["y_length"] * lateral,
+        meta.get("x_offset", 0.0) * lateral,
+        meta.get("y_offset", 0.0) * lateral,
+        height,
+    )
 
 
 def read_independently(path: str, fmt: str) -> tuple[tuple[float, ...], np.ndarray]:
