@@ -220,7 +220,7 @@ def test_export_npy_drops_metadata_with_one_note_line(ip, capsys, tmp_path) -> N
 def test_tmd_round_trip_with_the_real_scans(ip, capsys, tmp_path, tmd_samples) -> None:
     source = tmd_samples / "v2_Surface.tmd"
     _, out, _ = run(ip, capsys, f'%tmd_load "{source}" -n surface')
-    assert out.startswith(f"Loaded {source} into surface (169 x 169 float32, 6 metadata keys) in ")
+    assert out.startswith(f"Loaded {source} into surface (169 x 169 float32, 8 metadata keys) in ")
     _, out, err = run(ip, capsys, "%tmd_export surface copy.tmd")
     match = saved_line(out)
     assert (match["fmt"], match["keys"]) == ("TMD", "5") and err == ""
@@ -780,5 +780,5 @@ def test_completion_offers_x3p_and_gwy_files(ip, tmp_path) -> None:
 def test_x3p_export_with_a_non_length_unit_is_refused_before_writing(ip, capsys, tmp_path) -> None:
     ip.user_ns["scan"] = {"height_map": np.zeros((2, 3)), "height_unit": "V"}
     _, out, err = run(ip, capsys, "%tmd_export scan scan.x3p")
-    assert out == "" and "scan: height_unit 'V' is not a length unit, so the heights cannot be stored in metres" in err
+    assert out == "" and "scan: height_unit 'V' is not a length unit tmd_nb knows; use one of 'km', 'm'" in err
     assert not (tmp_path / "scan.x3p").exists()

@@ -558,10 +558,12 @@ def test_tmd_saves_and_names_unstorable_keys(ns: dict, tmp_path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert panel.save(), panel.status
-    assert "units" in panel.status  # the keys a .tmd file cannot hold are named in the status
+    assert "'count'" in panel.status  # the keys a .tmd file cannot hold are named in the status
+    assert "units" not in panel.status  # ... and not the unit, honoured by converting into mm
     back = tmd_nb.load_tmd(tmp_path / "scan.tmd")
-    assert np.array_equal(back["height_map"], ns["scan"]["height_map"])
-    assert back["x_length"] == np.float32(1.5)
+    expected = (ns["scan"]["height_map"].astype(np.float64) / 1000).astype(np.float32)  # um -> mm
+    assert np.array_equal(back["height_map"], expected)
+    assert back["x_length"] == np.float32(0.0015)
 
 
 def test_errors_become_one_plain_sentence(ns: dict, tmp_path: Path) -> None:

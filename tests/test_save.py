@@ -44,7 +44,8 @@ def test_explicit_format_wins_over_the_extension(tmp_path: Path, fmt: str, reade
         assert save(SCAN, target, format=fmt) == str(target)
     back = getattr(tmd_nb, reader)(target)
     array = back if isinstance(back, np.ndarray) else back["height_map"]
-    assert np.array_equal(array, HEIGHTS)
+    # SCAN is in micrometres: a .tmd file holds millimetres, converted by the exact factor
+    assert np.array_equal(array, (HEIGHTS / 1000.0).astype(np.float32) if fmt == "tmd" else HEIGHTS)
     # what load() recognises from the content is the format asked for, not the one the name suggests
     expected = {"npz": {"height_map", "units", "when"}, "npy": {"height_map"}}.get(fmt)
     if expected is not None:
@@ -96,7 +97,8 @@ def test_progress_is_passed_through(tmp_path: Path) -> None:
         assert calls and calls[-1][0] == calls[-1][1] > 0, name
 
 
-@pytest.mark.parametrize("name, unsaved", [("scan.npy", "'units', 'when'"), ("scan.tmd", "'units', 'when'")])
+# .tmd honours "units" by converting into millimetres, so only "when" is lost there.
+@pytest.mark.parametrize("name, unsaved", [("scan.npy", "'units', 'when'"), ("scan.tmd", r"tmd': 'when'\. Use")])
 def test_npy_and_tmd_writers_still_warn_about_metadata_they_drop(tmp_path: Path, name: str, unsaved: str) -> None:
     with pytest.warns(MetadataNotStoredWarning, match=unsaved):
         save(SCAN, tmp_path / name)

@@ -6,18 +6,31 @@ of any type :func:`tmd_nb.export_to_npz` stores. The writer therefore stores, be
 standard fields, a *record*:
 
 ``record.json`` (a JSON object, ASCII with ``\\u`` escapes)
-    ``{"tmd_nb": 1, "height": {"dtype": "<f4", "factor": 0.001, "exact": null | "height_map"},
-    "fingerprint": "<crc32>", "metadata": {...}}``. ``metadata`` is the typed JSON of
-    :mod:`tmd_nb.formats.metadata` (as in the NPZ ``metadata`` member); ``height.factor`` is the
-    size in metres of the height unit, by which the standard heights were multiplied;
-    ``fingerprint`` is the CRC-32 (8 hex digits) of the standard heights as a reader sees them
-    (float64, NaN made canonical), so that a file changed by other software afterwards is noticed.
+    ``{"tmd_nb": 2, "height": {"dtype": "<f4", "factor": 0.001, "exact": null | "height_map",
+    "missing": null | "__missing__"}, "fingerprint": "<crc32>", "checksums": {"<name>":
+    "<crc32>", ...}, "metadata": {...}}``. ``metadata`` is the typed JSON of
+    :mod:`tmd_nb.formats.metadata` (as in the NPZ ``metadata`` member; a ``"height_map"`` key
+    there is damage); ``height.factor`` is the size in metres of the height unit, by which the
+    standard heights were multiplied; ``checksums`` holds the CRC-32 of each NPY member below,
+    so that a changed byte is an error, never a changed height.
+``fingerprint``
+    The CRC-32 (8 hex digits) of everything a reader of the format's standard fields sees: the
+    heights (float64, every NaN the same NaN), any other array shown (Gwyddion's mask), and the
+    fields (lengths, offsets, units, z offset and increment) as JSON with sorted keys. A file
+    changed by other software afterwards (heights, a rescale, an offset) no longer matches, and
+    the reader loads the file's own values instead, with a warning.
 ``<name>`` (NPY bytes)
     Each array the metadata refers to, and, under ``height_map``, the exact height map when
     dividing the standard heights by ``factor`` and casting to ``dtype`` does not give it back
     bit for bit (float64 heights scaled by 1e-3, NaN payloads, infinities, complex, uint64...).
     An empty height map (no rows or no columns) is stored there too, the standard grid being
-    one missing point.
+    one missing point. ``__missing__`` (bool) marks points that are missing (NaN) although the
+    standard heights hold a value there: formats whose other readers need a number everywhere
+    (Gwyddion) fill them, and tmd_nb makes them NaN again.
+
+Version 1 records (tmd_nb before physical fields were fingerprinted) have a fingerprint of the
+heights only and no checksums or ``missing``: they are read as before, the format passing the
+heights as version 1 saw them; an edit of their lengths alone goes unnoticed, as it did then.
 
 Where these pieces go is up to the format module (X3P: vendor-extension files; Gwyddion: string
 entries of the container). This module imports only numpy and the standard library.
@@ -40,6 +53,7 @@ from . import metadata
 from .npy import data_size, header_bytes, parse_header, write_npy
 
 __all__ = [
+    "MISSING",
     "RECORD",
     "RECORD_VERSION",
     "Record",
@@ -53,18 +67,40 @@ __all__ = [
 ]
 
 RECORD = "record.json"
-RECORD_VERSION = 1
+RECORD_VERSION = 2
+#: The member marking points the standard heights fill although they are missing.
+MISSING = "__missing__"
 #: Longest record text accepted (the arrays are separate).
 MAX_RECORD = 64 << 20
 
 
-def fingerprint(seen: np.ndarray) -> str:
-    """CRC-32 of the float64 heights a reader sees, with every NaN made the same NaN."""
+def _crc_values(seen: np.ndarray, crc: int = 0) -> int:
     values = np.ascontiguousarray(seen, dtype=np.float64)
     nan = np.isnan(values)
     if nan.any():
         values = np.where(nan, np.nan, values)
-    return f"{zlib.crc32(values.view(np.uint8).reshape(-1).data):08x}"
+    return zlib.crc32(values.view(np.uint8).reshape(-1).data, crc)
+
+
+def fingerprint(seen: np.ndarray, fields: Mapping[str, Any] | None = None, extra: tuple[np.ndarray, ...] = ()) -> str:
+    """CRC-32 of what a reader of the standard fields sees, every NaN made the same NaN.
+
+    ``seen``: the heights as float64; ``extra``: other arrays shown (a mask); ``fields``:
+    lengths, offsets, units... (floats and strings). Without ``fields`` and ``extra``, the
+    version 1 fingerprint: the heights alone.
+    """
+    crc = _crc_values(seen)
+    if fields is None and not extra:
+        return f"{crc:08x}"
+    for array in extra:
+        crc = _crc_values(array, zlib.crc32(repr(array.shape).encode("ascii"), crc))
+    text = json.dumps(dict(fields or {}), sort_keys=True, ensure_ascii=True, allow_nan=True)
+    crc = zlib.crc32(f"{seen.shape!r}{text}".encode("ascii"), crc)
+    return f"{crc:08x}"
+
+
+def _checksum(raw: bytes) -> str:
+    return f"{zlib.crc32(raw):08x}"
 
 
 def restore(seen: np.ndarray, dtype: np.dtype, factor: float) -> np.ndarray:
@@ -118,31 +154,58 @@ def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
     return a.dtype == b.dtype and a.shape == b.shape and np.ascontiguousarray(a).tobytes() == b.tobytes()
 
 
-def pack(height_map: np.ndarray, meta: Mapping[str, Any], seen: np.ndarray, factor: float) -> dict[str, bytes]:
-    """The record of ``height_map`` and ``meta``, whose standard heights a reader sees as ``seen``.
+def pack(
+    height_map: np.ndarray,
+    meta: Mapping[str, Any],
+    seen: np.ndarray,
+    factor: float,
+    *,
+    fields: Mapping[str, Any] | None = None,
+    extra: tuple[np.ndarray, ...] = (),
+    filled: np.ndarray | None = None,
+) -> dict[str, bytes]:
+    """The record of ``height_map`` and ``meta``, whose standard heights are ``seen`` (NaN where missing).
+
+    ``fields`` and ``extra`` are the other standard fields and arrays a reader sees (see
+    :func:`fingerprint`); ``filled`` is what the file holds instead of ``seen`` when the format
+    fills missing points with values (they are recorded under :data:`MISSING`).
 
     Returns ``{"record.json": JSON bytes, "<array name>": NPY bytes, ...}``. Raises ``TypeError``
     naming the key of a metadata value that cannot be stored, before anything is written.
     """
-    encoded, arrays = metadata.encode(meta, reserved={HEIGHT_MAP, RECORD})
+    encoded, arrays = metadata.encode(meta, reserved={HEIGHT_MAP, RECORD, MISSING})
     for name, value in arrays.items():
         header_bytes(value, f"metadata array {name!r}")
     exact = not _same_bits(height_map, restore(seen, height_map.dtype, factor))
+    missing = None
+    if filled is not None:
+        gaps = np.isnan(seen) & ~np.isnan(filled)
+        if gaps.any():
+            missing = gaps
+    shown = seen if filled is None else filled
+    members: dict[str, bytes] = {}
+    if exact:
+        members[HEIGHT_MAP] = npy_bytes(height_map)
+    if missing is not None:
+        members[MISSING] = npy_bytes(missing)
+    for name, value in arrays.items():
+        members[name] = npy_bytes(value)
     record = {
         "tmd_nb": RECORD_VERSION,
-        "height": {"dtype": height_map.dtype.str, "factor": factor, "exact": HEIGHT_MAP if exact else None},
-        "fingerprint": fingerprint(seen),
+        "height": {
+            "dtype": height_map.dtype.str,
+            "factor": factor,
+            "exact": HEIGHT_MAP if exact else None,
+            "missing": MISSING if missing is not None else None,
+        },
+        "fingerprint": fingerprint(shown, fields or {}, extra),
+        "checksums": {name: _checksum(raw) for name, raw in members.items()},
         "metadata": encoded,
     }
     # ASCII: a lone surrogate in a key or string survives as a JSON escape.
     text = json.dumps(record, ensure_ascii=True, allow_nan=False)
     metadata.check_json_text(text, "the metadata")  # what unpack would refuse is refused here
-    out = {RECORD: text.encode("ascii")}
-    if exact:
-        out[HEIGHT_MAP] = npy_bytes(height_map)
-    for name, value in arrays.items():
-        out[name] = npy_bytes(value)
-    return out
+    return {RECORD: text.encode("ascii"), **members}
 
 
 @dataclass
@@ -155,16 +218,30 @@ class Record:
     current: bool
 
 
-def unpack(members: Mapping[str, bytes], seen: np.ndarray, where: str) -> Record:
+def unpack(
+    members: Mapping[str, bytes],
+    seen: np.ndarray,
+    where: str,
+    *,
+    fields: Mapping[str, Any] | None = None,
+    extra: tuple[np.ndarray, ...] = (),
+    legacy: np.ndarray | None = None,
+) -> Record:
     """Read the record ``members`` (as :func:`pack` made them) of a file whose standard heights are ``seen``.
 
-    Raises :class:`FormatError` naming ``where`` for a malformed record.
+    ``fields`` and ``extra`` are what :func:`pack` was given, as the file's reader sees them now;
+    ``legacy`` the heights as a version 1 record fingerprinted them, when that differs from
+    ``seen``. Raises :class:`FormatError` naming ``where`` for a malformed or damaged record.
     """
     text = members[RECORD]
     if len(text) > MAX_RECORD:
         raise FormatError(f"{where}: its tmd_nb record is {len(text)} bytes, more than the {MAX_RECORD} allowed")
+    try:
+        decoded = text.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise FormatError(f"{where}: its tmd_nb record is not UTF-8 text (byte {exc.start})") from None
     try:  # within the metadata limits (values counted, depth bounded) before anything is built
-        obj = metadata.loads(text.decode("utf-8"), f"{where}: its tmd_nb record")
+        obj = metadata.loads(decoded, f"{where}: its tmd_nb record")
     except ValueError as exc:
         raise FormatError(str(exc)) from None
     if type(obj) is not dict or type(obj.get("tmd_nb")) is not int:
@@ -179,20 +256,54 @@ def unpack(members: Mapping[str, bytes], seen: np.ndarray, where: str) -> Record
         dtype = np.dtype(str(height["dtype"]))
         factor = float(height["factor"])
         exact = height.get("exact")
+        missing = height.get("missing")
         stamp = str(obj["fingerprint"])
         encoded = obj["metadata"]
-        if type(encoded) is not dict or (exact is not None and exact != HEIGHT_MAP):
+        checksums = obj.get("checksums", {})
+        if (
+            type(encoded) is not dict
+            or type(checksums) is not dict
+            or (exact is not None and exact != HEIGHT_MAP)
+            or (missing is not None and missing != MISSING)
+        ):
             raise ValueError("malformed fields")
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise FormatError(f"{where}: its tmd_nb record is malformed: {exc}") from None
     check_height_map_header(dtype, (1, 1), f"{where} tmd_nb record")
+    for name, raw in members.items():
+        if name in checksums and checksums[name] != _checksum(raw):
+            raise FormatError(f"{where}: its tmd_nb member {name!r} is damaged (its checksum does not match)")
+    if obj["tmd_nb"] >= 2:
+        unlisted = [name for name in members if name != RECORD and name not in checksums]
+        absent = [name for name in checksums if name not in members]
+        if unlisted or absent:
+            raise FormatError(
+                f"{where}: its tmd_nb record lists members {sorted(checksums)!r} but the file holds "
+                f"{sorted(n for n in members if n != RECORD)!r}"
+            )
     arrays = {name: _array(raw, f"{where} tmd_nb member {name!r}") for name, raw in members.items() if name != RECORD}
+    gaps = arrays.pop(MISSING, None) if missing is not None else None
     try:
         meta = metadata.decode(encoded, arrays, where=f"{where} tmd_nb metadata")
     except (ValueError, RecursionError) as exc:
         raise FormatError(str(exc)) from None
-    if stamp != fingerprint(seen):
+    if HEIGHT_MAP in meta:
+        raise FormatError(
+            f"{where}: its tmd_nb record's metadata has a 'height_map' key, which would replace the height map"
+        )
+    if obj["tmd_nb"] < 2:
+        seen = seen if legacy is None else legacy
+        current = stamp == fingerprint(seen)
+    else:
+        current = stamp == fingerprint(seen, fields or {}, extra)
+    if not current:
         return Record(None, meta, current=False)
+    if missing is not None:
+        if gaps is None:
+            raise FormatError(f"{where}: its tmd_nb record refers to a missing {MISSING!r} member")
+        if gaps.dtype != np.bool_ or gaps.shape != seen.shape:
+            raise FormatError(f"{where}: its tmd_nb member {MISSING!r} is not a bool array of shape {seen.shape}")
+        seen = np.where(gaps, np.nan, seen)
     if exact is not None:
         if HEIGHT_MAP not in arrays:
             raise FormatError(f"{where}: its tmd_nb record refers to a missing exact height map")

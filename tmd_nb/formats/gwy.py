@@ -8,15 +8,22 @@ uint32 count) and its value, all little-endian.
 What :func:`export_to_gwy` writes (keys of the top container)
 --------------------------------------------------------------
 ``/0/data``
-    A ``GwyDataField``: the heights in SI units as float64 (metres when ``height_unit`` is a
-    length, millimetres by default; another unit, e.g. ``"V"``, is written as it is, unscaled),
-    ``xreal``/``yreal`` = ``x_length``/``y_length`` in metres (the pixel size is ``xreal /
-    xres``, as in Gwyddion; without lengths, one lateral unit per pixel), ``xoff``/``yoff``
-    from the offsets, ``si_unit_xy`` and ``si_unit_z`` (``GwySIUnit``). NaN and infinite
-    heights are written as 0 and masked.
+    A ``GwyDataField``: the heights in SI units as float64 (metres when the height unit is a
+    length; units from ``height_unit``/``lateral_unit``, else ``units``, else millimetres;
+    another unit Gwyddion channels use, :data:`OTHER_UNITS` such as ``"V"``, is written as it
+    is, unscaled, and any other is a ValueError naming the key), ``xreal``/``yreal`` =
+    ``x_length``/``y_length`` in metres (the pixel size is ``xreal / xres``, as in Gwyddion;
+    without lengths, one lateral unit per pixel), ``xoff``/``yoff`` from the offsets,
+    ``si_unit_xy`` and ``si_unit_z`` (``GwySIUnit``). Missing points (NaN, and infinities) are
+    filled with the mean of the finite heights, so that whatever ignores the mask (colour
+    range, statistics) sees values within the data's range, never an invented 0, and masked.
 ``/0/mask``
-    Only when some heights are not finite: a ``GwyDataField`` of the same grid, 1 where the
-    height is missing, 0 elsewhere.
+    A ``GwyDataField`` of the same grid, 1 where masked, 0 elsewhere: present when the map has
+    missing points or its metadata holds a ``"mask"`` (a bool array of the map's shape).
+    Gwyddion has one mask per channel, so it is the union of the two: points a Gwyddion user
+    should leave out of statistics or select, as the user's mask says, and the filled points,
+    which are no measurement. tmd_nb's record keeps the two apart: the user's ``"mask"`` comes
+    back as it was, and the missing points as NaN.
 ``/0/data/title``
     The ``title`` key when it is a string, else ``"Height"``.
 ``/0/meta``
@@ -30,10 +37,14 @@ What :func:`load_gwy` reads
 ---------------------------
 A file tmd_nb wrote comes back exactly as saved. Other files give the first channel
 (``/0/data``, else the lowest-numbered ``/N/data``): ``{"height_map": float64 in the file's z
-unit, NaN under ``/N/mask``, "x_length", "y_length", "x_offset", "y_offset", "lateral_unit",
-"height_unit"}`` as the file states them, plus ``title`` and ``gwyddion_meta`` (a dict of the
-channel's ``/N/meta`` strings) when present. A file whose data changed after tmd_nb wrote it
-loads the file's data and lengths with a warning, keeping the other tmd_nb metadata keys.
+unit, every value as stored, "x_length", "y_length", "x_offset", "y_offset", "lateral_unit",
+"height_unit"}`` as the file states them, plus ``mask`` (a bool array of the map's shape, True
+where ``/N/mask`` is above 0.5: in Gwyddion a mask selects, grains or a region, and does not
+erase measured heights), ``title`` and ``gwyddion_meta`` (a dict of the channel's ``/N/meta``
+strings) when present. A NaN stored in the data (Gwyddion's importers fill missing points
+instead) stays NaN. A file whose data, mask, lengths, offsets or units changed after tmd_nb
+wrote it (a rescale in Gwyddion, say) loads the file's own values with a warning, keeping the
+other tmd_nb metadata keys.
 
 Safety: ``gwyfile`` trusts the sizes in the file, so the whole structure is first walked here
 (:func:`scan`) without building anything: every name and string must end within its object,
@@ -64,7 +75,7 @@ from ._io import Reporter as _Reporter
 from .atomic import atomic_write
 from .base import Format, PathLike
 
-__all__ = ["FORMAT", "MAGIC", "check", "export_to_gwy", "load_gwy", "scan"]
+__all__ = ["FORMAT", "MAGIC", "OTHER_UNITS", "check", "export_to_gwy", "load_gwy", "scan"]
 
 MAGIC = b"GWYP"
 RECORD_PREFIX = "/tmd_nb/"
@@ -76,6 +87,9 @@ MAX_META_TEXT = 1000
 #: to more than this many times the file size (plus a constant).
 MAX_COPY_FACTOR = 64
 _COPY_ALLOWANCE = 1 << 30
+#: Height units written as they are, unscaled: base SI units of the quantities Gwyddion channels
+#: hold besides lengths (a prefixed one, "mV", would be read as volts: refused).
+OTHER_UNITS = ("", "V", "A", "N", "Pa", "Hz", "deg", "rad", "K", "s", "W", "T", "S", "C", "F")
 _SCALARS = {ord("b"): 1, ord("c"): 1, ord("i"): 4, ord("q"): 8, ord("d"): 8}
 _ARRAYS = {ord("C"): 1, ord("I"): 4, ord("Q"): 8, ord("D"): 8}
 
@@ -241,6 +255,18 @@ def _unit(field: Any, key: str) -> str:
     return text if isinstance(text, str) else ""
 
 
+def _fields(field: Any, where: str) -> dict[str, Any]:
+    """What a reader sees of a data field besides its values: sizes and offsets (SI units), units."""
+    return {
+        "xreal": _number(field, "xreal", 1.0, where),
+        "yreal": _number(field, "yreal", 1.0, where),
+        "xoff": _number(field, "xoff", 0.0, where),
+        "yoff": _number(field, "yoff", 0.0, where),
+        "si_unit_xy": _unit(field, "si_unit_xy"),
+        "si_unit_z": _unit(field, "si_unit_z"),
+    }
+
+
 def _channel(entries: Mapping[str, Any], where: str) -> int:
     numbers = []
     for key in entries:
@@ -283,19 +309,23 @@ def load_gwy(path: PathLike, *, progress: Progress | None = None) -> dict[str, A
     data, field = _field(entries, f"/{channel}/data", where)
     seen = np.array(data, dtype=np.float64)
     mask_key = f"/{channel}/mask"
+    shown: tuple[np.ndarray, ...] = ()
+    mask = None
     if mask_key in entries:
-        mask, _ = _field(entries, mask_key, where)
-        if mask.shape != seen.shape:
-            raise FormatError(f"{where}: {mask_key} has shape {mask.shape}, the data {seen.shape}")
-        seen[mask > 0.5] = np.nan
+        shown = (_field(entries, mask_key, where)[0],)
+        if shown[0].shape != seen.shape:
+            raise FormatError(f"{where}: {mask_key} has shape {shown[0].shape}, the data {seen.shape}")
+        mask = shown[0] > 0.5
+    fields = _fields(field, where)
     standard = {
-        "x_length": _number(field, "xreal", 1.0, where),
-        "y_length": _number(field, "yreal", 1.0, where),
-        "x_offset": _number(field, "xoff", 0.0, where),
-        "y_offset": _number(field, "yoff", 0.0, where),
-        "lateral_unit": _unit(field, "si_unit_xy"),
-        "height_unit": _unit(field, "si_unit_z"),
+        "x_length": fields["xreal"],
+        "y_length": fields["yreal"],
+        "x_offset": fields["xoff"],
+        "y_offset": fields["yoff"],
+        "lateral_unit": fields["si_unit_xy"],
+        "height_unit": fields["si_unit_z"],
     }
+    found = {} if mask is None else {"mask": mask}
     record = {k[len(RECORD_PREFIX) :]: v for k, v in entries.items() if k.startswith(RECORD_PREFIX)}
     if embedded.RECORD in record:
         members: dict[str, bytes] = {}
@@ -308,18 +338,20 @@ def load_gwy(path: PathLike, *, progress: Progress | None = None) -> dict[str, A
                 )
             except (binascii.Error, ValueError):
                 raise FormatError(f"{where}: its tmd_nb entry {name!r} is not valid base64") from None
-        rec = embedded.unpack(members, seen, where)
+        # Version 1 records fingerprinted the data with NaN under the mask (0 was written there).
+        legacy = seen if mask is None else np.where(mask, np.nan, seen)
+        rec = embedded.unpack(members, seen, where, fields=fields, extra=shown, legacy=legacy)
         if rec.current:
             return {"height_map": rec.height_map, **rec.metadata}
         warnings.warn(
-            f"{where}: its data changed after tmd_nb wrote it (edited by other software?); loaded the "
-            "file's data and lengths, with the other tmd_nb metadata",
+            f"{where}: its data changed after tmd_nb wrote it, or its mask, lengths, offsets or units did "
+            "(edited by other software?); loaded the file's data and lengths, with the other tmd_nb metadata",
             UserWarning,
             stacklevel=2,
         )
-        kept = {k: v for k, v in rec.metadata.items() if k not in units.PHYSICAL_KEYS}
-        return {"height_map": seen, **kept, **standard}
-    out: dict[str, Any] = {"height_map": seen, **standard}
+        kept = {k: v for k, v in rec.metadata.items() if k not in units.PHYSICAL_KEYS and k != "mask"}
+        return {"height_map": seen, **kept, **standard, **found}
+    out: dict[str, Any] = {"height_map": seen, **standard, **found}
     title = entries.get(f"/{channel}/data/title")
     if isinstance(title, str):
         out["title"] = title
@@ -353,7 +385,40 @@ def _meta_text(value: Any) -> str | None:
 def check(data: Any) -> None:
     """Raise ``TypeError``/``ValueError`` if :func:`export_to_gwy` would refuse ``data`` (cheap: no heights copied)."""
     _, meta = split_height_map(data, lazy=True)  # checked, not computed
-    metadata.encode(meta, reserved={"height_map", embedded.RECORD})
+    _units(meta)
+    metadata.encode(meta, reserved={"height_map", embedded.RECORD, embedded.MISSING})
+
+
+def _units(meta: Mapping[str, Any]) -> tuple[tuple[str, float], tuple[str, float]]:
+    """``((xy unit, factor), (z unit, factor))`` to write; ValueError naming the key of a unit Gwyddion misreads."""
+    phys = units.physical(meta)
+    lateral = ("m", units.unit_factor(phys.lateral_unit, phys.lateral_key)) if phys.lateral_unit else ("", 1.0)
+    factor = units.metres_per(phys.height_unit)
+    if factor is not None:
+        return lateral, ("m", factor)
+    if phys.height_unit in OTHER_UNITS:
+        return lateral, (phys.height_unit, 1.0)
+    raise ValueError(
+        f"{phys.height_key or 'height_unit'} {phys.height_unit!r} is not a unit tmd_nb can write to Gwyddion; "
+        f"use a length ({', '.join(repr(u) for u in units.LENGTHS)}) or one of "
+        f"{', '.join(repr(u) for u in OTHER_UNITS)}"
+    )
+
+
+def _filled(standard: np.ndarray, finite: np.ndarray) -> np.ndarray:
+    """``standard`` with its missing points set to the mean of the finite ones: within the data's range."""
+    if finite.all():
+        return standard
+    fill = float(np.mean(standard[finite])) if finite.any() else 0.0
+    return np.where(finite, standard, fill)
+
+
+def _user_mask(meta: Mapping[str, Any], shape: tuple[int, ...]) -> np.ndarray | None:
+    """The metadata's ``"mask"`` when it is a bool array of the map's shape (else it is only metadata)."""
+    mask = meta.get("mask")
+    if isinstance(mask, np.ndarray) and mask.dtype == np.bool_ and mask.shape == shape:
+        return mask
+    return None
 
 
 def _build(data: Any) -> bytes:
@@ -362,19 +427,15 @@ def _build(data: Any) -> bytes:
 
     array, meta = split_height_map(in_memory(data))  # a Dask array is computed: the file is written whole
     phys = units.physical(meta)
-    lateral = units.metres_per(phys.lateral_unit)
-    height = units.metres_per(phys.height_unit)
-    xy_unit, z_unit = (
-        ("m" if lateral is not None else phys.lateral_unit),
-        ("m" if height is not None else phys.height_unit),
-    )
-    lateral, height = lateral or 1.0, height or 1.0
+    (xy_unit, lateral), (z_unit, height) = _units(meta)
     rows, cols = embedded.grid(array).shape
     x_length, y_length = phys.x_length or float(cols), phys.y_length or float(rows)
     standard = embedded.standard_heights(embedded.grid(array), height)
     finite = np.isfinite(standard)
     seen = np.where(finite, standard, np.nan)
-    record = embedded.pack(array, meta, seen, height)
+    values = _filled(standard, finite)
+    user_mask = _user_mask(meta, array.shape)
+    mask = ~finite if user_mask is None else user_mask | ~finite
 
     def field(values: np.ndarray) -> Any:
         return GwyDataField(
@@ -389,11 +450,15 @@ def _build(data: Any) -> bytes:
 
     title = meta.get("title")
     entries: dict[str, Any] = {
-        "/0/data": field(np.where(finite, standard, 0.0)),
+        "/0/data": field(values),
         "/0/data/title": _gwy_text(title) if isinstance(title, str) else "Height",
     }
-    if not finite.all():
-        entries["/0/mask"] = field((~finite).astype(np.float64))
+    masks: tuple[np.ndarray, ...] = ()
+    if mask.any() or user_mask is not None:
+        masks = (mask.astype(np.float64),)
+        entries["/0/mask"] = field(masks[0])
+    fields = _fields(entries["/0/data"], "")
+    record = embedded.pack(array, meta, seen, height, fields=fields, extra=masks, filled=values)
     shown = {_gwy_text(k): t for k, v in meta.items() if (t := _meta_text(v)) is not None}
     if shown:
         entries["/0/meta"] = GwyContainer(shown, typecodes=dict.fromkeys(shown, "s"))
@@ -410,8 +475,9 @@ def export_to_gwy(
     """Save a height map and its metadata as a Gwyddion ``.gwy`` file.
 
     Gwyddion reads the heights and lengths in SI units (converted from ``height_unit`` and
-    ``lateral_unit``, millimetres by default), NaN as its mask; tmd_nb reads back exactly what
-    was saved (the layout is in the module docstring).
+    ``lateral_unit``, else ``units``, millimetres by default), missing points masked and filled
+    within the data's range, a ``"mask"`` bool array as the channel's mask; tmd_nb reads back
+    exactly what was saved (the layout is in the module docstring).
 
     Parameters
     ----------
@@ -435,6 +501,8 @@ def export_to_gwy(
     TypeError
         A metadata value cannot be stored (the message names its key), or the height map is not
         a numeric 2-D array; raised before anything is written.
+    ValueError
+        A unit Gwyddion would misread (the message names the key and the units it takes).
     """
     content = _build(data)
     with atomic_write(output_path) as fp:

@@ -30,10 +30,21 @@ Nothing follows the data: the file size must equal the end of the dimensions plu
 ``4 * width * height``, and a file where it does not is rejected. The version (hence whether
 offsets are present) is read from the header text; both dimensions must be at least 1.
 
+Units and missing points
+------------------------
+Lengths, offsets and heights are millimetres (the TrueMap convention). TrueMap marks a point
+without data with the fill height :data:`FILL`, the float32 nearest to -1e10 (bits
+``0xd01502f9``): exactly that value, and no other, counts as missing. Real TrueMap v6 scans hold
+it wherever the sensor saw nothing (29 % of one 648 x 642 scan); a height of -10 km is no
+height, while any other value, however large, is kept as measured.
+
 Python mapping
 --------------
 :func:`load_tmd` returns ``{"height_map": float32 array (height, width), "x_length",
-"y_length", "x_offset", "y_offset": float, "comment": str, "tmd_version": int}``. Lengths and
+"y_length", "x_offset", "y_offset": float, "lateral_unit": "mm", "height_unit": "mm",
+"comment": str, "tmd_version": int}``. Fill heights are NaN (missing points are NaN in memory,
+in every format tmd_nb reads); with ``mmap=True`` the heights are the file's own values, fill
+included, since a memory map cannot change them (:func:`missing` finds them). Lengths and
 offsets are the exact float32 values as Python floats. ``tmd_version`` is ``2`` for v2.0 files
 and ``1`` for v1 files; v1 files store no offsets, and theirs are reported as ``0.0`` (the
 origin) so that code over a folder of mixed scans needs no special case; ``tmd_version == 1``
@@ -41,9 +52,13 @@ tells they were not stored. The comment is returned verbatim (trailing ``"\\r\\n
 included), decoded as Latin-1 so that any byte survives; it is ASCII in every known file.
 
 :func:`export_to_tmd` always writes a v2.0 file with the canonical header
-``Binary TrueMap Data File v2.0\\r\\n\\0``. Loading a v2.0 file and exporting the result
-reproduces the file byte for byte, except that a header spelled in another letter case
-(``Truemap``) is written in the canonical case.
+``Binary TrueMap Data File v2.0\\r\\n\\0``. It converts lengths and offsets from
+``lateral_unit`` and heights from ``height_unit`` (or ``units``; millimetres when none is given;
+``docs/FORMAT.md``) into millimetres by the exact power of ten, and writes every NaN height as
+:data:`FILL`. Loading a v2.0 file and exporting the result reproduces the file byte for byte,
+fill points included, except that a header spelled in another letter case (``Truemap``) is
+written in the canonical case, and a NaN stored in the file itself (TrueMap writes none) is
+written back as the fill: both mean "no data".
 
 This module imports only numpy, the standard library and tmd_nb's own codec modules.
 """
@@ -63,12 +78,24 @@ import numpy as np
 
 from ..errors import FormatError, MetadataNotStoredWarning
 from ..heightmap import in_memory, keys_text, split_height_map
+from . import units
 from ._io import Progress, Reporter, open_file, read_into
 from .atomic import atomic_write
 from .base import Format
 from .npy import write_data
 
-__all__ = ["FIELDS", "FORMAT", "HEADER_V2", "MAGIC", "export_to_tmd", "load_tmd", "looks_like_tmd"]
+__all__ = [
+    "FIELDS",
+    "FILL",
+    "FORMAT",
+    "HEADER_V2",
+    "MAGIC",
+    "UNIT",
+    "export_to_tmd",
+    "load_tmd",
+    "looks_like_tmd",
+    "missing",
+]
 
 MAGIC = b"Binary TrueMap Data File"
 HEADER_V2 = MAGIC + b" v2.0\r\n\0"
@@ -81,6 +108,13 @@ _HEADER_MAX = 64  # the header's NUL must come within this many bytes
 _HEAD_READ = 64 << 10
 #: The metadata a .tmd file holds besides the heights (and what load_tmd adds: "tmd_version").
 FIELDS = ("x_length", "y_length", "x_offset", "y_offset", "comment")
+#: The unit of every length and height in a .tmd file.
+UNIT = "mm"
+#: The height TrueMap writes where a point has no data: float32(-1e10), and only that value.
+FILL = np.float32(-1e10)
+_FILL_BITS = FILL.view(np.uint32)
+#: Keys a writer honours by converting into millimetres, and load_tmd gives back as "mm".
+_UNIT_KEYS = frozenset(units.UNIT_KEYS)
 _KNOWN_KEYS = frozenset({"height_map", *FIELDS, "tmd_version"})
 
 PathLike = str | os.PathLike[str]
@@ -121,6 +155,11 @@ class _Head:
                 return -1
 
 
+def missing(heights: np.ndarray) -> np.ndarray:
+    """Where ``heights`` (float32, as stored in a ``.tmd`` file) hold :data:`FILL`: bool, same shape."""
+    return np.asarray(heights, dtype=_DTYPE).view(np.uint32) == _FILL_BITS
+
+
 def _parse_version(header: bytes, where: str) -> int:
     rest = header[len(MAGIC) :].strip(b" \r\n\t").lower()
     if rest == b"":
@@ -140,7 +179,8 @@ def load_tmd(path: PathLike, *, mmap: bool = False, progress: Progress | None = 
     path : str or os.PathLike
         The file to read.
     mmap : bool, default False
-        Return the height map as a read-only memory map of the file instead of reading it.
+        Return the height map as a read-only memory map of the file instead of reading it; its
+        fill heights stay :data:`FILL` (find them with :func:`missing`).
     progress : callable, optional
         ``progress(done_bytes, total_bytes)``, called as the heights are read.
 
@@ -148,8 +188,9 @@ def load_tmd(path: PathLike, *, mmap: bool = False, progress: Progress | None = 
     -------
     dict
         ``{"height_map": float32 array (height, width), "x_length", "y_length", "x_offset",
-        "y_offset", "comment", "tmd_version"}``; v1 files report offsets ``0.0`` and
-        ``tmd_version`` 1. Every value is a type :func:`tmd_nb.export_to_npz` stores as is.
+        "y_offset", "lateral_unit", "height_unit", "comment", "tmd_version"}``: lengths and
+        heights in mm, fill heights as NaN (except with ``mmap``); v1 files report offsets
+        ``0.0`` and ``tmd_version`` 1. Every value is a type :func:`tmd_nb.export_to_npz` stores.
 
     Raises
     ------
@@ -232,19 +273,27 @@ def load_tmd(path: PathLike, *, mmap: bool = False, progress: Progress | None = 
             read_into(fp, height_map.data.cast("B"), where, Reporter(progress, height_map.nbytes))
     if not height_map.dtype.isnative:  # pragma: no cover - big-endian hosts only
         height_map = height_map.astype(np.float32)
+    if not mmap:
+        height_map[missing(height_map)] = np.nan  # in place: no second copy of the heights
     return {
         "height_map": height_map,
         "x_length": x_length,
         "y_length": y_length,
         "x_offset": x_offset,
         "y_offset": y_offset,
+        "lateral_unit": UNIT,
+        "height_unit": UNIT,
         "comment": comment,
         "tmd_version": version,
     }
 
 
-def _float32_heights(array: np.ndarray) -> np.ndarray:
-    """``array`` as little-endian float32, refusing any value that float32 would change."""
+def _float32_heights(array: np.ndarray, unit: str) -> np.ndarray:
+    """``array`` (heights in ``unit``) as little-endian float32 millimetres, NaN as :data:`FILL`.
+
+    In millimetres, any value that float32 would change is refused; from another unit the
+    conversion rounds to the nearest float32 (the exact factor applied in float64 first).
+    """
     kind = array.dtype.kind
     if kind == "c":
         raise ValueError(
@@ -253,6 +302,27 @@ def _float32_heights(array: np.ndarray) -> np.ndarray:
         )
     if kind not in "biuf":  # pragma: no cover - split_height_map already refuses these
         raise ValueError(f"height map has dtype {array.dtype}, not a real numeric dtype")
+    if units.convert(1.0, unit, UNIT) != 1.0:
+        with np.errstate(over="ignore", invalid="ignore"):
+            converted = units.convert(np.asarray(array, dtype=np.float64), unit, UNIT).astype(_DTYPE)
+            overflow = np.isinf(converted) & ~np.isinf(array)
+        if overflow.any():
+            bad = np.unravel_index(int(np.argmax(overflow)), array.shape)
+            raise ValueError(
+                f"height {array[bad].item()!r} {unit} at index {tuple(int(i) for i in bad)} is beyond "
+                "float32 range in mm, so a .tmd file cannot hold it"
+            )
+    else:
+        converted = _exact_float32(array)
+    nan = np.isnan(converted)
+    if nan.any():
+        converted = np.where(nan, FILL, converted)
+    return converted
+
+
+def _exact_float32(array: np.ndarray) -> np.ndarray:
+    """``array`` as little-endian float32, refusing any value that float32 would change."""
+    kind = array.dtype.kind
     if array.dtype == _DTYPE or kind == "b" or (kind in "iuf" and array.dtype.itemsize <= 2):
         return array.astype(_DTYPE, copy=False)  # float16, (u)int8/16 and bool are exact in float32
     with np.errstate(over="ignore", invalid="ignore"):
@@ -277,13 +347,14 @@ def _float32_heights(array: np.ndarray) -> np.ndarray:
     return converted
 
 
-def _float32_value(meta: Mapping[str, Any], key: str, default: float) -> bytes:
+def _float32_value(meta: Mapping[str, Any], key: str, default: float, unit: str) -> bytes:
+    """The float32 bytes of ``meta[key]`` (or ``default``), a length in ``unit``, in millimetres."""
     value = meta.get(key)
     if value is None:
         value = default
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{key} must be a real number, not {type(value).__module__}.{type(value).__qualname__}")
-    as_float = float(value)
+    as_float = units.convert(float(value), unit, UNIT)
     with np.errstate(over="ignore"):
         as_f32 = np.array([as_float], dtype=_DTYPE)
     if not math.isfinite(as_float) or not np.isfinite(as_f32[0]):
@@ -296,16 +367,21 @@ def export_to_tmd(
 ) -> str:
     """Save a height map as a TrueMap v2.0 ``.tmd`` file at exactly ``output_path``.
 
-    Lengths and offsets are stored as float32, the nearest float32 to the value given (values
-    :func:`load_tmd` returned come back bit for bit). Everything is validated before the file is
+    A ``.tmd`` file holds millimetres: lengths and offsets given in ``lateral_unit`` and heights
+    in ``height_unit`` (or ``units`` for both; millimetres when no unit key is given) are
+    converted by the exact power of ten, then stored as float32, so a conversion rounds each
+    value to the nearest float32. Data in millimetres is stored exactly (values
+    :func:`load_tmd` returned come back bit for bit). NaN heights are written as the fill
+    :data:`FILL`, TrueMap's mark of a missing point. Everything is validated before the file is
     touched, and the file is replaced atomically.
 
     Parameters
     ----------
     data : numpy.ndarray or mapping
         A 2-D array, or a dict with ``"height_map"`` and optionally ``x_length``, ``y_length``
-        (mm; default: width and height, i.e. a 1 mm pixel pitch), ``x_offset``, ``y_offset``
-        (default 0.0) and ``comment`` (ASCII without NUL; default empty, written verbatim).
+        (default: width and height, i.e. one lateral unit per pixel), ``x_offset``, ``y_offset``
+        (default 0.0), ``lateral_unit``, ``height_unit``, ``units`` (default mm) and ``comment``
+        (ASCII without NUL; default empty, written verbatim).
         A Dask array is computed first: a ``.tmd`` file is written in one piece.
     output_path : str or os.PathLike
         Where to write.
@@ -320,8 +396,9 @@ def export_to_tmd(
     Raises
     ------
     ValueError
-        A height float32 cannot represent exactly (the message names it), an empty or too large
-        map, a length that is not a finite float32, a comment that is not ASCII.
+        A height in mm that float32 cannot represent exactly (the message names it), an empty or
+        too large map, a length that is not a finite float32, a comment that is not ASCII, a
+        unit that is not a known length (the message names the key and the known units).
     TypeError
         ``data`` is not a height map, or a field has the wrong type.
 
@@ -336,7 +413,8 @@ def export_to_tmd(
         raise ValueError(f"height map is empty (shape {array.shape}); a .tmd file holds at least one point")
     if width > 0xFFFFFFFF or height > 0xFFFFFFFF:
         raise ValueError(f"height map shape {array.shape} is too large for a .tmd file (uint32 dimensions)")
-    heights = np.ascontiguousarray(_float32_heights(array))
+    lateral, height_unit = _units(meta)
+    heights = np.ascontiguousarray(_float32_heights(array, height_unit))
     comment = meta.get("comment")
     if comment is None:
         comment = ""
@@ -346,13 +424,14 @@ def export_to_tmd(
         raise ValueError(f"comment must be ASCII text without NUL characters to fit a .tmd file: {comment[:80]!r}")
     fields = b"".join(
         [
-            _float32_value(meta, "x_length", float(width)),
-            _float32_value(meta, "y_length", float(height)),
-            _float32_value(meta, "x_offset", 0.0),
-            _float32_value(meta, "y_offset", 0.0),
+            _float32_value(meta, "x_length", float(width), lateral),
+            _float32_value(meta, "y_length", float(height), lateral),
+            _float32_value(meta, "x_offset", 0.0, lateral),
+            _float32_value(meta, "y_offset", 0.0, lateral),
         ]
     )
-    extra = [k for k in meta if k not in _KNOWN_KEYS]
+    # A unit key is honoured by converting, so it is not "lost"; one that is no string is.
+    extra = [k for k in meta if k not in _KNOWN_KEYS and not (k in _UNIT_KEYS and isinstance(meta[k], str))]
     if extra:
         warnings.warn(
             f"a .tmd file stores the height map, lengths, offsets and comment only; not saved to "
@@ -367,6 +446,13 @@ def export_to_tmd(
     return os.path.abspath(output_path)
 
 
+def _units(meta: Mapping[str, Any]) -> tuple[str, str]:
+    """The lateral and height units of ``meta``; ``ValueError`` naming the key of one that is no known length."""
+    units.factors(meta)
+    phys = units.physical(meta)
+    return phys.lateral_unit, phys.height_unit
+
+
 FORMAT = Format(
     name="tmd",
     title="TMD",
@@ -376,7 +462,7 @@ FORMAT = Format(
     load=load_tmd,
     save=export_to_tmd,
     keeps=frozenset(FIELDS),
-    derived=frozenset({"tmd_version"}),
+    derived=frozenset({"tmd_version", *units.UNIT_KEYS}),
     label="TrueMap",
     holds="the height map, lengths, offsets and comment",
 )

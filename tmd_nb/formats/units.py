@@ -8,8 +8,13 @@ The keys, all optional, in the metadata beside ``"height_map"``:
     Where the scanned area starts (the outer edge of the first pixel), in ``lateral_unit``.
 ``lateral_unit``, ``height_unit``
     The units of the four keys above and of the heights: ``"m"``, ``"mm"``, ``"um"`` (or
-    ``"µm"``), ``"nm"``, ... (:data:`LENGTHS`). When absent, the TrueMap convention applies:
-    millimetres for both, as in ``.tmd`` files.
+    ``"µm"``), ``"nm"``, ... (:data:`LENGTHS`).
+``units``
+    Shorthand for both: the unit of a key above that is absent. The specific keys win.
+
+When no key names a unit, the TrueMap convention applies: millimetres for both, as in ``.tmd``
+files. Writers of formats with units (TMD, X3P, Gwyddion) refuse a unit they do not know
+(:func:`factors`) rather than guess.
 
 The pixel spacing is ``x_length / width`` and ``y_length / height`` (a pixel covers the area
 it stands for, as in TrueMap and Gwyddion), everywhere: the X3P sampling interval, the
@@ -30,9 +35,13 @@ __all__ = [
     "DEFAULT_UNIT",
     "LENGTHS",
     "PHYSICAL_KEYS",
+    "UNIT_KEYS",
     "Physical",
+    "convert",
+    "factors",
     "metres_per",
     "physical",
+    "unit_factor",
 ]
 
 #: The unit of lengths and heights when the metadata names none (the TrueMap convention).
@@ -51,8 +60,23 @@ LENGTHS: dict[str, float] = {
     "Å": 1e-10,
     "pm": 1e-12,
 }
+#: The same units as powers of ten of a metre, for conversions by an exact factor (:func:`convert`).
+_EXPONENTS: dict[str, int] = {
+    "km": 3,
+    "m": 0,
+    "cm": -2,
+    "mm": -3,
+    "um": -6,
+    "\u00b5m": -6,
+    "\u03bcm": -6,
+    "nm": -9,
+    "Å": -10,
+    "pm": -12,
+}
+#: The keys that name a unit: the specific ones, then the shorthand for both.
+UNIT_KEYS = ("lateral_unit", "height_unit", "units")
 #: Every key of the convention.
-PHYSICAL_KEYS = ("x_length", "y_length", "x_offset", "y_offset", "lateral_unit", "height_unit")
+PHYSICAL_KEYS = ("x_length", "y_length", "x_offset", "y_offset", "lateral_unit", "height_unit", "units")
 
 
 def metres_per(unit: str) -> float | None:
@@ -86,6 +110,10 @@ class Physical:
     height_unit: str
     #: Whether the metadata named the height unit, or gave lengths (so the TrueMap default applies).
     height_known: bool
+    #: The key each unit came from (``"lateral_unit"``/``"height_unit"``, ``"units"``), or None
+    #: when the TrueMap default applies: for messages that name the key.
+    lateral_key: str | None = None
+    height_key: str | None = None
 
     @property
     def known(self) -> bool:
@@ -111,8 +139,10 @@ def physical(meta: Mapping[str, Any]) -> Physical:
         x_length = None
     if y_length is not None and y_length <= 0:
         y_length = None
-    lateral = meta.get("lateral_unit")
-    height = meta.get("height_unit")
+    lateral_key = _unit_key(meta, "lateral_unit")
+    height_key = _unit_key(meta, "height_unit")
+    lateral = meta[lateral_key] if lateral_key else None
+    height = meta[height_key] if height_key else None
     return Physical(
         x_length=x_length,
         y_length=y_length,
@@ -121,4 +151,48 @@ def physical(meta: Mapping[str, Any]) -> Physical:
         lateral_unit=lateral.strip() if isinstance(lateral, str) else DEFAULT_UNIT,
         height_unit=height.strip() if isinstance(height, str) else DEFAULT_UNIT,
         height_known=isinstance(height, str) or (x_length is not None and y_length is not None),
+        lateral_key=lateral_key,
+        height_key=height_key,
     )
+
+
+def _unit_key(meta: Mapping[str, Any], key: str) -> str | None:
+    """``key`` if it holds a unit string, else ``"units"`` if that does, else None."""
+    for candidate in (key, "units"):
+        if isinstance(meta.get(candidate), str):
+            return candidate
+    return None
+
+
+def unit_factor(unit: str, key: str | None) -> float:
+    """Metres per ``unit``; ``ValueError`` naming ``key`` (the key it came from) and the known units."""
+    factor = metres_per(unit)
+    if factor is None:
+        raise ValueError(
+            f"{key or 'unit'} {unit!r} is not a length unit tmd_nb knows; "
+            f"use one of {', '.join(repr(u) for u in LENGTHS)}"
+        )
+    return factor
+
+
+def factors(meta: Mapping[str, Any]) -> tuple[float, float]:
+    """``(metres per lateral unit, metres per height unit)`` of ``meta``.
+
+    Raises ``ValueError`` naming the key (``lateral_unit``, ``height_unit`` or ``units``) and the
+    known units when a unit is not a length tmd_nb knows: a writer that stores metres or
+    millimetres calls this before touching the file.
+    """
+    phys = physical(meta)
+    return unit_factor(phys.lateral_unit, phys.lateral_key), unit_factor(phys.height_unit, phys.height_key)
+
+
+def convert(values: Any, unit: str, target: str) -> Any:
+    """``values`` (a float or float64 array) in ``unit`` expressed in ``target``, both known lengths.
+
+    Scaled by an exact power of ten (multiplied, or divided: ``1e-3`` is not exact, ``1000`` is),
+    so each result is the correctly rounded value; the same unit returns ``values`` untouched.
+    """
+    step = _EXPONENTS[unit.strip()] - _EXPONENTS[target.strip()]
+    if step == 0:
+        return values
+    return values * 10.0**step if step > 0 else values / 10.0**-step

@@ -12,7 +12,8 @@ MountainsMap, Gwyddion and R's x3ptools open:
     increment = the metres of ``height_unit`` (so the stored numbers are the heights in their own
     unit) and data type ``F`` for float16/float32 heights, ``D`` for other floats, complex (real
     part) and 32/64-bit unsigned and 64-bit integers, ``L`` for uint16/int32, ``I`` for bool and 8/16-bit
-    integers. Units default to millimetres (``docs/FORMAT.md``, physical keys).
+    integers. Units come from ``lateral_unit``/``height_unit``, else ``units``, else millimetres
+    (``docs/FORMAT.md``, "Physical keys"); a unit that is no known length is a ValueError.
 ``main.xml`` Record2
     ``date`` (a ``datetime``; else now), ``creator``, ``instrument`` (a dict of manufacturer,
     model, serial, version; else tmd_nb as the software), ``calibration_date``,
@@ -31,8 +32,9 @@ A file tmd_nb wrote comes back exactly as it was saved. Any other X3P surface or
 as ``{"height_map": float64 metres (CZ offset added), "x_length", "y_length", "x_offset",
 "y_offset" (metres), "lateral_unit": "m", "height_unit": "m"}`` plus the Record2 fields present,
 under the keys above (dates as ``datetime``, instrument and probing system as dicts). NaN marks
-invalid points. A file whose heights changed after tmd_nb wrote it (edited by other software)
-loads its own heights and lengths, with a warning, keeping the other tmd_nb metadata keys.
+invalid points. A file whose heights, increments or offsets (z offset included) changed after
+tmd_nb wrote it (edited by other software) loads its own heights and lengths in metres, with a
+warning, keeping the other tmd_nb metadata keys; the record's fingerprint covers all of them.
 
 Files that deviate from the standard load: a sub-folder holding the whole content, junk members
 (``__MACOSX/``, ``.DS_Store``), unknown elements (x3pio ignores them); the ISO 5436-2000 root
@@ -132,16 +134,6 @@ def _z_type(dtype: np.dtype) -> str:
     return "D"
 
 
-def _factor(unit: str, key: str, what: str) -> float:
-    factor = units.metres_per(unit)
-    if factor is None:
-        raise ValueError(
-            f"{key} {unit!r} is not a length unit, so {what} cannot be stored in metres; "
-            f"use one of {', '.join(repr(u) for u in units.LENGTHS)}"
-        )
-    return factor
-
-
 def _text(value: Any) -> str | None:
     return value if isinstance(value, str) and not _XML_FORBIDDEN.search(value) else None
 
@@ -189,10 +181,8 @@ def _record2(meta: Mapping[str, Any]) -> Any:
 def check(data: Any) -> None:
     """Raise ``TypeError``/``ValueError`` if :func:`export_to_x3p` would refuse ``data`` (cheap: no heights copied)."""
     _, meta = split_height_map(data, lazy=True)  # checked, not computed
-    phys = units.physical(meta)
-    _factor(phys.lateral_unit, "lateral_unit", "the lengths")
-    _factor(phys.height_unit, "height_unit", "the heights")
-    metadata.encode(meta, reserved={"height_map", embedded.RECORD})
+    units.factors(meta)  # X3P holds metres: a unit must be a known length
+    metadata.encode(meta, reserved={"height_map", embedded.RECORD, embedded.MISSING})
 
 
 def _build(data: Any) -> Any:
@@ -202,8 +192,7 @@ def _build(data: Any) -> Any:
 
     array, meta = split_height_map(in_memory(data))  # a Dask array is computed: the file is written whole
     phys = units.physical(meta)
-    lateral = _factor(phys.lateral_unit, "lateral_unit", "the lengths")
-    height = _factor(phys.height_unit, "height_unit", "the heights")
+    lateral, height = units.factors(meta)  # ValueError naming the key of a unit that is no known length
     shown = embedded.grid(array)
     spacing = phys.spacing(shown.shape) or (1.0, 1.0)
     z_type = x3pio.DataType(_z_type(shown.dtype))
@@ -217,7 +206,6 @@ def _build(data: Any) -> Any:
             z_type = x3pio.DataType.FLOAT64
             seen = decode_raw(encode_raw(standard, get_data_type(z_type), height), height)
     seen[~finite] = np.nan
-    record = embedded.pack(array, meta, seen, height)
     try:
         file = x3pio.Surface.from_array(
             np.where(finite, standard, np.nan),
@@ -229,11 +217,26 @@ def _build(data: Any) -> Any:
             placement=x3pio.Placement.translation(phys.x_offset * lateral, phys.y_offset * lateral, 0.0),
             coordinate_system=x3pio.CoordinateSystem.VIEW,
         )
+        record = embedded.pack(array, meta, seen, height, fields=_fields(file))
         for name, content in record.items():
             file.extensions[f"{VENDOR}/{name if name == embedded.RECORD else name + '.npy'}"] = content
     except x3pio.X3pFormatError as exc:
         raise ValueError(f"cannot write this height map as X3P: {exc}") from None
     return file
+
+
+def _fields(file: Any) -> dict[str, float]:
+    """What a reader sees of an X3P surface besides its heights: increments and offsets, in metres."""
+    header = file.header
+    x_offset, y_offset, z_offset = (float(v) for v in file.placement.offset)
+    return {
+        "x_increment": float(header.x.increment),
+        "y_increment": float(header.y.increment),
+        "z_increment": float(header.z.increment),
+        "x_offset": x_offset,
+        "y_offset": y_offset,
+        "z_offset": z_offset,
+    }
 
 
 def export_to_x3p(
@@ -268,8 +271,8 @@ def export_to_x3p(
         A metadata value cannot be stored (the message names its key), or the height map is not
         a numeric 2-D array.
     ValueError
-        ``lateral_unit`` or ``height_unit`` is not a length unit; raised before anything is
-        written.
+        ``lateral_unit``, ``height_unit`` or ``units`` is not a known length unit (the message
+        names the key and the known units); raised before anything is written.
     """
     import x3pio
 
@@ -502,13 +505,14 @@ def load_x3p(path: PathLike, *, progress: Progress | None = None) -> dict[str, A
     except _LIBRARY_ERRORS as exc:  # X3pFormatError is a ValueError
         raise FormatError(f"{where}: its tmd_nb record is damaged: {exc}") from None
     if embedded.RECORD in members:
-        rec = embedded.unpack(members, seen, where)
+        rec = embedded.unpack(members, seen, where, fields=_fields(file))
         if rec.current:
             out = {"height_map": rec.height_map, **rec.metadata}
         else:
             warnings.warn(
-                f"{where}: its heights changed after tmd_nb wrote it (edited by other software?); "
-                "loaded the file's heights and lengths in metres, with the other tmd_nb metadata",
+                f"{where}: its heights changed after tmd_nb wrote it, or its increments or offsets did "
+                "(edited by other software?); loaded the file's heights and lengths in metres, with the other "
+                "tmd_nb metadata",
                 UserWarning,
                 stacklevel=2,
             )
