@@ -12,6 +12,7 @@ import datetime as dt
 import enum
 import json
 import os
+import re
 import socket
 import stat
 import subprocess
@@ -616,3 +617,16 @@ def test_every_value_export_accepts_comes_back_with_its_type_and_value(tmp_path:
     except (TypeError, ValueError):  # refused before anything is written: fine, nothing is lost
         return
     helpers.assert_identical(data, load_from_npz(path))
+
+
+def test_property_tests_take_their_example_counts_from_the_profile() -> None:
+    """SECURITY.md's counts (100 locally, 1,000 in CI) hold only if no test fixes its own."""
+    fixed = re.compile(r"max_examples\s*=\s*\d")
+    found = [
+        f"{path.name}:{n}"
+        for path in sorted(Path(__file__).parent.glob("*.py"))
+        if path.name != "conftest.py"
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if fixed.search(line)
+    ]
+    assert not found, f"fixed example counts: {found}"
