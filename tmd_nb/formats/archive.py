@@ -134,20 +134,16 @@ _INDEX_EXTRA = 0x746E
 # they must give the member's CRC-32, which checks the index itself).
 _CRCS_EXTRA = 0x6374
 
-# Everything a hostile or damaged archive can make the parsing and inflating code raise.
+# What a hostile or damaged archive can make the libraries under the parsing and inflating code
+# raise: the inflaters' errors, struct's, numpy's ValueError, an allocation refused. Not KeyError,
+# IndexError, TypeError or AttributeError: the checks refuse such input before it could raise
+# them, so one of those is a bug in tmd_nb, and must surface as one, not as "a corrupt file".
 _DECODE_ERRORS: tuple[type[BaseException], ...] = (
     *INFLATE_ERRORS,
     struct.error,
-    ValueError,
+    ValueError,  # UnicodeDecodeError too
     OverflowError,
     MemoryError,
-    EOFError,
-    RecursionError,
-    IndexError,
-    KeyError,
-    TypeError,
-    UnicodeDecodeError,
-    SyntaxError,
 )
 
 
