@@ -12,6 +12,7 @@ import datetime as dt
 import enum
 import json
 import os
+import pathlib
 import re
 import socket
 import stat
@@ -676,3 +677,11 @@ def test_a_bug_in_tmd_nb_surfaces_as_itself_not_as_a_corrupt_file(tmp_path: Path
     monkeypatch.setattr(archive, "parse_header", broken)  # inside the reading of a member
     with pytest.raises(bug, match="a bug"):
         load_from_npz(path)
+
+
+def test_a_concrete_path_of_the_other_platform_loads_as_its_pure_class(tmp_path: Path) -> None:
+    other = "WindowsPath" if os.name != "nt" else "PosixPath"
+    pure = pathlib.PureWindowsPath if os.name != "nt" else pathlib.PurePosixPath
+    path = npz_with_metadata(tmp_path / "p.npz", json.dumps({"p": {TAG: "path", "class": other, "value": "C:/x"}}))
+    back = load_from_npz(path)["p"]
+    assert type(back) is pure and back == pure("C:/x")

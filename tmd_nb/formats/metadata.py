@@ -479,7 +479,7 @@ def _decode_leaf(value: dict[str, Any], tag: Any, arrays: Mapping[str, np.ndarra
         cls = _known(_PATH_BY_NAME, _str(value, "class"), "path class")
         try:
             return cls(_str(value, "value"))
-        except (NotImplementedError, TypeError):  # a concrete path of the other platform
+        except NotImplementedError:  # a concrete path of the other platform (pathlib.UnsupportedOperation)
             pure = pathlib.PurePosixPath if cls is pathlib.PosixPath else pathlib.PureWindowsPath
             return pure(_str(value, "value"))
     if tag == "numpy.str_":
