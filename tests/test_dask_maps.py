@@ -12,6 +12,8 @@ import zlib
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import tmd_nb
 from tmd_nb.errors import FormatError
@@ -480,3 +482,39 @@ def test_x3p_and_gwy_compute_a_dask_height_map_first(tmp_path, save):
     lazy = save({"height_map": da.from_array(a, chunks=7), "mask": da.from_array(a > 0, chunks=9)}, tmp_path / "lazy")
     back = tmd_nb.load(lazy)
     assert np.array_equal(back["height_map"], a) and np.array_equal(back["mask"], a > 0)
+
+
+_SAVED: dict[str, bytes] = {}
+
+
+@given(
+    kind=st.sampled_from(["indexed", "older", "from-start"]),
+    edits=st.lists(st.tuples(st.integers(0, 1 << 20), st.integers(1, 255)), min_size=1, max_size=3),
+    rows=st.tuples(st.integers(0, 300), st.integers(1, 40)),
+)
+def test_a_damaged_file_gives_a_window_of_the_saved_map_or_a_format_error(tmp_path, kind, edits, rows):
+    """Bytes changed anywhere: a window is the map as saved, or a FormatError naming the file; never other numbers."""
+    a = surface()
+    path = tmp_path / "fuzz.npz"
+    if kind not in _SAVED:  # each kind saved once: the examples differ in their damage only
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(deflate, "DEFLATE_CHUNK", 1 << 14)  # 7 restart points
+            if kind == "from-start":
+                np.savez_compressed(path, height_map=a)
+            else:
+                tmd_nb.export_to_npz({"height_map": a, "unit": "um"}, path)
+        if kind == "older":
+            _as_older_tmd_nb(path, chunks.open_windows(path))
+        _SAVED[kind] = path.read_bytes()
+    raw = bytearray(_SAVED[kind])
+    for pos, xor in edits:
+        raw[pos % len(raw)] ^= xor
+    path.write_bytes(bytes(raw))
+    r0, n = rows
+    try:
+        window = tmd_nb.open_dask(path, chunks=(50, 97))[r0 : r0 + n].compute(scheduler="synchronous")
+    except FormatError as exc:
+        assert str(exc).startswith(f"'{path}'") and "\n" not in str(exc), str(exc)
+        return
+    if kind != "older":  # an older file's windows check the lengths of what they read, not its bytes
+        assert np.array_equal(window, a[r0 : r0 + n])
