@@ -6,7 +6,8 @@ where a missing requirement is a failure and any skip fails the session.
 
 Hypothesis profiles: ``quick`` (the default, for local runs) and ``thorough`` (``.ci/run``, or
 ``HYPOTHESIS_PROFILE=thorough``, or ``CI=true``), with ten times the examples. Property and fuzz
-tests that set no ``max_examples`` of their own take the profile's.
+tests take the profile's count: none sets a number of its own (``test_hostile`` checks), and one
+that must stay cheaper takes a fraction of it (``settings.default.max_examples // 4``), saying why.
 """
 
 from __future__ import annotations

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import itertools
 import os
+import struct
 import subprocess
 import sys
 import textwrap
+import zlib
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import tmd_nb
 from tmd_nb.errors import FormatError
@@ -209,6 +214,160 @@ def test_a_window_inflates_only_the_chunks_it_touches(tmp_path, small_chunks):
         tmd_nb.open_dask(path).compute()
 
 
+def _index_field(windows) -> bytes:
+    flat = [x for pair in windows.index for x in pair]
+    return struct.pack(f"<HH{len(flat)}Q", archive._INDEX_EXTRA, 8 * len(flat), *flat)
+
+
+def _crcs_field(windows) -> bytes:
+    return struct.pack(f"<HH{len(windows.crcs)}I", archive._CRCS_EXTRA, 4 * len(windows.crcs), *windows.crcs)
+
+
+def _edit(path, old: bytes, new: bytes) -> None:
+    raw = path.read_bytes()
+    assert raw.count(old) == 1 and len(old) == len(new)
+    path.write_bytes(raw.replace(old, new))
+
+
+def _as_older_tmd_nb(path, windows) -> None:
+    """Make the file one of a tmd_nb before the chunk checksums: their field becomes one nobody knows."""
+    field = _crcs_field(windows)
+    _edit(path, field, struct.pack("<H", 0x7878) + field[2:])
+
+
+SAVED_AGAIN = {
+    "npy": (tmd_nb.export_to_npy, lambda a, p: tmd_nb.export_to_npy(a, p)),
+    "npz-stored": ("npz", lambda a, p: tmd_nb.export_to_npz({"height_map": a}, p, compress=False)),
+    "npz-indexed": ("npz", lambda a, p: tmd_nb.export_to_npz({"height_map": a}, p)),
+    "numpy-savez-compressed": ("npz", lambda a, p: np.savez_compressed(p, height_map=a)),
+}
+
+
+@pytest.mark.parametrize("layout", sorted(SAVED_AGAIN))
+def test_a_file_saved_again_after_open_dask_is_an_error_not_other_numbers(tmp_path, small_chunks, layout):
+    """The file saved again with another dtype: the old array's layout would read nonsense from it."""
+    save = SAVED_AGAIN[layout][1]
+    path = tmp_path / ("map.npy" if layout == "npy" else "map.npz")
+    save(surface(dtype=np.float32), path)
+    x = tmd_nb.open_dask(path, chunks=(64, 97))
+    save(surface(dtype=np.float64, seed=1), path)
+    message = rf"^'{path}' has changed since open_dask opened it \(replaced or rewritten\); open it again$"
+    with pytest.raises(FormatError, match=message):
+        x.compute()
+    with pytest.raises(FormatError, match=message):
+        x[100:105].compute()
+
+
+def test_a_file_rewritten_in_place_after_open_dask_is_an_error(tmp_path, small_chunks):
+    path = tmp_path / "map.npy"
+    tmd_nb.export_to_npy(surface(), path)
+    x = tmd_nb.open_dask(path, chunks=(64, 97))
+    with open(path, "r+b") as f:  # the same inode, a new length
+        f.seek(0, os.SEEK_END)
+        f.write(b"\0" * 388)
+    with pytest.raises(FormatError, match=r"map.npy' has changed since open_dask opened it"):
+        x[:5].compute()
+
+
+def _shift_one_point(path, windows, rows: int) -> tuple[int, bytes]:
+    """Move the middle restart point of the index ``rows`` rows back; return its row and the new field."""
+    k = len(windows.index) // 2
+    row_bytes = windows.shape[1] * windows.dtype.itemsize
+    c, u = windows.index[k]
+    index = list(windows.index)
+    index[k] = (c, u - rows * row_bytes)
+    flat = [x for pair in index for x in pair]
+    field = struct.pack(f"<HH{len(flat)}Q", archive._INDEX_EXTRA, 8 * len(flat), *flat)
+    _edit(path, _index_field(windows), field)
+    return (u - windows.header_size) // row_bytes, field
+
+
+def test_a_restart_index_off_by_one_row_is_refused_by_open_dask(tmp_path, small_chunks):
+    path = tmp_path / "map.npz"
+    tmd_nb.export_to_npz({"height_map": surface()}, path)
+    _shift_one_point(path, chunks.open_windows(path), 1)
+    with pytest.raises(FormatError, match=r"^'.*map.npz' member 'height_map.npy' has a damaged tmd_nb chunk index: "):
+        tmd_nb.open_dask(path)
+    with pytest.raises(FormatError, match=r"map.npz' member 'height_map.npy' has a malformed tmd_nb chunk index"):
+        tmd_nb.load(path)
+
+
+def test_an_older_file_with_its_index_off_by_one_row_is_an_error_in_every_window_that_reads_there(
+    tmp_path, small_chunks
+):
+    a = surface()
+    path = tmp_path / "map.npz"
+    tmd_nb.export_to_npz({"height_map": a}, path)
+    windows = chunks.open_windows(path)
+    _as_older_tmd_nb(path, windows)
+    older = chunks.open_windows(path)
+    assert older.crcs is None and older.index == windows.index
+    assert np.array_equal(tmd_nb.open_dask(path)[95:140].compute(), a[95:140])  # older files still read
+    row, _ = _shift_one_point(path, older, 1)
+    x = tmd_nb.open_dask(path, chunks=(1, 97))
+    for first in (row - 3, row, row + 1):
+        with pytest.raises(FormatError, match=r"map.npz' member 'height_map.npy' is corrupt or has a damaged"):
+            x[first : first + 2].compute()
+    assert np.array_equal(x[:5].compute(), a[:5])  # far from the damage, the stretches still check out
+
+
+@pytest.mark.parametrize("older", [False, True], ids=["checksums", "older-file"])
+def test_a_flipped_byte_in_a_compressed_block_is_an_error_naming_file_and_member(tmp_path, small_chunks, older):
+    a = surface()
+    path = tmp_path / "map.npz"
+    tmd_nb.export_to_npz({"height_map": a}, path)
+    windows = chunks.open_windows(path)
+    if older:
+        _as_older_tmd_nb(path, windows)
+    (c0, u0), (c1, _) = windows.index[1], windows.index[2]
+    raw = bytearray(path.read_bytes())
+    row_bytes = 97 * 4
+    first = -(-(u0 - windows.header_size) // row_bytes)  # the first row that starts in this stretch
+    found = False
+    for pos in range(windows.data_offset + c0 + 40, windows.data_offset + c1 - 8, 97):
+        raw[pos] ^= 0x10
+        path.write_bytes(bytes(raw))
+        raw[pos] ^= 0x10
+        try:
+            tmd_nb.open_dask(path)[first : first + 2].compute()
+        except FormatError as exc:
+            assert str(exc).startswith(f"'{path}' member 'height_map.npy' "), str(exc)
+            found = True
+        else:
+            # No error: an older file's window checks lengths only, so the flipped byte may go unseen.
+            assert older, f"a flipped byte at {pos} went unseen"
+    assert found
+
+
+def test_a_flipped_byte_in_a_member_without_index_is_an_error_in_any_window(tmp_path):
+    a = surface()
+    path = tmp_path / "map.npz"
+    np.savez_compressed(path, height_map=a)
+    windows = chunks.open_windows(path)
+    raw = bytearray(path.read_bytes())
+    raw[windows.data_offset + windows.csize - 200] ^= 0x04  # near the end of the stream
+    path.write_bytes(bytes(raw))
+    with pytest.raises(FormatError, match=r"map.npz' member 'height_map.npy' is corrupt"):
+        tmd_nb.open_dask(path)[:2].compute()
+
+
+def test_chunk_checksums_are_written_beside_every_index_and_add_up_to_the_members_crc(tmp_path, monkeypatch):
+    monkeypatch.setattr(deflate, "DEFLATE_CHUNK", 1 << 12)
+    monkeypatch.setattr(deflate, "MAX_INDEX", 5)  # thinned: the pieces' checksums are merged
+    monkeypatch.setattr(deflate, "SPLIT_MIN", 1 << 13)  # "balanced": libdeflate for the last part only
+    a = surface(shape=(200, 97))
+    for level in (1, 2, 3, "balanced"):
+        path = tmd_nb.export_to_npz({"height_map": a}, tmp_path / f"{level}.npz", level=level)
+        windows = chunks.open_windows(path)
+        assert windows.index and len(windows.crcs) == len(windows.index) + 1
+        with open(path, "rb") as f:
+            data = b"".join(windows._inflate(f, 0, windows.usize))
+        bounds = [0, *(u for _, u in windows.index), windows.usize]
+        assert [zlib.crc32(data[u0:u1]) for u0, u1 in itertools.pairwise(bounds)] == windows.crcs
+        assert np.array_equal(tmd_nb.open_dask(path).compute(), a)
+    assert not chunks.open_windows(tmd_nb.export_to_npz({"height_map": a}, tmp_path / "9.npz", level=9)).index
+
+
 def test_load_metadata_reads_everything_but_the_heights(tmp_path, monkeypatch):
     a = surface()
     meta = {"unit": "um", "mask": a > 0, "nested": {"when": (1, 2.5)}}
@@ -292,6 +451,16 @@ def test_an_open_dask_window_computes_on_a_local_cluster(tmp_path, cluster_clien
     assert len(set(workers.values()) - {os.getpid()}) == 2
 
 
+@pytest.mark.slow
+def test_a_file_saved_again_is_an_error_on_a_local_cluster_too(tmp_path, cluster_client):
+    path = tmp_path / "map.npz"
+    tmd_nb.export_to_npz({"height_map": surface(shape=(400, 100))}, path)
+    x = tmd_nb.open_dask(path, chunks=(100, 100))
+    tmd_nb.export_to_npz({"height_map": surface(shape=(400, 100), dtype=np.float64)}, path)
+    with pytest.raises(FormatError, match=r"^'.*map.npz' has changed since open_dask opened it"):
+        cluster_client.compute(x[150:250]).result()
+
+
 def test_dask_slicing_reads_only_the_window(tmp_path, small_chunks, monkeypatch):
     tmd_nb.export_to_npz({"height_map": surface()}, tmp_path / "map.npz")
     x = tmd_nb.open_dask(tmp_path / "map.npz", chunks=(100, 97))
@@ -313,3 +482,39 @@ def test_x3p_and_gwy_compute_a_dask_height_map_first(tmp_path, save):
     lazy = save({"height_map": da.from_array(a, chunks=7), "mask": da.from_array(a > 0, chunks=9)}, tmp_path / "lazy")
     back = tmd_nb.load(lazy)
     assert np.array_equal(back["height_map"], a) and np.array_equal(back["mask"], a > 0)
+
+
+_SAVED: dict[str, bytes] = {}
+
+
+@given(
+    kind=st.sampled_from(["indexed", "older", "from-start"]),
+    edits=st.lists(st.tuples(st.integers(0, 1 << 20), st.integers(1, 255)), min_size=1, max_size=3),
+    rows=st.tuples(st.integers(0, 300), st.integers(1, 40)),
+)
+def test_a_damaged_file_gives_a_window_of_the_saved_map_or_a_format_error(tmp_path, kind, edits, rows):
+    """Bytes changed anywhere: a window is the map as saved, or a FormatError naming the file; never other numbers."""
+    a = surface()
+    path = tmp_path / "fuzz.npz"
+    if kind not in _SAVED:  # each kind saved once: the examples differ in their damage only
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(deflate, "DEFLATE_CHUNK", 1 << 14)  # 7 restart points
+            if kind == "from-start":
+                np.savez_compressed(path, height_map=a)
+            else:
+                tmd_nb.export_to_npz({"height_map": a, "unit": "um"}, path)
+        if kind == "older":
+            _as_older_tmd_nb(path, chunks.open_windows(path))
+        _SAVED[kind] = path.read_bytes()
+    raw = bytearray(_SAVED[kind])
+    for pos, xor in edits:
+        raw[pos % len(raw)] ^= xor
+    path.write_bytes(bytes(raw))
+    r0, n = rows
+    try:
+        window = tmd_nb.open_dask(path, chunks=(50, 97))[r0 : r0 + n].compute(scheduler="synchronous")
+    except FormatError as exc:
+        assert str(exc).startswith(f"'{path}'") and "\n" not in str(exc), str(exc)
+        return
+    if kind != "older":  # an older file's windows check the lengths of what they read, not its bytes
+        assert np.array_equal(window, a[r0 : r0 + n])

@@ -12,6 +12,8 @@ import datetime as dt
 import enum
 import json
 import os
+import pathlib
+import re
 import socket
 import stat
 import subprocess
@@ -616,3 +618,70 @@ def test_every_value_export_accepts_comes_back_with_its_type_and_value(tmp_path:
     except (TypeError, ValueError):  # refused before anything is written: fine, nothing is lost
         return
     helpers.assert_identical(data, load_from_npz(path))
+
+
+def test_property_tests_take_their_example_counts_from_the_profile() -> None:
+    """SECURITY.md's counts (100 locally, 1,000 in CI) hold only if no test fixes its own."""
+    fixed = re.compile(r"max_examples\s*=\s*\d")
+    found = [
+        f"{path.name}:{n}"
+        for path in sorted(Path(__file__).parent.glob("*.py"))
+        if path.name != "conftest.py"
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if fixed.search(line)
+    ]
+    assert not found, f"fixed example counts: {found}"
+
+
+# --------------------------------------------------------------------------- damage is refused, bugs surface
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ({TAG: "int"}, "has a malformed 'int' value: its field 'hex' is missing"),
+        ({TAG: "int", "hex": 5}, "has a malformed 'int' value: its field 'hex' is not a string but int"),
+        ({TAG: "timedelta", "days": 1, "seconds": "2", "microseconds": 0}, "its field 'seconds' is not an integer"),
+        ({TAG: "path", "class": "Path", "value": "/x"}, "has a malformed 'path' value: unknown path class 'Path'"),
+        ({TAG: "numpy.scalar", "dtype": "nope", "base64": ""}, "value: 'nope' is not a numpy dtype"),
+        ({TAG: "numpy.scalar", "dtype": "<i8", "type": "int", "base64": ""}, "value: unknown numpy type 'int'"),
+        ({TAG: "time", "value": "03:04", "tz": {"name": "X"}}, "'time' value: its field 'offset' is missing"),
+        ({TAG: "time", "value": "03:04", "tz": {"offset": "3600"}}, "time zone offset '3600' is not a number"),
+        ({TAG: "time", "value": "03:04", "tz": {"offset": 60.0, "name": 7}}, "its field 'name' is not a string"),
+        (
+            {TAG: "timedelta", "days": 10**12, "seconds": 0, "microseconds": 0},
+            "'timedelta' value: Python int too large to convert to C int",
+        ),
+    ],
+)
+def test_a_damaged_tagged_value_is_one_format_error_saying_what_is_wrong(tmp_path: Path, value, problem) -> None:
+    path = npz_with_metadata(tmp_path / "tagged.npz", json.dumps({"v": value}))
+    exc = format_error(load_from_npz, path)
+    assert str(exc).startswith(f"{str(path)!r} metadata at ['v'] has a malformed ") and problem in str(exc), str(exc)
+
+
+@pytest.mark.parametrize("bug", [KeyError, IndexError, TypeError, AttributeError])
+def test_a_bug_in_tmd_nb_surfaces_as_itself_not_as_a_corrupt_file(tmp_path: Path, monkeypatch, bug) -> None:
+    """What tmd_nb's own code raises by mistake is not a property of the file."""
+    from tmd_nb.formats import archive, metadata
+
+    path = export_to_npz({"height_map": hm(), "when": dt.time(3, 4, fold=1)}, tmp_path / "good.npz")
+
+    def broken(*args, **kwargs):
+        raise bug("a bug")
+
+    monkeypatch.setattr(metadata, "_fold", broken)  # inside the decoding of a tagged value
+    with pytest.raises(bug, match="a bug"):
+        load_from_npz(path)
+    monkeypatch.undo()
+    monkeypatch.setattr(archive, "parse_header", broken)  # inside the reading of a member
+    with pytest.raises(bug, match="a bug"):
+        load_from_npz(path)
+
+
+def test_a_concrete_path_of_the_other_platform_loads_as_its_pure_class(tmp_path: Path) -> None:
+    other = "WindowsPath" if os.name != "nt" else "PosixPath"
+    pure = pathlib.PureWindowsPath if os.name != "nt" else pathlib.PurePosixPath
+    path = npz_with_metadata(tmp_path / "p.npz", json.dumps({"p": {TAG: "path", "class": other, "value": "C:/x"}}))
+    back = load_from_npz(path)["p"]
+    assert type(back) is pure and back == pure("C:/x")

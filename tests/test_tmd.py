@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import tmd_nb
@@ -361,7 +361,6 @@ def test_export_layout_and_round_trip(tmp_path: Path) -> None:
     assert not list(tmp_path.glob(".*.tmp"))
 
 
-@settings(max_examples=60, deadline=None)
 @given(
     bits=st.lists(st.integers(0, 2**32 - 1), min_size=1, max_size=24),
     width=st.integers(1, 6),

@@ -37,6 +37,15 @@ The chunk-index extra field
     starts. With it, the reader inflates the pieces between the points on every core (given ISA-L:
     see :mod:`tmd_nb.formats.deflate`).
 
+The chunk-checksum extra field
+    Tag ``0x6374`` (:data:`_CRCS_EXTRA`), written beside every chunk index, in the central
+    directory only: ``n + 1`` unsigned 32-bit integers, the CRC-32 of the uncompressed bytes of
+    each piece (from the start of the member to the first restart point, between restart points,
+    from the last one to the end). Combined (``crc32_combine`` with the pieces' lengths) they must
+    give the member's CRC-32, which checks every offset of the index without inflating anything;
+    and a window that inflates a piece checks its bytes (:mod:`tmd_nb.formats.chunks`). Archives
+    of tmd_nb versions before this field carry the index alone, and still load.
+
 Safety
     No pickle is ever loaded and object dtypes are refused; a header's claimed size is compared
     with the bytes actually stored before anything is allocated for it (deflate members are
@@ -120,21 +129,21 @@ _ZIP64_EXTRA = 0x0001
 # stream of a member restarts from scratch (after a sync flush, no reference to earlier data),
 # as pairs of (compressed, uncompressed) offsets, so that the pieces can be inflated in parallel.
 _INDEX_EXTRA = 0x746E
+# tmd_nb's other extra field, beside the chunk index: the CRC-32 of the uncompressed bytes of each
+# piece between restart points, so that a window read from one piece is checked (and, combined,
+# they must give the member's CRC-32, which checks the index itself).
+_CRCS_EXTRA = 0x6374
 
-# Everything a hostile or damaged archive can make the parsing and inflating code raise.
+# What a hostile or damaged archive can make the libraries under the parsing and inflating code
+# raise: the inflaters' errors, struct's, numpy's ValueError, an allocation refused. Not KeyError,
+# IndexError, TypeError or AttributeError: the checks refuse such input before it could raise
+# them, so one of those is a bug in tmd_nb, and must surface as one, not as "a corrupt file".
 _DECODE_ERRORS: tuple[type[BaseException], ...] = (
     *INFLATE_ERRORS,
     struct.error,
-    ValueError,
+    ValueError,  # UnicodeDecodeError too
     OverflowError,
     MemoryError,
-    EOFError,
-    RecursionError,
-    IndexError,
-    KeyError,
-    TypeError,
-    UnicodeDecodeError,
-    SyntaxError,
 )
 
 
@@ -150,7 +159,7 @@ def _dos_time() -> tuple[int, int]:
 
 
 class _Entry:
-    __slots__ = ("crc", "csize", "flags", "index", "method", "name", "offset", "usize", "zip64")
+    __slots__ = ("crc", "crcs", "csize", "flags", "index", "method", "name", "offset", "usize", "zip64")
 
     def __init__(self, name: bytes, flags: int, method: int, usize: int, offset: int, zip64: bool) -> None:
         self.name, self.flags, self.method, self.usize, self.offset, self.zip64 = (
@@ -164,6 +173,7 @@ class _Entry:
         self.crc = 0
         self.csize = 0
         self.index: list[tuple[int, int]] = []
+        self.crcs: list[int] = []
 
 
 def write_npz(
@@ -270,7 +280,7 @@ def _write_member(
             behind.wrote(len(piece))
             reporter.add(len(piece))
     else:
-        crc = deflater.member(fp, header, array, reporter, behind, entry.index)
+        crc = deflater.member(fp, header, array, reporter, behind, entry.index, entry.crcs)
     end = fp.tell()
     entry.crc, entry.csize = crc, end - data_start
     if not zip64 and entry.csize >= ZIP64_LIMIT:  # pragma: no cover - deflate never grows data by 1/8
@@ -307,6 +317,7 @@ def _write_central_directory(fp: BinaryIO, entries: list[_Entry]) -> None:
         if e.index:
             flat = [x for pair in e.index for x in pair]
             extra += struct.pack(f"<HH{len(flat)}Q", _INDEX_EXTRA, 8 * len(flat), *flat)
+            extra += struct.pack(f"<HH{len(e.crcs)}I", _CRCS_EXTRA, 4 * len(e.crcs), *e.crcs)
         version = 45 if fields else 20
         out.append(
             _CENTRAL.pack(
@@ -360,7 +371,7 @@ def _write_central_directory(fp: BinaryIO, entries: list[_Entry]) -> None:
 
 
 class _Member:
-    __slots__ = ("crc", "csize", "flags", "index", "key", "method", "name", "offset", "start", "usize")
+    __slots__ = ("crc", "crcs", "csize", "flags", "index", "key", "method", "name", "offset", "start", "usize")
 
     def __init__(self, name: str, flags: int, method: int, crc: int, csize: int, usize: int, offset: int) -> None:
         self.name, self.flags, self.method, self.crc = name, flags, method, crc
@@ -368,6 +379,7 @@ class _Member:
         self.key = name[:-4]
         self.start = -1
         self.index: list[tuple[int, int]] = []
+        self.crcs: list[int] | None = None  # CRC-32 of each piece between restart points, if stored
 
     @property
     def deflated(self) -> bool:
@@ -388,15 +400,23 @@ def _extra_fields(extra: bytes) -> Iterator[tuple[int, int, bytes]]:
         pos += 4 + size
 
 
-def _index_values(extra: bytes, where: str) -> list[tuple[int, int]]:
-    """tmd_nb's chunk index from a central directory extra field (empty if there is none)."""
+def _index_values(extra: bytes, where: str) -> tuple[list[tuple[int, int]], list[int] | None]:
+    """tmd_nb's chunk index and its pieces' CRCs from central directory extra fields (empty, None if absent)."""
+    index: list[tuple[int, int]] = []
+    crcs: list[int] | None = None
     for tag, size, body in _extra_fields(extra):
         if tag == _INDEX_EXTRA:
             if size % 16 or len(body) != size:
                 raise FormatError(f"{where} has a malformed tmd_nb chunk index")
             flat = struct.unpack(f"<{size // 8}Q", body)
-            return list(zip(flat[::2], flat[1::2], strict=False))
-    return []
+            index = list(zip(flat[::2], flat[1::2], strict=True))
+        elif tag == _CRCS_EXTRA:
+            if size % 4 or len(body) != size:
+                raise FormatError(f"{where} has malformed tmd_nb chunk checksums")
+            crcs = list(struct.unpack(f"<{size // 4}I", body))
+    if crcs is not None and len(crcs) != len(index) + 1:
+        raise FormatError(f"{where} has {len(crcs)} tmd_nb chunk checksums for {len(index) + 1} pieces")
+    return index, crcs
 
 
 def _zip64_values(extra: bytes, wanted: list[bool], where: str) -> list[int]:
@@ -493,7 +513,7 @@ def _central_directory(f: BinaryIO, size: int, where: str) -> tuple[list[_Member
         if disk_start not in (0, 0xFFFF):
             raise FormatError(f"{member} lies on another disk of a multi-disk archive")
         members.append(_Member(name, flags, method, crc, csize, usize, offset))
-        members[-1].index = _index_values(extra, member)
+        members[-1].index, members[-1].crcs = _index_values(extra, member)
     if pos != len(cd):
         raise FormatError(f"{where} has {len(cd) - pos} stray bytes in its central directory")
     return members, cd_offset

@@ -6,17 +6,33 @@ What is read, and what it costs
     NPZ members tmd_nb deflated at levels 1-3 (the default is 2)
         carry a chunk index of the points where their deflate stream restarts from scratch (about
         every 4 MiB of uncompressed bytes, at most 256 points per member; see
-        :mod:`tmd_nb.formats.archive`). A window starts inflating at the last restart point before
-        its first row and stops after its last row: it costs the rows it spans (at full width),
-        plus at most one stretch between restart points.
+        :mod:`tmd_nb.formats.archive`). A window inflates every stretch between restart points
+        that holds any of its rows, whole: it costs the rows it spans (at full width), plus at
+        most one stretch before its first row and one after its last.
     Other deflated members (written by ``numpy.savez_compressed``, or by tmd_nb at levels 4-9)
-        are one deflate stream with no restart point: every window is inflated from the start of
-        the member up to its last row, so reading the bottom of the map costs inflating all of it.
+        are one deflate stream with no restart point: every window inflates the whole member (to
+        check its CRC-32), so reading a map in N blocks costs inflating it N times.
         :func:`open_dask` names such arrays ``tmd_nb-from-start-...`` so their graphs say so; convert
         the file (``tmd_nb.convert`` or ``tmd_nb.save``) to make it cheap.
 
     Memory: a window holds its own result and one piece (1 MiB) of inflated bytes at a time.
-    Windows are not CRC-checked (the CRC covers the whole member); :func:`tmd_nb.load` checks it.
+
+What a window checks
+    The file: every read checks that the path still names the file that was opened (device,
+    inode, size and modification time in ns, as :func:`open_windows` found them). A file saved
+    again (tmd_nb saves by renaming a new file over the old one), replaced or rewritten since is a
+    :class:`FormatError` naming it, never numbers from the new file read with the old layout.
+    A rewrite that keeps the size and the modification time (to the clock's resolution) is not seen.
+    The data, for deflated members: every stretch a window inflates must inflate to exactly the
+    length the chunk index gives it and end exactly where the index says, and its CRC-32 must match
+    (the member's CRC-32 for members without an index). Files tmd_nb writes now store a CRC-32 per
+    stretch beside the index (:mod:`tmd_nb.formats.archive`), which :func:`open_windows` checks,
+    combined, against the member's CRC-32: an index that does not match the stream is refused
+    before any window is read. Files of older tmd_nb versions carry the index without those
+    checksums: their windows check the lengths and ends of the stretches they read, not the
+    bytes (:func:`tmd_nb.load` checks the member's CRC-32; saving the file again adds the
+    checksums). NPY files have no checksum, and a stored member's CRC-32 covers all of it: their
+    windows check the file's identity only.
 
 Distributed
     The array-like objects handed to Dask hold a path, offsets and the header's dtype and shape,
@@ -32,7 +48,7 @@ import io
 import itertools
 import os
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from types import ModuleType
 from typing import Any
 
@@ -44,7 +60,7 @@ from . import npy, npz, registry, tmd
 from ._io import describe, open_file
 from .archive import checked_members, read_npz
 from .base import PathLike
-from .deflate import INFLATE_ERRORS, MemberStream
+from .deflate import INFLATE_ERRORS, MemberStream, crc32_combine, crc32_of
 
 _inflater: ModuleType
 try:  # the same inflater the archive reader uses, when installed
@@ -63,8 +79,8 @@ _STEP = 1 << 20
 class HeightMapWindows:
     """A stored 2-D height map that reads any window on demand: ``windows[r0:r1, c0:c1]`` is a numpy array.
 
-    Made by :func:`open_windows`; what :func:`open_dask` wraps. It holds the file's path and
-    offsets only, so it pickles small and works in other processes.
+    Made by :func:`open_windows`; what :func:`open_dask` wraps. It holds the file's path, identity
+    and offsets only, so it pickles small and works in other processes.
     """
 
     def __init__(
@@ -75,20 +91,24 @@ class HeightMapWindows:
         fortran: bool,
         *,
         data_offset: int,
+        identity: tuple[int, int, int, int],
         deflated: bool = False,
         header_size: int = 0,
         csize: int = 0,
+        crc: int = 0,
         index: Sequence[tuple[int, int]] = (),
-        signature: tuple[int, int] = (0, 0),
+        crcs: Sequence[int] | None = None,
     ) -> None:
         self.path, self.dtype, self.shape, self.fortran = path, dtype, shape, fortran
         #: File offset of the array bytes (memory-mapped) or of the member's deflate stream.
         self.data_offset = data_offset
-        self.deflated, self.header_size, self.csize = deflated, header_size, csize
+        #: (device, inode, size, mtime in ns) of the file when it was opened: every read checks it.
+        self.identity = identity
+        self.deflated, self.header_size, self.csize, self.crc = deflated, header_size, csize, crc
         #: Restart points of the deflate stream: (compressed, uncompressed) offsets in the member.
         self.index = list(index)
-        #: (size, mtime in ns) of the file when it was opened: a rewritten file gets a new Dask name.
-        self.signature = signature
+        #: CRC-32 of each piece between restart points (None: a file of an older tmd_nb, lengths only).
+        self.crcs = None if crcs is None else list(crcs)
 
     ndim = 2
 
@@ -101,11 +121,16 @@ class HeightMapWindows:
     def kind(self) -> str:
         return "from-start" if self.from_start else "deflate" if self.deflated else "mmap"
 
+    @property
+    def usize(self) -> int:
+        """The member's uncompressed size: NPY header and array data."""
+        return self.header_size + npy.data_size(self.dtype, self.shape)
+
     def __repr__(self) -> str:
         return f"HeightMapWindows({self.path!r}, {self.kind}, shape={self.shape}, dtype={self.dtype})"
 
     def __dask_tokenize__(self) -> tuple[Any, ...]:
-        return (self.path, self.signature, self.data_offset, self.kind, self.shape, self.dtype.str)
+        return (self.path, self.identity, self.data_offset, self.kind, self.shape, self.dtype.str)
 
     def __getitem__(self, key: Any) -> np.ndarray:
         """``windows[rows, cols]``: slices, ints or integer arrays (each axis on its own, as Dask asks)."""
@@ -137,6 +162,14 @@ class HeightMapWindows:
         window = self._window(cols, rows, self.shape[::-1]).T if self.fortran else self._window(rows, cols, self.shape)
         return window.reshape([n for axis, n in enumerate(window.shape) if axis not in drop]) if drop else window
 
+    def _check_identity(self, f: io.FileIO) -> None:
+        """Refuse a file that is not the one opened: replaced (another inode) or rewritten (size, time)."""
+        st = os.fstat(f.fileno())
+        if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) != self.identity:
+            raise FormatError(
+                f"{describe(self.path)} has changed since open_dask opened it (replaced or rewritten); open it again"
+            )
+
     def _window(self, rows: range | np.ndarray, cols: range | np.ndarray, shape: tuple[int, int]) -> np.ndarray:
         """``stored[rows][:, cols]`` of the C-order array of ``shape`` the file holds."""
         if not len(rows) or not len(cols):
@@ -146,14 +179,23 @@ class HeightMapWindows:
         if not plain:  # read the rectangle around the selection, then pick
             around = self._window(range(r0, r1), range(c0, c1), shape)
             return around[np.subtract(rows, r0)][:, np.subtract(cols, c0)]
-        if not self.deflated:
-            mapped = np.memmap(self.path, dtype=self.dtype, mode="r", offset=self.data_offset, shape=shape)
-            return np.array(mapped[r0:r1, c0:c1])
+        with open_file(self.path, describe(self.path)) as f:
+            self._check_identity(f)
+            if not self.deflated:
+                mapped = np.memmap(f, dtype=self.dtype, mode="r", offset=self.data_offset, shape=shape)
+                out = np.array(mapped[r0:r1, c0:c1])
+                del mapped
+            else:
+                out = self._inflated(f, r0, r1, c0, c1, shape)
+            self._check_identity(f)  # not rewritten while it was read
+        return out
+
+    def _inflated(self, f: io.FileIO, r0: int, r1: int, c0: int, c1: int, shape: tuple[int, int]) -> np.ndarray:
         out = np.empty((r1 - r0, c1 - c0), dtype=self.dtype)
         row_bytes = shape[1] * self.dtype.itemsize
         done = 0
         pending = bytearray()
-        for piece in self._inflate(self.header_size + r0 * row_bytes, self.header_size + r1 * row_bytes):
+        for piece in self._inflate(f, self.header_size + r0 * row_bytes, self.header_size + r1 * row_bytes):
             pending += piece
             n = len(pending) // row_bytes
             if n:
@@ -164,35 +206,57 @@ class HeightMapWindows:
                 done += n
         return out
 
-    def _inflate(self, begin: int, end: int) -> Any:
-        """The member's uncompressed bytes ``[begin, end)``, in pieces, from the last restart point before ``begin``."""
+    def _inflate(self, f: io.FileIO, begin: int, end: int) -> Iterator[bytes]:
+        """The member's uncompressed bytes ``[begin, end)``, in pieces, each stretch between restart points checked.
+
+        Every stretch the window touches is inflated whole, from its restart point to the next
+        (from the start of the member to its end when there is no index), and must inflate to
+        exactly the length the index gives it and end exactly where the index says; its CRC-32
+        is checked against the stored one (the member's own CRC-32 when there is no index).
+        """
         where = f"{describe(self.path)} member 'height_map.npy'"
-        cpos, upos = 0, 0
-        for c, u in self.index:
-            if u <= begin:
-                cpos, upos = c, u
-        d = _inflater.decompressobj(-15)
-        tail = b""
-        with open_file(self.path, describe(self.path)) as f:
-            f.seek(self.data_offset + cpos)
+        bounds = [(0, 0), *self.index, (self.csize, self.usize)]
+        crcs = [self.crc] if not self.index else self.crcs
+        for k, ((cs, us), (ce, ue)) in enumerate(itertools.pairwise(bounds)):
+            if ue <= begin or us >= end:
+                continue
+            last = k == len(bounds) - 2
+            d = _inflater.decompressobj(-15)
+            f.seek(self.data_offset + cs)
+            cpos, upos, crc, tail = cs, us, 0, b""
             try:
-                while upos < end:
-                    if not tail:
-                        if cpos >= self.csize:
-                            raise FormatError(f"{where} is corrupt: its deflate stream runs out at byte {upos}")
-                        tail = f.read(min(_STEP, self.csize - cpos))
+                while True:
+                    if not tail and cpos < ce:
+                        tail = f.read(min(_STEP, ce - cpos))
                         if not tail:
                             raise FormatError(f"{where} is truncated: its compressed data is cut off")
                         cpos += len(tail)
-                    out = d.decompress(tail, min(_STEP, end - upos))
+                    out = d.decompress(tail, _STEP)
                     tail = d.unconsumed_tail
-                    if not out and d.eof:
-                        raise FormatError(f"{where} is corrupt: its deflate stream ends at byte {upos}")
-                    if upos + len(out) > begin:
-                        yield out[max(0, begin - upos) :]
-                    upos += len(out)
+                    if out:
+                        if upos + len(out) > ue:
+                            raise FormatError(
+                                f"{where} is corrupt or has a damaged tmd_nb chunk index: the stretch "
+                                f"from byte {us} inflates to more than its {ue - us} bytes"
+                            )
+                        crc = crc32_of(out, crc)
+                        if upos + len(out) > begin and upos < end:
+                            yield out[max(0, begin - upos) : end - upos]
+                        upos += len(out)
+                    elif d.eof or cpos >= ce:
+                        break
             except INFLATE_ERRORS as exc:
                 raise FormatError(f"{where} is corrupt: {exc}") from None
+            if upos != ue or tail or d.unused_data or d.eof != last:
+                raise FormatError(
+                    f"{where} is corrupt or has a damaged tmd_nb chunk index: the stretch from byte {us} "
+                    f"inflates to {upos - us} bytes, not {ue - us}"
+                )
+            if crcs is not None and crc != crcs[k]:
+                raise FormatError(
+                    f"{where} is corrupt: CRC-32 {crc:#010x} of bytes {us}-{ue} does not match "
+                    f"the stored {crcs[k]:#010x}"
+                )
 
 
 def open_windows(path: PathLike) -> HeightMapWindows:
@@ -206,7 +270,7 @@ def open_windows(path: PathLike) -> HeightMapWindows:
     fmt = registry.recognise(path)
     with open_file(path, where) as f:
         st = os.fstat(f.fileno())
-        signature = (st.st_size, st.st_mtime_ns)
+        identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
         if fmt is npy.FORMAT:
             dtype, shape, fortran, offset = npy.parse_header(f, where)
             check_height_map_header(dtype, shape, where)
@@ -215,7 +279,7 @@ def open_windows(path: PathLike) -> HeightMapWindows:
                     f"{where}: header claims {npy.data_size(dtype, shape)} data bytes "
                     f"but the file stores {st.st_size - offset}"
                 )
-            return HeightMapWindows(full, dtype, (shape[0], shape[1]), fortran, data_offset=offset, signature=signature)
+            return HeightMapWindows(full, dtype, (shape[0], shape[1]), fortran, data_offset=offset, identity=identity)
         if fmt is not npz.FORMAT:
             raise FormatError(
                 f"{where} is a {fmt.title} file; open_dask reads NPY and NPZ files: "
@@ -227,33 +291,49 @@ def open_windows(path: PathLike) -> HeightMapWindows:
             raise FormatError(f"{where} has no 'height_map' array")
         member = f"{where} member {m.name!r}"
         stream = MemberStream(f, m, member)
-        head = stream.read(min(m.usize, 12))
-        hlen = npy.header_length(head, member)
-        if hlen > m.usize:
-            raise FormatError(f"{member} is shorter than its own NPY header")
-        head += stream.read(hlen - len(head))
+        problem = None
+        try:
+            head = stream.read(min(m.usize, 12))
+            hlen = npy.header_length(head, member)
+            if hlen > m.usize:
+                raise FormatError(f"{member} is shorter than its own NPY header")
+            head += stream.read(hlen - len(head))
+        except INFLATE_ERRORS as exc:
+            problem = f"{member} is corrupt: {exc}"
+        if problem is not None:
+            raise FormatError(problem)
         dtype, shape, fortran, offset = npy.parse_header(io.BytesIO(head), member)
         check_height_map_header(dtype, shape, member)
         if offset != len(head) or offset + npy.data_size(dtype, shape) != m.usize:
             raise FormatError(f"{member}: its NPY header does not match the {m.usize} bytes the archive stores")
         if not m.deflated:
             return HeightMapWindows(
-                full, dtype, (shape[0], shape[1]), fortran, data_offset=m.start + offset, signature=signature
+                full, dtype, (shape[0], shape[1]), fortran, data_offset=m.start + offset, identity=identity
             )
         points = [(0, 0), *m.index, (m.csize, m.usize)]
         if any(not (c0 < c1 and u0 < u1) for (c0, u0), (c1, u1) in itertools.pairwise(points)):
             raise FormatError(f"{member} has a malformed tmd_nb chunk index")
+        if m.crcs is not None:  # the pieces' CRCs, combined, give the member's: the index is what was written
+            whole = 0
+            for crc, ((_, u0), (_, u1)) in zip(m.crcs, itertools.pairwise(points), strict=True):
+                whole = crc32_combine(whole, crc, u1 - u0)
+            if whole != m.crc:
+                raise FormatError(
+                    f"{member} has a damaged tmd_nb chunk index: its checksums do not add up to the member's CRC-32"
+                )
         return HeightMapWindows(
             full,
             dtype,
             (shape[0], shape[1]),
             fortran,
             data_offset=m.start,
+            identity=identity,
             deflated=True,
             header_size=offset,
             csize=m.csize,
+            crc=m.crc,
             index=m.index,
-            signature=signature,
+            crcs=m.crcs,
         )
 
 

@@ -176,6 +176,42 @@ def crc32_of(data: Any, crc: int = 0) -> int:
     return (_isal_zlib.crc32 if _isal_zlib is not None else zlib.crc32)(data, crc)
 
 
+_CRC_POLY = 0xEDB88320  # CRC-32's polynomial, bit-reversed
+
+
+def _multmodp(a: int, b: int) -> int:
+    """``a * b`` modulo CRC-32's polynomial (zlib's multmodp: bit-reversed, x^0 in the top bit)."""
+    m, p = 1 << 31, 0
+    while True:
+        if a & m:
+            p ^= b
+            if not a & (m - 1):
+                return p
+        m >>= 1
+        b = (b >> 1) ^ _CRC_POLY if b & 1 else b >> 1
+
+
+_X2N = [1 << 30]  # x^(2^k) modulo the polynomial, for k = 0..31
+for _ in range(31):
+    _X2N.append(_multmodp(_X2N[-1], _X2N[-1]))
+
+
+def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
+    """The CRC-32 of ``a + b`` from ``crc1`` of ``a``, ``crc2`` of ``b`` and ``len(b)`` (zlib's algorithm).
+
+    ISA-L's when it has one; Python's zlib module has none, and this is a few microseconds.
+    """
+    if _isal_zlib is not None and hasattr(_isal_zlib, "crc32_combine"):
+        return int(_isal_zlib.crc32_combine(crc1, crc2, len2))
+    p, k, n = 1 << 31, 3, len2  # x^(8 * len2): the shift of crc1 past len2 bytes
+    while n:
+        if n & 1:
+            p = _multmodp(_X2N[k & 31], p)
+        n >>= 1
+        k += 1
+    return _multmodp(p, crc1) ^ crc2
+
+
 def inflate_bound(csize: int) -> int:
     """The most bytes ``csize`` bytes of deflate stream can honestly inflate to."""
     return csize * MAX_DEFLATE_RATIO + 1024
@@ -326,11 +362,12 @@ class Deflater:
         reporter: Reporter,
         behind: WriteBehind,
         index: list[tuple[int, int]],
+        crcs: list[int],
     ) -> int:
         split = self.codec.final is not None and array.nbytes >= SPLIT_MIN
         if self.workers > 1 and self.pool is None and (array.nbytes > DEFLATE_CHUNK or split):
             self.pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="tmd_nb-deflate")
-        return _deflate_member(fp, header, array, self.codec, self.pool, self.workers, reporter, behind, index)
+        return _deflate_member(fp, header, array, self.codec, self.pool, self.workers, reporter, behind, index, crcs)
 
     def close(self) -> None:
         if self.pool is not None:
@@ -347,15 +384,19 @@ def _deflate_member(
     reporter: Reporter,
     behind: WriteBehind,
     index: list[tuple[int, int]],
+    crcs: list[int],
 ) -> int:
     """Deflate header + array bytes into ``fp`` as one stream; return the CRC-32 of the input.
 
     Unless chunks are primed with their predecessor's tail, every chunk boundary is a point where
-    the stream restarts from scratch: they are appended to ``index`` as (compressed, uncompressed)
-    offsets from the start of the member. So is the start of the libdeflate part, if any: it is
+    the stream restarts from scratch: they are put in ``index`` as (compressed, uncompressed)
+    offsets from the start of the member, and the CRC-32 of the uncompressed bytes between them
+    (one more than the points) in ``crcs``. So is the start of the libdeflate part, if any: it is
     compressed first, on a thread of its own, while the other threads compress the chunks before it.
     """
-    crc = 0
+    crc = 0  # of the piece since the last restart point
+    pieces_crc: list[tuple[int, int]] = []  # (CRC-32, length) of each piece between restart points
+    piece_start = 0
     start = fp.tell()
     done_in = 0
     written: list[int] = []
@@ -379,12 +420,14 @@ def _deflate_member(
         written.append(size)
 
     for pieces, data_bytes, final in _jobs(header, array, array.nbytes - final_n, final_data is None):
-        for p in pieces:  # the main thread computes the CRC while the workers compress
-            crc = crc32_of(p, crc)
         zdict = _tail(previous, _WINDOW) if codec.prime and previous else None
         previous = pieces
         if done_in and not codec.prime:  # where this chunk starts: the previous one ended flushed
             restarts.append((chunks, done_in))
+            pieces_crc.append((crc, done_in - piece_start))
+            crc, piece_start = 0, done_in
+        for p in pieces:  # the main thread computes the CRC while the workers compress
+            crc = crc32_of(p, crc)
         done_in += sum(len(p) for p in pieces)
         chunks += 1
         if pool is None:
@@ -400,16 +443,30 @@ def _deflate_member(
     if final_data is not None:
         if final_job is not None:  # the previous chunk ended flushed, and libdeflate starts from scratch
             restarts.append((chunks, done_in))
+            pieces_crc.append((crc, done_in - piece_start))
+            crc, piece_start = 0, done_in
         crc = crc32_of(final_data, crc)
         emit(final_job.result() if final_job is not None else codec.compress_final(final_data), final_n)
+    pieces_crc.append((crc, done_in + final_n - piece_start))
     if restarts:
         ends = list(itertools.accumulate(written))
         assert fp.tell() - start == ends[-1] and len(ends) == chunks + (final_data is not None)
-        index[:] = [(ends[k - 1], u) for k, u in restarts]
-        if len(index) > MAX_INDEX:  # any subset of restart points is still valid
-            step = math.ceil(len(index) / MAX_INDEX)
-            index[:] = index[step - 1 :: step]
-    return crc
+        points = [(ends[k - 1], u) for k, u in restarts]
+        # Any subset of restart points is still valid: keep every step-th, and merge the pieces' CRCs.
+        step = math.ceil(len(points) / MAX_INDEX)
+        index[:] = points[step - 1 :: step]
+        crcs[:] = []
+        merged = 0
+        for i, (part_crc, part_len) in enumerate(pieces_crc):
+            merged = crc32_combine(merged, part_crc, part_len)
+            if i % step == step - 1 or i == len(pieces_crc) - 1:
+                crcs.append(merged)
+                merged = 0
+        assert len(crcs) == len(index) + 1
+    whole = 0
+    for part_crc, part_len in pieces_crc:
+        whole = crc32_combine(whole, part_crc, part_len)
+    return whole
 
 
 # --------------------------------------------------------------------------------------------

@@ -25,7 +25,6 @@ and stops at the first problem with one short message naming the key path (see S
 from __future__ import annotations
 
 import base64
-import binascii
 import datetime as dt
 import functools
 import math
@@ -167,10 +166,13 @@ def _tz_decode(obj: Any) -> dt.tzinfo | None:
         if zone is None:
             raise ValueError(f"unknown time zone {_shown(key)}")
         return zone
-    offset = dt.timedelta(seconds=float(obj["offset"]))
+    seconds = _field(obj, "offset")
+    if type(seconds) not in (int, float):
+        raise ValueError(f"time zone offset {_shown(seconds, 40)} is not a number")
+    offset = dt.timedelta(seconds=seconds)
     if offset == dt.timedelta(0) and "name" not in obj:
         return dt.UTC
-    return dt.timezone(offset, obj["name"]) if "name" in obj else dt.timezone(offset)
+    return dt.timezone(offset, _str(obj, "name")) if "name" in obj else dt.timezone(offset)
 
 
 def encode(meta: Mapping[str, Any], reserved: set[str] | None = None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -442,7 +444,7 @@ def decode(
             continue
         try:
             frame.container[slot] = _decode_leaf(value, tag, arrays, used)
-        except (KeyError, TypeError, ValueError, OverflowError, binascii.Error) as exc:
+        except (ValueError, OverflowError) as exc:  # what damage raises (binascii.Error is a ValueError)
             problem = f"has a malformed {_shown(tag, 40)} value: {_short(str(exc), 160)}"
             break
     if problem is not None:
@@ -454,51 +456,51 @@ def decode(
 def _decode_leaf(value: dict[str, Any], tag: Any, arrays: Mapping[str, np.ndarray], used: set[str]) -> Any:
     """A tagged value that holds no other metadata values (everything but "dict" and "tuple")."""
     if tag == "int":
-        return int(_str(value["hex"]), 16)
+        return int(_str(value, "hex"), 16)
     if tag == "float":
-        return float(_str(value["value"]))
+        return float(_str(value, "value"))
     if tag == "complex":
-        return complex(float(_str(value["real"])), float(_str(value["imag"])))
+        return complex(float(_str(value, "real")), float(_str(value, "imag")))
     if tag == "bytes":
-        return base64.b64decode(_str(value["base64"]), validate=True)
+        return base64.b64decode(_str(value, "base64"), validate=True)
     if tag == "datetime":
-        naive = dt.datetime.fromisoformat(_str(value["value"]))
+        naive = dt.datetime.fromisoformat(_str(value, "value"))
         return naive.replace(tzinfo=_tz_decode(value.get("tz")), fold=_fold(value))
     if tag == "date":
-        return dt.date.fromisoformat(_str(value["value"]))
+        return dt.date.fromisoformat(_str(value, "value"))
     if tag == "time":
-        clock = dt.time.fromisoformat(_str(value["value"]))
+        clock = dt.time.fromisoformat(_str(value, "value"))
         return clock.replace(tzinfo=_tz_decode(value.get("tz")), fold=_fold(value))
     if tag == "timedelta":
         return dt.timedelta(
-            days=_int(value["days"]), seconds=_int(value["seconds"]), microseconds=_int(value["microseconds"])
+            days=_int(value, "days"), seconds=_int(value, "seconds"), microseconds=_int(value, "microseconds")
         )
     if tag == "path":
-        cls = _PATH_BY_NAME[_str(value["class"])]
+        cls = _known(_PATH_BY_NAME, _str(value, "class"), "path class")
         try:
-            return cls(_str(value["value"]))
-        except (NotImplementedError, TypeError):  # a concrete path of the other platform
+            return cls(_str(value, "value"))
+        except NotImplementedError:  # a concrete path of the other platform (pathlib.UnsupportedOperation)
             pure = pathlib.PurePosixPath if cls is pathlib.PosixPath else pathlib.PureWindowsPath
-            return pure(_str(value["value"]))
+            return pure(_str(value, "value"))
     if tag == "numpy.str_":
-        return np.str_(_str(value["value"]))
+        return np.str_(_str(value, "value"))
     if tag == "numpy.bytes_":
-        return np.bytes_(base64.b64decode(_str(value["base64"]), validate=True))
+        return np.bytes_(base64.b64decode(_str(value, "base64"), validate=True))
     if tag == "numpy.scalar":
-        dtype = np.dtype(_str(value["dtype"]))
+        dtype = _dtype(_str(value, "dtype"))
         if not is_array_kind(dtype) or dtype.kind in "US":
             raise ValueError(f"dtype {dtype} is not allowed")
         if "type" in value:
-            cls = _SCALAR_TYPES[_str(value["type"])]
+            cls = _known(_SCALAR_TYPES, _str(value, "type"), "numpy type")
             if np.dtype(cls).kind != dtype.kind or np.dtype(cls).itemsize != dtype.itemsize:
                 raise ValueError(f"type {cls.__name__} does not match dtype {dtype}")
             dtype = np.dtype(cls).newbyteorder(dtype.byteorder)
-        raw = base64.b64decode(_str(value["base64"]), validate=True)
+        raw = base64.b64decode(_str(value, "base64"), validate=True)
         if len(raw) != dtype.itemsize:
             raise ValueError(f"{len(raw)} bytes for a {dtype.itemsize}-byte scalar")
         return np.frombuffer(raw, dtype=dtype)[0]
     if tag == "ndarray":
-        name = _str(value["member"])
+        name = _str(value, "member")
         if name not in arrays:
             raise ValueError(f"it refers to a missing array member {_shown(name)}")
         used.add(name)
@@ -513,13 +515,39 @@ def _fold(value: dict[str, Any]) -> int:
     return fold
 
 
-def _str(x: Any) -> str:
+# A tagged object's fields, read so that a missing field or one of the wrong JSON type is a
+# ValueError (damage in the file), never a KeyError or TypeError: those are left to tmd_nb's own bugs.
+
+
+def _field(value: dict[str, Any], key: str) -> Any:
+    if key not in value:
+        raise ValueError(f"its field {key!r} is missing")
+    return value[key]
+
+
+def _str(value: dict[str, Any], key: str) -> str:
+    x = _field(value, key)
     if type(x) is not str:
-        raise TypeError(f"expected a string, got {type(x).__name__}")
+        raise ValueError(f"its field {key!r} is not a string but {type(x).__name__}")
     return x
 
 
-def _int(x: Any) -> int:
+def _int(value: dict[str, Any], key: str) -> int:
+    x = _field(value, key)
     if type(x) is not int:
-        raise TypeError(f"expected an integer, got {type(x).__name__}")
+        raise ValueError(f"its field {key!r} is not an integer but {type(x).__name__}")
     return x
+
+
+def _known(table: Mapping[str, Any], name: str, what: str) -> Any:
+    if name not in table:
+        raise ValueError(f"unknown {what} {_shown(name, 40)}")
+    return table[name]
+
+
+def _dtype(text: str) -> np.dtype:
+    try:  # numpy parses the text: only its own refusal is caught here
+        return np.dtype(text)
+    except TypeError:
+        problem = f"{_shown(text, 40)} is not a numpy dtype"
+    raise ValueError(problem)
