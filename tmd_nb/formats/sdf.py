@@ -33,10 +33,11 @@ Data type
     (complex maps give their real part). NaN and infinite heights are missing points (-DBL_MAX
     in float64: Gwyddion 2.62 masks only NaN there, so it shows them as -1.8e308 x Zscale).
 Trailer (``Name = Value`` lines, 7-bit ASCII, as ISO-2.0 requires)
-    ``TmdNbRecord = <record.json>`` and ``TmdNbArray<i> = <base64 name> <base64 NPY bytes>``
-    for each array of tmd_nb's record (:mod:`tmd_nb.formats.embedded`); the record's standard
-    heights are the stored numbers themselves (so its factor is 1), and ``height_map`` is stored
-    only when they do not give back the exact array (float64 NaN payloads, infinities, uint64...).
+    tmd_nb's record (:mod:`tmd_nb.formats.embedded`): ``TmdNbRecord = <record.json>``,
+    ``TmdNbArray<i> = <base64 name> <base64 NPY bytes>`` for each array, and ``TmdNbEnd = <number
+    of TmdNb fields before it>`` (so that a cut trailer is noticed). The record's standard heights
+    are the stored numbers themselves (its factor is 1), and ``height_map`` is stored only when
+    they do not give back the exact array (float64 NaN payloads, infinities, uint64...).
     The fields of an ``sdf_trailer`` dict key (a loaded SDF file's trailer) come first, so that
     other software sees them again. The offsets (``x_offset``, ``y_offset``) have no SDF field.
 
@@ -97,6 +98,8 @@ MAX_TRAILER_TEXT = 1 << 20
 MANUFACTURER = "tmd_nb"
 RECORD_FIELD = "TmdNbRecord"
 ARRAY_FIELD = "TmdNbArray"
+#: The last field of the record: how many ``TmdNb`` fields precede it (a cut trailer lacks it).
+END_FIELD = "TmdNbEnd"
 #: Largest side of a grid in the ISO-1.0 binary header (2-byte counts).
 MAX_ISO1_SIDE = 0xFFFF
 _PREFIX = 8 + 10 + 12 + 12  # magic, ManufacID, CreateDate, ModDate
@@ -227,6 +230,7 @@ def _trailer(record: Mapping[str, bytes], meta: Mapping[str, Any]) -> bytes:
     for i, (name, content) in enumerate(arrays, 1):
         encoded = base64.b64encode(name.encode("utf-8", "surrogatepass")).decode("ascii")
         lines.append(f"{ARRAY_FIELD}{i} = {encoded} {base64.b64encode(content).decode('ascii')}")
+    lines.append(f"{END_FIELD} = {len(arrays) + 1}")
     return "".join(line + "\r\n" for line in lines).encode("ascii")
 
 
@@ -376,9 +380,11 @@ def _parse(body: bytes, where: str) -> Any:
     try:
         return sdfio.SdfFile.loads(body)
     except sdfio.SdfError as exc:
-        raise FormatError(f"{where} is not a readable SDF file: {exc}") from None
+        problem = str(exc)
     except _LIBRARY_ERRORS as exc:
-        raise FormatError(f"{where} is not a readable SDF file: {type(exc).__name__}: {exc}") from None
+        problem = f"{type(exc).__name__}: {exc}"
+    # Raised outside the handler: no chain keeps sdfio's exception (and its frames) alive.
+    raise FormatError(f"{where} is not a readable SDF file: {problem}")
 
 
 def _positive(value: float, name: str, where: str) -> float:
@@ -424,26 +430,32 @@ def _tagged(text: str) -> dict[str, str] | None:
 def _record_members(trailer: str, where: str) -> dict[str, bytes] | None:
     """tmd_nb's record from the trailer, as :func:`embedded.unpack` takes it; None if there is none."""
     members: dict[str, bytes] = {}
+    fields, end = 0, None
     for line in trailer.splitlines():
-        name, sep, value = line.partition("=")
+        name, _, value = line.partition("=")
         name, value = name.strip(), value.strip()
-        if not sep or not name.startswith("TmdNb"):
+        if not name.startswith("TmdNb"):
             continue
+        if name == END_FIELD:
+            end = value
+            break
+        fields += 1
         if name == RECORD_FIELD:
             members[embedded.RECORD] = value.encode("ascii", "replace")
         elif name.startswith(ARRAY_FIELD) and name[len(ARRAY_FIELD) :].isdigit():
             parts = value.split(" ")
             try:
-                if len(parts) != 2:
-                    raise ValueError("not two base64 parts")
                 key = base64.b64decode(parts[0], validate=True).decode("utf-8", "surrogatepass")
-                members[key] = base64.b64decode(parts[1], validate=True)
-            except (binascii.Error, ValueError) as exc:
-                raise FormatError(f"{where}: its tmd_nb trailer field {name} is malformed: {exc}") from None
-    if embedded.RECORD not in members:
-        if members:
-            raise FormatError(f"{where}: its trailer holds tmd_nb arrays but no {RECORD_FIELD}")
+                content = base64.b64decode(parts[1], validate=True) if len(parts) == 2 else None
+            except (binascii.Error, ValueError):
+                content = None
+            if content is None:
+                raise FormatError(f"{where}: its tmd_nb trailer field {name} is not two base64 texts")
+            members[key] = content
+    if not fields and end is None:
         return None
+    if end != str(fields) or embedded.RECORD not in members:
+        raise FormatError(f"{where}: its tmd_nb record in the trailer is cut short or damaged")
     return members
 
 
