@@ -505,3 +505,63 @@ def test_load_reports_progress(tmp_path):
     load_sdf(out, progress=lambda done, total: seen.append((done, total)))
     size = Path(out).stat().st_size
     assert seen and seen[-1] == (size, size)
+
+
+# --------------------------------------------------------------------------- memory, in a capped process
+
+MB = 1 << 20
+
+
+def probe(path: Path, returned: int = 0) -> dict:
+    """Load ``path`` in a child capped at its baseline + 256 MB + 50 x size + ``returned`` (tests/memory_probe.py)."""
+    import json
+    import os
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, str(HERE / "memory_probe.py"), str(path), str(256 * MB), "50", str(returned)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])},
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("name", "outcome", "message"),
+    [
+        ("ascii_one_per_line", "ok", ""),  # sdfio's tokens and lines cost the most per byte: "-1\n"
+        ("ascii_one_line", "ok", ""),  # measured: 35 x the file at its peak, the returned array included
+        ("ascii_count_lies", "FormatError", "Expected 8000001 data values, found 8000000"),
+        ("ascii_blank_lines", "FormatError", "Expected 4 data values, found 1"),
+        ("binary_lies", "FormatError", "65535 x 65535 points of 8 bytes need 34358689800 bytes"),
+        ("binary_uint8", "ok", ""),  # 1-byte values become float64: the returned array, 8 x the file
+    ],
+)
+def test_memory_stays_within_the_returned_array_plus_256_mb_plus_50_times_the_file(tmp_path, name, outcome, message):
+    n = 8_000_000
+    path = tmp_path / f"{name}.sdf"
+    returned = 0
+    if name == "ascii_one_per_line":
+        path.write_bytes(ascii_file(points=str(n), profiles="1", data="-1\r\n" * n))
+        returned = 8 * n
+    elif name == "ascii_one_line":
+        path.write_bytes(ascii_file(points=str(n), profiles="1", data="-1 " * n))
+        returned = 8 * n
+    elif name == "ascii_count_lies":
+        path.write_bytes(ascii_file(points=str(n + 1), profiles="1", data="-1 " * n))
+    elif name == "ascii_blank_lines":
+        path.write_bytes(ascii_file(data="1" + "\n" * (3 * n)))
+    elif name == "binary_lies":
+        path.write_bytes(binary_header(65535, 65535) + b"\0" * (16 * MB))
+    else:
+        header = binary_header(4000, 4000, data_type=0, revision=b"BCR-1.0")
+        path.write_bytes(header + bytes(range(256)) * (4000 * 4000 // 256))
+        returned = 8 * 4000 * 4000
+    result = probe(path, returned)
+    assert result["outcome"] == outcome, result
+    if outcome == "FormatError":
+        assert message in result["message"] and path.name in result["message"], result
