@@ -384,7 +384,17 @@ def ascii_file(points="2", profiles="2", data="1 2\r\n3 4", scales=("1e-6", "1e-
         (binary_header(scales=(1.0, 1.0, np.inf, 1.0)) + b"\0" * 32, "has Zscale = inf; it must be a positive"),
         (b"bXYZ-1.0" + b"\0" * 100, "is not an SDF file: it starts with b'bXYZ-1.0'"),
         (ascii_file(points="99999999999", profiles="99999999999"), "Expected 9999999999800000000001 data values"),
-        (ascii_file(points="-2", profiles="-1"), "is not a readable SDF file"),
+        (ascii_file(points="-2", profiles="-1"), "has NumPoints = -2; a count cannot be negative"),
+        (ascii_file(points="4", profiles="-1", data="1 2 3 4"), "has NumProfiles = -1; a count cannot be negative"),
+        (ascii_file(points="2.0"), "Invalid integer value for SDF header field 'NumPoints': '2.0'"),
+        (ascii_file(points="9" * 5000), "Invalid integer value for SDF header field 'NumPoints'"),
+        (ascii_file(data="1 2\r\n3 inf"), "Invalid data value at position 3: 'inf'"),
+        (ascii_file(data="1 2 * 3 4"), "Expected 4 data values, found 5"),
+        (ascii_file(scales=("1e400", "1", "1")), "has Xscale = inf"),
+        (ascii_file(scales=("1", "1", "-0")), "has Zscale = -0.0"),
+        (ascii_file(data_type="3"), "Data type BINARY32 is not valid for SDF revision ISO-1.0"),
+        (ascii_file().replace(b"Zresolution = -1\r\n", b""), "Missing required SDF header field 'Zresolution'"),
+        (b"\xef\xbb\xbf" * 2 + ascii_file(), "is not an SDF file"),
         (ascii_file(points="x"), "Invalid integer value for SDF header field 'NumPoints': 'x'"),
         (ascii_file(data="1 2\r\n3 4.5"), "Invalid data value at position 3: '4.5'"),
         (ascii_file(data="1 2 3"), "Expected 4 data values, found 3"),
@@ -400,7 +410,7 @@ def test_malformed_and_lying_files_are_one_line_format_errors_naming_the_file(tm
     path = tmp_path / "bad.sdf"
     path.write_bytes(content)
     assert message in format_error(path)
-    if content.lstrip(b"\xef\xbb\xbf")[:8] in sdf.MAGICS:
+    if content.removeprefix(b"\xef\xbb\xbf")[:8] in sdf.MAGICS:
         assert message in format_error(path, tmd_nb.load)
 
 

@@ -108,6 +108,7 @@ _COUNTS = {"ISO-2.0": struct.Struct("<II")}
 _COUNTS_SHORT = struct.Struct("<HH")
 _ITEM_SIZES = {0: 1, 1: 2, 2: 4, 3: 4, 4: 1, 5: 2, 6: 4, 7: 8}
 _TAGGED = re.compile(r"^(\w+)\s*=\s*(.*)$")
+_ASCII_COUNT = re.compile(rb"^[ \t]*(NumPoints|NumProfiles)[ \t]*=[ \t]*(-\d+)[ \t]*\r?$", re.MULTILINE | re.IGNORECASE)
 _TRAILER_VALUE = re.compile(r"[\x20-\x7e]*")
 
 
@@ -377,6 +378,11 @@ def _parse(body: bytes, where: str) -> Any:
 
     if body[:1] in (b"b", b"B"):
         _check_binary_claims(body, where)
+    else:  # numpy would refuse the shape with a message about reshaping
+        negative = _ASCII_COUNT.search(body, 0, 1 << 16)
+        if negative is not None:
+            field, value = (g.decode("ascii") for g in negative.groups())
+            raise FormatError(f"{where} has {field} = {value}; a count cannot be negative")
     try:
         return sdfio.SdfFile.loads(body)
     except sdfio.SdfError as exc:
