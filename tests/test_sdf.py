@@ -575,3 +575,72 @@ def test_memory_stays_within_the_returned_array_plus_256_mb_plus_50_times_the_fi
     assert result["outcome"] == outcome, result
     if outcome == "FormatError":
         assert message in result["message"] and path.name in result["message"], result
+
+
+# --------------------------------------------------------------------------- cases an outside attack tried, kept
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (ascii_file().replace(b"\r\n", b"\r"), [[1e-6, 2e-6], [3e-6, 4e-6]]),  # CR-only lines (BCR allows them)
+        (ascii_file().replace(b"\r\n", b"\n"), [[1e-6, 2e-6], [3e-6, 4e-6]]),
+        (ascii_file(points="+2"), [[1e-6, 2e-6], [3e-6, 4e-6]]),
+        (ascii_file().replace(b"NumPoints", b"numpoints"), [[1e-6, 2e-6], [3e-6, 4e-6]]),
+        (ascii_file().replace(b"CheckType = 0", b"CheckType = 0\r\nFoo = bar"), [[1e-6, 2e-6], [3e-6, 4e-6]]),
+        (ascii_file(data="1 2\r\n3 BAD"), [[1e-6, 2e-6], [3e-6, np.nan]]),
+        (ascii_file(data="1 2\r\n3 nan", data_type="5"), [[1e-6, 2e-6], [3e-6, np.nan]]),
+        (ascii_file(data="1 2\r\n3 1e999", data_type="7"), [[1e-6, 2e-6], [3e-6, np.nan]]),  # overflow: no height
+        (ascii_file(data="1 2\r\n3 -inf", data_type="7"), [[1e-6, 2e-6], [3e-6, np.nan]]),
+        # BCR-1.0: symbolic data types, ';' comments, the type's maximum as missing, rows stored last first
+        (ascii_file(data_type="LONGINT").replace(b"aISO-1.0", b"aBCR-1.0"), [[3e-6, 4e-6], [1e-6, 2e-6]]),
+        (
+            ascii_file(data="1 2 ; note\r\n3 2147483647").replace(b"aISO-1.0", b"aBCR-1.0"),
+            [[3e-6, np.nan], [1e-6, 2e-6]],
+        ),
+        (
+            binary_header(data_type=1, revision=b"BCR-1.0") + struct.pack("<4H", 1, 2, 3, 65535),
+            [[3e-6, np.nan], [1e-6, 2e-6]],
+        ),
+        (binary_header(data_type=5) + struct.pack("<4h", 1, 2, 3, -32768), [[1e-6, 2e-6], [3e-6, np.nan]]),
+        (
+            binary_header(data_type=3, revision=b"ISO-2.0") + struct.pack("<4f", 1, 2, 3, np.finfo(np.float32).min),
+            [[1e-6, 2e-6], [3e-6, np.nan]],
+        ),
+    ],
+)
+def test_variants_real_writers_produce_load_as_sdfio_reads_them(tmp_path, content, expected):
+    path = tmp_path / "v.sdf"
+    path.write_bytes(content)
+    back = load_sdf(path)
+    np.testing.assert_array_equal(back["height_map"], expected)
+    theirs = sdfio.read(path).data  # sdfio keeps an overflowing number as infinity; tmd_nb as missing
+    np.testing.assert_array_equal(back["height_map"], np.where(np.isfinite(theirs), theirs, np.nan))
+
+
+def test_a_trailer_that_is_not_text_or_too_long_still_loads(tmp_path):
+    path = tmp_path / "t.sdf"
+    path.write_bytes(binary_header() + b"\0" * 32 + b"\xff\xfe caf\xe9")
+    assert load_sdf(path)["sdf_trailer"] == "\ufffd\ufffd caf\ufffd"
+    path.write_bytes(binary_header() + b"\0" * 32 + b"x" * (sdf.MAX_TRAILER_TEXT + 1))
+    with pytest.warns(UserWarning, match=r"t\.sdf': its trailer of 1048577 characters is not kept"):
+        assert "sdf_trailer" not in load_sdf(path)
+
+
+@pytest.mark.parametrize(
+    ("find", "replace", "message"),
+    [
+        (b'"dtype": "<f8"', b'"dtype": "|O"', "tmd_nb record holds dtype object, not a numeric height map"),
+        (b'"exact": null', b'"exact": "height_map"', "its tmd_nb record refers to a missing exact height map"),
+        (b"TmdNbEnd = 2", b"TmdNbEnd = 3", "its tmd_nb record in the trailer is cut short or damaged"),
+        (b"TmdNbRecord", b"TmdNbEnd = 0\r\nTmdNbRecord", "its tmd_nb record in the trailer is cut short or damaged"),
+        (b'"metadata": {', b'"metadata": {"d": ' + b"[" * 5000 + b"]" * 5000 + b", ", "nested 5002 levels deep"),
+        (b'"metadata": {', b'"metadata":\r\n {', "its tmd_nb record is not valid JSON"),
+    ],
+)
+def test_edits_of_the_record_are_format_errors(tmp_path, find, replace, message):
+    good = Path(export_to_sdf({"height_map": surface((3, 4)), "arr": np.ones(3)}, tmp_path / "g.sdf")).read_bytes()
+    assert find in good
+    path = tmp_path / "r.sdf"
+    path.write_bytes(good.replace(find, replace, 1))
+    assert message in format_error(path, chained=True)
