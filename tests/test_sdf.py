@@ -14,6 +14,7 @@ import gwyfile
 import numpy as np
 import pytest
 import sdfio
+import test_magics
 from helpers import assert_identical, height_maps, metadata_dicts
 from hypothesis import example, given
 from hypothesis import strategies as st
@@ -22,6 +23,10 @@ import tmd_nb
 from tmd_nb import FormatError, export_to_sdf, load_sdf
 from tmd_nb.errors import MAX_MESSAGE
 from tmd_nb.formats import registry, sdf
+
+# The magics' fixtures: the session's IPython shell, and it with tmd_nb loaded in tmp_path.
+shell = test_magics.shell
+ip = test_magics.ip
 
 HERE = Path(__file__).resolve().parent
 SHARED_SDF = HERE.parents[0].parent / "shared" / "data" / "sdf"
@@ -227,6 +232,13 @@ def test_every_shared_sample_loads_as_sdfio_reads_it():
         "OperatorName": "Jane Doe",
         "PartName": "Synthetic bumps",
     }
+
+
+def test_every_shared_sample_loads_through_tmd_load(ip):
+    for name, path in samples().items():
+        result = ip.run_line_magic("tmd_load", f"'{path}'")
+        np.testing.assert_array_equal(result["height_map"], sdfio.read(path).data, err_msg=name)
+        assert result["sdf_header"]["revision"] == str(sdfio.read(path).header.revision)
 
 
 def test_shared_samples_match_gwyddion_where_gwyddion_opens_them(tmp_path):
