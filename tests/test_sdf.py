@@ -656,3 +656,22 @@ def test_edits_of_the_record_are_format_errors(tmp_path, find, replace, message)
     path = tmp_path / "r.sdf"
     path.write_bytes(good.replace(find, replace, 1))
     assert message in format_error(path, chained=True)
+
+
+@pytest.mark.parametrize("encoding", [sdfio.FileFormat.BINARY, sdfio.FileFormat.ASCII])
+@pytest.mark.parametrize(
+    ("revision", "data_type"),
+    [(r, t) for r in sdfio.Revision for t in sdfio.DataType if t in r.rules.data_types],
+    ids=lambda v: str(getattr(v, "name", v)),
+)
+def test_every_revision_encoding_and_data_type_loads(tmp_path, revision, data_type, encoding):
+    heights = np.array([[0.0, 1.0, 2.0, 3.0], [4.0, np.nan, 6.0, 100.0], [7.0, 8.0, 9.0, 10.0]]) * 1e-7
+    path = tmp_path / "t.sdf"
+    meta = sdfio.Metadata(revision=revision, data_type=data_type, manufacturer_id="acme")
+    sdfio.write(path, heights, x_scale=2e-6, y_scale=3e-6, format=encoding, metadata=meta)
+    back = tmd_nb.load(path)
+    np.testing.assert_array_equal(back["height_map"], sdfio.read(path).data)
+    assert np.isnan(back["height_map"][1, 1]) and np.isfinite(np.delete(back["height_map"].ravel(), 5)).all()
+    np.testing.assert_allclose(back["height_map"], heights, rtol=0, atol=101e-7 / 100)  # within the coding step
+    assert (back["x_length"], back["y_length"]) == (8e-6, 9e-6)
+    assert back["sdf_header"]["data_type"] == data_type.name.lower()
