@@ -69,7 +69,7 @@ def test_missing_sources_and_bad_options_are_refused_before_any_work(archive, tm
         tmd_nb.convert(str(archive / "*.x3p"), tmp_path / "out")
     with pytest.raises(FileNotFoundError, match=r"^no such file or folder: '.*/nope.tmd'$"):
         tmd_nb.convert([archive, archive / "nope.tmd"], tmp_path / "out")
-    with pytest.raises(ValueError, match=r"^unknown format 'png'; choose 'npz', 'npy', 'tmd', 'x3p' or 'gwy'$"):
+    with pytest.raises(ValueError, match=r"^unknown format 'png'; choose 'npz', 'npy', 'tmd', 'x3p', 'gwy' or 'sdf'$"):
         tmd_nb.convert(archive, tmp_path / "out", format="png")
     with pytest.raises(ValueError, match=r"^jobs must be a positive int or None, not 0$"):
         tmd_nb.convert(archive, tmp_path / "out", jobs=0)

@@ -1,4 +1,4 @@
-"""Hostile X3P and Gwyddion files: every truncation and fuzzed edit raises FormatError naming the file, or loads."""
+"""Hostile X3P, Gwyddion and SDF files: each truncation and fuzzed edit raises FormatError, or loads."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from tmd_nb import FormatError, export_to_gwy, export_to_x3p, load, load_gwy, load_x3p
+from tmd_nb import FormatError, export_to_gwy, export_to_sdf, export_to_x3p, load, load_gwy, load_sdf, load_x3p
 
-WRITERS = {"x3p": export_to_x3p, "gwy": export_to_gwy}
-LOADERS = {"x3p": load_x3p, "gwy": load_gwy}
+WRITERS = {"x3p": export_to_x3p, "gwy": export_to_gwy, "sdf": export_to_sdf}
+LOADERS = {"x3p": load_x3p, "gwy": load_gwy, "sdf": load_sdf}
 
 
 def good(tmp_path: pathlib.Path, kind: str) -> bytes:
@@ -35,6 +35,7 @@ def loads_or_format_error(path: pathlib.Path, loader) -> None:
             assert result["height_map"].ndim == 2
 
 
+# SDF: a binary file cut in its trailer can still be a valid SDF file (tests/test_sdf.py cuts it).
 @pytest.mark.parametrize("kind", ["x3p", "gwy"])
 def test_every_truncation_is_a_format_error(tmp_path, kind):
     data = good(tmp_path, kind)
@@ -48,9 +49,18 @@ def test_every_truncation_is_a_format_error(tmp_path, kind):
 
 @pytest.mark.parametrize(
     "content",
-    [b"", b"\x00" * 100, os.urandom(4096), b"PK\x03\x04" + os.urandom(200), b"GWYP" + os.urandom(300)],
+    [
+        b"",
+        b"\x00" * 100,
+        os.urandom(4096),
+        b"PK\x03\x04" + os.urandom(200),
+        b"GWYP" + os.urandom(300),
+        b"bISO-1.0" + os.urandom(300),
+        b"aISO-2.0\r\n" + os.urandom(300),
+        b"bBCR-1.0" + os.urandom(300),
+    ],
 )
-@pytest.mark.parametrize("kind", ["x3p", "gwy"])
+@pytest.mark.parametrize("kind", ["x3p", "gwy", "sdf"])
 def test_random_bytes_are_format_errors(tmp_path, kind, content):
     path = tmp_path / "junk"
     path.write_bytes(content)
@@ -62,7 +72,7 @@ def test_random_bytes_are_format_errors(tmp_path, kind, content):
 @example(kind="x3p", edits=[(4565, 101)], cut=None, insert=None)
 @example(kind="x3p", edits=[(128, 200), (106, 161), (106, 161), (493, 226)], cut=None, insert=(12641, b"\x0e!"))
 @given(
-    kind=st.sampled_from(["x3p", "gwy"]),
+    kind=st.sampled_from(["x3p", "gwy", "sdf"]),
     edits=st.lists(st.tuples(st.integers(0, 100_000), st.integers(0, 255)), min_size=1, max_size=6),
     cut=st.none() | st.integers(0, 100_000),
     insert=st.none() | st.tuples(st.integers(0, 100_000), st.binary(max_size=9)),

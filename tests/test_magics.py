@@ -27,7 +27,7 @@ from tmd_nb.notebook.display import HeightMapResult
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 SAVED = re.compile(
     r"^Saved (?P<name>.+) \((?P<shape>[\d x]+) (?P<dtype>\w+), (?P<keys>\d+) metadata keys?\) to "
-    r"(?P<path>.+) \((?P<size>[\d.]+ (?:B|KiB|MiB|GiB)), (?P<fmt>NPZ|NPY|TMD|X3P|GWY)\) in [\d.]+ m?s$"
+    r"(?P<path>.+) \((?P<size>[\d.]+ (?:B|KiB|MiB|GiB)), (?P<fmt>NPZ|NPY|TMD|X3P|GWY|SDF)\) in [\d.]+ m?s$"
 )
 
 
@@ -212,7 +212,7 @@ def test_export_npy_drops_metadata_with_one_note_line(ip, capsys, tmp_path) -> N
     assert (match["fmt"], match["keys"], match["dtype"]) == ("NPY", "0", "int64")
     assert err.strip() == (
         "note: .npy stores the height map only; 2 metadata keys not saved ('units', 'extra'); "
-        "use .npz, .x3p or .gwy to keep them"
+        "use .npz, .x3p, .gwy or .sdf to keep them"
     )
     assert np.array_equal(np.load(tmp_path / "scan.npy"), np.arange(6).reshape(2, 3))
 
@@ -230,7 +230,7 @@ def test_tmd_round_trip_with_the_real_scans(ip, capsys, tmp_path, tmd_samples) -
     saved_line(out)
     assert err.strip() == (
         "note: .tmd stores the height map, lengths, offsets and comment only; 1 metadata key "
-        "not saved ('operator'); use .npz, .x3p or .gwy to keep them"
+        "not saved ('operator'); use .npz, .x3p, .gwy or .sdf to keep them"
     )
     # what a .tmd file cannot represent is a one-line error and leaves no file
     message = usage_error(ip, capsys, "%tmd_export surface bad.tmd -m comment=café")
@@ -316,7 +316,7 @@ def test_wrong_type_is_one_line_and_leaves_no_file(ip, capsys, tmp_path, value, 
     [
         (
             "%tmd_export z out.txt",
-            "cannot tell the format of 'out.txt' from its extension: use .npz, .npy, .tmd, .x3p or .gwy",
+            "cannot tell the format of 'out.txt' from its extension: use .npz, .npy, .tmd, .x3p, .gwy or .sdf",
         ),
         ("%tmd_export z sub/", "cannot tell the format of 'sub/'"),
         ("%tmd_export z nodir/out.npz", "cannot save to 'nodir/out.npz': directory"),
@@ -413,7 +413,11 @@ def test_load_recognises_content_not_extension(ip, tmp_path) -> None:
     [
         (None, "%tmd_load missing.npz", "no such file: 'missing.npz'"),
         ("dir", "%tmd_load folder", "'folder' is a directory, not a file"),
-        ("garbage", "%tmd_load junk.npz", "'junk.npz' is not a GWY, NPY, NPZ, TMD or X3P file (it starts with b'hello"),
+        (
+            "garbage",
+            "%tmd_load junk.npz",
+            "'junk.npz' is not a GWY, NPY, NPZ, SDF, TMD or X3P file (it starts with b'hello",
+        ),
         ("truncated", "%tmd_load cut.npz", "'cut.npz'"),
         (None, "%tmd_load x.npz -n 2bad", "-n/--name: '2bad' is not a valid Python variable name"),
         (None, "%tmd_load x.npz -n class", "-n/--name: 'class' is not a valid Python variable name"),
@@ -759,7 +763,7 @@ def test_export_height_map_function_refuses_overwrite(tmp_path) -> None:
 # --------------------------------------------------------------------------- exchange formats
 
 
-@pytest.mark.parametrize("ext, fmt", [(".x3p", "X3P"), (".gwy", "GWY")])
+@pytest.mark.parametrize("ext, fmt", [(".x3p", "X3P"), (".gwy", "GWY"), (".sdf", "SDF")])
 def test_export_and_load_exchange_formats(ip, capsys, tmp_path, ext, fmt) -> None:
     ip.user_ns["scan"] = {"height_map": np.arange(6, dtype=np.float32).reshape(2, 3), "x_length": 3.0}
     _, out, err = run(ip, capsys, f"%tmd_export scan scan{ext} -m operator=me")

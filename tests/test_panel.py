@@ -542,7 +542,7 @@ def test_npy_says_metadata_is_not_stored_without_a_raw_warning(ns: dict, tmp_pat
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert panel.save() == str(tmp_path / "scan.npy")
-    assert "metadata" in panel.status and "not stored" in panel.status and "choose NPZ, X3P or GWY" in panel.status
+    assert "metadata" in panel.status and "not stored" in panel.status and "choose NPZ, X3P, GWY or SDF" in panel.status
     assert_identical(ns["scan"]["height_map"], tmd_nb.load_from_npy(tmp_path / "scan.npy"))
     panel.selected = "flat"  # no metadata: nothing to warn about
     panel.path = tmp_path / "flat.npy"
@@ -767,7 +767,7 @@ def test_load_panel_reads_tmd_scans(tmd_samples: Path) -> None:
     assert panel.bind() == "v2_Vickers_Indentation"
 
 
-@pytest.mark.parametrize("fmt", ["x3p", "gwy"])
+@pytest.mark.parametrize("fmt", ["x3p", "gwy", "sdf"])
 def test_exchange_formats_are_offered_and_keep_the_metadata(ns: dict, tmp_path: Path, fmt: str) -> None:
     panel = ExportPanel(namespace=ns)
     assert fmt in [value for _, value in panel._format.options]

@@ -55,7 +55,7 @@ def test_explicit_format_wins_over_the_extension(tmp_path: Path, fmt: str, reade
 @pytest.mark.parametrize("name", ["scan.txt", "scan", "scan.npz.bak", "archive.zip"])
 def test_unknown_extension_is_refused_before_any_file_is_touched(tmp_path: Path, name: str) -> None:
     with pytest.raises(
-        ValueError, match="cannot tell the format of .*use .npz, .npy, .tmd, .x3p or .gwy, or pass format="
+        ValueError, match="cannot tell the format of .*use .npz, .npy, .tmd, .x3p, .gwy or .sdf, or pass format="
     ):
         save(SCAN, tmp_path / name)
     assert list(tmp_path.iterdir()) == []
