@@ -309,7 +309,8 @@ def plan(sources: PathLike | Iterable[PathLike], out_dir: PathLike, format: str 
     if isinstance(sources, (str, os.PathLike)):
         sources = [sources]
     out_root = os.path.abspath(os.fspath(out_dir))
-    ours = set(_claims(read_manifest(os.path.join(out_root, MANIFEST))))
+    manifest = os.path.join(out_root, MANIFEST)
+    ours = set(_claims(read_manifest(manifest))) | {manifest}
     pairs: list[tuple[str, str]] = []
     seen: set[str] = set()
     for source in sources:
@@ -585,7 +586,11 @@ def _run_local(
     queue = collections.deque(tasks)
     suspects: list[Task] = []
 
+    begun: set[Task] = set()
+
     def run(pool: cf.ProcessPoolExecutor, task: Task) -> cf.Future:
+        if not os.path.lexists(task[1]):
+            begun.add(task)
         start([task])
         return pool.submit(convert_file, task[0], task[1], format, overwrite, task[2], manifest)
 
@@ -594,13 +599,16 @@ def _run_local(
             running: dict[cf.Future, Task] = {}
             try:
                 while queue or running:
-                    while queue and len(running) < jobs:
-                        task = queue.popleft()
-                        running[run(pool, task)] = task
-                    finished, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+                    broken = False
+                    try:
+                        while queue and len(running) < jobs:
+                            future = run(pool, queue[0])  # raises before the file leaves the queue
+                            running[future] = queue.popleft()
+                    except cf.process.BrokenProcessPool:  # it broke since the last wait: the file was not sent
+                        broken = True
+                    finished, _ = cf.wait(running, return_when=cf.ALL_COMPLETED if broken else cf.FIRST_COMPLETED)
                     if any(isinstance(f.exception(), cf.process.BrokenProcessPool) for f in finished):
                         finished, _ = cf.wait(running)  # the whole pool is gone: every future ends now
-                    broken = False
                     for future in finished:
                         task = running.pop(future)
                         if isinstance(future.exception(), cf.process.BrokenProcessPool):
@@ -620,7 +628,10 @@ def _run_local(
         with cf.ProcessPoolExecutor(1, mp_context=context, initializer=_worker_setup) as pool:
             future = run(pool, task)
             try:
-                done(future.result())
+                result = future.result()
+                if result["status"] == "skipped" and task in begun:  # written by the worker that was stopped
+                    result["status"] = "converted"
+                done(result)
             except cf.process.BrokenProcessPool:
                 done(_died(task))
 
