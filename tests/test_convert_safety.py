@@ -448,3 +448,79 @@ def test_convert_uses_the_client_it_is_given_even_when_it_is_not_the_default(sca
         report = tmd_nb.convert(scans, tmp_path / "out", client=client, progress=False)
     assert len(report.converted) == 4 and report.ok
     assert main(["convert", str(scans), "-o", str(tmp_path / "out"), "--no-progress"]) == 0
+
+
+# ------------------------------------------------------------------------------------------
+# more attacks: what is at the output name, sources that change, Dask workers that die
+# ------------------------------------------------------------------------------------------
+
+
+def test_links_folders_and_fifos_at_output_names_are_left_alone(scans, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    first, second, third = sorted(scans.iterdir())[:3]
+    precious = tmp_path / "precious.npz"
+    users_savez(precious)
+    before = snapshot(precious)
+    (out / (first.stem + ".npz")).symlink_to(precious)  # writing through it would replace the user's file
+    (out / (second.stem + ".npz")).mkdir()
+    os.mkfifo(out / (third.stem + ".npz"))
+    report = tmd_nb.convert(scans, out, jobs=1, progress=False)
+    assert report.failed == [
+        (str(first), NOT_OURS),
+        (str(second), "a folder is there at the output name; not replaced"),
+        (str(third), "a special file (not a regular file) is there at the output name; not replaced"),
+    ]
+    assert len(report.converted) == 1
+    assert snapshot(precious) == before and (out / (first.stem + ".npz")).is_symlink()
+
+
+def test_a_source_that_changes_while_it_is_read_is_not_converted_from_half_of_each(scans, tmp_path, monkeypatch):
+    first = sorted(scans.iterdir())[0]
+    other = sorted(scans.iterdir())[1].read_bytes()
+    real_load = batch.registry.load
+
+    def load_while_replaced(path, **kwargs):
+        data = real_load(path, **kwargs)
+        if os.path.basename(path) == first.name:
+            Path(path).write_bytes(other)  # the instrument writes the scan again meanwhile
+        return data
+
+    monkeypatch.setattr(batch.registry, "load", load_while_replaced)
+    out = tmp_path / "out"
+    report = tmd_nb.convert(scans, out, jobs=1, progress=False)
+    assert report.failed == [(str(first), "FormatError: the file changed while it was being read; run again")]
+    assert not (out / (first.stem + ".npz")).exists() and len(report.converted) == 3
+    monkeypatch.setattr(batch.registry, "load", real_load)
+    again = tmd_nb.convert(scans, out, jobs=1, progress=False)
+    assert again.converted == [(str(first), str(out / (first.stem + ".npz")))]
+    assert np.array_equal(tmd_nb.load(out / (first.stem + ".npz"))["height_map"], tmd_nb.load(first)["height_map"])
+
+
+def test_an_output_folder_that_is_a_file_is_refused_before_any_work(scans, tmp_path):
+    (tmp_path / "out").write_text("a file")
+    with pytest.raises(ValueError, match=r"^the output folder '.*/out' is a file; choose a folder$"):
+        tmd_nb.convert(scans, tmp_path / "out", progress=False)
+    with pytest.raises(SystemExit) as exit_:
+        main(["convert", str(scans), "-o", str(tmp_path / "out"), "--no-progress"])
+    assert exit_.value.code == 2
+
+
+@pytest.mark.slow
+def test_on_dask_a_file_that_kills_its_worker_costs_only_itself(scans, tmp_path, monkeypatch):
+    distributed = pytest.importorskip("distributed")
+    import dask
+
+    for i in range(6):
+        (scans / f"copy{i}.tmd").write_bytes(sorted(scans.iterdir())[i % 4].read_bytes())
+    killer = scans / "killer.tmd"
+    killer.write_bytes(sorted(scans.iterdir())[0].read_bytes())
+    monkeypatch.setenv("TMD_NB_TEST_KILL_WORKER", killer.name)  # before the worker processes start
+    with (
+        dask.config.set({"distributed.scheduler.allowed-failures": 0}),
+        distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        report = tmd_nb.convert(scans, tmp_path / "out", client=client, progress=False)
+    assert report.failed == [(str(killer), batch._DIED)]
+    assert len(report.converted) == 10

@@ -299,8 +299,8 @@ def plan(sources: PathLike | Iterable[PathLike], out_dir: PathLike, format: str 
     Raises
     ------
     ValueError
-        The format is unknown, or the output folder holds a file at the manifest's name that is
-        not a manifest.
+        The format is unknown, the output folder is a file, or it holds a file at the manifest's
+        name that is not a manifest.
     FileNotFoundError
         A source does not exist, or a pattern matches no file.
     """
@@ -309,6 +309,8 @@ def plan(sources: PathLike | Iterable[PathLike], out_dir: PathLike, format: str 
     if isinstance(sources, (str, os.PathLike)):
         sources = [sources]
     out_root = os.path.abspath(os.fspath(out_dir))
+    if os.path.exists(out_root) and not os.path.isdir(out_root):
+        raise ValueError(f"the output folder {out_root!r} is a file; choose a folder")
     manifest = os.path.join(out_root, MANIFEST)
     ours = set(_claims(read_manifest(manifest))) | {manifest}
     pairs: list[tuple[str, str]] = []
@@ -586,11 +588,7 @@ def _run_local(
     queue = collections.deque(tasks)
     suspects: list[Task] = []
 
-    begun: set[Task] = set()
-
     def run(pool: cf.ProcessPoolExecutor, task: Task) -> cf.Future:
-        if not os.path.lexists(task[1]):
-            begun.add(task)
         start([task])
         return pool.submit(convert_file, task[0], task[1], format, overwrite, task[2], manifest)
 
@@ -628,10 +626,7 @@ def _run_local(
         with cf.ProcessPoolExecutor(1, mp_context=context, initializer=_worker_setup) as pool:
             future = run(pool, task)
             try:
-                result = future.result()
-                if result["status"] == "skipped" and task in begun:  # written by the worker that was stopped
-                    result["status"] = "converted"
-                done(result)
+                done(future.result())
             except cf.process.BrokenProcessPool:
                 done(_died(task))
 
@@ -656,7 +651,7 @@ def _run_dask(
     """Run the tasks on ``client`` (not necessarily the default client), in batches: paths go to the workers.
 
     A batch whose task fails (a worker died: ``KilledWorker``) is split, and each of its files is
-    tried again alone; a file that fails alone too is reported with the reason.
+    tried again alone, one at a time; a file that fails alone too is reported with the reason.
     """
     from distributed import as_completed
 
@@ -666,25 +661,37 @@ def _run_dask(
     options = {"format": format, "overwrite": overwrite, "manifest": manifest, "pure": False}
     futures = client.map(convert_files, batches, **options)
     by_key = {f.key: batch for f, batch in zip(futures, batches, strict=True)}
-    alone: set[str] = set()
     pending = as_completed(futures, loop=client.loop)
+    # Files of failed batches, tried again one at a time: two retries never share a dying worker.
+    retries: collections.deque[Task] = collections.deque()
+    retrying: set[str] = set()
+
+    def retry_next() -> None:
+        if retries and not retrying:
+            task = retries.popleft()
+            retry = client.submit(convert_files, [task], **options)
+            by_key[retry.key] = [task]
+            retrying.add(retry.key)
+            futures.append(retry)
+            pending.add(retry)
+
     try:
         for future in pending:
+            batch = by_key.get(future.key, [])
+            alone = future.key in retrying
+            retrying.discard(future.key)
             try:
                 results = future.result()
             except Exception as exc:  # a worker died (KilledWorker) or the task could not run
-                batch = by_key[future.key]
-                if future.key not in alone:
-                    for task in batch:
-                        retry = client.submit(convert_files, [task], **options)
-                        by_key[retry.key] = [task]
-                        alone.add(retry.key)
-                        pending.add(retry)
-                        futures.append(retry)
+                if not alone:
+                    retries.extend(batch)
+                    retry_next()
                     continue
-                results = [_died(task) | {"reason": _reason(exc)} for task in batch]
+                reason = _DIED if type(exc).__name__ == "KilledWorker" else _reason(exc)
+                results = [_died(task) | {"reason": reason} for task in batch]
             for result in results:
                 done(result)
+            retry_next()
     except BaseException:
         client.cancel(futures)
         raise
@@ -769,6 +776,7 @@ def convert(
     manifest = os.path.join(out_root, MANIFEST)
     claims = _claims(_tidy(manifest))
     report = ConvertReport(manifest=manifest)
+    begun: set[str] = set()  # sources whose output did not exist when this run began converting them
     bar: Any = None
     lists = {"converted": report.converted, "skipped": report.skipped}
 
@@ -781,6 +789,7 @@ def convert(
                     st = os.stat(source)
                 except OSError:
                     continue  # the worker reports it
+                begun.add(source)
                 lines.append(
                     {
                         "source": source,
@@ -794,6 +803,10 @@ def convert(
 
     def done(result: Record) -> None:
         nonlocal bar
+        if result["status"] == "skipped" and result["source"] in begun:
+            # Absent when this run began it, there now and verified: written by a worker of this run
+            # that was stopped before it could say so (a pool broken by another file, a lost Dask worker).
+            result["status"] = "converted"
         _append(manifest, [result])
         source = result["source"]
         if result["status"] == "failed":
