@@ -6,10 +6,11 @@ format through the atomic writer), mapped over the files by an existing engine: 
 given. Tasks carry paths, never arrays, so workers must see the same file system.
 
 The manifest
-    ``OUT/tmd_nb-convert.csv`` records what convert did, one CSV line per event, appended (one
-    write each, under a lock, flushed to disk) as the run goes, and tidied to one line per
-    source (the last) when a run ends and when the next one starts; where a source has more
-    than one line (a run killed half-way, or one still going) the last counts. Columns:
+    ``OUT/tmd_nb-convert.csv`` records what convert did, one CSV line per event, appended as the
+    run goes (one write each, under a lock: a killed run loses none; flushed to disk at least
+    once a second) and tidied to one line per source (the last, written atomically) when a run
+    ends and when the next one starts; where a source has more than one line (a run killed
+    half-way, or one still going) the last counts. Columns:
 
     ``source``
         the absolute path of the scan; ``size`` and ``mtime_ns``: its size in bytes and its
@@ -75,6 +76,7 @@ import signal
 import stat
 import sys
 import threading
+import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -91,6 +93,8 @@ _GLOB_CHARS = re.compile(r"[*?[]")
 MAX_BATCH = 16
 #: The manifest's file name in the output folder (see the module doc).
 MANIFEST = "tmd_nb-convert.csv"
+#: Seconds between two flushes of the manifest to disk (an fsync costs milliseconds; files, less).
+SYNC_INTERVAL = 1.0
 FIELDS = ("source", "size", "mtime_ns", "format", "channel", "output", "status", "reason", "output_sha256")
 _KILL_HOOK = "TMD_NB_TEST_KILL_WORKER"
 _DIED = "the worker process converting it died twice (out of memory, or killed?)"
@@ -206,8 +210,8 @@ def _locked(directory: str) -> Iterator[None]:
         os.close(fd)
 
 
-def _append(manifest: str, records: list[Record]) -> None:
-    """Add lines to the manifest in one write, flushed to disk (they survive a kill of this process)."""
+def _append(manifest: str, records: list[Record], sync: bool = True) -> None:
+    """Add lines to the manifest in one write (a kill of this process loses none); ``sync``: flush it to disk."""
     if not records:
         return
     with _locked(os.path.dirname(manifest)):
@@ -220,7 +224,8 @@ def _append(manifest: str, records: list[Record]) -> None:
             elif os.pread(fd, 1, size - 1) != b"\n":
                 text = "\n" + text  # after a line cut short by a power failure, which is then left out
             os.write(fd, text.encode("utf-8", "surrogateescape"))
-            os.fsync(fd)
+            if sync:
+                os.fsync(fd)
         finally:
             os.close(fd)
 
@@ -404,6 +409,12 @@ def _existing(
     return "convert", digest  # damaged (cut short, overwritten with garbage): converted again
 
 
+def _remove(paths: list[str]) -> None:
+    for path in paths:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
 def _kill_hook(source: str) -> None:
     """The documented test hook (module doc): die like a worker killed by the system."""
     name = os.environ.get(_KILL_HOOK)
@@ -438,9 +449,6 @@ def convert_file(
         result.update(size=st.st_size, mtime_ns=st.st_mtime_ns)
         if not stat.S_ISREG(st.st_mode):
             raise FormatError(f"{source!r} is not a regular file")
-        for stale in atomic.stale_temporaries(output):
-            with contextlib.suppress(OSError):
-                os.unlink(stale)
         action, digest = _existing(source, output, format, st, overwrite, record, manifest)
         result["output_sha256"] = digest  # still ours whatever happens next
         if action == "skip":
@@ -634,7 +642,11 @@ def _run_local(
 def convert_files(
     batch: list[Task], format: str = "npz", overwrite: bool = False, manifest: str | None = None
 ) -> list[Record]:
-    """:func:`convert_file` over a batch of ``(source, output, record)``: one Dask task for several small files."""
+    """:func:`convert_file` over a batch of ``(source, output, record)``: one Dask task for several small files.
+
+    First removes what killed saves of these outputs left on this worker's host.
+    """
+    _remove(atomic.stale_temporaries(*(output for _, output, _ in batch)))
     return [convert_file(source, output, format, overwrite, record, manifest) for source, output, record in batch]
 
 
@@ -780,6 +792,15 @@ def convert(
     bar: Any = None
     lists = {"converted": report.converted, "skipped": report.skipped}
 
+    synced = time.monotonic()
+
+    def write(lines: list[Record]) -> None:
+        nonlocal synced
+        sync = time.monotonic() - synced >= SYNC_INTERVAL
+        _append(manifest, lines, sync)
+        if sync:
+            synced = time.monotonic()
+
     def start(tasks: list[Task]) -> None:
         """Note the outputs about to be written where nothing is yet: a file found there later is ours."""
         lines = []
@@ -799,7 +820,7 @@ def convert(
                         "status": "started",
                     }
                 )
-        _append(manifest, lines)
+        write(lines)
 
     def done(result: Record) -> None:
         nonlocal bar
@@ -807,7 +828,7 @@ def convert(
             # Absent when this run began it, there now and verified: written by a worker of this run
             # that was stopped before it could say so (a pool broken by another file, a lost Dask worker).
             result["status"] = "converted"
-        _append(manifest, [result])
+        write([result])
         source = result["source"]
         if result["status"] == "failed":
             report.failed.append((source, result["reason"]))
@@ -833,6 +854,7 @@ def convert(
             continue
         first[output] = source
         tasks.append((source, output, claims.get(output)))
+    _remove(atomic.stale_temporaries(*first))  # what killed saves of these outputs left
     try:
         if client is not None:
             _run_dask(tasks, format, overwrite, manifest, client, start, done)
@@ -844,6 +866,7 @@ def convert(
         if bar is not None:
             bar.close()
         _tidy(manifest)
+        _remove(atomic.stale_temporaries(*first))  # and what workers of this run that died left
     order = {source: i for i, (source, _) in enumerate(pairs)}
     for items in (report.converted, report.skipped, report.failed):
         items.sort(key=lambda item: order[item[0]])

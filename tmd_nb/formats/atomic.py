@@ -44,7 +44,7 @@ _NAME_MAX = 255  # bytes in one path component on the usual file systems
 _SUFFIX_BYTES = len(".00000000-00000000-00000000.tmp")
 _ROOM = _NAME_MAX - 1 - _SUFFIX_BYTES  # bytes of the target's name kept in a temporary name
 _HOST = hashlib.sha256(socket.gethostname().encode("utf-8", "surrogateescape")).hexdigest()[:8]
-_SUFFIX = re.compile(rb"\.([0-9a-f]{8})-([0-9a-f]{8})-[0-9a-f]{8}\.tmp")
+_SUFFIX = re.compile(rb"\.([0-9a-f]{8})-([0-9a-f]{8})-[0-9a-f]{8}\.tmp\Z")
 
 
 def _kept(name: str) -> bytes:
@@ -74,23 +74,32 @@ def _running(pid: int) -> bool:
     return True
 
 
-def stale_temporaries(target: str) -> list[str]:
-    """The temporary files of ``target`` whose writer, a process of this host, no longer runs.
+def stale_temporaries(*targets: str) -> list[str]:
+    """The temporary files of ``targets`` whose writer, a process of this host, no longer runs.
 
-    What a killed save left behind; a running writer's file (of this or another program) is
-    never among them, and neither are files from other hosts sharing the folder.
+    What killed saves left behind; a running writer's file (of this or another program) is
+    never among them, and neither are files from other hosts sharing the folder. Each folder
+    is listed once, however many targets it holds.
     """
-    directory, name = os.path.split(target)
-    prefix = b"." + _kept(name)
-    try:
-        names = os.listdir(os.fsencode(directory or "."))
-    except OSError:
-        return []
+    folders: dict[str, set[bytes]] = {}
+    for target in targets:
+        directory, name = os.path.split(target)
+        folders.setdefault(directory, set()).add(b"." + _kept(name))
     stale = []
-    for candidate in names:
-        match = _SUFFIX.fullmatch(candidate, len(prefix)) if candidate.startswith(prefix) else None
-        if match and match[1].decode() == _HOST and not _running(int(match[2], 16)):
-            stale.append(os.path.join(directory, os.fsdecode(candidate)))
+    for directory, prefixes in folders.items():
+        try:
+            names = os.listdir(os.fsencode(directory or "."))
+        except OSError:
+            continue
+        for candidate in names:
+            match = _SUFFIX.search(candidate, max(0, len(candidate) - _SUFFIX_BYTES))
+            if (
+                match
+                and candidate[: match.start()] in prefixes
+                and match[1].decode() == _HOST
+                and not _running(int(match[2], 16))
+            ):
+                stale.append(os.path.join(directory, os.fsdecode(candidate)))
     return sorted(stale)
 
 
