@@ -524,3 +524,35 @@ def test_on_dask_a_file_that_kills_its_worker_costs_only_itself(scans, tmp_path,
         report = tmd_nb.convert(scans, tmp_path / "out", client=client, progress=False)
     assert report.failed == [(str(killer), batch._DIED)]
     assert len(report.converted) == 10
+
+
+def test_an_unguarded_script_with_threads_converts_in_its_own_process_and_says_what_to_add(scans, tmp_path):
+    script = tmp_path / "threads_then_convert.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""\
+            import threading
+            import tmd_nb
+            stop = threading.Event()
+            threading.Thread(target=stop.wait, daemon=True).start()  # forking now would be unsafe
+            print(tmd_nb.convert({str(scans)!r}, {str(tmp_path / "converted")!r}, jobs=2, progress=False).summary())
+            stop.set()
+            """
+        )
+    )
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == "4 converted, 0 skipped (already done), 0 failed\n"
+    assert run.stderr == (
+        "convert: converting in this process only; to use several processes, "
+        'call it under `if __name__ == "__main__":`\n'
+    )
+
+
+def test_an_output_folder_that_cannot_be_written_is_one_line_from_the_command_line(scans, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / batch.MANIFEST).mkdir()  # even root cannot append to a folder
+    assert main(["convert", str(scans), "-o", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tmd-nb convert: error: [Errno 21] Is a directory: ") and err.count("\n") == 1

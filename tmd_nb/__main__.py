@@ -29,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
             "that came from the same unchanged source and is intact is skipped, so an interrupted run is "
             "resumed by running it again. A file at an output name that convert did not write is not replaced "
             "(reported as failed) unless --overwrite is given. Exit status: 0 when no file failed, 1 when some "
-            "did, 2 for a usage error, 3 when the --scheduler could not be reached, 130 when interrupted."
+            "did, 2 for a usage error (or an output folder that cannot be written), 3 when the --scheduler could "
+            "not be reached (no file was tried), 130 when interrupted."
         ),
     )
     conv.add_argument(
@@ -77,6 +78,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConnectionError as exc:  # only connect() raises it: no file was tried
         print(f"{parser.prog}: {exc}", file=sys.stderr)
         return 3
+    except OSError as exc:  # the output folder or its manifest cannot be written
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted: run the same command again to convert what is missing", file=sys.stderr)
         return 130
