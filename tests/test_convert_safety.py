@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -556,3 +557,32 @@ def test_an_output_folder_that_cannot_be_written_is_one_line_from_the_command_li
     assert main(["convert", str(scans), "-o", str(out), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("tmd-nb convert: error: [Errno 21] Is a directory: ") and err.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_killed_again_and_again_then_run_to_the_end_every_output_is_right(tmd_samples, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    samples = sorted(tmd_samples.glob("*.tmd"))
+    for i in range(60):
+        os.symlink(samples[i % len(samples)], src / f"{i:03d}_{samples[i % len(samples)].name}")
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "tmd_nb", "convert", str(src), "-o", str(out), "--jobs", "2", "--no-progress"]
+    for wanted in (3, 15, 30, 45):  # each run is killed (process group: workers too) once it passed that many
+        child = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            while len(list(out.glob("*.npz"))) < wanted and child.poll() is None:
+                time.sleep(0.01)  # polling the folder, as a person watching it would
+        finally:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait(timeout=60)
+    final = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert final.returncode == 0, final.stdout + final.stderr
+    assert final.stdout.splitlines()[0].endswith(" 0 failed")
+    lines = manifest_lines(out)
+    assert sorted(line["source"] for line in lines) == sorted(str(p) for p in src.iterdir())
+    assert [p.name for p in out.iterdir() if p.name.endswith(".tmp")] == []
+    for source in src.iterdir():
+        assert np.array_equal(
+            tmd_nb.load(out / (source.stem + ".npz"))["height_map"], tmd_nb.load(source)["height_map"]
+        )

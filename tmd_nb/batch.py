@@ -249,10 +249,6 @@ def _claims(records: Iterable[Record]) -> dict[str, Record]:
 # --------------------------------------------------------------------------- planning
 
 
-def _inside(path: str, folder: str) -> bool:
-    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
-
-
 def _expand(source: PathLike, out_root: str, ours: set[str]) -> Iterator[tuple[str, str]]:
     """``(file, path relative to the output folder)`` for one source: a folder, a glob or a file.
 
