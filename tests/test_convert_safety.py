@@ -586,3 +586,19 @@ def test_killed_again_and_again_then_run_to_the_end_every_output_is_right(tmd_sa
         assert np.array_equal(
             tmd_nb.load(out / (source.stem + ".npz"))["height_map"], tmd_nb.load(source)["height_map"]
         )
+
+
+def test_a_killed_writer_not_yet_reaped_is_not_running_and_a_killed_manifest_rewrite_is_cleaned(scans, tmp_path):
+    out = tmp_path / "out"
+    tmd_nb.convert(scans, out, jobs=1, progress=False)
+    zombie = subprocess.Popen([sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"])
+    while Path(f"/proc/{zombie.pid}/stat").read_bytes().rpartition(b")")[2].split()[0] != b"Z":
+        time.sleep(0.01)  # until it has died; it is not waited for, so it stays a zombie
+    try:
+        left = Path(atomic.temporary_name(str(out / batch.MANIFEST), pid=zombie.pid))
+        left.write_bytes(b"half a manifest")  # a run killed while it tidied its manifest
+        assert atomic.stale_temporaries(str(out / batch.MANIFEST)) == [str(left)]
+        report = tmd_nb.convert(scans, out, jobs=1, progress=False)
+        assert len(report.skipped) == 4 and not left.exists()
+    finally:
+        zombie.wait()

@@ -850,7 +850,7 @@ def convert(
             continue
         first[output] = source
         tasks.append((source, output, claims.get(output)))
-    _remove(atomic.stale_temporaries(*first))  # what killed saves of these outputs left
+    _remove(atomic.stale_temporaries(manifest, *first))  # what killed saves of these files left
     try:
         if client is not None:
             _run_dask(tasks, format, overwrite, manifest, client, start, done)
@@ -862,7 +862,7 @@ def convert(
         if bar is not None:
             bar.close()
         _tidy(manifest)
-        _remove(atomic.stale_temporaries(*first))  # and what workers of this run that died left
+        _remove(atomic.stale_temporaries(manifest, *first))  # and what workers of this run that died left
     order = {source: i for i, (source, _) in enumerate(pairs)}
     for items in (report.converted, report.skipped, report.failed):
         items.sort(key=lambda item: order[item[0]])

@@ -65,13 +65,21 @@ def temporary_name(target: str, pid: int | None = None) -> str:
 
 
 def _running(pid: int) -> bool:
+    """Whether process ``pid`` of this host runs (a zombie, killed and not yet reaped, does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except OSError:  # PermissionError: someone else's process, alive
+        pass
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rpartition(b")")[2].split()[:1]
+    except FileNotFoundError:  # it ended meanwhile, or there is no /proc (not Linux)
+        return not os.path.isdir("/proc/self")
+    except OSError:
         return True
-    return True
+    return state not in ([b"Z"], [b"X"])
 
 
 def stale_temporaries(*targets: str) -> list[str]:
