@@ -13,51 +13,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import run, usage_error
 from IPython.core.completer import provisionalcompleter
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
-from traitlets.config import Config
 
 from tmd_nb import export_to_npz, load
 from tmd_nb.formats import registry as codec
 from tmd_nb.notebook import arguments, completion, magics
 from tmd_nb.notebook.display import HeightMapResult
 
-ANSI = re.compile(r"\x1b\[[0-9;]*m")
 SAVED = re.compile(
     r"^Saved (?P<name>.+) \((?P<shape>[\d x]+) (?P<dtype>\w+), (?P<keys>\d+) metadata keys?\) to "
     r"(?P<path>.+) \((?P<size>[\d.]+ (?:B|KiB|MiB|GiB)), (?P<fmt>NPZ|NPY|TMD|X3P|GWY)\) in [\d.]+ m?s$"
 )
-
-
-@pytest.fixture(scope="session")
-def shell(tmp_path_factory: pytest.TempPathFactory):
-    """The session's InteractiveShell (IPython keeps one), its profile and history kept out of ~."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("IPYTHONDIR", str(tmp_path_factory.mktemp("ipythondir")))
-        config = Config()
-        config.HistoryManager.hist_file = ":memory:"
-        yield InteractiveShell.instance(config=config)
-
-
-@pytest.fixture
-def ip(shell: InteractiveShell, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """The shell with the extension loaded, working in tmp_path; user variables removed afterwards."""
-    monkeypatch.chdir(tmp_path)
-    before = set(shell.user_ns)
-    shell.run_line_magic("load_ext", "tmd_nb")
-    yield shell
-    for name in set(shell.user_ns) - before:
-        del shell.user_ns[name]
-    if "tmd_nb" in shell.extension_manager.loaded:
-        shell.run_line_magic("unload_ext", "tmd_nb")
-
-
-def run(ip: InteractiveShell, capsys: pytest.CaptureFixture[str], cell: str) -> tuple[object, str, str]:
-    result = ip.run_cell(cell)
-    out, err = capsys.readouterr()
-    return result, ANSI.sub("", out), ANSI.sub("", err)
 
 
 def saved_line(out: str) -> re.Match[str]:
@@ -66,17 +36,6 @@ def saved_line(out: str) -> re.Match[str]:
     match = SAVED.match(lines[0])
     assert match, f"unexpected success line {lines[0]!r}"
     return match
-
-
-def usage_error(ip: InteractiveShell, capsys: pytest.CaptureFixture[str], cell: str) -> str:
-    """Run a cell that must fail with a one-line UsageError and no traceback; return the message."""
-    result, out, err = run(ip, capsys, cell)
-    assert isinstance(result.error_in_exec, UsageError), (result.error_in_exec, out, err)
-    assert out == ""
-    assert "Traceback" not in err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("UsageError: "), err
-    return lines[0].removeprefix("UsageError: ")
 
 
 def files(folder: Path) -> list[str]:
