@@ -9,10 +9,11 @@ A new format gets these tests by being listed in :data:`tmd_nb.formats.registry.
   format's own loader and from ``load()``;
 * edited bytes (hypothesis: byte sets, inserts, cuts) give a ``FormatError`` naming the file or a
   height map, and ``load()`` then gives what the recognised format's loader gives;
-* special files (a directory, a FIFO, ``/dev/null``, an empty file, symbolic links to a file and
-  to nothing, an unreadable file) give the ``OSError`` or ``FormatError`` SECURITY.md documents,
-  without blocking; saving over a FIFO, a device, a directory or a write-protected file is
-  refused and leaves it as it was;
+* a format's first bytes followed by noise are a ``FormatError`` naming the file;
+* special files (a directory, a FIFO, a socket, ``/dev/null``, an empty file, a missing file,
+  symbolic links to a file and to nothing, an unreadable file) give the ``OSError`` or
+  ``FormatError`` SECURITY.md documents, without blocking; saving over a FIFO, a socket, a
+  device, a directory or a write-protected file is refused and leaves it as it was;
 * a file is recognised by its content, whatever its extension says.
 
 Files to read come from each writable format's own ``save``; a read-only format needs an entry
@@ -25,6 +26,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import stat
 import warnings
 from collections.abc import Callable, Iterator
@@ -280,7 +282,27 @@ def test_edited_bytes_give_a_format_error_or_a_height_map(
         assert_identical(results["load()"], quietly(registry.recognise(path).load, path))
 
 
+@pytest.mark.parametrize("sample", SAMPLES, ids=[s.id for s in SAMPLES])
+@given(head=st.integers(0, 16), junk=st.binary(max_size=4096))
+def test_a_formats_first_bytes_followed_by_junk_are_a_format_error(
+    tmp_path: Path, sample: Sample, head: int, junk: bytes
+) -> None:
+    path = tmp_path / "junk"
+    path.write_bytes(sample_bytes(sample, tmp_path)[:head] + junk)  # the magic bytes pass, the rest is noise
+    for _where, load in loaders(sample.format):
+        with pytest.raises(FormatError) as info:
+            quietly(load, path)
+        assert_names_file(info.value, path)
+
+
 # --------------------------------------------------------------------------- special files
+
+
+def make_socket(path: Path) -> Path:
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(path))
+    sock.close()
+    return path
 
 
 def special_files(folder: Path, sample: bytes) -> dict[str, tuple[Path, type[BaseException] | None]]:
@@ -293,13 +315,16 @@ def special_files(folder: Path, sample: bytes) -> dict[str, tuple[Path, type[Bas
     (folder / "file").write_bytes(sample)
     (folder / "link").symlink_to(folder / "file")
     (folder / "dangling").symlink_to(folder / "nothing here")
+    make_socket(folder / "socket")
     found: dict[str, tuple[Path, type[BaseException] | None]] = {
         "directory": (folder / "directory", IsADirectoryError),
         "FIFO": (folder / "fifo", FormatError),
+        "socket": (folder / "socket", FormatError),
         "/dev/null": (folder / "dev_null", FormatError),
         "empty file": (folder / "empty", FormatError),
         "symlink to a file": (folder / "link", None),
         "dangling symlink": (folder / "dangling", FileNotFoundError),
+        "missing file": (folder / "missing", FileNotFoundError),
     }
     if not IS_ROOT:  # root reads any file whatever its mode
         (folder / "unreadable").write_bytes(sample)
@@ -339,12 +364,14 @@ def test_saving_over_what_is_not_a_writable_regular_file_is_refused_and_changes_
     (tmp_path / "directory").mkdir()
     os.mkfifo(tmp_path / "fifo")
     (tmp_path / "dev_null").symlink_to("/dev/null")
+    make_socket(tmp_path / "socket")
     protected = _write(tmp_path / "protected", b"precious")
     protected.chmod(0o444)
     cases: list[tuple[Path, type[OSError], str]] = [
         (tmp_path / "directory", IsADirectoryError, "directory"),
         (tmp_path / "fifo", FileExistsError, "not a regular file (a FIFO), so it is not replaced"),
         (tmp_path / "dev_null", FileExistsError, "not a regular file (a character device), so it is not replaced"),
+        (tmp_path / "socket", FileExistsError, "not a regular file (a socket), so it is not replaced"),
         (protected, PermissionError, "write-protected (no write permission), so it is not replaced"),
     ]
     before = {p.name: os.lstat(p) for p in tmp_path.iterdir()}
