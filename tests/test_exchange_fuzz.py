@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import pathlib
 import warnings
 
@@ -52,12 +51,12 @@ def test_every_truncation_is_a_format_error(tmp_path, kind):
     [
         b"",
         b"\x00" * 100,
-        os.urandom(4096),
-        b"PK\x03\x04" + os.urandom(200),
-        b"GWYP" + os.urandom(300),
-        b"bISO-1.0" + os.urandom(300),
-        b"aISO-2.0\r\n" + os.urandom(300),
-        b"bBCR-1.0" + os.urandom(300),
+        np.random.default_rng(1).bytes(4096),
+        b"PK\x03\x04" + np.random.default_rng(2).bytes(200),
+        b"GWYP" + np.random.default_rng(3).bytes(300),
+        b"bISO-1.0" + np.random.default_rng(4).bytes(300),
+        b"aISO-2.0\r\n" + np.random.default_rng(5).bytes(300),
+        b"bBCR-1.0" + np.random.default_rng(6).bytes(300),
     ],
 )
 @pytest.mark.parametrize("kind", ["x3p", "gwy", "sdf"])
