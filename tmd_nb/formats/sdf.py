@@ -551,6 +551,12 @@ def load_sdf(path: PathLike, *, progress: Progress | None = None) -> dict[str, A
     }
     trailer = file.trailer if isinstance(file.trailer, str) else bytes(file.trailer).decode("utf-8", "replace")
     members = _record_members(trailer, where)
+    binary = _strip_bom(body[:16]).startswith(b"b")  # sdfio hands an ASCII file's trailer over stripped
+    if str(file.header.manufacturer_id).strip() == MANUFACTURER and (
+        members is None or (binary and not trailer.endswith("\r\n"))
+    ):
+        # tmd_nb always ends its files with the record's last line: without it the file was cut short
+        raise FormatError(f"{where} was written by tmd_nb but is cut short: its trailer does not end with {END_FIELD}")
     if members is None:
         return {"height_map": heights, **standard, **_header_keys(file, trailer, where)}
     seen = _raw_seen(file, body)
