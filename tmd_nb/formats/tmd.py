@@ -354,7 +354,10 @@ def _float32_value(meta: Mapping[str, Any], key: str, default: float, unit: str)
         value = default
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{key} must be a real number, not {type(value).__module__}.{type(value).__qualname__}")
-    as_float = units.convert(float(value), unit, UNIT)
+    try:
+        as_float = units.convert(float(value), unit, UNIT)
+    except OverflowError:  # an int beyond float range
+        as_float = math.inf
     with np.errstate(over="ignore"):
         as_f32 = np.array([as_float], dtype=_DTYPE)
     if not math.isfinite(as_float) or not np.isfinite(as_f32[0]):
