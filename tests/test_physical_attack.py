@@ -301,3 +301,18 @@ def test_convert_of_a_folder_mixing_units_gives_every_file_its_own_size(tmp_path
     assert not report.failed, report.failed
     widths = {Path(source).stem: x3p_lengths(output)[0] for source, output in report.converted}
     assert widths == pytest.approx({"g": 4.0, "u": 4e-6, "t": 4e-3, "n": 4e-9}, rel=1e-12)
+
+
+@pytest.mark.parametrize("holes", [False, True])
+def test_a_mask_that_was_only_metadata_survives_an_edit(tmp_path: Path, holes: bool) -> None:
+    """A "mask" of labels (uint8) is no channel mask; after a rescale in Gwyddion it was dropped."""
+    hm = np.ones((3, 4))
+    if holes:
+        hm[0, 0] = np.nan
+    labels = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    out = tmd_nb.save({"height_map": hm, "mask": labels, "k": 1}, tmp_path / "l.gwy")
+    gwy_edit(out, set_field("xreal", 1.0))
+    with pytest.warns(UserWarning, match=r"changed after tmd_nb wrote it"):
+        back = tmd_nb.load(out)
+    assert back["mask"].dtype == np.uint8 and (back["mask"] == labels).all() and back["k"] == 1
+    np.testing.assert_array_equal(np.isnan(back["height_map"]), np.isnan(hm))

@@ -370,12 +370,16 @@ def load_gwy(path: PathLike, *, progress: Progress | None = None) -> dict[str, A
             UserWarning,
             stacklevel=2,
         )
-        kept = {k: v for k, v in rec.metadata.items() if k not in units.PHYSICAL_KEYS and k != "mask"}
+        # The record's "mask" went into the channel's mask (then the file's mask replaces it) or is metadata.
+        channel_mask = _user_mask(rec.metadata, seen.shape) is not None
+        kept = {
+            k: v for k, v in rec.metadata.items() if k not in units.PHYSICAL_KEYS and not (k == "mask" and channel_mask)
+        }
         if rec.missing is not None and mask is not None and (gone := rec.missing & mask).any():
             # Points tmd_nb filled and masked, still masked: still no measurement, whatever else changed.
             seen = np.where(gone, np.nan, seen)
             selection = mask & ~gone
-            found = {"mask": selection} if selection.any() or "mask" in rec.metadata else {}
+            found = {"mask": selection} if selection.any() or channel_mask else {}
         return {"height_map": seen, **kept, **standard, **found}
     out: dict[str, Any] = {"height_map": seen, **standard, **found}
     title = entries.get(f"/{channel}/data/title")
