@@ -316,3 +316,30 @@ def test_a_mask_that_was_only_metadata_survives_an_edit(tmp_path: Path, holes: b
         back = tmd_nb.load(out)
     assert back["mask"].dtype == np.uint8 and (back["mask"] == labels).all() and back["k"] == 1
     np.testing.assert_array_equal(np.isnan(back["height_map"]), np.isnan(hm))
+
+
+# --------------------------------------------------------------------------- the TrueMap fill
+
+
+@pytest.mark.parametrize(
+    "unit, value", [("um", -1e13), ("m", -1e7), ("nm", -1e16), ("um", -1.0000000001e13), ("cm", np.float32(-1e9))]
+)
+def test_a_height_converted_onto_the_fill_is_refused_not_written_as_missing(
+    tmp_path: Path, unit: str, value: float
+) -> None:
+    """-1e13 um is -1e10 mm, TrueMap's fill: it was written and loaded back as a missing point."""
+    out = tmp_path / "f.tmd"
+    before = existing(out)
+    with pytest.raises(ValueError, match=r"^height .* at index \(0, 1\) is TrueMap's fill value -1e10 in mm"):
+        tmd_nb.save({"height_map": np.array([[1.0, value]]), "units": unit}, out)
+    assert out.read_bytes() == before
+
+
+def test_the_fill_in_millimetres_is_the_fill(tmp_path: Path) -> None:
+    """A memory-mapped scan holds its own fill heights: written back, they stay the fill."""
+    hm = np.array([[0.3, np.nan]], dtype=np.float32)
+    first = tmd_nb.save({"height_map": hm, "x_length": 1.0, "y_length": 1.0}, tmp_path / "a.tmd")
+    mapped = tmd_nb.load_tmd(first, mmap=True)
+    second = tmd_nb.save(dict(mapped), tmp_path / "b.tmd")
+    assert Path(first).read_bytes() == Path(second).read_bytes()
+    assert np.isnan(tmd_nb.load(second)["height_map"][0, 1])

@@ -55,7 +55,8 @@ included), decoded as Latin-1 so that any byte survives; it is ASCII in every kn
 ``Binary TrueMap Data File v2.0\\r\\n\\0``. It converts lengths and offsets from
 ``lateral_unit`` and heights from ``height_unit`` (or ``units``; millimetres when none is given;
 ``docs/FORMAT.md``) into millimetres by the exact power of ten, and writes every NaN height as
-:data:`FILL`. Loading a v2.0 file and exporting the result reproduces the file byte for byte,
+:data:`FILL`; a height given in another unit that converts onto :data:`FILL` is refused (it would
+load as a missing point), while in millimetres :data:`FILL` is the fill itself. Loading a v2.0 file and exporting the result reproduces the file byte for byte,
 fill points included, except that a header spelled in another letter case (``Truemap``) is
 written in the canonical case, and a NaN stored in the file itself (TrueMap writes none) is
 written back as the fill: both mean "no data".
@@ -311,6 +312,14 @@ def _float32_heights(array: np.ndarray, unit: str) -> np.ndarray:
             raise ValueError(
                 f"height {array[bad].item()!r} {unit} at index {tuple(int(i) for i in bad)} is beyond "
                 "float32 range in mm, so a .tmd file cannot hold it"
+            )
+        # In mm, FILL is the fill (a loaded scan's own); a height converted onto it would load as missing.
+        onto_fill = missing(converted) & ~np.isnan(array)
+        if onto_fill.any():
+            bad = np.unravel_index(int(np.argmax(onto_fill)), array.shape)
+            raise ValueError(
+                f"height {array[bad].item()!r} {unit} at index {tuple(int(i) for i in bad)} is TrueMap's "
+                "fill value -1e10 in mm, which a .tmd file holds as a missing point"
             )
     else:
         converted = _exact_float32(array)
