@@ -57,9 +57,10 @@ included), decoded as Latin-1 so that any byte survives; it is ASCII in every kn
 ``docs/FORMAT.md``) into millimetres by the exact power of ten, and writes every NaN height as
 :data:`FILL`; a height given in another unit that converts onto :data:`FILL` is refused (it would
 load as a missing point), while in millimetres :data:`FILL` is the fill itself. Loading a v2.0
-file and exporting the result reproduces the file byte for byte, fill points included, except that a header spelled in another letter case (``Truemap``) is
-written in the canonical case, and a NaN stored in the file itself (TrueMap writes none) is
-written back as the fill: both mean "no data".
+file and exporting the result reproduces the file byte for byte, fill points included, except
+that a header spelled in another letter case (``Truemap``) is written in the canonical case,
+and a NaN stored in the file itself (TrueMap writes none) is written back as the fill: both
+mean "no data".
 
 This module imports only numpy, the standard library and tmd_nb's own codec modules.
 """
