@@ -343,3 +343,66 @@ def test_the_fill_in_millimetres_is_the_fill(tmp_path: Path) -> None:
     second = tmd_nb.save(dict(mapped), tmp_path / "b.tmd")
     assert Path(first).read_bytes() == Path(second).read_bytes()
     assert np.isnan(tmd_nb.load(second)["height_map"][0, 1])
+
+
+# --------------------------------------------------------------------------- a chain of conversions
+
+
+def metres_by_reader(path: str) -> tuple[tuple[float, ...], np.ndarray]:
+    """Sizes and heights in metres by the field's own reader (the ``.npz`` by numpy and json)."""
+    suffix = Path(path).suffix
+    if suffix == ".x3p":
+        file = x3pio.read(path)
+        z = np.asarray(file.layers[0].z, dtype=np.float64)
+        return x3p_lengths(path), z + float(file.placement.offset[2])
+    if suffix == ".gwy":
+        container = gwyfile.load(path)
+        data = container["/0/data"].data.copy()
+        if "/0/mask" in container:
+            data[container["/0/mask"].data > 0.5] = np.nan  # the filled points are no measurement
+        return gwy_lengths(path), data
+    if suffix == ".tmd":
+        fields, heights = tmd_fields(path)
+        values = np.where(heights.view("<u4") == 0xD01502F9, np.nan, heights.astype(np.float64))
+        return tuple(v * 1e-3 for v in fields), values * 1e-3
+    import json
+
+    with np.load(path) as archive:
+        meta = json.loads(str(archive["metadata"]))
+        heights = archive["height_map"].astype(np.float64)
+    powers = {"m": 0, "mm": -3, "um": -6, "nm": -9}
+    lateral = 10.0 ** powers[meta.get("lateral_unit", meta.get("units", "mm"))]
+    height = 10.0 ** powers[meta.get("height_unit", meta.get("units", "mm"))]
+    sizes = tuple(meta.get(k, 0.0) * lateral for k in ("x_length", "y_length", "x_offset", "y_offset"))
+    return sizes, heights * height
+
+
+@given(
+    unit=st.sampled_from(["m", "mm", "um", "nm"]),
+    lengths=st.tuples(st.floats(0.5, 1e3), st.floats(0.5, 1e3)),
+    offsets=st.tuples(st.floats(-1e3, 1e3), st.floats(-1e3, 1e3)),
+    seed=st.integers(0, 2**16),
+    shape=st.tuples(st.integers(1, 5), st.integers(1, 5)),
+)
+def test_a_chain_of_conversions_keeps_every_size_and_height_in_metres(
+    tmp_path: Path, unit: str, lengths: tuple[float, float], offsets: tuple[float, float], seed: int, shape
+) -> None:
+    """npz -> x3p -> gwy -> tmd -> npz -> x3p through convert(), each file checked by its own reader."""
+    rng = np.random.default_rng(seed)
+    hm = rng.uniform(-500, 500, shape).astype(np.float32)
+    hm[rng.random(shape) < 0.3] = np.nan
+    scan = {"height_map": hm, "units": unit, "x_length": lengths[0], "y_length": lengths[1]}
+    scan.update(x_offset=offsets[0], y_offset=offsets[1])
+    per = 10.0 ** {"m": 0, "mm": -3, "um": -6, "nm": -9}[unit]
+    expected = np.array([*lengths, *offsets]) * per
+    previous = tmd_nb.save(scan, tmp_path / "s0" / "scan.npz")
+    for step, fmt in enumerate(["x3p", "gwy", "tmd", "npz", "x3p"], start=1):
+        report = tmd_nb.convert(previous, tmp_path / f"s{step}", format=fmt, overwrite=True, jobs=1, progress=False)
+        assert not report.failed, report.failed
+        previous = report.converted[0][1]
+        sizes, heights = metres_by_reader(previous)
+        rel = 1e-6 if step >= 3 else 1e-12  # float32 millimetres from the .tmd on
+        np.testing.assert_allclose(sizes, expected, rtol=rel, atol=1e-30, err_msg=f"{fmt} at step {step}")
+        np.testing.assert_allclose(
+            heights, hm.astype(np.float64) * per, rtol=rel, atol=1e-30, err_msg=f"{fmt} at step {step}"
+        )
