@@ -126,8 +126,8 @@ def standard_heights(array: np.ndarray, factor: float) -> np.ndarray:
     values = array.real if array.dtype.kind == "c" else array
     with np.errstate(over="ignore"):
         standard = np.asarray(values, dtype=np.float64) * factor
-    overflow = np.isinf(standard) & ~np.isinf(np.asarray(values, dtype=np.float64))
-    if overflow.any():
+    infinite = np.isinf(standard)
+    if infinite.any() and (overflow := infinite & ~np.isinf(np.asarray(values, dtype=np.float64))).any():
         bad = np.unravel_index(int(np.argmax(overflow)), overflow.shape)
         raise ValueError(
             f"height {values[bad].item()!r} at index {tuple(int(i) for i in bad)} is beyond float64 range "

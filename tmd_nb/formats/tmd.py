@@ -315,8 +315,8 @@ def _float32_heights(array: np.ndarray, unit: str) -> np.ndarray:
                 "float32 range in mm, so a .tmd file cannot hold it"
             )
         # In mm, FILL is the fill (a loaded scan's own); a height converted onto it would load as missing.
-        onto_fill = missing(converted) & ~np.isnan(array)
-        if onto_fill.any():
+        fill = missing(converted)
+        if fill.any() and (onto_fill := fill & ~np.isnan(array)).any():
             bad = np.unravel_index(int(np.argmax(onto_fill)), array.shape)
             raise ValueError(
                 f"height {array[bad].item()!r} {unit} at index {tuple(int(i) for i in bad)} is TrueMap's "
