@@ -7,9 +7,11 @@ hand, Gwyddion itself where installed) and compared in metres.
 
 from __future__ import annotations
 
+import json
 import shutil
 import struct
 import subprocess
+import unicodedata
 from pathlib import Path
 
 import gwyfile
@@ -365,8 +367,6 @@ def metres_by_reader(path: str) -> tuple[tuple[float, ...], np.ndarray]:
         fields, heights = tmd_fields(path)
         values = np.where(heights.view("<u4") == 0xD01502F9, np.nan, heights.astype(np.float64))
         return tuple(v * 1e-3 for v in fields), values * 1e-3
-    import json
-
     with np.load(path) as archive:
         meta = json.loads(str(archive["metadata"]))
         heights = archive["height_map"].astype(np.float64)
@@ -406,3 +406,25 @@ def test_a_chain_of_conversions_keeps_every_size_and_height_in_metres(
         np.testing.assert_allclose(
             heights, hm.astype(np.float64) * per, rtol=rel, atol=1e-30, err_msg=f"{fmt} at step {step}"
         )
+
+
+# --------------------------------------------------------------------------- any text as a unit
+
+
+@given(text=st.text(max_size=6), key=st.sampled_from(["units", "lateral_unit", "height_unit"]))
+def test_any_text_as_a_unit_is_a_known_length_or_a_value_error_naming_the_key(
+    tmp_path: Path, text: str, key: str
+) -> None:
+    out = tmp_path / "any.x3p"
+    before = existing(out)
+    scan = {"height_map": np.ones((2, 2)), "x_length": 2.0, "y_length": 2.0, key: text}
+    known = unicodedata.normalize("NFKC", text).strip() in units.LENGTHS
+    if known:
+        tmd_nb.save(scan, out)
+        per = units.LENGTHS[unicodedata.normalize("NFKC", text).strip()]
+        lateral = per if key != "height_unit" else 1e-3
+        assert x3p_lengths(str(out))[0] == pytest.approx(2.0 * lateral, rel=1e-15)
+    else:
+        with pytest.raises(ValueError, match=rf"^{key} .* is not a length unit tmd_nb knows"):
+            tmd_nb.save(scan, out)
+        assert out.read_bytes() == before
