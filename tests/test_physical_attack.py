@@ -428,3 +428,13 @@ def test_any_text_as_a_unit_is_a_known_length_or_a_value_error_naming_the_key(
         with pytest.raises(ValueError, match=rf"^{key} .* is not a length unit tmd_nb knows"):
             tmd_nb.save(scan, out)
         assert out.read_bytes() == before
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_missing_points_are_filled_within_the_range_even_near_float64s_limit(tmp_path: Path, sign: float) -> None:
+    """The mean of 1e308 and 1.7e308 overflowed: the missing point was written as an infinite height."""
+    hm = sign * np.array([[1e308, 1.7e308, np.nan]])
+    container = gwyfile.load(tmd_nb.save({"height_map": hm, "units": "m"}, tmp_path / "big.gwy"))
+    data = container["/0/data"].data
+    assert np.isfinite(data).all() and min(hm[0, :2]) <= data[0, 2] <= max(hm[0, :2])
+    assert (container["/0/mask"].data > 0.5).tolist() == [[False, False, True]]

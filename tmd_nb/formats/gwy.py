@@ -441,7 +441,14 @@ def _filled(standard: np.ndarray, finite: np.ndarray) -> np.ndarray:
     """``standard`` with its missing points set to the mean of the finite ones: within the data's range."""
     if finite.all():
         return standard
-    fill = float(np.mean(standard[finite])) if finite.any() else 0.0
+    fill = 0.0
+    if finite.any():
+        heights = standard[finite]
+        with np.errstate(over="ignore"):
+            fill = float(np.mean(heights))
+        if not np.isfinite(fill):  # the sum overflowed (heights near float64's limit): the mean term by term
+            fill = float(np.sum(heights / heights.size))
+        fill = min(max(fill, float(heights.min())), float(heights.max()))
     return np.where(finite, standard, fill)
 
 
