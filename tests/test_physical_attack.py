@@ -269,7 +269,7 @@ def test_a_prefixed_length_unit_in_a_gwy_file_is_read_as_gwyddion_reads_it(tmp_p
     assert float(x3p.header.x.increment) * 4 == 4.0 and x3p.layers[0].z[0, 1] == 1.0
 
 
-@pytest.mark.parametrize("unit, base", [("mV", "V"), ("kHz", "Hz"), ("V", "V"), ("deg", "deg"), ("", "")])
+@pytest.mark.parametrize("unit, base", [("mV", "V"), ("kHz", "Hz"), ("V", "V"), (" V ", "V"), ("deg", "deg"), ("", "")])
 def test_a_prefixed_unit_of_another_quantity_is_its_base_unit(tmp_path: Path, unit: str, base: str) -> None:
     back = tmd_nb.load(foreign_gwy(tmp_path / "v.gwy", "m", unit))
     assert back["height_unit"] == base and back["height_map"][0, 1] == 1.0
@@ -277,8 +277,8 @@ def test_a_prefixed_unit_of_another_quantity_is_its_base_unit(tmp_path: Path, un
 
 def test_gwyddion_itself_reads_the_units_as_tmd_nb_does(tmp_path: Path) -> None:
     require(shutil.which("gwyddion") is not None, "Gwyddion is not installed (apt-get install gwyddion)")
-    for i, unit in enumerate([*LENGTH_SPELLINGS, "mV", "kHz"]):
-        source = foreign_gwy(tmp_path / f"in{i}.gwy", unit if unit not in ("mV", "kHz") else "m", unit)
+    for i, unit in enumerate([*LENGTH_SPELLINGS, "mV", "kHz", " V "]):
+        source = foreign_gwy(tmp_path / f"in{i}.gwy", unit if unit not in ("mV", "kHz", " V ") else "m", unit)
         peer = tmp_path / f"out{i}.gwy"
         subprocess.run(
             ["gwyddion", f"--convert-to-gwy={peer}", str(source)], check=True, capture_output=True, timeout=120

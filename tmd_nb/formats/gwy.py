@@ -271,6 +271,8 @@ def _as_gwyddion_reads(unit: str) -> str:
     text = units.canonical(unit)
     if units.metres_per(text) is not None:
         return "m"
+    if text in OTHER_UNITS:
+        return text
     if len(text) > 1 and text[0] in _PREFIXES and text[1:] in OTHER_UNITS:
         return text[1:]
     return unit
