@@ -438,3 +438,14 @@ def test_missing_points_are_filled_within_the_range_even_near_float64s_limit(tmp
     data = container["/0/data"].data
     assert np.isfinite(data).all() and min(hm[0, :2]) <= data[0, 2] <= max(hm[0, :2])
     assert (container["/0/mask"].data > 0.5).tolist() == [[False, False, True]]
+
+
+@pytest.mark.parametrize("shape", [(0, 3), (2, 0)])
+def test_an_empty_map_with_a_mask_is_a_readable_gwy_file(tmp_path: Path, shape: tuple[int, int]) -> None:
+    """The mask of an empty map became an empty /0/mask beside the one-point grid: a file nothing reads."""
+    scan = {"height_map": np.zeros(shape), "mask": np.zeros(shape, dtype=bool)}
+    out = tmd_nb.save(scan, tmp_path / "e.gwy")
+    container = gwyfile.load(out)
+    assert container["/0/mask"].data.shape == container["/0/data"].data.shape == (1, 1)
+    back = tmd_nb.load(out)
+    assert back["height_map"].shape == shape and back["mask"].shape == shape and back["mask"].dtype == np.bool_

@@ -475,7 +475,7 @@ def _build(data: Any) -> bytes:
     finite = np.isfinite(standard)
     seen = np.where(finite, standard, np.nan)
     values = _filled(standard, finite)
-    user_mask = _user_mask(meta, array.shape)
+    user_mask = _user_mask(meta, array.shape) if array.size else None  # an empty map's grid is one missing point
     mask = ~finite if user_mask is None else user_mask | ~finite
 
     unit = phys.lateral_unit
