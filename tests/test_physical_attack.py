@@ -449,3 +449,32 @@ def test_an_empty_map_with_a_mask_is_a_readable_gwy_file(tmp_path: Path, shape: 
     assert container["/0/mask"].data.shape == container["/0/data"].data.shape == (1, 1)
     back = tmd_nb.load(out)
     assert back["height_map"].shape == shape and back["mask"].shape == shape and back["mask"].dtype == np.bool_
+
+
+@given(
+    seed=st.integers(0, 2**16),
+    shape=st.tuples(st.integers(1, 6), st.integers(1, 6)),
+    holes=st.floats(0.0, 1.0),
+    with_mask=st.booleans(),
+    edit=st.sampled_from(sorted(set(EDITS) - {"grain"})),
+)
+def test_after_any_edit_the_missing_points_and_the_mask_stay_apart(
+    tmp_path: Path, seed: int, shape: tuple[int, int], holes: float, with_mask: bool, edit: str
+) -> None:
+    """Where the user's mask and a missing point coincide, the file's one mask cannot tell them apart."""
+    rng = np.random.default_rng(seed)
+    hm = rng.uniform(-1, 1, shape)
+    hm[rng.random(shape) < holes] = np.nan
+    scan: dict = {"height_map": hm, "x_length": 1.0, "y_length": 1.0}
+    user = rng.random(shape) < 0.3
+    if with_mask:
+        scan["mask"] = user
+    out = tmd_nb.save(scan, tmp_path / "p.gwy")
+    gwy_edit(out, EDITS[edit])
+    with pytest.warns(UserWarning, match=r"changed after tmd_nb wrote it"):
+        back = tmd_nb.load(out)
+    np.testing.assert_array_equal(np.isnan(back["height_map"]), np.isnan(hm))
+    if with_mask:
+        np.testing.assert_array_equal(back["mask"], user)
+    else:
+        assert "mask" not in back

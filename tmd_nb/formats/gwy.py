@@ -373,15 +373,18 @@ def load_gwy(path: PathLike, *, progress: Progress | None = None) -> dict[str, A
             stacklevel=2,
         )
         # The record's "mask" went into the channel's mask (then the file's mask replaces it) or is metadata.
-        channel_mask = _user_mask(rec.metadata, seen.shape) is not None
+        recorded = _user_mask(rec.metadata, seen.shape)
         kept = {
-            k: v for k, v in rec.metadata.items() if k not in units.PHYSICAL_KEYS and not (k == "mask" and channel_mask)
+            k: v
+            for k, v in rec.metadata.items()
+            if k not in units.PHYSICAL_KEYS and not (k == "mask" and recorded is not None)
         }
         if rec.missing is not None and mask is not None and (gone := rec.missing & mask).any():
             # Points tmd_nb filled and masked, still masked: still no measurement, whatever else changed.
             seen = np.where(gone, np.nan, seen)
-            selection = mask & ~gone
-            found = {"mask": selection} if selection.any() or channel_mask else {}
+            # There the file's one mask cannot tell the user's selection from the gap: the record can.
+            selection = mask & ~gone if recorded is None else (mask & ~gone) | (recorded & gone)
+            found = {"mask": selection} if selection.any() or recorded is not None else {}
         return {"height_map": seen, **kept, **standard, **found}
     out: dict[str, Any] = {"height_map": seen, **standard, **found}
     title = entries.get(f"/{channel}/data/title")
