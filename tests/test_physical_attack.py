@@ -42,7 +42,8 @@ def tmd_fields(path: str) -> tuple[tuple[float, float, float, float], np.ndarray
 def x3p_lengths(path: str) -> tuple[float, float, float, float]:
     """``(x_length, y_length, x_offset, y_offset)`` in metres, as x3pio reads them."""
     file = x3pio.read(path)
-    rows, cols = np.asarray(file.layers[0].z).reshape(-1, np.asarray(file.layers[0].z).shape[-1]).shape
+    z = np.asarray(file.layers[0].z)
+    rows, cols = z.shape if z.ndim == 2 else (1, z.size)  # a profile is one row
     x_off, y_off, _ = (float(v) for v in file.placement.offset)
     return float(file.header.x.increment) * cols, float(file.header.y.increment) * rows, x_off, y_off
 
