@@ -479,3 +479,15 @@ def test_after_any_edit_the_missing_points_and_the_mask_stay_apart(
         np.testing.assert_array_equal(back["mask"], user)
     else:
         assert "mask" not in back
+
+
+def test_a_length_too_small_for_float32_millimetres_is_refused_not_written_as_zero(tmp_path: Path) -> None:
+    """1e-300 m is 1e-297 mm, which float32 rounds to 0: the .tmd file said the scan had no width."""
+    out = tmp_path / "t.tmd"
+    before = existing(out)
+    scan = {"height_map": np.ones((2, 3)), "units": "m", "x_length": 1e-300, "y_length": 1.0}
+    with pytest.raises(ValueError, match=r"^x_length 1e-300 m is too small for a \.tmd file: it rounds to 0 mm"):
+        tmd_nb.save(scan, out)
+    assert out.read_bytes() == before
+    tiny = tmd_nb.load(tmd_nb.save({**scan, "x_length": 2e-45}, out))  # a float32 subnormal: kept, rounded
+    assert tiny["x_length"] > 0

@@ -372,6 +372,8 @@ def _float32_value(meta: Mapping[str, Any], key: str, default: float, unit: str)
         as_f32 = np.array([as_float], dtype=_DTYPE)
     if not math.isfinite(as_float) or not np.isfinite(as_f32[0]):
         raise ValueError(f"{key} must be a finite number within float32 range, not {value!r}")
+    if key.endswith("length") and as_float != 0 and as_f32[0] == 0:  # an offset may round to the origin
+        raise ValueError(f"{key} {value!r} {unit} is too small for a .tmd file: it rounds to 0 mm in float32")
     return as_f32.tobytes()
 
 
@@ -409,9 +411,10 @@ def export_to_tmd(
     Raises
     ------
     ValueError
-        A height in mm that float32 cannot represent exactly (the message names it), an empty or
-        too large map, a length that is not a finite float32, a comment that is not ASCII, a
-        unit that is not a known length (the message names the key and the known units).
+        A height in mm that float32 cannot represent exactly (the message names it), or that a
+        conversion puts onto :data:`FILL`, an empty or too large map, a length that is not a
+        finite float32 (or that float32 rounds to 0 mm), a comment that is not ASCII, a unit
+        that is not a known length (the message names the key and the known units).
     TypeError
         ``data`` is not a height map, or a field has the wrong type.
 
