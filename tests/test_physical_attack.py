@@ -491,3 +491,11 @@ def test_a_length_too_small_for_float32_millimetres_is_refused_not_written_as_ze
     assert out.read_bytes() == before
     tiny = tmd_nb.load(tmd_nb.save({**scan, "x_length": 2e-45}, out))  # a float32 subnormal: kept, rounded
     assert tiny["x_length"] > 0
+
+
+@pytest.mark.parametrize("fmt", ["x3p", "gwy"])
+def test_a_length_that_underflows_in_metres_is_refused(tmp_path: Path, fmt: str) -> None:
+    """5e-324 pm is 0 m: Gwyddion's file said the scan had no width (xreal 0)."""
+    scan = {"height_map": np.ones((2, 3)), "units": "pm", "x_length": 5e-324, "y_length": 1.0}
+    with pytest.raises(ValueError, match=r"^x_length 5e-324 pm is too small for float64 in SI units"):
+        tmd_nb.save(scan, tmp_path / f"t.{fmt}")

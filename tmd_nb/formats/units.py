@@ -222,10 +222,13 @@ def written(meta: Mapping[str, Any]) -> Physical:
 
 
 def in_si(key: str, value: float, unit: str, factor: float) -> float:
-    """``value`` (of ``key``, in ``unit``) times ``factor``; ``ValueError`` naming the key if that overflows."""
+    """``value`` (of ``key``, in ``unit``) times ``factor``; ``ValueError`` naming the key if that overflows,
+    or if a length underflows to 0."""
     scaled = value * factor
     if not math.isfinite(scaled):
         raise ValueError(f"{key} {_shown(value)} {unit} is beyond float64 range in SI units, so it cannot be written")
+    if key.endswith("length") and scaled == 0 and value != 0:
+        raise ValueError(f"{key} {_shown(value)} {unit} is too small for float64 in SI units: it rounds to 0")
     return scaled
 
 
