@@ -139,6 +139,18 @@ metadata_dicts = st.dictionaries(
 )
 
 
+def _known_unit(meta: dict) -> dict:
+    """``meta`` with a ``"units"`` value a writer with units refuses (no known length) made ``"um"``."""
+    value = meta.get("units")
+    if value is None or (isinstance(value, str) and value.strip() in ("m", "mm", "um", "nm")):
+        return meta
+    return {**meta, "units": "um"}
+
+
+#: Metadata an X3P or Gwyddion writer takes: ``"units"``, when present, names a length.
+writable_metadata_dicts = metadata_dicts.map(_known_unit)
+
+
 # --------------------------------------------------------------------------- the IPython shell
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")

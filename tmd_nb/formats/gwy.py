@@ -38,13 +38,15 @@ What :func:`load_gwy` reads
 A file tmd_nb wrote comes back exactly as saved. Other files give the first channel
 (``/0/data``, else the lowest-numbered ``/N/data``): ``{"height_map": float64 in the file's z
 unit, every value as stored, "x_length", "y_length", "x_offset", "y_offset", "lateral_unit",
-"height_unit"}`` as the file states them, plus ``mask`` (a bool array of the map's shape, True
+"height_unit"}`` as Gwyddion reads them (a length unit is ``"m"``: Gwyddion drops a unit's
+prefix and keeps the numbers, :func:`_as_gwyddion_reads`), plus ``mask`` (a bool array of the map's shape, True
 where ``/N/mask`` is above 0.5: in Gwyddion a mask selects, grains or a region, and does not
 erase measured heights), ``title`` and ``gwyddion_meta`` (a dict of the channel's ``/N/meta``
 strings) when present. A NaN stored in the data (Gwyddion's importers fill missing points
 instead) stays NaN. A file whose data, mask, lengths, offsets or units changed after tmd_nb
 wrote it (a rescale in Gwyddion, say) loads the file's own values with a warning, keeping the
-other tmd_nb metadata keys.
+other tmd_nb metadata keys; the points tmd_nb filled as missing that the file still masks stay
+NaN (they are no measurement, whatever else changed), and ``mask`` is the rest of the file's mask.
 
 Safety: ``gwyfile`` trusts the sizes in the file, so the whole structure is first walked here
 (:func:`scan`) without building anything: every name and string must end within its object,
@@ -255,6 +257,27 @@ def _unit(field: Any, key: str) -> str:
     return text if isinstance(text, str) else ""
 
 
+#: The SI prefixes Gwyddion recognises in a unit string (``gwysiunit.c``), micro in all its spellings.
+_PREFIXES = frozenset("kcMmµμ~uGnTpPfEaZzYy")
+
+
+def _as_gwyddion_reads(unit: str) -> str:
+    """The unit of the stored numbers as Gwyddion reads ``unit``, a ``GwySIUnit`` string.
+
+    Gwyddion drops a prefix when it reads a unit and keeps the numbers: ``xreal = 4`` with
+    ``"mm"`` is 4 m in Gwyddion, and tmd_nb reads what Gwyddion shows. Every length unit is
+    metres; a prefixed unit of :data:`OTHER_UNITS` (``"mV"``) is its base unit; others stay.
+    """
+    text = units.canonical(unit)
+    if units.metres_per(text) is not None:
+        return "m"
+    if text in OTHER_UNITS:
+        return text
+    if len(text) > 1 and text[0] in _PREFIXES and text[1:] in OTHER_UNITS:
+        return text[1:]
+    return unit
+
+
 def _fields(field: Any, where: str) -> dict[str, Any]:
     """What a reader sees of a data field besides its values: sizes and offsets (SI units), units."""
     return {
@@ -322,8 +345,8 @@ def load_gwy(path: PathLike, *, progress: Progress | None = None) -> dict[str, A
         "y_length": fields["yreal"],
         "x_offset": fields["xoff"],
         "y_offset": fields["yoff"],
-        "lateral_unit": fields["si_unit_xy"],
-        "height_unit": fields["si_unit_z"],
+        "lateral_unit": _as_gwyddion_reads(fields["si_unit_xy"]),
+        "height_unit": _as_gwyddion_reads(fields["si_unit_z"]),
     }
     found = {} if mask is None else {"mask": mask}
     record = {k[len(RECORD_PREFIX) :]: v for k, v in entries.items() if k.startswith(RECORD_PREFIX)}
@@ -349,7 +372,19 @@ def load_gwy(path: PathLike, *, progress: Progress | None = None) -> dict[str, A
             UserWarning,
             stacklevel=2,
         )
-        kept = {k: v for k, v in rec.metadata.items() if k not in units.PHYSICAL_KEYS and k != "mask"}
+        # The record's "mask" went into the channel's mask (then the file's mask replaces it) or is metadata.
+        recorded = _user_mask(rec.metadata, seen.shape)
+        kept = {
+            k: v
+            for k, v in rec.metadata.items()
+            if k not in units.PHYSICAL_KEYS and not (k == "mask" and recorded is not None)
+        }
+        if rec.missing is not None and mask is not None and (gone := rec.missing & mask).any():
+            # Points tmd_nb filled and masked, still masked: still no measurement, whatever else changed.
+            seen = np.where(gone, np.nan, seen)
+            # There the file's one mask cannot tell the user's selection from the gap: the record can.
+            selection = mask & ~gone if recorded is None else (mask & ~gone) | (recorded & gone)
+            found = {"mask": selection} if selection.any() or recorded is not None else {}
         return {"height_map": seen, **kept, **standard, **found}
     out: dict[str, Any] = {"height_map": seen, **standard, **found}
     title = entries.get(f"/{channel}/data/title")
@@ -385,12 +420,14 @@ def _meta_text(value: Any) -> str | None:
 def check(data: Any) -> None:
     """Raise ``TypeError``/``ValueError`` if :func:`export_to_gwy` would refuse ``data`` (cheap: no heights copied)."""
     _, meta = split_height_map(data, lazy=True)  # checked, not computed
+    units.written(meta)  # lengths and offsets written as given, or refused
     _units(meta)
     metadata.encode(meta, reserved={"height_map", embedded.RECORD, embedded.MISSING})
 
 
 def _units(meta: Mapping[str, Any]) -> tuple[tuple[str, float], tuple[str, float]]:
     """``((xy unit, factor), (z unit, factor))`` to write; ValueError naming the key of a unit Gwyddion misreads."""
+    units.check_unit_types(meta)
     phys = units.physical(meta)
     lateral = ("m", units.unit_factor(phys.lateral_unit, phys.lateral_key)) if phys.lateral_unit else ("", 1.0)
     factor = units.metres_per(phys.height_unit)
@@ -409,7 +446,14 @@ def _filled(standard: np.ndarray, finite: np.ndarray) -> np.ndarray:
     """``standard`` with its missing points set to the mean of the finite ones: within the data's range."""
     if finite.all():
         return standard
-    fill = float(np.mean(standard[finite])) if finite.any() else 0.0
+    fill = 0.0
+    if finite.any():
+        heights = standard[finite]
+        with np.errstate(over="ignore"):
+            fill = float(np.mean(heights))
+        if not np.isfinite(fill):  # the sum overflowed (heights near float64's limit): the mean term by term
+            fill = float(np.sum(heights / heights.size))
+        fill = min(max(fill, float(heights.min())), float(heights.max()))
     return np.where(finite, standard, fill)
 
 
@@ -426,7 +470,7 @@ def _build(data: Any) -> bytes:
     from gwyfile.objects import GwyContainer, GwyDataField, GwySIUnit
 
     array, meta = split_height_map(in_memory(data))  # a Dask array is computed: the file is written whole
-    phys = units.physical(meta)
+    phys = units.written(meta)  # TypeError/ValueError naming a length or offset that cannot be written as given
     (xy_unit, lateral), (z_unit, height) = _units(meta)
     rows, cols = embedded.grid(array).shape
     x_length, y_length = phys.x_length or float(cols), phys.y_length or float(rows)
@@ -434,16 +478,23 @@ def _build(data: Any) -> bytes:
     finite = np.isfinite(standard)
     seen = np.where(finite, standard, np.nan)
     values = _filled(standard, finite)
-    user_mask = _user_mask(meta, array.shape)
+    user_mask = _user_mask(meta, array.shape) if array.size else None  # an empty map's grid is one missing point
     mask = ~finite if user_mask is None else user_mask | ~finite
+
+    unit = phys.lateral_unit
+    xreal, yreal = units.in_si("x_length", x_length, unit, lateral), units.in_si("y_length", y_length, unit, lateral)
+    xoff, yoff = (
+        units.in_si("x_offset", phys.x_offset, unit, lateral),
+        units.in_si("y_offset", phys.y_offset, unit, lateral),
+    )
 
     def field(values: np.ndarray) -> Any:
         return GwyDataField(
             np.ascontiguousarray(values, dtype=np.float64),
-            xreal=x_length * lateral,
-            yreal=y_length * lateral,
-            xoff=phys.x_offset * lateral,
-            yoff=phys.y_offset * lateral,
+            xreal=xreal,
+            yreal=yreal,
+            xoff=xoff,
+            yoff=yoff,
             si_unit_xy=GwySIUnit(unitstr=xy_unit),
             si_unit_z=GwySIUnit(unitstr=z_unit),
         )

@@ -7,8 +7,10 @@ MountainsMap, Gwyddion and R's x3ptools open:
 
 ``main.xml`` Record1
     A surface (``SUR``) on a regular grid: ``CX``/``CY`` incremental with the pixel spacing in
-    metres (``x_length / width`` times the metres of ``lateral_unit``; without lengths, one
-    lateral unit per pixel) and offsets ``x_offset``/``y_offset`` in metres. ``CZ`` absolute with
+    metres (``x_length / width`` times the metres of ``lateral_unit``; on an axis without a
+    length, one lateral unit per pixel) and offsets ``x_offset``/``y_offset`` in metres; a length
+    or offset that cannot be written as given (not positive, not finite, beyond range in metres)
+    is a ValueError or TypeError naming the key. ``CZ`` absolute with
     increment = the metres of ``height_unit`` (so the stored numbers are the heights in their own
     unit) and data type ``F`` for float16/float32 heights, ``D`` for other floats, complex (real
     part) and 32/64-bit unsigned and 64-bit integers, ``L`` for uint16/int32, ``I`` for bool and 8/16-bit
@@ -181,6 +183,7 @@ def _record2(meta: Mapping[str, Any]) -> Any:
 def check(data: Any) -> None:
     """Raise ``TypeError``/``ValueError`` if :func:`export_to_x3p` would refuse ``data`` (cheap: no heights copied)."""
     _, meta = split_height_map(data, lazy=True)  # checked, not computed
+    units.written(meta)  # lengths and offsets written as given, or refused
     units.factors(meta)  # X3P holds metres: a unit must be a known length
     metadata.encode(meta, reserved={"height_map", embedded.RECORD, embedded.MISSING})
 
@@ -191,10 +194,20 @@ def _build(data: Any) -> Any:
     from x3pio.model.datatypes import decode_raw, encode_raw, get_data_type
 
     array, meta = split_height_map(in_memory(data))  # a Dask array is computed: the file is written whole
-    phys = units.physical(meta)
+    phys = units.written(meta)  # TypeError/ValueError naming a length or offset that cannot be written as given
     lateral, height = units.factors(meta)  # ValueError naming the key of a unit that is no known length
     shown = embedded.grid(array)
-    spacing = phys.spacing(shown.shape) or (1.0, 1.0)
+    rows, cols = shown.shape
+    # Each axis on its own: a length given for one axis only is kept; a missing one is 1 unit per pixel.
+    x_length, y_length = phys.x_length or float(cols), phys.y_length or float(rows)
+    unit = phys.lateral_unit
+    units.in_si("x_length", x_length, unit, lateral)  # ValueError naming a length beyond range in metres
+    units.in_si("y_length", y_length, unit, lateral)
+    x_scale, y_scale = x_length / cols * lateral, y_length / rows * lateral
+    x_offset, y_offset = (
+        units.in_si("x_offset", phys.x_offset, unit, lateral),
+        units.in_si("y_offset", phys.y_offset, unit, lateral),
+    )
     z_type = x3pio.DataType(_z_type(shown.dtype))
     standard = embedded.standard_heights(shown, height)
     # What any X3P reader will see: x3pio's own coding of the heights, invalid points as NaN.
@@ -209,12 +222,12 @@ def _build(data: Any) -> Any:
     try:
         file = x3pio.Surface.from_array(
             np.where(finite, standard, np.nan),
-            x_scale=spacing[0] * lateral,
-            y_scale=spacing[1] * lateral,
+            x_scale=x_scale,
+            y_scale=y_scale,
             z_type=z_type,
             z_scale=height,
             metadata=_record2(meta),
-            placement=x3pio.Placement.translation(phys.x_offset * lateral, phys.y_offset * lateral, 0.0),
+            placement=x3pio.Placement.translation(x_offset, y_offset, 0.0),
             coordinate_system=x3pio.CoordinateSystem.VIEW,
         )
         record = embedded.pack(array, meta, seen, height, fields=_fields(file))
