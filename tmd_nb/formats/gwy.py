@@ -48,6 +48,7 @@ import base64
 import binascii
 import datetime as dt
 import os
+import re
 import stat
 import struct
 import warnings
@@ -58,7 +59,7 @@ import numpy as np
 
 from ..errors import FormatError
 from ..heightmap import in_memory, split_height_map
-from . import embedded, metadata, units
+from . import embedded, limits, units
 from ._io import Progress, open_file, read_into
 from ._io import Reporter as _Reporter
 from .atomic import atomic_write
@@ -72,12 +73,17 @@ MAX_DEPTH = 32
 MAX_NAME = 4096
 #: Longest text shown per key in ``/0/meta``.
 MAX_META_TEXT = 1000
+#: Keys shown in ``/0/meta`` (the first ones), and the longest key shown, in UTF-8 bytes: a
+#: nested container costs gwyfile copying quadratic in its entries, which the reader bounds.
+MAX_META_KEYS = 256
+MAX_META_KEY = 256
 #: gwyfile copies the rest of an object after each component: refuse files where that adds up
 #: to more than this many times the file size (plus a constant).
 MAX_COPY_FACTOR = 64
 _COPY_ALLOWANCE = 1 << 30
 _SCALARS = {ord("b"): 1, ord("c"): 1, ord("i"): 4, ord("q"): 8, ord("d"): 8}
 _ARRAYS = {ord("C"): 1, ord("I"): 4, ord("Q"): 8, ord("D"): 8}
+_CHANNEL = re.compile(r"0|[1-9][0-9]{0,8}", re.ASCII)
 
 
 class _Walk:
@@ -139,9 +145,14 @@ class _Walk:
             elif code == ord("S"):
                 for _ in range(count):
                     p = self.cstring(p, end, "a string")
-            else:
+            else:  # gwyfile slices the rest of the component's buffer for each object of the array
+                rest = end if depth > 0 else None
+                starts = 0
                 for _ in range(count):
+                    starts += p
                     p = self.obj(p, end, depth + 1)
+                # at the top level the buffer handed to gwyfile ends with this component, at p
+                self.copies += count * (rest if rest is not None else p) - starts
         else:
             raise self.fail(pos, f"unknown type code {bytes([code])!r}")
         if p > end:
@@ -245,7 +256,9 @@ def _channel(entries: Mapping[str, Any], where: str) -> int:
     numbers = []
     for key in entries:
         parts = key.split("/")
-        if len(parts) == 3 and parts[0] == "" and parts[2] == "data" and parts[1].isdigit():
+        # Gwyddion's channel numbers: ASCII digits without leading zeros ("/00/data", "/²/data" and
+        # "/٣/data" are other keys, whose int() would be another channel's number or fail).
+        if len(parts) == 3 and parts[0] == "" and parts[2] == "data" and _CHANNEL.fullmatch(parts[1]):
             numbers.append(int(parts[1]))
     if not numbers:
         raise FormatError(f"{where} holds no image channel (/N/data)")
@@ -353,7 +366,20 @@ def _meta_text(value: Any) -> str | None:
 def check(data: Any) -> None:
     """Raise ``TypeError``/``ValueError`` if :func:`export_to_gwy` would refuse ``data`` (cheap: no heights copied)."""
     _, meta = split_height_map(data, lazy=True)  # checked, not computed
-    metadata.encode(meta, reserved={"height_map", embedded.RECORD})
+    _check_lengths(units.physical(meta))
+    limits.check_record(meta, "a Gwyddion file")
+
+
+def _check_lengths(phys: units.Physical) -> None:
+    """Refuse lengths or offsets that are not finite in metres: the reader refuses such a field."""
+    factor = units.metres_per(phys.lateral_unit) or 1.0
+    for key in ("x_length", "y_length", "x_offset", "y_offset"):
+        value = getattr(phys, key)
+        if value is not None and not np.isfinite(value * factor):
+            raise ValueError(
+                f"{key} {value!r} {phys.lateral_unit} is not a finite number of metres, "
+                "which a Gwyddion file cannot hold"
+            )
 
 
 def _build(data: Any) -> bytes:
@@ -362,6 +388,8 @@ def _build(data: Any) -> bytes:
 
     array, meta = split_height_map(in_memory(data))  # a Dask array is computed: the file is written whole
     phys = units.physical(meta)
+    _check_lengths(phys)
+    limits.check_record(meta, "a Gwyddion file")
     lateral = units.metres_per(phys.lateral_unit)
     height = units.metres_per(phys.height_unit)
     xy_unit, z_unit = (
@@ -394,7 +422,11 @@ def _build(data: Any) -> bytes:
     }
     if not finite.all():
         entries["/0/mask"] = field((~finite).astype(np.float64))
-    shown = {_gwy_text(k): t for k, v in meta.items() if (t := _meta_text(v)) is not None}
+    shown: dict[str, str] = {}
+    for k, v in meta.items():  # display only: the record keeps every key
+        name = _gwy_text(k)
+        if len(shown) < MAX_META_KEYS and len(name.encode()) <= MAX_META_KEY and (t := _meta_text(v)) is not None:
+            shown[name] = t
     if shown:
         entries["/0/meta"] = GwyContainer(shown, typecodes=dict.fromkeys(shown, "s"))
     for name, content in record.items():

@@ -52,13 +52,15 @@ from __future__ import annotations
 import datetime as dt
 import errno
 import io
+import itertools
 import os
 import re
 import stat
+import struct
 import warnings
 import zipfile
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -66,7 +68,7 @@ import numpy as np
 from .._version import __version__
 from ..errors import FormatError
 from ..heightmap import in_memory, split_height_map
-from . import embedded, metadata, units
+from . import embedded, limits, metadata, units
 from ._io import Progress, open_file
 from .archive import ZIP_MAGIC
 from .atomic import atomic_write
@@ -78,12 +80,21 @@ __all__ = ["FORMAT", "VENDOR", "check", "export_to_x3p", "load_x3p", "looks_like
 VENDOR = "https://pypi.org/project/tmd-nb"
 MAX_MEMBERS = 10_000
 MAX_MEMBER_SIZE = 16 << 30
-MAX_XML_SIZE = 512 << 20
+#: ``main.xml``: at most this many bytes and elements. x3pio builds the whole document tree
+#: (about 150 bytes an element), so a long ``DataList`` is bounded by its elements, not its text.
+MAX_XML_SIZE = 32 << 20
+MAX_XML_ELEMENTS = 500_000
+#: Longest text written in a Record2 field (display only: the record keeps the whole value).
+MAX_RECORD2_TEXT = 65_536
+#: Metadata arrays an X3P file holds: one zip member each, beside the few of the format.
+MAX_ARRAYS = MAX_MEMBERS - 16
 _MAX_RATIO = 1032  # deflate's largest expansion
 _RATIO_SLACK = 1 << 16
 _XML_FORBIDDEN = re.compile(r"[^\x09\x0a\x0d\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 _JUNK = re.compile(r"(^|/)(__macosx/|\._[^/]*$|\.ds_store$|thumbs\.db$|desktop\.ini$)", re.IGNORECASE)
 _ROOT = re.compile(rb"<(?![?!])([^\s>/]+)")
+_ENCODING = re.compile(rb"(?:\xef\xbb\xbf)?\s*<\?xml\s[^>]*?encoding\s*=\s*([\"'])([^\"'>]*)\1")
+_LOCAL_HEADER = struct.Struct("<4s22xHH")
 _OLD_ROOT = re.compile(rb"(</?)((?:[A-Za-z_][\w.-]*:)?)ISO5436(?=[\s>/])")
 
 
@@ -143,7 +154,9 @@ def _factor(unit: str, key: str, what: str) -> float:
 
 
 def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) and not _XML_FORBIDDEN.search(value) else None
+    if not isinstance(value, str) or _XML_FORBIDDEN.search(value):
+        return None
+    return value if len(value) <= MAX_RECORD2_TEXT else value[:MAX_RECORD2_TEXT] + "..."
 
 
 def _date(value: Any) -> dt.datetime | None:
@@ -192,7 +205,7 @@ def check(data: Any) -> None:
     phys = units.physical(meta)
     _factor(phys.lateral_unit, "lateral_unit", "the lengths")
     _factor(phys.height_unit, "height_unit", "the heights")
-    metadata.encode(meta, reserved={"height_map", embedded.RECORD})
+    limits.check_record(meta, "an X3P file", max_arrays=MAX_ARRAYS)
 
 
 def _build(data: Any) -> Any:
@@ -202,6 +215,7 @@ def _build(data: Any) -> Any:
 
     array, meta = split_height_map(in_memory(data))  # a Dask array is computed: the file is written whole
     phys = units.physical(meta)
+    limits.check_record(meta, "an X3P file", max_arrays=MAX_ARRAYS)
     lateral = _factor(phys.lateral_unit, "lateral_unit", "the lengths")
     height = _factor(phys.height_unit, "height_unit", "the heights")
     shown = embedded.grid(array)
@@ -290,8 +304,32 @@ def export_to_x3p(
 # --------------------------------------------------------------------------------------------
 
 
+def _check_layout(fp: Any, zf: zipfile.ZipFile, infos: list[zipfile.ZipInfo], where: str) -> None:
+    """Refuse entries whose bytes overlap: one compressed stream read as many members (a zip bomb)."""
+    spans = []
+    for info in infos:
+        what = f"{where} member {info.filename!r}"
+        if info.header_offset < 0:
+            raise FormatError(f"{what} starts before the archive")
+        fp.seek(info.header_offset)
+        head = fp.read(_LOCAL_HEADER.size)
+        if len(head) != _LOCAL_HEADER.size or not head.startswith(b"PK\x03\x04"):
+            raise FormatError(f"{what}: no local header where the central directory says it is")
+        _, name_length, extra_length = _LOCAL_HEADER.unpack(head)
+        data_end = info.header_offset + _LOCAL_HEADER.size + name_length + extra_length + info.compress_size
+        spans.append((info.header_offset, data_end, info.filename))
+    spans.sort()
+    for (_, first_end, first), (second_start, _, second) in itertools.pairwise(spans):
+        if first_end > second_start:
+            raise FormatError(f"{where}: zip members {first!r} and {second!r} overlap")
+    if spans and spans[-1][1] > zf.start_dir:
+        raise FormatError(f"{where} member {spans[-1][2]!r} runs into the zip's central directory")
+
+
 def _checked_zip(fp: Any, where: str) -> tuple[zipfile.ZipFile, dict[str, zipfile.ZipInfo], str]:
     """Open the zip and bound every declared size before anything is decompressed."""
+    from x3pio.model.naming import vendor_extension_path
+
     try:
         zf = zipfile.ZipFile(fp)
     # NotImplementedError: zipfile's answer to a "version needed" it does not know (a damaged field).
@@ -311,34 +349,70 @@ def _checked_zip(fp: Any, where: str) -> tuple[zipfile.ZipFile, dict[str, zipfil
             raise FormatError(f"{what} claims {info.file_size} bytes from {info.compress_size} stored bytes")
         if info.file_size > MAX_MEMBER_SIZE:
             raise FormatError(f"{what} claims {info.file_size} bytes, more than the {MAX_MEMBER_SIZE} allowed")
+    _check_layout(fp, zf, infos, where)
     members = _members(zf)
     main = _main_name(members)
     if main is None:
         raise FormatError(f"{where} is not an X3P file: its zip archive holds no main.xml")
     if members[main].file_size > MAX_XML_SIZE:
-        raise FormatError(f"{where}: its main.xml claims {members[main].file_size} bytes, more than {MAX_XML_SIZE}")
+        raise FormatError(
+            f"{where}: its main.xml claims {members[main].file_size:,} bytes, more than the {MAX_XML_SIZE:,} allowed"
+        )
+    folder = main[: -len("main.xml")]
+    record = members.get(folder + vendor_extension_path(f"{VENDOR}/{embedded.RECORD}").replace("\\", "/"))
+    if record is not None and record.file_size > embedded.MAX_RECORD:
+        raise FormatError(
+            f"{where}: its tmd_nb record claims {record.file_size:,} bytes, "
+            f"more than the {embedded.MAX_RECORD:,} allowed"
+        )
     return zf, members, main
 
 
-def _repack_old_root(zf: zipfile.ZipFile, members: dict[str, zipfile.ZipInfo], main: str, where: str) -> bytes | None:
+def _check_xml(text: bytes, where: str) -> None:
+    """Refuse a ``main.xml`` whose encoding Python does not know, or with too many elements to build."""
+    import codecs
+
+    declared = _ENCODING.match(text)
+    if declared is not None:
+        name = declared.group(2).decode("ascii", "backslashreplace")
+        try:
+            codecs.lookup(name)
+        except (LookupError, ValueError):
+            raise FormatError(f"{where}: its main.xml declares the encoding {name!r}, which is not known") from None
+    # Start tags, at most (a '<' inside CDATA or a comment counts too, which only errs on the safe side).
+    elements = text.count(b"<") - text.count(b"</") - text.count(b"<?") - text.count(b"<!")
+    if elements > MAX_XML_ELEMENTS:
+        raise FormatError(
+            f"{where}: its main.xml holds about {elements:,} elements, more than the {MAX_XML_ELEMENTS:,} read "
+            "(a long DataList: such data belong in a binary data file)"
+        )
+
+
+def _repack_old_root(
+    text: bytes, zf: zipfile.ZipFile, members: dict[str, zipfile.ZipInfo], main: str, where: str
+) -> bytes | None:
     """An in-memory copy of an ISO 5436-2000 container with its ``<ISO5436>`` root renamed, or None.
 
     x3pio reads the ``ISO5436_2`` root only. The checksum file is updated when it matched the
-    original ``main.xml``, so that a mismatch (warned about) stays one.
+    original ``main.xml``, so that a mismatch (warned about) stays one. Only the members that
+    ``main.xml`` names (the data and validity files) and the checksum file are copied: they are
+    inflated to be copied, and vendor files are no use in a file of that age.
     """
     import hashlib
 
-    text = zf.read(members[main])
     found = _ROOT.search(text)
     if found is None or found.group(1).split(b":")[-1] != b"ISO5436":
         return None
     fixed = _OLD_ROOT.sub(rb"\1\2ISO5436_2", text)
     folder = main[: -len("main.xml")]
+    checksum = folder + "md5checksum.hex"
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as out:
         for name, info in members.items():
+            if name != main and name != checksum and name[len(folder) :].encode("utf-8", "replace") not in text:
+                continue
             content = fixed if name == main else zf.read(info)
-            if name == folder + "md5checksum.hex":
+            if name == checksum:
                 digest = content.decode("ascii", "replace").split()[:1]
                 if digest and digest[0].lower() == hashlib.md5(text, usedforsecurity=False).hexdigest():
                     content = f"{hashlib.md5(fixed, usedforsecurity=False).hexdigest()} *main.xml\n".encode()
@@ -349,22 +423,20 @@ def _repack_old_root(zf: zipfile.ZipFile, members: dict[str, zipfile.ZipInfo], m
     return buffer.getvalue()
 
 
-_LIBRARY_ERRORS: tuple[type[BaseException], ...] = (
+#: What zipfile raises on a damaged entry (as opposed to what the system raises, like EIO).
+_ZIP_ERRORS: tuple[type[BaseException], ...] = (
     zipfile.BadZipFile,
     NotImplementedError,  # zipfile: an unknown "version needed" or compression in a damaged entry
     zlib.error,
-    ValueError,
-    KeyError,
-    IndexError,
-    TypeError,
     EOFError,
-    MemoryError,
-    RecursionError,
-    NotImplementedError,
-    RuntimeError,
-    UnicodeError,
-    OverflowError,
+    ValueError,
+    UnicodeError,  # a member name that is not valid in its encoding
 )
+#: What x3pio lets through from the libraries it uses on a hostile file, beyond X3pFormatError
+#: (a ValueError): zipfile's errors, expat's LookupError for an encoding it cannot use and
+#: RuntimeError from zipfile's encrypted-member path. A KeyError, IndexError, TypeError or
+#: AttributeError is a bug (x3pio's or tmd_nb's) and is not turned into a "damaged file" message.
+_LIBRARY_ERRORS: tuple[type[BaseException], ...] = (*_ZIP_ERRORS, LookupError, RuntimeError, OverflowError)
 
 
 def _read_file(path: PathLike, where: str) -> Any:
@@ -375,8 +447,11 @@ def _read_file(path: PathLike, where: str) -> Any:
             raise FormatError(f"{where} is not a regular file")
         zf, members, main = _checked_zip(fp, where)
         try:
-            repacked = _repack_old_root(zf, members, main, where)
-        except _LIBRARY_ERRORS as exc:
+            text = zf.read(members[main])
+            _check_xml(text, where)
+            repacked = _repack_old_root(text, zf, members, main, where)
+            del text
+        except _ZIP_ERRORS as exc:
             raise FormatError(f"{where} is not a readable X3P file: {exc}") from None
         except OSError as exc:  # EINVAL: a damaged entry made zipfile seek before the file's start
             if exc.errno != errno.EINVAL:
@@ -404,6 +479,69 @@ def _read_file(path: PathLike, where: str) -> Any:
             if exc.errno != errno.EINVAL:
                 raise
             raise FormatError(f"{where} is not a readable X3P file: an entry points outside the file") from None
+
+
+def _referenced(text: bytes) -> set[str]:
+    """The members tmd_nb's record refers to: its exact height map and the metadata's arrays.
+
+    Only these are inflated; a record that is not even JSON refers to none (:func:`embedded.unpack`
+    then says what is wrong with it).
+    """
+    try:
+        obj = metadata.loads(text.decode("utf-8"))
+    except ValueError:  # UnicodeDecodeError and InvalidJSON included
+        return set()
+    if type(obj) is not dict:
+        return set()
+    names = set()
+    height = obj.get("height")
+    if type(height) is dict and type(height.get("exact")) is str:
+        names.add(height["exact"])
+    meta = obj.get("metadata")
+    stack = list(meta.values()) if type(meta) is dict else []
+    while stack:
+        value = stack.pop()
+        if type(value) is list:
+            stack.extend(value)
+        elif type(value) is dict:
+            tag = value.get(metadata.TAG)
+            if tag == "ndarray":
+                if type(value.get("member")) is str:
+                    names.add(value["member"])
+            elif tag == "dict" and type(value.get("items")) is dict:
+                stack.extend(value["items"].values())  # a user's dict: its keys are not tags
+            else:
+                stack.extend(value.values())
+    return names
+
+
+class _RecordMembers(Mapping[str, bytes]):
+    """tmd_nb's record and the members it refers to, each inflated only when asked for (and not kept)."""
+
+    def __init__(self, extensions: Any, text: bytes, where: str) -> None:
+        self.extensions, self.text, self.where = extensions, text, where
+        wanted = _referenced(text)
+        self.names = [embedded.RECORD, *sorted(n for n in wanted if f"{VENDOR}/{n}.npy" in extensions)]
+
+    def __getitem__(self, name: str) -> bytes:
+        import x3pio
+
+        if name == embedded.RECORD:
+            return self.text
+        if name not in self.names:
+            raise KeyError(name)
+        errors: tuple[type[BaseException], ...] = (x3pio.X3pFormatError, *_ZIP_ERRORS)
+        try:
+            content = self.extensions[f"{VENDOR}/{name}.npy"]
+        except errors as exc:
+            raise FormatError(f"{self.where}: its tmd_nb member {name!r} is damaged: {exc}") from None
+        return b"" if content is None else content
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
 
 
 def _record2_keys(record: Any) -> dict[str, Any]:
@@ -493,16 +631,15 @@ def load_x3p(path: PathLike, *, progress: Progress | None = None) -> dict[str, A
         "height_unit": "m",
     }
     out: dict[str, Any]
-    try:  # extension files are unpacked (and their damage found) only now
-        members = {
-            uri[len(VENDOR) + 1 :].removesuffix(".npy"): content
-            for uri in file.extensions
-            if uri.startswith(VENDOR + "/") and (content := file.extensions[uri]) is not None
-        }
-    except _LIBRARY_ERRORS as exc:  # X3pFormatError is a ValueError
+    text = None
+    uri = f"{VENDOR}/{embedded.RECORD}"
+    errors: tuple[type[BaseException], ...] = (x3pio.X3pFormatError, *_ZIP_ERRORS)
+    try:  # extension files are unpacked (and their damage found) only now, and only those used
+        text = file.extensions.get(uri)
+    except errors as exc:
         raise FormatError(f"{where}: its tmd_nb record is damaged: {exc}") from None
-    if embedded.RECORD in members:
-        rec = embedded.unpack(members, seen, where)
+    if text is not None:
+        rec = embedded.unpack(_RecordMembers(file.extensions, text, where), seen, where)
         if rec.current:
             out = {"height_map": rec.height_map, **rec.metadata}
         else:
