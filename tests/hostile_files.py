@@ -246,6 +246,15 @@ def x3p_data_list(folder: Path, points: int = 4_000_000, datum: bytes = b"<Datum
     return write_zip(folder / "datalist.x3p", members)
 
 
+def x3p_zeros(folder: Path, shape: tuple[int, int] = (4096, 2048)) -> Path:
+    """An honest surface of 64 MiB of float64 zeros, as x3pio writes it: about 65 KB."""
+    import x3pio
+
+    path = folder / "zeros.x3p"
+    x3pio.Surface.from_array(np.zeros(shape), x_scale=1e-6, y_scale=1e-6).save(path)
+    return path
+
+
 # --------------------------------------------------------------------------- Gwyddion
 
 
@@ -280,7 +289,7 @@ def gwy_object_array(folder: Path, count: int = 250_000) -> Path:
     return path
 
 
-def gwy_nested(folder: Path, levels: int = 12, mib: int = 8) -> Path:
+def gwy_nested(folder: Path, levels: int = 31, mib: int = 8) -> Path:
     """A channel and objects nested ``levels`` deep around ``mib`` MiB of doubles: gwyfile keeps
     copies of each level's rest while it parses the next."""
     inner = gwy_object(b"GwyContainer", gwy_component("d", b"D", struct.pack("<I", mib << 17) + bytes(mib << 20)))
@@ -311,6 +320,7 @@ MAKERS: dict[str, Callable[[Path], Path]] = {
     "x3p_data_list": x3p_data_list,
     # Just within the limits: the most elements and nearly the most text main.xml may hold.
     "x3p_data_list_near": lambda folder: x3p_data_list(folder, 499_000, b"<Datum>1.2345678901234567e-06</Datum>\n"),
+    "x3p_zeros": x3p_zeros,
     "gwy_object_array": gwy_object_array,
     "gwy_nested": gwy_nested,
 }

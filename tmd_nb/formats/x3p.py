@@ -448,7 +448,14 @@ def _read_file(path: PathLike, where: str) -> Any:
         zf, members, main = _checked_zip(fp, where)
         try:
             text = zf.read(members[main])
-            _check_xml(text, where)
+        except _ZIP_ERRORS as exc:
+            raise FormatError(f"{where} is not a readable X3P file: {exc}") from None
+        except OSError as exc:  # EINVAL: a damaged entry made zipfile seek before the file's start
+            if exc.errno != errno.EINVAL:
+                raise
+            raise FormatError(f"{where} is not a readable X3P file: an entry points outside the file") from None
+        _check_xml(text, where)
+        try:
             repacked = _repack_old_root(text, zf, members, main, where)
             del text
         except _ZIP_ERRORS as exc:

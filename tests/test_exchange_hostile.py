@@ -1,0 +1,322 @@
+"""Hostile X3P and Gwyddion files, and files tmd_nb's own writers must not make unreadable.
+
+The memory bound of SECURITY.md (the returned arrays + 256 MB + 50 x the file size) is tested
+as for NPY/NPZ/TMD: each crafted file is loaded in a subprocess whose address space is capped
+(tests/memory_probe.py). The other tests use files of a few KB and count work, not time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import hostile_files as hostile
+import numpy as np
+import pytest
+from hostile_files import gwy_channel, gwy_component, gwy_object
+
+from tmd_nb import FormatError, export_to_gwy, export_to_x3p, load_gwy, load_x3p
+from tmd_nb.errors import MAX_MESSAGE
+from tmd_nb.formats import embedded, gwy, x3p
+
+HERE = Path(__file__).resolve().parent
+MB = 1 << 20
+
+
+def probe(path: Path, returned: int = 0) -> dict:
+    """Load ``path`` in a child capped at its baseline + 256 MB + 50 x size + ``returned``."""
+    out = subprocess.run(
+        [sys.executable, str(HERE / "memory_probe.py"), str(path), str(256 * MB), "50", str(returned)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])},
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def one_line_naming(exc: BaseException, path: Path) -> str:
+    text = str(exc)
+    assert text.startswith(repr(str(path))), text
+    assert len(text) <= MAX_MESSAGE and "\n" not in text, text
+    assert exc.__cause__ is None and (exc.__context__ is None or exc.__suppress_context__)  # no chain shown
+    return text
+
+
+def refused(load, path) -> FormatError:
+    with pytest.raises(FormatError) as info:
+        load(path)
+    return info.value
+
+
+def hm() -> np.ndarray:
+    return np.arange(6, dtype="<f8").reshape(2, 3)
+
+
+# --------------------------------------------------------------------------- memory, in a capped process
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("maker", "outcome", "message", "returned"),
+    [
+        ("x3p_shared_stream", "FormatError", "x0.npy' and 'pypi\\\\org\\\\project\\\\tmd-nb\\\\x1.npy' overlap", 0),
+        ("x3p_unreferenced", "ok", "", 0),
+        ("x3p_data_list", "FormatError", "its main.xml claims 64,001,444 bytes, more than the 33,554,432 allowed", 0),
+        ("x3p_data_list_near", "ok", "", 0),
+        ("x3p_zeros", "ok", "", 64 * MB),
+        ("gwy_object_array", "FormatError", "is laid out so that reading it would copy 531252125312 bytes; refused", 0),
+        ("gwy_nested", "ok", "", 0),
+    ],
+)
+def test_memory_stays_within_the_returned_arrays_plus_256_mb_plus_50_times_the_file(
+    tmp_path: Path, maker: str, outcome: str, message: str, returned: int
+) -> None:
+    path = hostile.MAKERS[maker](tmp_path)
+    result = probe(path, returned)
+    assert result["outcome"] == outcome, result
+    if outcome == "FormatError":
+        assert message in result["message"] and path.name in result["message"], result
+        assert len(result["message"]) <= MAX_MESSAGE and not result["context"], result
+
+
+# --------------------------------------------------------------------------- X3P: zip tricks
+
+
+def test_zip_entries_sharing_one_stream_are_refused_before_inflating(tmp_path: Path) -> None:
+    path = hostile.x3p_shared_stream(tmp_path, copies=3, mib=1)
+    assert path.stat().st_size < 10_000
+    exc = refused(load_x3p, path)
+    member = "pypi\\\\org\\\\project\\\\tmd-nb\\\\"
+    assert one_line_naming(exc, path) == f"{str(path)!r}: zip members '{member}x0.npy' and '{member}x1.npy' overlap"
+
+
+def test_an_entry_running_into_the_central_directory_is_refused(tmp_path: Path) -> None:
+    members = hostile.x3p_members()
+    stored = [(name, data, 0, 0, len(data)) for name, data in members.items()]
+    path = hostile.raw_zip(tmp_path / "long.x3p", stored, {})
+    raw = bytearray(path.read_bytes())
+    last = raw.rfind(b"PK\x01\x02")  # the last entry claims 100 more stored bytes, into the directory
+    name, *_, size = stored[-1]
+    raw[last + 20 : last + 28] = struct.pack("<II", size + 100, size + 100)
+    path.write_bytes(bytes(raw))
+    exc = refused(load_x3p, path)
+    assert one_line_naming(exc, path).endswith(f"member {name!r} runs into the zip's central directory")
+
+
+def test_only_the_record_members_in_use_are_inflated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from x3pio.codec.archive import PackedMember
+
+    read = PackedMember.read
+    inflated: list[str] = []
+
+    def spy(self: PackedMember) -> bytes:
+        inflated.append(self._name)
+        return read(self)
+
+    monkeypatch.setattr(PackedMember, "read", spy)
+    path = hostile.x3p_unreferenced(tmp_path, count=2, mib=1)
+    with pytest.warns(UserWarning, match="heights changed after tmd_nb wrote it"):
+        load_x3p(path)
+    assert inflated == [hostile.VENDOR_MEMBER + "record.json"]
+    # a file tmd_nb wrote: the arrays its metadata refers to are inflated, each once
+    inflated.clear()
+    data = {"height_map": hm(), "a": np.ones(3), "b": {"c": np.zeros(2)}, "d": "text"}
+    back = load_x3p(export_to_x3p(data, tmp_path / "mine.x3p"))
+    assert sorted(inflated) == sorted(hostile.VENDOR_MEMBER + n for n in ("record.json", "a.npy", "__array_0__.npy"))
+    np.testing.assert_array_equal(back["b"]["c"], np.zeros(2))
+
+
+def test_a_record_claiming_more_than_the_limit_is_refused_before_inflating(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = export_to_x3p({"height_map": hm(), "k": "v" * 100}, tmp_path / "r.x3p")
+    monkeypatch.setattr(embedded, "MAX_RECORD", 100)
+    exc = refused(load_x3p, path)
+    assert re.search(
+        r"': its tmd_nb record claims \d{3} bytes, more than the 100 allowed$", one_line_naming(exc, Path(path))
+    )
+
+
+# --------------------------------------------------------------------------- X3P: XML tricks
+
+
+def x3p_with_main(tmp_path: Path, name: str, main: bytes) -> Path:
+    members = hostile.x3p_members()
+    members["main.xml"] = main
+    return hostile.write_zip(tmp_path / name, members)
+
+
+def test_a_long_data_list_is_refused_by_its_elements_before_parsing(tmp_path: Path) -> None:
+    path = hostile.x3p_data_list(tmp_path, 600_000, b"<Datum/>")
+    assert path.stat().st_size < 20_000
+    exc = refused(load_x3p, path)
+    assert one_line_naming(exc, path) == (
+        f"{str(path)!r}: its main.xml holds about 600,038 elements, more than the 500,000 read "
+        "(a long DataList: such data belong in a binary data file)"
+    )
+
+
+@pytest.mark.parametrize("encoding", ["x" * 10_000, "no-such-codec", "utf-8\x00", "é"])
+def test_an_unknown_xml_encoding_is_one_line_naming_the_file(tmp_path: Path, encoding: str) -> None:
+    main = hostile.x3p_members()["main.xml"].replace(b'encoding="UTF-8"', f'encoding="{encoding}"'.encode(), 1)
+    path = x3p_with_main(tmp_path, "enc.x3p", main)
+    exc = refused(load_x3p, path)
+    text = one_line_naming(exc, path)
+    assert text.endswith("which is not known"), text
+    assert "its main.xml declares the encoding" in text
+
+
+@pytest.mark.parametrize(
+    "prolog",
+    [
+        b'<!DOCTYPE r [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;">]>',  # entity expansion
+        b'<!DOCTYPE r [<!ENTITY e SYSTEM "file:///etc/passwd">]>',  # an external entity
+    ],
+)
+def test_dtds_and_entities_are_refused(tmp_path: Path, prolog: bytes) -> None:
+    main = hostile.x3p_members()["main.xml"]
+    declaration, body = main.split(b"?>", 1)
+    path = x3p_with_main(tmp_path, "dtd.x3p", declaration + b"?>" + prolog + body)
+    exc = refused(load_x3p, path)
+    assert "main.xml is not valid XML" in one_line_naming(exc, path)
+
+
+def test_an_external_dtd_is_not_fetched(tmp_path: Path) -> None:
+    main = hostile.x3p_members()["main.xml"]
+    declaration, body = main.split(b"?>", 1)
+    prolog = b'<!DOCTYPE r SYSTEM "http://127.0.0.1:9/x.dtd">'  # nothing listens there: a fetch would fail
+    path = x3p_with_main(tmp_path, "dtd.x3p", declaration + b"?>" + prolog + body)
+    with pytest.warns(UserWarning, match="MD5 checksum of main.xml does not match"):
+        assert load_x3p(path)["height_map"].shape == (2, 3)
+
+
+def test_deep_xml_nesting_is_a_format_error(tmp_path: Path) -> None:
+    main = hostile.x3p_members()["main.xml"]
+    deep = b"<a>" * 100_000 + b"</a>" * 100_000
+    path = x3p_with_main(tmp_path, "deep.x3p", main.replace(b"</Record1>", deep + b"</Record1>", 1))
+    try:
+        load_x3p(path)  # expat does not recurse: unknown elements are ignored
+    except FormatError as exc:
+        one_line_naming(exc, path)
+
+
+# --------------------------------------------------------------------------- GWY
+
+
+@pytest.mark.parametrize("key", ["/٣/data", "/²/data", "/00/data", "/+1/data", "/ 1/data", "/1_0/data", "/１/data"])
+def test_channel_keys_that_are_not_plain_numbers_are_not_channels(tmp_path: Path, key: str) -> None:
+    channel = gwy_channel()
+    path = tmp_path / "keys.gwy"
+    path.write_bytes(b"GWYP" + gwy_object(b"GwyContainer", channel.replace(b"/0/data", key.encode(), 1)))
+    exc = refused(load_gwy, path)
+    assert one_line_naming(exc, path) == f"{str(path)!r} holds no image channel (/N/data)"
+    path.write_bytes(b"GWYP" + gwy_object(b"GwyContainer", channel.replace(b"/0/data", key.encode(), 1), channel))
+    assert load_gwy(path)["height_map"].shape == (2, 2)
+
+
+def object_array(count: int) -> bytes:
+    empty = gwy_object(b"GwyContainer")
+    return gwy_object(
+        b"GwyContainer", gwy_channel(), gwy_component("/1/o", b"O", struct.pack("<I", count) + empty * count)
+    )
+
+
+@pytest.mark.parametrize("count", [1, 10, 1000])
+def test_the_copies_gwyfile_makes_for_an_object_array_are_counted(count: int) -> None:
+    # gwyfile slices the rest of the array's buffer for each object: sum over the objects of the
+    # bytes from it to the end of the component.
+    def copies(count: int) -> int:
+        body = object_array(count)[len(b"GwyContainer\0") + 4 :]
+        walk = gwy._Walk(body, "'f.gwy'")
+        p = 0
+        while p < len(body):
+            p = walk.component(p, len(body), 0)
+        return walk.copies
+
+    assert copies(count) - copies(0) == sum(17 * (count - i) for i in range(count))
+
+
+def test_an_object_array_cannot_pass_the_copy_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(gwy, "_COPY_ALLOWANCE", 0)
+    path = tmp_path / "objects.gwy"
+    path.write_bytes(b"GWYP" + object_array(3000))
+    exc = refused(load_gwy, path)
+    assert one_line_naming(exc, path).endswith("is laid out so that reading it would copy 76525812 bytes; refused")
+
+
+# --------------------------------------------------------------------------- what tmd_nb writes, it loads
+
+
+@pytest.mark.parametrize("save, load", [(export_to_gwy, load_gwy), (export_to_x3p, load_x3p)])
+def test_a_long_key_and_many_keys_come_back(tmp_path: Path, save, load) -> None:
+    data = {"height_map": hm(), "k" * 4096: 1, "é" * 3000: "v", **{f"k{i}": i for i in range(10_000)}}
+    back = load(save(data, tmp_path / "keys"))
+    assert back == {**data, "height_map": back["height_map"]}
+    np.testing.assert_array_equal(back["height_map"], data["height_map"])
+
+
+def test_gwyddion_shows_at_most_256_short_keys(tmp_path: Path) -> None:
+    import gwyfile
+
+    data = {"height_map": hm(), "k" * 4096: 1, **{f"k{i}": i for i in range(1000)}}
+    meta = gwyfile.load(export_to_gwy(data, tmp_path / "m.gwy"))["/0/meta"]
+    assert list(meta) == [f"k{i}" for i in range(gwy.MAX_META_KEYS)]
+
+
+def unchanged_after_refusal(tmp_path: Path, save, data: dict) -> Exception:
+    """Save ``data`` over an existing file: the refusal must come before anything is written."""
+    target = tmp_path / "old"
+    target.write_bytes(b"the user's file")
+    with pytest.raises((ValueError, TypeError)) as info:
+        save(data, target)
+    assert target.read_bytes() == b"the user's file" and sorted(p.name for p in tmp_path.iterdir()) == ["old"]
+    fmt = gwy.FORMAT if save is export_to_gwy else x3p.FORMAT
+    with pytest.raises(type(info.value)) as again:  # check(), which the magics and convert use, agrees
+        fmt.check(data)
+    assert str(again.value) == str(info.value)
+    return info.value
+
+
+@pytest.mark.parametrize("save", [export_to_gwy, export_to_x3p])
+def test_a_record_larger_than_the_reader_takes_is_refused_naming_the_key(tmp_path: Path, save) -> None:
+    exc = unchanged_after_refusal(tmp_path, save, {"height_map": hm(), "small": 1, "t": "a" * (65 << 20)})
+    fmt = "a Gwyddion file" if save is export_to_gwy else "an X3P file"
+    assert str(exc) == (
+        "metadata key 't' is too large: the metadata take about 68,157,717 bytes as JSON text, more than "
+        f"the 67,108,864 the tmd_nb record in {fmt} may hold; store large values (long text, big lists) "
+        "as numpy arrays"
+    )
+
+
+def test_more_arrays_than_an_x3p_file_holds_are_refused_naming_one(tmp_path: Path) -> None:
+    arrays = {f"a{i}": np.zeros(1) for i in range(x3p.MAX_ARRAYS + 1)}
+    exc = unchanged_after_refusal(tmp_path, export_to_x3p, {"height_map": hm(), **arrays})
+    assert str(exc) == (
+        f"metadata array 'a{x3p.MAX_ARRAYS}' is one of 9,985 arrays; an X3P file holds at most 9,984 "
+        "(one member each): gather them into fewer arrays"
+    )
+    arrays.popitem()  # at the limit: written and read back
+    back = load_x3p(export_to_x3p({"height_map": hm(), **arrays}, tmp_path / "many.x3p"))
+    assert len(back) == len(arrays) + 1
+
+
+@pytest.mark.parametrize("key", ["x_length", "y_length", "x_offset", "y_offset"])
+def test_lengths_a_gwyddion_file_cannot_hold_are_refused(tmp_path: Path, key: str) -> None:
+    exc = unchanged_after_refusal(tmp_path, export_to_gwy, {"height_map": hm(), key: 1e308, "lateral_unit": "km"})
+    assert str(exc) == f"{key} 1e+308 km is not a finite number of metres, which a Gwyddion file cannot hold"
+
+
+def test_a_long_comment_is_shortened_in_record2_and_kept_whole_in_the_record(tmp_path: Path) -> None:
+    import x3pio
+
+    comment = "c" * (x3p.MAX_RECORD2_TEXT + 10)
+    path = export_to_x3p({"height_map": hm(), "comment": comment}, tmp_path / "c.x3p")
+    assert x3pio.read(path).metadata.comment == comment[: x3p.MAX_RECORD2_TEXT] + "..."
+    assert load_x3p(path)["comment"] == comment
