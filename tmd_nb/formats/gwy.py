@@ -38,8 +38,12 @@ loads the file's data and lengths with a warning, keeping the other tmd_nb metad
 Safety: ``gwyfile`` trusts the sizes in the file, so the whole structure is first walked here
 (:func:`scan`) without building anything: every name and string must end within its object,
 every object and array must fit in its parent, nesting is at most :data:`MAX_DEPTH` deep, and
-the copying gwyfile does per component is bounded. Only then are the top-level entries handed to
-gwyfile, one at a time. Malformed files raise :class:`~tmd_nb.errors.FormatError` naming the file.
+the copying gwyfile does (the rest of an object for each component, the rest of an object array
+for each object) is counted and bounded by :data:`MAX_COPY_FACTOR` times the file size, so that
+parsing stays linear. Only then are the top-level entries handed to gwyfile, one at a time.
+Malformed files raise :class:`~tmd_nb.errors.FormatError` naming the file. The writer refuses
+lengths that are not finite in metres and records over the reader's limit, and shows at most
+:data:`MAX_META_KEYS` short keys in ``/0/meta``, so that whatever it writes loads again.
 """
 
 from __future__ import annotations
@@ -215,7 +219,10 @@ def _read_container(path: PathLike, where: str, progress: Progress | None) -> di
     for start, end in scan(body, where):
         try:
             name, value, _, _ = component_from_buffer(bytes(memoryview(body)[start:end]), return_size=True)
-        except Exception as exc:  # gwyfile raises whatever a malformed value makes Python raise
+        # What gwyfile raises on a value scan() cannot judge: a name or string that is not UTF-8, a
+        # 'C' array (numpy's zero-size '<S' dtype). A KeyError, IndexError, TypeError or
+        # AttributeError would be a bug, gwyfile's or tmd_nb's, and is left to surface as one.
+        except (UnicodeDecodeError, ValueError, struct.error, NotImplementedError) as exc:
             raise FormatError(
                 f"{where} has a malformed entry at byte {start + len(MAGIC)}: {type(exc).__name__}: {exc}"
             ) from None

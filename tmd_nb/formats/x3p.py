@@ -43,8 +43,13 @@ without verification).
 Safety: before anything is decompressed, the zip's central directory is checked: at most
 :data:`MAX_MEMBERS` members, stored or deflated only, each declared size within deflate's
 largest ratio of its compressed size and within :data:`MAX_MEMBER_SIZE` (``main.xml``:
-:data:`MAX_XML_SIZE`); x3pio parses the XML with defusedxml and checks the data size against the
-dimensions. Anything malformed raises :class:`~tmd_nb.errors.FormatError` naming the file.
+:data:`MAX_XML_SIZE`; ``record.json``: ``embedded.MAX_RECORD``), and no two entries sharing
+bytes (one stream read as many members). ``main.xml`` is then read and refused if it declares an
+encoding Python does not know or holds more than :data:`MAX_XML_ELEMENTS` elements (x3pio
+builds the whole element tree); x3pio parses it with defusedxml and checks the data size against
+the dimensions. Of tmd_nb's vendor files only those the record refers to are inflated, one at a
+time. Anything malformed raises :class:`~tmd_nb.errors.FormatError` naming the file. The writer
+refuses (before writing) what the reader would refuse: see :mod:`tmd_nb.formats.limits`.
 """
 
 from __future__ import annotations
