@@ -128,7 +128,7 @@ def looks_like_x3p(head: bytes, path: PathLike) -> bool:
     try:
         with open_file(path, repr(os.fspath(path))) as fp, zipfile.ZipFile(fp) as zf:
             return _main_name(_members(zf)) is not None
-    except Exception:  # anything a damaged zip makes zipfile raise: then it is not recognisably X3P
+    except _NOT_RECOGNISED:  # a damaged zip is not recognisably X3P
         return False
 
 
@@ -442,6 +442,7 @@ _ZIP_ERRORS: tuple[type[BaseException], ...] = (
 #: RuntimeError from zipfile's encrypted-member path. A KeyError, IndexError, TypeError or
 #: AttributeError is a bug (x3pio's or tmd_nb's) and is not turned into a "damaged file" message.
 _LIBRARY_ERRORS: tuple[type[BaseException], ...] = (*_ZIP_ERRORS, LookupError, RuntimeError, OverflowError)
+_NOT_RECOGNISED: tuple[type[BaseException], ...] = (*_ZIP_ERRORS, zipfile.LargeZipFile, OSError)
 
 
 def _read_file(path: PathLike, where: str) -> Any:
