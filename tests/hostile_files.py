@@ -255,6 +255,15 @@ def x3p_zeros(folder: Path, shape: tuple[int, int] = (4096, 2048)) -> Path:
     return path
 
 
+def x3p_attributes(folder: Path, count: int = 2_700_000) -> Path:
+    """``count`` attributes on one element: 31 MiB of main.xml (within its size limit), half a
+    gigabyte as an element tree, in a file of 6 MB."""
+    members = x3p_members()
+    attributes = b" ".join(b"a%x='1'" % i for i in range(count))
+    members["main.xml"] = members["main.xml"].replace(b"<Record1>", b"<Record1 " + attributes + b">", 1)
+    return write_zip(folder / "attributes.x3p", members)
+
+
 # --------------------------------------------------------------------------- Gwyddion
 
 
@@ -321,6 +330,7 @@ MAKERS: dict[str, Callable[[Path], Path]] = {
     # Just within the limits: the most elements and nearly the most text main.xml may hold.
     "x3p_data_list_near": lambda folder: x3p_data_list(folder, 499_000, b"<Datum>1.2345678901234567e-06</Datum>\n"),
     "x3p_zeros": x3p_zeros,
+    "x3p_attributes": x3p_attributes,
     "gwy_object_array": gwy_object_array,
     "gwy_nested": gwy_nested,
 }

@@ -45,8 +45,8 @@ Safety: before anything is decompressed, the zip's central directory is checked:
 largest ratio of its compressed size and within :data:`MAX_MEMBER_SIZE` (``main.xml``:
 :data:`MAX_XML_SIZE`; ``record.json``: ``embedded.MAX_RECORD``), and no two entries sharing
 bytes (one stream read as many members). ``main.xml`` is then read and refused if it declares an
-encoding Python does not know or holds more than :data:`MAX_XML_ELEMENTS` elements (x3pio
-builds the whole element tree); x3pio parses it with defusedxml and checks the data size against
+encoding Python does not know or holds more than :data:`MAX_XML_ELEMENTS` elements and
+attributes (x3pio builds the whole element tree); x3pio parses it with defusedxml and checks the data size against
 the dimensions. Of tmd_nb's vendor files only those the record refers to are inflated, one at a
 time. Anything malformed raises :class:`~tmd_nb.errors.FormatError` naming the file. The writer
 refuses (before writing) what the reader would refuse: see :mod:`tmd_nb.formats.limits`.
@@ -85,8 +85,9 @@ __all__ = ["FORMAT", "VENDOR", "check", "export_to_x3p", "load_x3p", "looks_like
 VENDOR = "https://pypi.org/project/tmd-nb"
 MAX_MEMBERS = 10_000
 MAX_MEMBER_SIZE = 16 << 30
-#: ``main.xml``: at most this many bytes and elements. x3pio builds the whole document tree
-#: (about 150 bytes an element), so a long ``DataList`` is bounded by its elements, not its text.
+#: ``main.xml``: at most this many bytes, and elements + attributes. x3pio builds the whole
+#: document tree (about 150 bytes an element or attribute), so a long ``DataList`` or a tag with
+#: millions of attributes is bounded by its items, not its text.
 MAX_XML_SIZE = 32 << 20
 MAX_XML_ELEMENTS = 500_000
 #: Longest text written in a Record2 field (display only: the record keeps the whole value).
@@ -384,12 +385,13 @@ def _check_xml(text: bytes, where: str) -> None:
             codecs.lookup(name)
         except (LookupError, ValueError):
             raise FormatError(f"{where}: its main.xml declares the encoding {name!r}, which is not known") from None
-    # Start tags, at most (a '<' inside CDATA or a comment counts too, which only errs on the safe side).
-    elements = text.count(b"<") - text.count(b"</") - text.count(b"<?") - text.count(b"<!")
-    if elements > MAX_XML_ELEMENTS:
+    # Start tags and attributes, at most: a '<' or '=' in text, CDATA or a comment counts too, which
+    # only errs on the safe side. Each costs the element tree some 150 bytes.
+    items = text.count(b"<") - text.count(b"</") - text.count(b"<?") - text.count(b"<!") + text.count(b"=")
+    if items > MAX_XML_ELEMENTS:
         raise FormatError(
-            f"{where}: its main.xml holds about {elements:,} elements, more than the {MAX_XML_ELEMENTS:,} read "
-            "(a long DataList: such data belong in a binary data file)"
+            f"{where}: its main.xml holds about {items:,} elements and attributes, more than the "
+            f"{MAX_XML_ELEMENTS:,} read (a long DataList: such data belong in a binary data file)"
         )
 
 
