@@ -8,6 +8,7 @@ as for NPY/NPZ/TMD: each crafted file is loaded in a subprocess whose address sp
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import struct
@@ -476,3 +477,161 @@ def test_hand_made_x3p_files(tmp_path: Path, case: str) -> None:
                 assert load(path)["height_map"].shape == (2, 3)
             else:
                 assert one_line_naming(refused(load, path), path).endswith(expected or "")
+
+
+# --------------------------------------------------------------------------- hand-made Gwyddion cases
+
+
+def _field(xres: int = 2, yres: int = 2, count: int | None = None, extra: tuple = (), data: bytes | None = None):
+    count = xres * yres if count is None else count
+    data = data if data is not None else gwy_component("data", b"D", struct.pack("<I", count) + bytes(8 * count))
+    xres_yres = (
+        gwy_component("xres", b"i", struct.pack("<i", xres)),
+        gwy_component("yres", b"i", struct.pack("<i", yres)),
+    )
+    return gwy_object(b"GwyDataField", *xres_yres, data, *extra)
+
+
+def _gwy(*components: bytes) -> bytes:
+    return b"GWYP" + gwy_object(b"GwyContainer", *components)
+
+
+def _double(name: str, value: float) -> bytes:
+    return gwy_component(name, b"d", struct.pack("<d", value))
+
+
+_MALFORMED = " is not a well-formed Gwyddion file: "
+GWY_CASES = {
+    "a NaN xreal": (
+        _gwy(gwy_component("/0/data", b"o", _field(extra=(_double("xreal", math.nan),)))),
+        ": the data field's xreal is not a finite number (nan)",
+    ),
+    "an infinite yoff": (
+        _gwy(gwy_component("/0/data", b"o", _field(extra=(_double("yoff", -math.inf),)))),
+        ": the data field's yoff is not a finite number (-inf)",
+    ),
+    "xres 0": (_gwy(gwy_component("/0/data", b"o", _field(0, 2, 0))), ": /0/data has no valid xres/yres (0, 2)"),
+    "negative sizes": (
+        _gwy(gwy_component("/0/data", b"o", _field(-2, -2, 4))),
+        ": /0/data has no valid xres/yres (-2, -2)",
+    ),
+    "xres x yres beyond the data": (
+        _gwy(gwy_component("/0/data", b"o", _field(2**31 - 1, 2**31 - 1, 4))),
+        ": /0/data holds 4 values, not xres x yres = 2147483647 x 2147483647",
+    ),
+    "int64 data": (
+        _gwy(
+            gwy_component("/0/data", b"o", _field(data=gwy_component("data", b"Q", struct.pack("<I", 4) + bytes(32))))
+        ),
+        ": /0/data holds int64 values as its data, not float64 values",
+    ),
+    "a data count of 4 billion": (
+        _gwy(gwy_component("/0/data", b"o", _field(data=gwy_component("data", b"D", b"\xff" * 4 + bytes(32))))),
+        _MALFORMED + "a component runs past the end of its object (at byte 67)",
+    ),
+    "an object array of 4 billion": (
+        _gwy(gwy_channel(), gwy_component("/1/o", b"O", b"\xff" * 4)),
+        _MALFORMED + "an array of 4294967295 items in 0 bytes (at byte 109)",
+    ),
+    "a string array of 4 billion": (
+        _gwy(gwy_channel(), gwy_component("/1/s", b"S", b"\xff" * 4 + b"a\0")),
+        _MALFORMED + "an array of 4294967295 items in 2 bytes (at byte 109)",
+    ),
+    "a name without its NUL": (
+        _gwy(gwy_channel(), b"x" * 5000),
+        _MALFORMED + "a component name runs past the end of its object (at byte 109)",
+    ),
+    "a 5000-byte name": (
+        _gwy(gwy_channel(), gwy_component("k" * 5000, b"i", bytes(4))),
+        _MALFORMED + "a component name runs past the end of its object (at byte 109)",
+    ),
+    "a 5000-byte type name": (
+        _gwy(gwy_channel(), gwy_component("/1/o", b"o", gwy_object(b"T" * 5000))),
+        _MALFORMED + "an object's type name runs past the end of its object (at byte 115)",
+    ),
+    "an object larger than its parent": (
+        _gwy(gwy_channel(), gwy_component("/1/o", b"o", b"GwyContainer\0" + struct.pack("<I", 10**6))),
+        _MALFORMED + "an object declares 1000000 bytes but only 0 remain (at byte 115)",
+    ),
+    "a mask of another shape": (
+        _gwy(gwy_channel(), gwy_component("/0/mask", b"o", _field(3, 1))),
+        ": /0/mask has shape (1, 3), the data (2, 2)",
+    ),
+    "a mask that is a string": (
+        _gwy(gwy_channel(), gwy_component("/0/mask", b"s", b"x\0")),
+        ": /0/mask is not a GwyDataField",
+    ),
+    "a channel number of 10 digits": (
+        _gwy(gwy_component("/4294967296/data", b"o", _field())),
+        " holds no image channel (/N/data)",
+    ),
+    "a unit that is not UTF-8": (
+        _gwy(
+            gwy_component(
+                "/0/data",
+                b"o",
+                _field(
+                    extra=(
+                        gwy_component(
+                            "si_unit_z", b"o", gwy_object(b"GwySIUnit", gwy_component("unitstr", b"s", b"\xff\0"))
+                        ),
+                    )
+                ),
+            )
+        ),
+        " has a malformed entry at byte 21: UnicodeDecodeError: 'utf-8' codec can't decode byte 0xff in position 0: "
+        "invalid start byte",
+    ),
+    "a record that is not a string": (
+        _gwy(gwy_channel(), gwy_component("/tmd_nb/record.json", b"i", bytes(4))),
+        ": its tmd_nb entry 'record.json' is not a string",
+    ),
+    "a record member that is not base64": (
+        _gwy(
+            gwy_channel(),
+            gwy_component("/tmd_nb/record.json", b"s", b"{}\0"),
+            gwy_component("/tmd_nb/a", b"s", b"!!!\0"),
+        ),
+        ": its tmd_nb entry 'a' is not valid base64",
+    ),
+    "a char array": (
+        _gwy(gwy_channel(), gwy_component("/1/c", b"C", struct.pack("<I", 3) + b"abc")),
+        " has a malformed entry at byte 109: ValueError: itemsize cannot be zero in type",
+    ),
+    "an empty container": (_gwy(), " holds no image channel (/N/data)"),
+    "only channel 7": (_gwy(gwy_component("/7/data", b"o", _field())), "ok"),
+    "an int xreal and a string unit": (
+        _gwy(
+            gwy_component(
+                "/0/data",
+                b"o",
+                _field(
+                    extra=(
+                        gwy_component("xreal", b"i", struct.pack("<i", 5)),
+                        gwy_component("si_unit_xy", b"s", b"m\0"),
+                    )
+                ),
+            )
+        ),
+        "ok",
+    ),
+    "metadata that is a unit": (
+        _gwy(
+            gwy_channel(),
+            gwy_component("/0/meta", b"o", gwy_object(b"GwySIUnit", gwy_component("unitstr", b"s", b"m\0"))),
+        ),
+        "ok",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(GWY_CASES))
+def test_hand_made_gwyddion_files(tmp_path: Path, case: str) -> None:
+    content, expected = GWY_CASES[case]
+    path = tmp_path / "hand.gwy"
+    path.write_bytes(content)
+    for load in (load_gwy, tmd_nb_load):
+        if expected == "ok":
+            assert load(path)["height_map"].shape == (2, 2)
+        else:
+            assert one_line_naming(refused(load, path), path) == repr(str(path)) + expected

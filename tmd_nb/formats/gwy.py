@@ -240,9 +240,11 @@ def _field(entries: Mapping[str, Any], key: str, where: str) -> tuple[np.ndarray
     xres, yres, data = field.get("xres"), field.get("yres"), field.get("data")
     if type(xres) is not int or type(yres) is not int or xres < 1 or yres < 1:
         raise FormatError(f"{where}: {key} has no valid xres/yres ({xres!r}, {yres!r})")
-    if not isinstance(data, np.ndarray) or data.dtype != np.float64 or data.size != xres * yres:
-        size = getattr(data, "size", None)
-        raise FormatError(f"{where}: {key} holds {size} values, not xres x yres = {xres} x {yres}")
+    if not isinstance(data, np.ndarray) or data.dtype != np.float64:
+        kind = f"{data.dtype} values" if isinstance(data, np.ndarray) else f"a {type(data).__name__}"
+        raise FormatError(f"{where}: {key} holds {kind} as its data, not float64 values")
+    if data.size != xres * yres:
+        raise FormatError(f"{where}: {key} holds {data.size} values, not xres x yres = {xres} x {yres}")
     return data.reshape(yres, xres), field
 
 
