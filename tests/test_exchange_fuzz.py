@@ -3,6 +3,7 @@ edited X3P ``main.xml`` or record raises one short FormatError naming the file, 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
@@ -19,6 +20,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from tmd_nb import FormatError, export_to_gwy, export_to_x3p, load, load_gwy, load_x3p
+from tmd_nb.formats import gwy
 
 WRITERS = {"x3p": export_to_x3p, "gwy": export_to_gwy}
 LOADERS = {"x3p": load_x3p, "gwy": load_gwy}
@@ -250,3 +252,48 @@ def test_edited_x3p_files_load_or_raise_format_error(tmp_path, x3p_bases, base, 
         members["md5checksum.hex"] = hashlib.md5(xml).hexdigest().encode() + b" *main.xml\n"
     path = hostile.write_zip(tmp_path / "edited.x3p", members)
     loads_or_format_error(path, load_x3p)
+
+
+@given(
+    top=st.lists(st.tuples(_NAMES, _GWY_OBJECT.map(lambda o: (b"o", o))), max_size=4),
+    array=st.lists(_GWY_OBJECT, max_size=30),
+)
+def test_the_copies_scan_counts_bound_what_gwyfile_copies(top, array):
+    """A bound on gwyfile's work, measured in gwyfile itself: every buffer it slices is passed to
+    one of its two parsing functions, so their inputs add up to the bytes it copies."""
+    from gwyfile import objects
+
+    components = [hostile.gwy_component(n, c, b) for n, (c, b) in top]
+    components.append(hostile.gwy_component("/1/o", b"O", struct.pack("<I", len(array)) + b"".join(array)))
+    body = hostile.gwy_object(b"GwyContainer", *components)[len(b"GwyContainer\0") + 4 :]
+    walk = gwy._Walk(body, "'f.gwy'")
+    spans, p = [], 0
+    try:
+        while p < len(body):
+            q = walk.component(p, len(body), 0)
+            spans.append((p, q))
+            p = q
+    except FormatError:
+        return  # refused before gwyfile sees it
+    copied = 0
+    component, frombuffer = objects.component_from_buffer, objects.GwyObject.frombuffer.__func__
+
+    def counting_component(buf, return_size=False):
+        nonlocal copied
+        copied += len(buf)
+        return component(buf, return_size)
+
+    def counting_frombuffer(cls, buf, return_size=False):
+        nonlocal copied
+        copied += len(buf)
+        return frombuffer(cls, buf, return_size)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(objects, "component_from_buffer", counting_component)
+        patch.setattr(objects.GwyObject, "frombuffer", classmethod(counting_frombuffer))
+        for start, end in spans:
+            # what load_gwy reports as a malformed entry; the copying up to it still counts
+            with contextlib.suppress(UnicodeDecodeError, ValueError, struct.error, NotImplementedError):
+                objects.component_from_buffer(bytes(body[start:end]), return_size=True)
+    # the top-level spans are copied once each (linear); everything beyond is what scan() counted
+    assert copied <= walk.copies + 2 * len(body)
