@@ -137,6 +137,29 @@ def test_only_the_record_members_in_use_are_inflated(tmp_path: Path, monkeypatch
     np.testing.assert_array_equal(back["b"]["c"], np.zeros(2))
 
 
+def test_a_vendor_file_named_by_many_ids_is_read_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # x3pio reads a vendor file's stored bytes for every ID naming it: K IDs x the file's size
+    # is quadratic work in a file of K IDs and one large member.
+    from x3pio.codec import archive
+
+    init = archive.PackedMember.__init__
+    held: list[bytes] = []
+
+    def spy(self, name, raw, **kwargs):
+        held.append(raw)
+        init(self, name, raw, **kwargs)
+
+    monkeypatch.setattr(archive.PackedMember, "__init__", spy)
+    members = hostile.with_vendor_ids(hostile.x3p_members(), ["record.json"] + ["x.npy"] * 200)
+    members[hostile.VENDOR_MEMBER + "record.json"] = hostile.STALE_RECORD
+    members[hostile.VENDOR_MEMBER + "x.npy"] = bytes(range(256)) * 1024
+    path = hostile.raw_zip(tmp_path / "ids.x3p", hostile._stored(members), {})
+    with pytest.warns(UserWarning, match="heights changed after tmd_nb wrote it"):
+        load_x3p(path)
+    copies = {id(raw): len(raw) for raw in held}
+    assert len(held) == 201 and sum(copies.values()) <= path.stat().st_size
+
+
 def test_a_record_claiming_more_than_the_limit_is_refused_before_inflating(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -447,6 +447,39 @@ _LIBRARY_ERRORS: tuple[type[BaseException], ...] = (*_ZIP_ERRORS, LookupError, R
 _NOT_RECOGNISED: tuple[type[BaseException], ...] = (*_ZIP_ERRORS, zipfile.LargeZipFile, OSError)
 
 
+class _ReadOnce:
+    """A read-only file whose large reads are each made once: x3pio reads the stored bytes of a
+    vendor file once for every ``VendorSpecificID`` that names it, which a file can repeat (time
+    quadratic in its size). Zip entries do not overlap (checked first), so what is kept is at
+    most the file's size."""
+
+    _LARGE = 1 << 16
+
+    def __init__(self, fp: Any) -> None:
+        self.fp = fp
+        self.kept: dict[tuple[int, int], bytes] = {}
+
+    def read(self, n: int | None = -1) -> bytes:
+        if n is None or n < self._LARGE:
+            return bytes(self.fp.read(n))
+        key = (self.fp.tell(), n)
+        data = self.kept.get(key)
+        if data is None:
+            data = self.kept[key] = self.fp.read(n)
+        else:
+            self.fp.seek(key[0] + len(data))
+        return data
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return int(self.fp.seek(offset, whence))
+
+    def tell(self) -> int:
+        return int(self.fp.tell())
+
+    def seekable(self) -> bool:
+        return True
+
+
 def _read_file(path: PathLike, where: str) -> Any:
     import x3pio
 
@@ -472,11 +505,14 @@ def _read_file(path: PathLike, where: str) -> Any:
             if exc.errno != errno.EINVAL:
                 raise
             raise FormatError(f"{where} is not a readable X3P file: an entry points outside the file") from None
-        source: Any = io.BytesIO(repacked) if repacked is not None else fp
+        source: Any = _ReadOnce(io.BytesIO(repacked) if repacked is not None else fp)  # read, seek, tell
 
         def read(verify: bool) -> Any:
+            # parse_file, as x3pio.read does for a path: x3pio.read(stream) would read the stream whole.
+            from x3pio.model.files import parse_file
+
             source.seek(0)
-            return x3pio.read(source, verify=verify)
+            return parse_file(source, verify=verify)
 
         try:
             try:
