@@ -255,6 +255,15 @@ def x3p_zeros(folder: Path, shape: tuple[int, int] = (4096, 2048)) -> Path:
     return path
 
 
+def x3p_many_ids(folder: Path, ids: int = 400_000, mib: int = 8) -> Path:
+    """One vendor file of ``mib`` MiB named by ``ids`` VendorSpecificIDs: x3pio reads the stored
+    bytes once per ID, terabytes for a file of 9 MB."""
+    members = with_vendor_ids(x3p_members(), ["record.json"] + ["x.npy"] * ids)
+    members[VENDOR_MEMBER + "record.json"] = STALE_RECORD
+    members[VENDOR_MEMBER + "x.npy"] = np.random.default_rng(5).bytes(mib << 20)
+    return write_zip(folder / "ids.x3p", members)
+
+
 def x3p_attributes(folder: Path, count: int = 2_700_000) -> Path:
     """``count`` attributes on one element: 31 MiB of main.xml (within its size limit), half a
     gigabyte as an element tree, in a file of 6 MB."""
@@ -331,6 +340,7 @@ MAKERS: dict[str, Callable[[Path], Path]] = {
     "x3p_data_list_near": lambda folder: x3p_data_list(folder, 499_000, b"<Datum>1.2345678901234567e-06</Datum>\n"),
     "x3p_zeros": x3p_zeros,
     "x3p_attributes": x3p_attributes,
+    "x3p_many_ids": x3p_many_ids,
     "gwy_object_array": gwy_object_array,
     "gwy_nested": gwy_nested,
 }

@@ -75,6 +75,7 @@ def hm() -> np.ndarray:
         ("x3p_data_list_near", "ok", "", 0),
         ("x3p_zeros", "ok", "", 64 * MB),
         ("x3p_attributes", "FormatError", "its main.xml holds about 2,700,", 0),
+        ("x3p_many_ids", "ok", "", 0),
         ("gwy_object_array", "FormatError", "is laid out so that reading it would copy 531252125312 bytes; refused", 0),
         ("gwy_nested", "ok", "", 0),
     ],
