@@ -321,6 +321,11 @@ def test_a_record_larger_than_the_reader_takes_is_refused_naming_the_key(tmp_pat
         f"the 67,108,864 the tmd_nb record in {fmt} may hold; store large values (long text, big lists) "
         "as numpy arrays"
     )
+    # just under the limit, with the longest Record2 comment: written and read back whole
+    text = "a" * (embedded.MAX_RECORD - 256 - 100_100)
+    data = {"height_map": hm(), "t": text, "comment": text[:100_000]}
+    back = (load_gwy if save is export_to_gwy else load_x3p)(save(data, tmp_path / "near"))
+    assert back["t"] == text and back["comment"] == data["comment"]
 
 
 def test_more_arrays_than_an_x3p_file_holds_are_refused_naming_one(tmp_path: Path) -> None:
