@@ -340,10 +340,13 @@ def test_more_arrays_than_an_x3p_file_holds_are_refused_naming_one(tmp_path: Pat
     assert len(back) == len(arrays) + 1
 
 
+@pytest.mark.parametrize("save", [export_to_gwy, export_to_x3p])
 @pytest.mark.parametrize("key", ["x_length", "y_length", "x_offset", "y_offset"])
-def test_lengths_a_gwyddion_file_cannot_hold_are_refused(tmp_path: Path, key: str) -> None:
-    exc = unchanged_after_refusal(tmp_path, export_to_gwy, {"height_map": hm(), key: 1e308, "lateral_unit": "km"})
-    assert str(exc) == f"{key} 1e+308 km is not a finite number of metres, which a Gwyddion file cannot hold"
+def test_lengths_not_finite_in_metres_are_refused(tmp_path: Path, save, key: str) -> None:
+    lengths = {"x_length": 1.0, "y_length": 1.0, key: 1e308}  # both lengths: else neither is used
+    exc = unchanged_after_refusal(tmp_path, save, {"height_map": hm(), **lengths, "lateral_unit": "km"})
+    fmt = "a Gwyddion file" if save is export_to_gwy else "an X3P file"
+    assert str(exc) == f"{key} 1e+308 km is not a finite number of metres, which {fmt} cannot hold"
 
 
 def test_a_long_comment_is_shortened_in_record2_and_kept_whole_in_the_record(tmp_path: Path) -> None:

@@ -375,20 +375,8 @@ def _meta_text(value: Any) -> str | None:
 def check(data: Any) -> None:
     """Raise ``TypeError``/``ValueError`` if :func:`export_to_gwy` would refuse ``data`` (cheap: no heights copied)."""
     _, meta = split_height_map(data, lazy=True)  # checked, not computed
-    _check_lengths(units.physical(meta))
+    limits.check_lengths(units.physical(meta), "a Gwyddion file")
     limits.check_record(meta, "a Gwyddion file")
-
-
-def _check_lengths(phys: units.Physical) -> None:
-    """Refuse lengths or offsets that are not finite in metres: the reader refuses such a field."""
-    factor = units.metres_per(phys.lateral_unit) or 1.0
-    for key in ("x_length", "y_length", "x_offset", "y_offset"):
-        value = getattr(phys, key)
-        if value is not None and not np.isfinite(value * factor):
-            raise ValueError(
-                f"{key} {value!r} {phys.lateral_unit} is not a finite number of metres, "
-                "which a Gwyddion file cannot hold"
-            )
 
 
 def _build(data: Any) -> bytes:
@@ -397,7 +385,7 @@ def _build(data: Any) -> bytes:
 
     array, meta = split_height_map(in_memory(data))  # a Dask array is computed: the file is written whole
     phys = units.physical(meta)
-    _check_lengths(phys)
+    limits.check_lengths(phys, "a Gwyddion file")
     limits.check_record(meta, "a Gwyddion file")
     lateral = units.metres_per(phys.lateral_unit)
     height = units.metres_per(phys.height_unit)

@@ -3,19 +3,21 @@
 Both formats carry tmd_nb's record (:mod:`tmd_nb.formats.embedded`), whose JSON text a reader
 accepts up to :data:`~tmd_nb.formats.embedded.MAX_RECORD` bytes; an X3P file also holds at most
 :data:`tmd_nb.formats.x3p.MAX_MEMBERS` zip members, one per metadata array. A save checks both
-before anything is written, so that whatever tmd_nb writes, tmd_nb loads.
+before anything is written, so that whatever tmd_nb writes, tmd_nb loads. Both store lengths and
+offsets in metres, which must be finite numbers.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from typing import Any
 
 from ..heightmap import HEIGHT_MAP
-from . import embedded, metadata
+from . import embedded, metadata, units
 
-__all__ = ["RECORD_OVERHEAD", "check_record"]
+__all__ = ["RECORD_OVERHEAD", "check_lengths", "check_record"]
 
 #: Bytes the record adds around the metadata JSON (version, dtype, factor, fingerprint), at most.
 RECORD_OVERHEAD = 256
@@ -45,3 +47,14 @@ def check_record(meta: Mapping[str, Any], fmt: str, *, max_arrays: int | None = 
             f"metadata array {name!r} is one of {len(arrays):,} arrays; {fmt} holds at most "
             f"{max_arrays:,} (one member each): gather them into fewer arrays"
         )
+
+
+def check_lengths(phys: units.Physical, fmt: str) -> None:
+    """Raise ``ValueError`` naming the key if a length or offset is not a finite number of metres."""
+    factor = units.metres_per(phys.lateral_unit) or 1.0
+    for key in ("x_length", "y_length", "x_offset", "y_offset"):
+        value = getattr(phys, key)
+        if value is not None and not math.isfinite(value * factor):
+            raise ValueError(
+                f"{key} {value!r} {phys.lateral_unit} is not a finite number of metres, which {fmt} cannot hold"
+            )

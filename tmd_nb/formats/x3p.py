@@ -211,6 +211,7 @@ def check(data: Any) -> None:
     phys = units.physical(meta)
     _factor(phys.lateral_unit, "lateral_unit", "the lengths")
     _factor(phys.height_unit, "height_unit", "the heights")
+    limits.check_lengths(phys, "an X3P file")
     limits.check_record(meta, "an X3P file", max_arrays=MAX_ARRAYS)
 
 
@@ -221,8 +222,9 @@ def _build(data: Any) -> Any:
 
     array, meta = split_height_map(in_memory(data))  # a Dask array is computed: the file is written whole
     phys = units.physical(meta)
-    limits.check_record(meta, "an X3P file", max_arrays=MAX_ARRAYS)
     lateral = _factor(phys.lateral_unit, "lateral_unit", "the lengths")
+    limits.check_lengths(phys, "an X3P file")
+    limits.check_record(meta, "an X3P file", max_arrays=MAX_ARRAYS)
     height = _factor(phys.height_unit, "height_unit", "the heights")
     shown = embedded.grid(array)
     spacing = phys.spacing(shown.shape) or (1.0, 1.0)
