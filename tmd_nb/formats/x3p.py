@@ -47,8 +47,9 @@ largest ratio of its compressed size and within :data:`MAX_MEMBER_SIZE` (``main.
 bytes (one stream read as many members). ``main.xml`` is then read and refused if it declares an
 encoding Python does not know or holds more than :data:`MAX_XML_ELEMENTS` elements and
 attributes (x3pio builds the whole element tree); x3pio parses it with defusedxml and checks the data size against
-the dimensions. Of tmd_nb's vendor files only those the record refers to are inflated, one at a
-time. Anything malformed raises :class:`~tmd_nb.errors.FormatError` naming the file. The writer
+the dimensions. x3pio reads the open file (not a copy of it) through a wrapper that makes each
+large read once: x3pio reads a vendor file's bytes once per ``VendorSpecificID`` naming it. Of
+tmd_nb's vendor files only those the record refers to are inflated, one at a time. Anything malformed raises :class:`~tmd_nb.errors.FormatError` naming the file. The writer
 refuses (before writing) what the reader would refuse: see :mod:`tmd_nb.formats.limits`.
 """
 
