@@ -71,7 +71,7 @@ def hm() -> np.ndarray:
     [
         ("x3p_shared_stream", "FormatError", "x0.npy' and 'pypi\\\\org\\\\project\\\\tmd-nb\\\\x1.npy' overlap", 0),
         ("x3p_unreferenced", "ok", "", 0),
-        ("x3p_data_list", "FormatError", "its main.xml claims 64,001,444 bytes, more than the 33,554,432 allowed", 0),
+        ("x3p_data_list", "FormatError", "bytes, more than the 33,554,432 allowed", 0),
         ("x3p_data_list_near", "ok", "", 0),
         ("x3p_zeros", "ok", "", 64 * MB),
         ("x3p_attributes", "FormatError", "its main.xml holds about 2,700,", 0),
@@ -214,6 +214,7 @@ def test_dtds_and_entities_are_refused(tmp_path: Path, prolog: bytes) -> None:
     path = x3p_with_main(tmp_path, "dtd.x3p", declaration + b"?>" + prolog + body)
     exc = refused(load_x3p, path)
     assert "main.xml is not valid XML" in one_line_naming(exc, path)
+    assert exc.__context__ is None  # raised after x3pio's error was handled: nothing kept alive
 
 
 def test_an_external_dtd_is_not_fetched(tmp_path: Path) -> None:
@@ -429,7 +430,7 @@ def _hand_made() -> dict[str, tuple]:
         ),
         "a Zip64 size without its record": (
             _patched(base, b"PK\x01\x02", 24, b"\xff\xff\xff\xff"),
-            "member 'main.xml' claims 4294967295 bytes from 590 stored bytes",
+            re.compile(r"member 'main\.xml' claims 4294967295 bytes from \d+ stored bytes$"),  # the date varies
         ),
         "an end record counting 4 billion entries": (_patched(base, b"PK\x05\x06", 8, b"\xff" * 4, True), "ok"),
         "sizes in data descriptors": (_streamed(base), "ok"),
@@ -507,6 +508,8 @@ def test_hand_made_x3p_files(tmp_path: Path, case: str) -> None:
             warnings.simplefilter("ignore")  # checksums that no longer match
             if expected == "ok":
                 assert load(path)["height_map"].shape == (2, 3)
+            elif isinstance(expected, re.Pattern):
+                assert expected.search(one_line_naming(refused(load, path), path))
             else:
                 assert one_line_naming(refused(load, path), path).endswith(expected or "")
 

@@ -46,10 +46,11 @@ largest ratio of its compressed size and within :data:`MAX_MEMBER_SIZE` (``main.
 :data:`MAX_XML_SIZE`; ``record.json``: ``embedded.MAX_RECORD``), and no two entries sharing
 bytes (one stream read as many members). ``main.xml`` is then read and refused if it declares an
 encoding Python does not know or holds more than :data:`MAX_XML_ELEMENTS` elements and
-attributes (x3pio builds the whole element tree); x3pio parses it with defusedxml and checks the data size against
-the dimensions. x3pio reads the open file (not a copy of it) through a wrapper that makes each
-large read once: x3pio reads a vendor file's bytes once per ``VendorSpecificID`` naming it. Of
-tmd_nb's vendor files only those the record refers to are inflated, one at a time. Anything malformed raises :class:`~tmd_nb.errors.FormatError` naming the file. The writer
+attributes (x3pio builds the whole element tree); x3pio parses it with defusedxml and checks the
+data size against the dimensions. x3pio reads the open file (not a copy of it) through a wrapper
+that makes each large read once: x3pio reads a vendor file's bytes once per ``VendorSpecificID``
+naming it. Of tmd_nb's vendor files only those the record refers to are inflated, one at a time.
+Anything malformed raises :class:`~tmd_nb.errors.FormatError` naming the file. The writer
 refuses (before writing) what the reader would refuse: see :mod:`tmd_nb.formats.limits`.
 """
 
@@ -483,6 +484,23 @@ class _ReadOnce:
         return True
 
 
+def _problem(exc: BaseException, named: bool) -> str | None:
+    """What a library's exception says about the file's damage; None for the system's (re-raised)."""
+    import x3pio
+
+    if isinstance(exc, OSError):  # EINVAL: a damaged entry made zipfile seek before the file's start
+        return "an entry points outside the file" if exc.errno == errno.EINVAL else None
+    if isinstance(exc, x3pio.X3pFormatError) or not named:
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+#: Caught around zipfile and x3pio (OSError: see :func:`_problem`); the FormatError is raised
+#: after the handler, so that no chain of exceptions is kept.
+_CAUGHT: tuple[type[BaseException], ...] = (*_LIBRARY_ERRORS, OSError)
+_ZIP_OR_SYSTEM: tuple[type[BaseException], ...] = (*_ZIP_ERRORS, OSError)
+
+
 def _read_file(path: PathLike, where: str) -> Any:
     import x3pio
 
@@ -490,24 +508,23 @@ def _read_file(path: PathLike, where: str) -> Any:
         if not stat.S_ISREG(os.fstat(fp.fileno()).st_mode):
             raise FormatError(f"{where} is not a regular file")
         zf, members, main = _checked_zip(fp, where)
+        problem = None
         try:
             text = zf.read(members[main])
-        except _ZIP_ERRORS as exc:
-            raise FormatError(f"{where} is not a readable X3P file: {exc}") from None
-        except OSError as exc:  # EINVAL: a damaged entry made zipfile seek before the file's start
-            if exc.errno != errno.EINVAL:
+        except _ZIP_OR_SYSTEM as exc:
+            if (problem := _problem(exc, named=False)) is None:
                 raise
-            raise FormatError(f"{where} is not a readable X3P file: an entry points outside the file") from None
+        if problem is not None:
+            raise FormatError(f"{where} is not a readable X3P file: {problem}")
         _check_xml(text, where)
         try:
             repacked = _repack_old_root(text, zf, members, main, where)
             del text
-        except _ZIP_ERRORS as exc:
-            raise FormatError(f"{where} is not a readable X3P file: {exc}") from None
-        except OSError as exc:  # EINVAL: a damaged entry made zipfile seek before the file's start
-            if exc.errno != errno.EINVAL:
+        except _ZIP_OR_SYSTEM as exc:
+            if (problem := _problem(exc, named=False)) is None:
                 raise
-            raise FormatError(f"{where} is not a readable X3P file: an entry points outside the file") from None
+        if problem is not None:
+            raise FormatError(f"{where} is not a readable X3P file: {problem}")
         source: Any = _ReadOnce(io.BytesIO(repacked) if repacked is not None else fp)  # read, seek, tell
 
         def read(verify: bool) -> Any:
@@ -517,22 +534,24 @@ def _read_file(path: PathLike, where: str) -> Any:
             source.seek(0)
             return parse_file(source, verify=verify)
 
+        checksum = None
         try:
-            try:
-                return read(True)
-            except x3pio.X3pChecksumError as exc:
-                warnings.warn(
-                    f"{where}: {exc}; loaded anyway (edited after it was written?)", UserWarning, stacklevel=4
-                )
-                return read(False)
-        except x3pio.X3pFormatError as exc:
-            raise FormatError(f"{where} is not a readable X3P file: {exc}") from None
-        except _LIBRARY_ERRORS as exc:
-            raise FormatError(f"{where} is not a readable X3P file: {type(exc).__name__}: {exc}") from None
-        except OSError as exc:  # as above: EINVAL is the file's damage, other errors the system's
-            if exc.errno != errno.EINVAL:
+            return read(True)
+        except x3pio.X3pChecksumError as exc:
+            checksum = str(exc)
+        except _CAUGHT as exc:
+            if (problem := _problem(exc, named=True)) is None:
                 raise
-            raise FormatError(f"{where} is not a readable X3P file: an entry points outside the file") from None
+        if checksum is not None:
+            warnings.warn(
+                f"{where}: {checksum}; loaded anyway (edited after it was written?)", UserWarning, stacklevel=4
+            )
+            try:
+                return read(False)
+            except _CAUGHT as exc:
+                if (problem := _problem(exc, named=True)) is None:
+                    raise
+        raise FormatError(f"{where} is not a readable X3P file: {problem}")
 
 
 def _referenced(text: bytes) -> set[str]:
