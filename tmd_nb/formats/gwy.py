@@ -51,8 +51,12 @@ NaN (they are no measurement, whatever else changed), and ``mask`` is the rest o
 Safety: ``gwyfile`` trusts the sizes in the file, so the whole structure is first walked here
 (:func:`scan`) without building anything: every name and string must end within its object,
 every object and array must fit in its parent, nesting is at most :data:`MAX_DEPTH` deep, and
-the copying gwyfile does per component is bounded. Only then are the top-level entries handed to
-gwyfile, one at a time. Malformed files raise :class:`~tmd_nb.errors.FormatError` naming the file.
+the copying gwyfile does (the rest of an object for each component, the rest of an object array
+for each object) is counted and bounded by :data:`MAX_COPY_FACTOR` times the file size, so that
+parsing stays linear. Only then are the top-level entries handed to gwyfile, one at a time.
+Malformed files raise :class:`~tmd_nb.errors.FormatError` naming the file. The writer refuses
+lengths that are not finite in metres and records over the reader's limit, and shows at most
+:data:`MAX_META_KEYS` short keys in ``/0/meta``, so that whatever it writes loads again.
 """
 
 from __future__ import annotations
@@ -61,6 +65,7 @@ import base64
 import binascii
 import datetime as dt
 import os
+import re
 import stat
 import struct
 import warnings
@@ -71,7 +76,7 @@ import numpy as np
 
 from ..errors import FormatError
 from ..heightmap import in_memory, split_height_map
-from . import embedded, metadata, units
+from . import embedded, limits, units
 from ._io import Progress, open_file, read_into
 from ._io import Reporter as _Reporter
 from .atomic import atomic_write
@@ -85,6 +90,10 @@ MAX_DEPTH = 32
 MAX_NAME = 4096
 #: Longest text shown per key in ``/0/meta``.
 MAX_META_TEXT = 1000
+#: Keys shown in ``/0/meta`` (the first ones), and the longest key shown, in UTF-8 bytes: a
+#: nested container costs gwyfile copying quadratic in its entries, which the reader bounds.
+MAX_META_KEYS = 256
+MAX_META_KEY = 256
 #: gwyfile copies the rest of an object after each component: refuse files where that adds up
 #: to more than this many times the file size (plus a constant).
 MAX_COPY_FACTOR = 64
@@ -94,6 +103,7 @@ _COPY_ALLOWANCE = 1 << 30
 OTHER_UNITS = ("", "V", "A", "N", "Pa", "Hz", "deg", "rad", "K", "s", "W", "T", "S", "C", "F")
 _SCALARS = {ord("b"): 1, ord("c"): 1, ord("i"): 4, ord("q"): 8, ord("d"): 8}
 _ARRAYS = {ord("C"): 1, ord("I"): 4, ord("Q"): 8, ord("D"): 8}
+_CHANNEL = re.compile(r"0|[1-9][0-9]{0,8}", re.ASCII)
 
 
 class _Walk:
@@ -155,9 +165,14 @@ class _Walk:
             elif code == ord("S"):
                 for _ in range(count):
                     p = self.cstring(p, end, "a string")
-            else:
+            else:  # gwyfile slices the rest of the component's buffer for each object of the array
+                rest = end if depth > 0 else None
+                starts = 0
                 for _ in range(count):
+                    starts += p
                     p = self.obj(p, end, depth + 1)
+                # at the top level the buffer handed to gwyfile ends with this component, at p
+                self.copies += count * (rest if rest is not None else p) - starts
         else:
             raise self.fail(pos, f"unknown type code {bytes([code])!r}")
         if p > end:
@@ -220,7 +235,10 @@ def _read_container(path: PathLike, where: str, progress: Progress | None) -> di
     for start, end in scan(body, where):
         try:
             name, value, _, _ = component_from_buffer(bytes(memoryview(body)[start:end]), return_size=True)
-        except Exception as exc:  # gwyfile raises whatever a malformed value makes Python raise
+        # What gwyfile raises on a value scan() cannot judge: a name or string that is not UTF-8, a
+        # 'C' array (numpy's zero-size '<S' dtype). A KeyError, IndexError, TypeError or
+        # AttributeError would be a bug, gwyfile's or tmd_nb's, and is left to surface as one.
+        except (UnicodeDecodeError, ValueError, struct.error, NotImplementedError) as exc:
             raise FormatError(
                 f"{where} has a malformed entry at byte {start + len(MAGIC)}: {type(exc).__name__}: {exc}"
             ) from None
@@ -238,9 +256,11 @@ def _field(entries: Mapping[str, Any], key: str, where: str) -> tuple[np.ndarray
     xres, yres, data = field.get("xres"), field.get("yres"), field.get("data")
     if type(xres) is not int or type(yres) is not int or xres < 1 or yres < 1:
         raise FormatError(f"{where}: {key} has no valid xres/yres ({xres!r}, {yres!r})")
-    if not isinstance(data, np.ndarray) or data.dtype != np.float64 or data.size != xres * yres:
-        size = getattr(data, "size", None)
-        raise FormatError(f"{where}: {key} holds {size} values, not xres x yres = {xres} x {yres}")
+    if not isinstance(data, np.ndarray) or data.dtype != np.float64:
+        kind = f"{data.dtype} values" if isinstance(data, np.ndarray) else f"a {type(data).__name__}"
+        raise FormatError(f"{where}: {key} holds {kind} as its data, not float64 values")
+    if data.size != xres * yres:
+        raise FormatError(f"{where}: {key} holds {data.size} values, not xres x yres = {xres} x {yres}")
     return data.reshape(yres, xres), field
 
 
@@ -294,7 +314,9 @@ def _channel(entries: Mapping[str, Any], where: str) -> int:
     numbers = []
     for key in entries:
         parts = key.split("/")
-        if len(parts) == 3 and parts[0] == "" and parts[2] == "data" and parts[1].isdigit():
+        # Gwyddion's channel numbers: ASCII digits without leading zeros ("/00/data", "/²/data" and
+        # "/٣/data" are other keys, whose int() would be another channel's number or fail).
+        if len(parts) == 3 and parts[0] == "" and parts[2] == "data" and _CHANNEL.fullmatch(parts[1]):
             numbers.append(int(parts[1]))
     if not numbers:
         raise FormatError(f"{where} holds no image channel (/N/data)")
@@ -423,6 +445,8 @@ def check(data: Any) -> None:
     units.written(meta)  # lengths and offsets written as given, or refused
     _units(meta)
     metadata.encode(meta, reserved={"height_map", embedded.RECORD, embedded.MISSING})
+    limits.check_lengths(units.physical(meta), "a Gwyddion file")
+    limits.check_record(meta, "a Gwyddion file")
 
 
 def _units(meta: Mapping[str, Any]) -> tuple[tuple[str, float], tuple[str, float]]:
@@ -472,6 +496,8 @@ def _build(data: Any) -> bytes:
     array, meta = split_height_map(in_memory(data))  # a Dask array is computed: the file is written whole
     phys = units.written(meta)  # TypeError/ValueError naming a length or offset that cannot be written as given
     (xy_unit, lateral), (z_unit, height) = _units(meta)
+    limits.check_lengths(phys, "a Gwyddion file")
+    limits.check_record(meta, "a Gwyddion file")
     rows, cols = embedded.grid(array).shape
     x_length, y_length = phys.x_length or float(cols), phys.y_length or float(rows)
     standard = embedded.standard_heights(embedded.grid(array), height)
@@ -510,7 +536,11 @@ def _build(data: Any) -> bytes:
         entries["/0/mask"] = field(masks[0])
     fields = _fields(entries["/0/data"], "")
     record = embedded.pack(array, meta, seen, height, fields=fields, extra=masks, filled=values)
-    shown = {_gwy_text(k): t for k, v in meta.items() if (t := _meta_text(v)) is not None}
+    shown: dict[str, str] = {}
+    for k, v in meta.items():  # display only: the record keeps every key
+        name = _gwy_text(k)
+        if len(shown) < MAX_META_KEYS and len(name.encode()) <= MAX_META_KEY and (t := _meta_text(v)) is not None:
+            shown[name] = t
     if shown:
         entries["/0/meta"] = GwyContainer(shown, typecodes=dict.fromkeys(shown, "s"))
     for name, content in record.items():
