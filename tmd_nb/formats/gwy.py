@@ -444,7 +444,6 @@ def check(data: Any) -> None:
     _, meta = split_height_map(data, lazy=True)  # checked, not computed
     units.written(meta)  # lengths and offsets written as given, or refused
     _units(meta)
-    metadata.encode(meta, reserved={"height_map", embedded.RECORD, embedded.MISSING})
     limits.check_lengths(units.physical(meta), "a Gwyddion file")
     limits.check_record(meta, "a Gwyddion file")
 
