@@ -208,7 +208,7 @@ def test_rows_are_prefilled_typed_and_read_only_where_needed(ns: dict) -> None:
         "day": (False, "date", "2024-05-17"),
         "mask": (True, None, "array(30, 40) bool"),
         "nested": (True, None, "dict with 2 keys: {'operator': 'A', 'passes': [1, 2]}"),
-        "gain": (True, None, "float32: np.float32(1.25)"),
+        "gain": (True, None, f"float32: {np.float32(1.25)!r}"),  # numpy 2: np.float32(1.25), numpy 1: 1.25
     }
     assert _row(panel, "mask")._value.disabled and _row(panel, "mask")._key.disabled
     assert panel.metadata["mask"] is ns["scan"]["mask"]  # the very object, saved unchanged
