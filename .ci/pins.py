@@ -1,7 +1,7 @@
 """What .ci/refresh-constraints installs, read from pyproject.toml (so the two never disagree).
 
-    python3 .ci/pins.py extras      every extra, comma-separated: ".[extras]" installs the lot
-    python3 .ci/pins.py minimums    "name==lowest" for each dependency and each test tool below
+python3 .ci/pins.py extras      every extra, comma-separated: ".[extras]" installs the lot
+python3 .ci/pins.py minimums    "name==lowest" for each dependency and each test tool below
 """
 
 from __future__ import annotations
