@@ -49,7 +49,7 @@ def check_wheel(path: Path) -> list[str]:
         meta = Parser().parsestr(wheel.read(f"{info}/METADATA").decode())
         entry_points = wheel.read(f"{info}/entry_points.txt").decode()
     modules = {p.relative_to(ROOT).as_posix() for p in (ROOT / "tmd_nb").rglob("*.py")}
-    problems = [f"wheel lacks {name}" for name in sorted(modules | {"tmd_nb/py.typed"} - names)]
+    problems = [f"wheel lacks {name}" for name in sorted((modules | {"tmd_nb/py.typed"}) - names)]
     problems += [f"wheel holds {name}" for name in sorted(names) if name.startswith(("tests/", "docs/", ".ci/"))]
     if f"{info}/licenses/LICENSE" not in names:
         problems.append("wheel lacks the licence file")
