@@ -12,7 +12,9 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-#: Besides tmd_nb's own dependencies, the minimum-versions job installs these (at their lowest too).
+#: The extras the minimum-versions job installs besides tmd_nb's own dependencies (some core tests need Dask).
+MIN_EXTRAS = ("dask",)
+#: And the test tools, at their lowest too.
 TEST_TOOLS = ("pytest", "hypothesis")
 _REQUIREMENT = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[[^\]]*\])?\s*([^;]*)")
 
@@ -33,7 +35,7 @@ def main(what: str) -> str:
     if what == "extras":
         return ",".join(extras)
     if what == "minimums":
-        wanted = list(project["dependencies"])
+        wanted = list(project["dependencies"]) + [r for extra in MIN_EXTRAS for r in extras[extra]]
         wanted += [r for r in extras.get("test", []) if lowest(r)[0].lower() in TEST_TOOLS]
         pins = []
         for requirement in wanted:
