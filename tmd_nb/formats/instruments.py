@@ -397,24 +397,22 @@ def load_instrument(
     where = repr(os.fspath(path))
     reader, name = _open(path)
     try:
-        described = _describe(reader)
-        index = _choose(described, channel, path)
+        try:
+            described = _describe(reader)
+        except Exception as exc:  # every failure of the library is the file's
+            raise FormatError(f"{where}: {_title(name)} file cannot be read: {_one_line(exc)}") from None
+        index = _choose(described, channel, path)  # a wrong channel is the caller's mistake, not the file's
         chosen = described[index]
         _check_size(path, name, chosen["shape"])
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            topography = reader.topography(channel_index=index)
-            heights = topography.heights()
-            sizes = tuple(float(s) for s in topography.physical_sizes)
-            info = dict(topography.info)
-    except (KeyError, ValueError, TypeError) as exc:
-        if isinstance(exc, KeyError | ValueError | TypeError) and str(exc).startswith((where, "channel must")):
-            raise
-        raise FormatError(f"{where}: {_title(name)} file cannot be read: {_one_line(exc)}") from None
-    except FormatError:
-        raise
-    except Exception as exc:
-        raise FormatError(f"{where}: {_title(name)} file cannot be read: {_one_line(exc)}") from None
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                topography = reader.topography(channel_index=index)
+                heights = topography.heights()
+                sizes = tuple(float(s) for s in topography.physical_sizes)
+                info = dict(topography.info)
+        except Exception as exc:  # every failure of the library is the file's
+            raise FormatError(f"{where}: {_title(name)} file cannot be read: {_one_line(exc)}") from None
     finally:
         _close(reader)
     array = np.ma.filled(np.ma.asarray(heights, dtype=np.float64), np.nan)

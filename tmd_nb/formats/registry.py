@@ -223,7 +223,7 @@ def table() -> str:
         "|---|---|---|---|---|---|",
     ]
     for f in FORMATS:
-        exts = ", ".join(f"`{e}`" for e in f.extensions)
+        exts = ", ".join(f"`{e}`" for e in f.extensions) if len(f.extensions) <= 4 else "by vendor, below"
         rows.append(f"| {f.title} | {exts} | yes | {'yes' if f.writable else 'no'} | {f.holds} | {f.library} |")
     rows.append("")
     rows.append("Instruments' files, through SurfaceTopography (`pip install 'tmd_nb[instruments]'`):")
@@ -277,7 +277,7 @@ def save(
     """
     fmt = for_path(path) if format is None else by_name(format)
     if fmt.save is None:
-        raise ValueError(f"{fmt.title} files are read only: save as {one_of(list(names(writing=True)))}")
+        raise ValueError(f"{fmt.title} files are read only: save as {one_of([repr(n) for n in names(writing=True)])}")
     options: dict[str, Any] = {}
     if not compress:
         options["compress"] = compress
