@@ -401,6 +401,8 @@ def load_instrument(
             described = _describe(reader)
         except Exception as exc:  # every failure of the library is the file's
             raise FormatError(f"{where}: {_title(name)} file cannot be read: {_one_line(exc)}") from None
+        if not described:
+            raise FormatError(f"{where}: {_title(name)} file holds no channel")
         index = _choose(described, channel, path)  # a wrong channel is the caller's mistake, not the file's
         chosen = described[index]
         _check_size(path, name, chosen["shape"])
