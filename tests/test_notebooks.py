@@ -21,6 +21,7 @@ from typing import Any
 
 import nbformat
 import pytest
+from conftest import require
 from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,6 +35,7 @@ EXPECTED = (
     "05_large_heightmaps",
     "06_exchange_formats",
     "07_archives_and_large_maps",
+    "08_instrument_files",
 )
 ALL = sorted(set(EXPECTED) | {p.stem for p in NOTEBOOKS.glob("*.ipynb")})
 CELL_TIMEOUT = 180  # seconds, per cell (nbclient)
@@ -188,6 +190,16 @@ def check_archives(nb: nbformat.NotebookNode, errors: dict[int, dict[str, Any]])
     assert mime_outputs(nb, "image/png"), "the window is not plotted"
 
 
+def check_instruments(nb: nbformat.NotebookNode, errors: dict[int, dict[str, Any]]) -> None:
+    out = stream_text(nb)
+    assert "0: ZSensor         (256, 256)  unit nm" in out and "1: AmplitudeError  (256, 256)  unit (none)" in out
+    assert "KeyError: " in out and "its channels are 0: 'ZSensor'" in out
+    assert "Digital Surf SUR (484, 563)" in out and "missing points: 117" in out
+    assert re.search(r"^(\d+) converted, 0 skipped \(already done\), 0 failed$", out, re.M), out
+    assert "same heights: True" in out
+    assert mime_outputs(nb, "image/png"), "the two scans are not drawn"
+
+
 CHECKS: dict[str, Callable[[nbformat.NotebookNode, dict[int, dict[str, Any]]], None]] = {
     "01_quickstart": check_quickstart,
     "02_magics": check_magics,
@@ -195,6 +207,7 @@ CHECKS: dict[str, Callable[[nbformat.NotebookNode, dict[int, dict[str, Any]]], N
     "04_scan_files": check_scan_files,
     "05_large_heightmaps": check_large,
     "07_archives_and_large_maps": check_archives,
+    "08_instrument_files": check_instruments,
 }
 
 
@@ -233,6 +246,10 @@ def test_notebook_runs(stem: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     monkeypatch.setenv("TMPDIR", str(scratch))  # the kernel inherits it: tempfile folders stay under tmp_path
+    if stem == "08_instrument_files":  # the copy is not beside shared/: tell it where the samples are
+        samples = ROOT.parent / "shared" / "data" / "instruments"
+        require(samples.is_dir(), f"instrument samples not found at {samples} (they live in shared/data/instruments)")
+        monkeypatch.setenv("TMD_NB_INSTRUMENT_SAMPLES", str(samples))
     copy = copy_notebooks(tmp_path) / source.name
 
     nb, errors, seconds = run_notebook(copy)
