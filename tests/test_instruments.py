@@ -381,3 +381,76 @@ def test_progress_is_called_with_the_file_size() -> None:
         warnings.simplefilter("error")  # the library's warnings stay inside
         tmd_nb.load(path, progress=lambda done, total: calls.append((done, total)))
     assert calls == [(path.stat().st_size, path.stat().st_size)]
+
+
+def test_channels_reads_no_heights(monkeypatch: pytest.MonkeyPatch) -> None:
+    from SurfaceTopography.IO.DI import DIReader
+
+    def no_heights(*args: object, **kwargs: object) -> None:
+        raise AssertionError("channels() read heights")
+
+    monkeypatch.setattr(DIReader, "topography", no_heights)
+    assert len(tmd_nb.channels(sample("di-3.di"))) == 4
+    with pytest.raises(FormatError, match="channels\\(\\) read heights"):  # load does read them
+        tmd_nb.load(sample("di-3.di"))
+
+
+def test_formats_tmd_nb_reads_itself_are_never_handed_to_surfacetopography() -> None:
+    # A format of the registry that SurfaceTopography also reads (SDF, once tmd_nb reads it) must
+    # be in instruments.OWN, or a damaged file of it would be read by the other reader instead.
+    from SurfaceTopography.IO import readers
+
+    theirs = {r.format() for r in readers}
+    assert set(registry.names()) & theirs <= instruments.OWN
+
+
+# ------------------------------------------------------------------------ %tmd_load and the load panel
+
+
+@pytest.fixture
+def ip(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Any:
+    from IPython.core.interactiveshell import InteractiveShell
+    from traitlets.config import Config
+
+    monkeypatch.setenv("IPYTHONDIR", str(tmp_path_factory.mktemp("ipythondir")))
+    config = Config()
+    config.HistoryManager.hist_file = ":memory:"
+    shell = InteractiveShell.instance(config=config)
+    shell.run_line_magic("load_ext", "tmd_nb")
+    yield shell
+    shell.run_line_magic("unload_ext", "tmd_nb")
+
+
+def test_tmd_load_takes_a_channel(ip: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    path = sample("di-3.di")
+    ip.run_line_magic("tmd_load", f"{path} -c Height -n height")
+    ip.run_line_magic("tmd_load", f"{path} --channel 2 -n phase")
+    ip.run_line_magic("tmd_load", f"{path} -n default")
+    assert [ip.user_ns[n]["channel"] for n in ("height", "phase", "default")] == ["Height", "Phase", "ZSensor"]
+    capsys.readouterr()
+    result = ip.run_cell(f"%tmd_load {path} -c Nope")
+    err = capsys.readouterr().err
+    assert type(result.error_in_exec).__name__ == "UsageError"
+    choices = "0: 'ZSensor', 1: 'AmplitudeError', 2: 'Phase', 3: 'Height'"
+    assert err.strip().splitlines()[-1].endswith(f"{str(path)!r} has no channel 'Nope'; its channels are {choices}")
+
+
+def test_the_load_panel_offers_the_channels_of_a_file_that_has_several(tmp_path: Path) -> None:
+    from tmd_nb import LoadPanel
+
+    path = sample("di-3.di")
+    panel = LoadPanel(namespace={}, directory=path.parent)
+    assert str(path) in panel._path.options and str(sample("sur-2.sur")) in panel._path.options
+    panel._path.value = str(path)
+    assert panel.channel == "ZSensor" and panel.data is not None and panel.data["channel"] == "ZSensor"
+    assert [v for _, v in panel._channel.options] == ["ZSensor", "AmplitudeError", "Phase", "Height"]
+    assert panel._channel.layout.display == ""
+    panel.channel = "Phase"
+    assert panel.data is not None and panel.data["channel"] == "Phase"
+    assert panel.status.startswith(f"Loaded {path}")
+    panel._path.value = str(sample("sur-2.sur"))  # one channel: no choice shown
+    assert panel.data is not None and panel.data["channel"] == "Default"
+    assert panel._channel.layout.display == "none"
+    npz = tmd_nb.export_to_npz(np.zeros((2, 2)), tmp_path / "a.npz")
+    panel._path.value = npz
+    assert panel.channel is None and panel.data is not None

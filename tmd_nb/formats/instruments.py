@@ -41,6 +41,7 @@ import contextlib
 import datetime as dt
 import math
 import os
+import threading
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -177,6 +178,7 @@ def _one_line(exc: BaseException) -> str:
 
 # The last file detected: recognise() and load() of one file open it by trial once, not twice.
 _detected: dict[tuple[str, int, int], str | None] = {}
+_detected_lock = threading.Lock()
 
 
 def _key(path: PathLike) -> tuple[str, int, int]:
@@ -187,8 +189,9 @@ def _key(path: PathLike) -> tuple[str, int, int]:
 def _detect(io: Any, path: PathLike, head: bytes) -> str | None:
     """SurfaceTopography's format id for the file, by its readers' trial, or None."""
     key = _key(path)
-    if key in _detected:
-        return _detected[key]
+    with _detected_lock:
+        if key in _detected:
+            return _detected[key]
     from SurfaceTopography.IO.Reader import MagicMatch
 
     found = None
@@ -204,8 +207,9 @@ def _detect(io: Any, path: PathLike, head: bytes) -> str | None:
         _close(opened)
         found = reader.format()
         break
-    _detected.clear()
-    _detected[key] = found
+    with _detected_lock:
+        _detected.clear()
+        _detected[key] = found
     return found
 
 
