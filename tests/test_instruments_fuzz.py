@@ -93,6 +93,7 @@ def test_truncated_samples(child: Child, tmp_path_factory: pytest.TempPathFactor
 
 
 @pytest.mark.slow
+@example(name="di-3.di", flips=[(0, 0)])  # tried as a MATLAB file: scipy's header listing asked for GBs
 @given(
     name=st.sampled_from(NAMES or ["-"]),
     # Most flips land in the header, where they steer the reader; some anywhere.

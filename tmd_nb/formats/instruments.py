@@ -32,7 +32,8 @@ phase or intensity; a file without one has its first channel read.
 Safety (``SECURITY.md``): before any heights are read, the number of points the header of the
 chosen channel claims is checked against the file's size (:data:`MAX_POINTS_PER_BYTE`), so a
 damaged header cannot make the reader allocate gigabytes; every error of the library becomes one
-:class:`~tmd_nb.errors.FormatError` naming the file.
+:class:`~tmd_nb.errors.FormatError` naming the file, except ``MemoryError``, which is never passed off
+as damage (the fuzz tests load under a memory cap and would not see it).
 """
 
 from __future__ import annotations
@@ -138,6 +139,11 @@ EXTENSIONS = tuple(dict.fromkeys(e for v in VENDORS for e in v.extensions if e n
 #: reader did not recognise is not handed to SurfaceTopography's, which would read it differently.
 OWN = frozenset({"x3p", "gwy", "tmd", "npy", "npz"})
 
+#: Readers tried on a file only when its extension is theirs: general containers (MATLAB, HDF5,
+#: NetCDF) whose libraries allocate what a header says while merely listing its contents (scipy's
+#: ``whosmat`` asked for gigabytes for a NanoScope file with its first byte changed).
+BY_EXTENSION_ONLY = frozenset({"mat", "h5", "nc"})
+
 #: Points a channel may claim per byte of the file: 1 for a format that stores its heights as they
 #: are (no reader stores fewer than 8 bits a point), 1032 (deflate's largest ratio) for one that
 #: compresses them. A header claiming more is damaged (or hostile) and is refused before reading.
@@ -195,13 +201,18 @@ def _detect(io: Any, path: PathLike, head: bytes) -> str | None:
     from SurfaceTopography.IO.Reader import MagicMatch
 
     found = None
+    ext = os.path.splitext(os.fspath(path))[1].lower()
     for reader in io.readers:
         if reader.format() in OWN or reader.can_read(head) == MagicMatch.NO:
+            continue
+        if reader.format() in BY_EXTENSION_ONLY and ext not in _BY_NAME[reader.format()].extensions:
             continue
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 opened = reader(os.fspath(path))
+        except MemoryError:
+            raise
         except Exception:  # any failure of a trial means "not this reader"
             continue
         _close(opened)
@@ -246,6 +257,8 @@ def _open(path: PathLike) -> tuple[Any, str]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return io.open_topography(os.fspath(path), format=name), name
+    except MemoryError:
+        raise
     except Exception as exc:
         raise FormatError(f"{where}: {_title(name)} file cannot be read: {_one_line(exc)}") from None
 
@@ -308,6 +321,8 @@ def channels_of(path: PathLike) -> list[dict[str, Any]]:
     reader, name = _open(path)
     try:
         return _describe(reader)
+    except MemoryError:
+        raise
     except Exception as exc:
         raise FormatError(f"{os.fspath(path)!r}: {_title(name)} file cannot be read: {_one_line(exc)}") from None
     finally:
@@ -403,6 +418,8 @@ def load_instrument(
     try:
         try:
             described = _describe(reader)
+        except MemoryError:
+            raise  # the memory bound is tested, not hidden as damage
         except Exception as exc:  # every failure of the library is the file's
             raise FormatError(f"{where}: {_title(name)} file cannot be read: {_one_line(exc)}") from None
         if not described:
@@ -417,6 +434,8 @@ def load_instrument(
                 heights = topography.heights()
                 sizes = tuple(float(s) for s in topography.physical_sizes)
                 info = dict(topography.info)
+        except MemoryError:
+            raise  # the memory bound is tested, not hidden as damage
         except Exception as exc:  # every failure of the library is the file's
             raise FormatError(f"{where}: {_title(name)} file cannot be read: {_one_line(exc)}") from None
     finally:
