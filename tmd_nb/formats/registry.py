@@ -183,6 +183,11 @@ def load(path: PathLike, *, channel: int | str | None = None, progress: Progress
 def channels(path: PathLike) -> list[dict[str, Any]]:
     """The channels of a file, without reading its heights where the format allows.
 
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file, of any format :func:`load` reads.
+
     Returns
     -------
     list of dict
@@ -196,6 +201,8 @@ def channels(path: PathLike) -> list[dict[str, Any]]:
     ------
     FormatError
         The file is of no supported format, or is malformed.
+    OSError
+        The file cannot be read.
     """
     fmt = recognise(path)
     if fmt.channels is not None:
