@@ -32,6 +32,14 @@ class Child:
     """The capped child, and one request at a time to it."""
 
     def __init__(self) -> None:
+        self.start()
+
+    def restart(self) -> None:
+        self.proc.kill()
+        self.proc.wait(timeout=60)
+        self.start()
+
+    def start(self) -> None:
         largest = max(os.path.getsize(SAMPLES / n) for n in NAMES)
         returned = 8 * 768 * 576 * 2  # the largest sample's float64 map, and one transposed copy
         self.proc = subprocess.Popen(
@@ -74,8 +82,27 @@ def child() -> Iterator[Child]:
     c.close()
 
 
+def fresh(path: Path) -> dict[str, object]:
+    """Load ``path`` in a new capped child: the bound for this one file, with nothing loaded before."""
+    result = subprocess.run(
+        [sys.executable, str(HERE / "instrument_probe.py"), str(path), str(256 * MB), "50", str(8 * 768 * 576 * 2)],
+        capture_output=True,
+        text=True,
+        timeout=LOAD_SECONDS + 60,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 def check(child: Child, path: Path) -> None:
     result = child.load(path)
+    if result["outcome"] == "MemoryError":
+        # The long-lived child's cap is shared by every load it made: what an earlier hostile file
+        # left mapped counts against this one (valid samples leave nothing: 445 MB after 135 loads).
+        # A MemoryError there is decided again in a fresh child, capped for this file alone.
+        child.restart()
+        result = fresh(path)
     assert result["outcome"] in ("ok", "FormatError"), result
     if result["outcome"] == "FormatError":
         message = str(result["message"])
@@ -94,6 +121,7 @@ def test_truncated_samples(child: Child, tmp_path_factory: pytest.TempPathFactor
 
 @pytest.mark.slow
 @example(name="di-3.di", flips=[(0, 0)])  # tried as a MATLAB file: scipy's header listing asked for GBs
+@example(name="10x10-one_channel_without_name.ibw", flips=[(1, 0)])  # MemoryError in the long-lived child only
 @given(
     name=st.sampled_from(NAMES or ["-"]),
     # Most flips land in the header, where they steer the reader; some anywhere.
