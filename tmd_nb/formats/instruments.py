@@ -183,18 +183,19 @@ def _one_line(exc: BaseException) -> str:
 
 
 # The last file detected: recognise() and load() of one file open it by trial once, not twice.
-_detected: dict[tuple[str, int, int], str | None] = {}
+_detected: dict[tuple[str, int, int, bytes], str | None] = {}
 _detected_lock = threading.Lock()
 
 
-def _key(path: PathLike) -> tuple[str, int, int]:
+def _key(path: PathLike, head: bytes) -> tuple[str, int, int, bytes]:
+    # The first bytes too: a file rewritten within one tick of the clock keeps its size and mtime.
     st = os.stat(path)
-    return (os.path.realpath(path), st.st_size, st.st_mtime_ns)
+    return (os.path.realpath(path), st.st_size, st.st_mtime_ns, head)
 
 
 def _detect(io: Any, path: PathLike, head: bytes) -> str | None:
     """SurfaceTopography's format id for the file, by its readers' trial, or None."""
-    key = _key(path)
+    key = _key(path, head)
     with _detected_lock:
         if key in _detected:
             return _detected[key]
