@@ -364,13 +364,21 @@ def test_a_header_claiming_more_points_than_the_file_holds_is_refused_before_rea
     }
 
 
+def test_an_uncompressed_file_may_claim_one_point_per_byte_at_most(tmp_path: Path) -> None:
+    # 1000 x 1100 points would pass the bound of a compressed file (1032 a byte), not of this one.
+    path = sur_claiming(tmp_path, 1100, 1000)
+    with pytest.raises(FormatError, match=r"claims 1000 x 1100 points, more than a file of 1090480 bytes holds$"):
+        tmd_nb.load(path)
+
+
 def test_errors_of_the_library_are_one_line_naming_the_file(tmp_path: Path) -> None:
     path = tmp_path / "cut.sur"
-    path.write_bytes(sample("sur-2.sur").read_bytes()[:5000])
+    path.write_bytes(sample("sur-2.sur").read_bytes()[:600_000])  # the header's 484 x 563 points fit, their data do not
     with pytest.raises(FormatError) as err:
         tmd_nb.load(path)
     text = str(err.value)
-    assert text.startswith(repr(str(path))) and "\n" not in text and len(text) < 400
+    assert text.startswith(f"{str(path)!r}: Digital Surf SUR file cannot be read: The file ended after ")
+    assert "\n" not in text and len(text) < 400
     assert err.value.__suppress_context__
 
 

@@ -149,7 +149,9 @@ BY_EXTENSION_ONLY = frozenset({"mat", "h5", "nc"})
 #: compresses them. A header claiming more is damaged (or hostile) and is refused before reading.
 MAX_POINTS_PER_BYTE = 1
 MAX_POINTS_PER_COMPRESSED_BYTE = 1032
-_COMPRESSING = frozenset({"sur", "datx", "plux", "nmm", "h5", "nc", "mat", "jpk", "oir", "poir", "lext", "zon", "vk"})
+_COMPRESSING = frozenset({"datx", "plux", "nmm", "h5", "nc", "mat", "jpk", "oir", "poir", "lext", "zon", "vk"})
+#: Formats that compress only some files: the first bytes of those.
+_COMPRESSED_MAGIC = {"sur": b"DSCOMPRESSED"}
 
 
 def _library() -> Any:
@@ -351,7 +353,11 @@ def _check_size(path: PathLike, name: str, shape: tuple[int, ...]) -> None:
     """Refuse a channel whose header claims more points than the file can hold."""
     size = os.path.getsize(path)
     points = math.prod(shape)
-    per_byte = MAX_POINTS_PER_COMPRESSED_BYTE if name in _COMPRESSING else MAX_POINTS_PER_BYTE
+    compressed = name in _COMPRESSING
+    if name in _COMPRESSED_MAGIC:
+        with open(path, "rb") as fp:
+            compressed = fp.read(len(_COMPRESSED_MAGIC[name])) == _COMPRESSED_MAGIC[name]
+    per_byte = MAX_POINTS_PER_COMPRESSED_BYTE if compressed else MAX_POINTS_PER_BYTE
     if points > max(size, 1) * per_byte:
         raise FormatError(
             f"{os.fspath(path)!r}: the {_title(name)} header claims {' x '.join(map(str, shape))} points, "
