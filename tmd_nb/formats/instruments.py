@@ -42,6 +42,7 @@ import contextlib
 import datetime as dt
 import math
 import os
+import struct
 import threading
 import warnings
 from collections.abc import Mapping
@@ -154,6 +155,34 @@ _COMPRESSING = frozenset({"datx", "plux", "nmm", "h5", "nc", "mat", "jpk", "oir"
 _COMPRESSED_MAGIC = {"sur": b"DSCOMPRESSED"}
 
 
+# Igor binary waves: (header layout after the version, offset of the wave's point count) by version.
+# igor2 builds a format string as long as each size field says before reading it (a field of 2**31
+# asks for 2 GB), so the fields are checked against the file's size before its reader is tried.
+_IBW_HEADERS = {1: ("i", 50), 2: ("iii", 58), 3: ("iiii", 62), 5: ("hiiii4i4iiii", 76)}
+
+
+def _ibw_fits(head: bytes, size: int) -> bool:
+    """Whether the sizes an Igor binary wave's header states (if it is one) fit in ``size`` bytes."""
+    for order in "<>":
+        version = struct.unpack_from(order + "h", head)[0] if len(head) >= 2 else 0
+        if version in _IBW_HEADERS:
+            break
+    else:
+        return True  # not an Igor wave: its reader refuses it without allocating
+    layout, npnts_at = _IBW_HEADERS[version]
+    if len(head) < npnts_at + 4:
+        return True  # too short for a header: its reader refuses it
+    fields = struct.unpack_from(order + layout, head, 2)
+    if version == 5:
+        fields = fields[1:]  # the checksum
+    npnts = struct.unpack_from(order + "i", head, npnts_at)[0]
+    return all(0 <= f <= size for f in fields) and sum(fields) <= size and 0 <= npnts <= size
+
+
+#: Checks of a header's sizes against the file's, made before the format's reader is tried.
+_FITS = {"ibw": _ibw_fits}
+
+
 def _library() -> Any:
     """SurfaceTopography.IO, imported on first use (seconds), or None when it is not installed."""
     try:
@@ -205,10 +234,14 @@ def _detect(io: Any, path: PathLike, head: bytes) -> str | None:
 
     found = None
     ext = os.path.splitext(os.fspath(path))[1].lower()
+    size = key[1]
     for reader in io.readers:
         if reader.format() in OWN or reader.can_read(head) == MagicMatch.NO:
             continue
         if reader.format() in BY_EXTENSION_ONLY and ext not in _BY_NAME[reader.format()].extensions:
+            continue
+        fits = _FITS.get(reader.format())
+        if fits is not None and not fits(head, size):
             continue
         try:
             with warnings.catch_warnings():
