@@ -47,6 +47,7 @@ import threading
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
+from io import BufferedReader, FileIO
 from typing import Any
 
 import numpy as np
@@ -243,15 +244,17 @@ def _detect(io: Any, path: PathLike, head: bytes) -> str | None:
         fits = _FITS.get(reader.format())
         if fits is not None and not fits(head, size):
             continue
+        source = _source(path, reader.format())
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                opened = reader(os.fspath(path))
+                _close(reader(source))
         except MemoryError:
             raise
         except Exception:  # any failure of a trial means "not this reader"
             continue
-        _close(opened)
+        finally:
+            _close(None, source)
         found = reader.format()
         break
     with _detected_lock:
@@ -260,9 +263,34 @@ def _detect(io: Any, path: PathLike, head: bytes) -> str | None:
     return found
 
 
-def _close(reader: Any) -> None:
-    with contextlib.suppress(Exception):  # closing a reader that failed half-way
-        reader.close()
+def _close(reader: Any, source: Any = None) -> None:
+    for thing in (reader, source):
+        if thing is not None and not isinstance(thing, str):
+            with contextlib.suppress(Exception):  # closing a reader that failed half-way
+                thing.close()
+
+
+class _Bounded(BufferedReader):
+    """A file whose ``read(n)`` never asks for more bytes than are left.
+
+    Readers that trust a length field (an OPDx name's, say) call ``read(length)``, and Python
+    allocates ``length`` bytes before finding the file shorter: here they get what is there.
+    """
+
+    def __init__(self, path: PathLike) -> None:
+        super().__init__(FileIO(os.fspath(path), "rb"))
+        self._size = os.fstat(self.fileno()).st_size
+
+    def read(self, n: int | None = -1) -> bytes:
+        if n is not None and n > 0:
+            n = max(0, min(n, self._size - self.tell()))
+        return super().read(n)
+
+
+def _source(path: PathLike, name: str) -> Any:
+    """What a reader of format ``name`` is given: a bounded file, or the path for the general
+    containers whose libraries open files themselves."""
+    return os.fspath(path) if name in BY_EXTENSION_ONLY else _Bounded(path)
 
 
 def recognise(head: bytes, path: PathLike) -> bool:
@@ -276,8 +304,9 @@ def recognise(head: bytes, path: PathLike) -> bool:
         return False
 
 
-def _open(path: PathLike) -> tuple[Any, str]:
-    """SurfaceTopography's reader of the file, and its format id; FormatError naming the file."""
+def _open(path: PathLike) -> tuple[Any, str, Any]:
+    """SurfaceTopography's reader of the file, its format id and the file it reads (for
+    :func:`_close`); FormatError naming the file."""
     where = repr(os.fspath(path))
     with open_file(path, where) as fp:  # a pipe is refused, not waited on
         head = fp.read(512)
@@ -289,13 +318,16 @@ def _open(path: PathLike) -> tuple[Any, str]:
     name = _detect(io, path, head)
     if name is None:
         raise FormatError(f"{where} is of no format SurfaceTopography reads")
+    source = _source(path, name)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return io.open_topography(os.fspath(path), format=name), name
+            return io.open_topography(source, format=name), name, source
     except MemoryError:
+        _close(None, source)
         raise
     except Exception as exc:
+        _close(None, source)
         raise FormatError(f"{where}: {_title(name)} file cannot be read: {_one_line(exc)}") from None
 
 
@@ -354,7 +386,7 @@ def channels_of(path: PathLike) -> list[dict[str, Any]]:
     :func:`load_instrument` returns them), ``unit`` of the values (``""`` when not a length or
     unknown), ``lateral_unit`` and ``is_height`` (whether the values are lengths).
     """
-    reader, name = _open(path)
+    reader, name, source = _open(path)
     try:
         return _describe(reader)
     except MemoryError:
@@ -362,7 +394,7 @@ def channels_of(path: PathLike) -> list[dict[str, Any]]:
     except Exception as exc:
         raise FormatError(f"{os.fspath(path)!r}: {_title(name)} file cannot be read: {_one_line(exc)}") from None
     finally:
-        _close(reader)
+        _close(reader, source)
 
 
 def _choose(described: list[dict[str, Any]], channel: int | str | None, path: PathLike) -> int:
@@ -454,7 +486,7 @@ def load_instrument(
         No channel of that name or index (the message lists the file's channels).
     """
     where = repr(os.fspath(path))
-    reader, name = _open(path)
+    reader, name, source = _open(path)
     try:
         try:
             described = _describe(reader)
@@ -479,7 +511,7 @@ def load_instrument(
         except Exception as exc:  # every failure of the library is the file's
             raise FormatError(f"{where}: {_title(name)} file cannot be read: {_one_line(exc)}") from None
     finally:
-        _close(reader)
+        _close(reader, source)
     array = np.ma.filled(np.ma.asarray(heights, dtype=np.float64), np.nan)
     array = array.reshape(1, -1) if array.ndim == 1 else np.ascontiguousarray(array.T)
     if array.shape != chosen["shape"]:
