@@ -124,7 +124,7 @@ def test_truncated_samples(child: Child, tmp_path_factory: pytest.TempPathFactor
 @pytest.mark.slow
 @example(name="di-3.di", flips=[(0, 0)])  # tried as a MATLAB file: scipy's header listing asked for GBs
 @example(name="10x10-one_channel_without_name.ibw", flips=[(15, 1), (23, 128)])  # igor2: 2 GB for a size field
-@example(name="opdx-3.opdx", flips=[(88, 26)])  # an OPDx name length of 170 MB, read(length) asked for it
+@example(name="opdx-3.opdx", flips=[(88, 26)])  # a changed OPDx length field: read(length) asked for it all
 @given(
     name=st.sampled_from(NAMES or ["-"]),
     # Most flips land in the header, where they steer the reader; some anywhere.

@@ -273,7 +273,7 @@ def _close(reader: Any, source: Any = None) -> None:
 class _Bounded(BufferedReader):
     """A file whose ``read(n)`` never asks for more bytes than are left.
 
-    Readers that trust a length field (an OPDx name's, say) call ``read(length)``, and Python
+    Readers that trust a length field (an OPDx item's, say) call ``read(length)``, and Python
     allocates ``length`` bytes before finding the file shorter: here they get what is there.
     """
 
