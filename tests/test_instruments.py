@@ -423,9 +423,12 @@ def ip(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("IPYTHONDIR", str(tmp_path_factory.mktemp("ipythondir")))
     config = Config()
     config.HistoryManager.hist_file = ":memory:"
-    shell = InteractiveShell.instance(config=config)
+    shell = InteractiveShell.instance(config=config)  # the session's one shell: leave it as found
+    before = set(shell.user_ns)
     shell.run_line_magic("load_ext", "tmd_nb")
     yield shell
+    for name in set(shell.user_ns) - before:
+        del shell.user_ns[name]
     shell.run_line_magic("unload_ext", "tmd_nb")
 
 
