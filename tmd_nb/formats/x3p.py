@@ -763,4 +763,5 @@ FORMAT = Format(
     check=check,
     within="npz",
     label="ISO 25178-72",
+    library="x3pio",
 )
