@@ -36,6 +36,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import pytest
+from conftest import ROOT, require
 from helpers import assert_identical, height_maps, writable_metadata_dicts
 from hypothesis import example, given
 from hypothesis import strategies as st
@@ -48,8 +49,16 @@ FORMATS = registry.FORMATS
 WRITABLE = [f for f in FORMATS if getattr(f, "save", None) is not None]
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
+
 #: name -> maker(folder) -> path of a small file of that format, for formats tmd_nb cannot write.
-SAMPLE_MAKERS: dict[str, Callable[[Path], Path]] = {}
+def _instrument_sample(folder: Path) -> Path:
+    """The smallest instrument file among the shared samples (an Igor binary wave, 816 bytes)."""
+    source = ROOT.parent / "shared" / "data" / "instruments" / "10x10-one_channel_without_name.ibw"
+    require(source.is_file(), f"instrument sample not found at {source} (it lives in shared/data/instruments)")
+    return Path(shutil.copyfile(source, folder / "sample.ibw"))
+
+
+SAMPLE_MAKERS: dict[str, Callable[[Path], Path]] = {"instrument": _instrument_sample}
 
 
 def names(formats: list[Format] | tuple[Format, ...]) -> list[str]:

@@ -260,10 +260,10 @@ def test_read_only_formats_are_never_offered_for_writing(tmp_path: Path) -> None
     assert not instruments.FORMAT.writable
     assert "instrument" in registry.names() and "instrument" not in registry.names(writing=True)
     assert ".sur" in registry.extensions() and ".sur" not in registry.extensions(writing=True)
-    with pytest.raises(ValueError, match=r"it is read only \(instrument\); use .npz, .npy, .tmd, .x3p or .gwy"):
+    with pytest.raises(ValueError, match=r"it is read only \(instrument\); use .npz, .npy, .tmd, .x3p, .gwy or .sdf"):
         tmd_nb.save(np.zeros((2, 2)), tmp_path / "x.sur")
     with pytest.raises(
-        ValueError, match=r"^instrument files are read only: save as 'npz', 'npy', 'tmd', 'x3p' or 'gwy'$"
+        ValueError, match=r"^instrument files are read only: save as 'npz', 'npy', 'tmd', 'x3p', 'gwy' or 'sdf'$"
     ):
         tmd_nb.save(np.zeros((2, 2)), tmp_path / "x.npz", format="instrument")
     assert not (tmp_path / "x.sur").exists()

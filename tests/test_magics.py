@@ -32,7 +32,7 @@ def listed(items: list[str]) -> str:
 
 # The formats as the registry declares them, so that a new format is expected in every message.
 WRITABLE = [f for f in codec.FORMATS if getattr(f, "save", None) is not None]
-EXTENSIONS = listed(list(codec.extensions()))
+EXTENSIONS = listed(list(codec.extensions(writing=True)))
 KEEPING_ALL = listed([f.extensions[0] for f in WRITABLE if f.keeps is None])
 SAVED = re.compile(
     r"^Saved (?P<name>.+) \((?P<shape>[\d x]+) (?P<dtype>\w+), (?P<keys>\d+) metadata keys?\) to "
