@@ -11,7 +11,18 @@ from typing import Any
 
 from ._version import __version__
 from .batch import ConvertReport, convert
-from .errors import FormatError, MetadataNotStoredWarning, UndecodedMetadataWarning
+from .errors import (
+    ChecksumWarning,
+    DroppedContentWarning,
+    FormatError,
+    LegacyFormatWarning,
+    MetadataNotStoredWarning,
+    ModifiedFileWarning,
+    SlowCodecWarning,
+    TmdNbDeprecationWarning,
+    TmdNbWarning,
+    UndecodedMetadataWarning,
+)
 from .formats.chunks import load_metadata, open_dask
 from .formats.gwy import export_to_gwy, load_gwy
 from .formats.npy import export_to_npy, load_from_npy
@@ -24,11 +35,18 @@ from .heightmap import height_map_of
 from .xarray_io import from_xarray, to_xarray
 
 __all__ = [
+    "ChecksumWarning",
     "ConvertReport",
+    "DroppedContentWarning",
     "ExportPanel",
     "FormatError",
+    "LegacyFormatWarning",
     "LoadPanel",
     "MetadataNotStoredWarning",
+    "ModifiedFileWarning",
+    "SlowCodecWarning",
+    "TmdNbDeprecationWarning",
+    "TmdNbWarning",
     "UndecodedMetadataWarning",
     "__version__",
     "convert",

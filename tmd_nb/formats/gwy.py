@@ -68,13 +68,12 @@ import os
 import re
 import stat
 import struct
-import warnings
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from ..errors import FormatError
+from ..errors import FormatError, ModifiedFileWarning, warn
 from ..heightmap import in_memory, split_height_map
 from . import embedded, limits, units
 from ._io import Progress, open_file, read_into
@@ -388,11 +387,10 @@ def load_gwy(path: PathLike, *, progress: Progress | None = None) -> dict[str, A
         rec = embedded.unpack(members, seen, where, fields=fields, extra=shown, legacy=legacy)
         if rec.current:
             return {"height_map": rec.height_map, **rec.metadata}
-        warnings.warn(
+        warn(
             f"{where}: its data changed after tmd_nb wrote it, or its mask, lengths, offsets or units did "
             "(edited by other software?); loaded the file's data and lengths, with the other tmd_nb metadata",
-            UserWarning,
-            stacklevel=2,
+            ModifiedFileWarning,
         )
         # The record's "mask" went into the channel's mask (then the file's mask replaces it) or is metadata.
         recorded = _user_mask(rec.metadata, seen.shape)

@@ -43,13 +43,12 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from ..errors import FormatError, UndecodedMetadataWarning
+from ..errors import FormatError, UndecodedMetadataWarning, warn
 from ..heightmap import HEIGHT_MAP, check_height_map_header, keys_text, split_height_map
 from . import metadata
 from ._io import Progress
@@ -253,11 +252,10 @@ def _decode_metadata(
     if problem is not None:
         if not_json and not written_here:
             # The TMD toolkit writes str(metadata) when json.dumps fails: keep that text, say why.
-            warnings.warn(
+            warn(
                 f"{where} holds metadata that is not JSON (the TMD toolkit writes Python text when it "
                 "cannot encode its metadata as JSON); it is returned as a string under 'metadata'",
                 UndecodedMetadataWarning,
-                stacklevel=3,
             )
             return {METADATA: value}
         raise FormatError(problem)

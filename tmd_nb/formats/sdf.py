@@ -73,13 +73,12 @@ import os
 import re
 import stat
 import struct
-import warnings
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from ..errors import FormatError
+from ..errors import DroppedContentWarning, FormatError, ModifiedFileWarning, warn
 from ..heightmap import in_memory, split_height_map
 from . import embedded, metadata, units
 from ._io import Progress, open_file, read_into
@@ -482,10 +481,9 @@ def _header_keys(file: Any, trailer: str, where: str) -> dict[str, Any]:
     }
     text = trailer.strip()
     if len(text) > MAX_TRAILER_TEXT:
-        warnings.warn(
+        warn(
             f"{where}: its trailer of {len(text)} characters is not kept (more than {MAX_TRAILER_TEXT})",
-            UserWarning,
-            stacklevel=3,
+            DroppedContentWarning,
         )
     elif text:
         out["sdf_trailer"] = _tagged(text) or text
@@ -563,11 +561,10 @@ def load_sdf(path: PathLike, *, progress: Progress | None = None) -> dict[str, A
     rec = embedded.unpack(members, seen, where)
     if rec.current and units.metres_per(units.physical(rec.metadata).height_unit) == z_scale:
         return {"height_map": rec.height_map, **rec.metadata}
-    warnings.warn(
+    warn(
         f"{where}: its heights changed after tmd_nb wrote it (edited by other software?); "
         "loaded the file's heights and lengths in metres, with the other tmd_nb metadata",
-        UserWarning,
-        stacklevel=2,
+        ModifiedFileWarning,
     )
     kept = {k: v for k, v in rec.metadata.items() if k not in units.PHYSICAL_KEYS}
     return {"height_map": heights, **kept, **standard}

@@ -72,13 +72,12 @@ import numbers
 import os
 import stat
 import struct
-import warnings
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from ..errors import FormatError, MetadataNotStoredWarning
+from ..errors import FormatError, MetadataNotStoredWarning, warn
 from ..heightmap import in_memory, keys_text, split_height_map
 from . import units
 from ._io import Progress, Reporter, open_file, read_into
@@ -449,11 +448,10 @@ def export_to_tmd(
     # A unit key is honoured by converting, so it is not "lost"; one that is no string is.
     extra = [k for k in meta if k not in _KNOWN_KEYS and not (k in _UNIT_KEYS and isinstance(meta[k], str))]
     if extra:
-        warnings.warn(
+        warn(
             f"a .tmd file stores the height map, lengths, offsets and comment only; not saved to "
             f"{os.fspath(output_path)!r}: {keys_text(extra, 10)}. Use export_to_npz to keep them.",
             MetadataNotStoredWarning,
-            stacklevel=2,
         )
     header = HEADER_V2 + comment.encode("ascii") + b"\0" + struct.pack("<II", width, height) + fields
     with atomic_write(output_path) as fp:
