@@ -137,12 +137,14 @@ def export_to_npz(
     TypeError
         A key is not a str, or a value cannot be stored; the message names its key path.
     ValueError
-        ``data`` has no 2-D numeric ``"height_map"``, a value is out of the format's limits, or
-        ``level`` is unknown.
+        ``data`` has no 2-D numeric ``"height_map"``, a value is out of the format's limits,
+        ``level`` is unknown, or ``level`` is given with ``compress=False``.
     OSError
         The file cannot be written; an existing special or write-protected file is refused.
     """
     problem = level_problem(level)
+    if not compress and level is not None:  # the level would be ignored: say so, as --no-compress --level does
+        problem = f"level={level!r} and compress=False contradict each other (a stored member has no level); give one"
     if problem is not None:  # before anything is written
         raise ValueError(problem)
     members = encode_npz_members(data)

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import FormatError
+from ..errors import FormatError, renamed_keyword
 from . import gwy, labelled, npy, npz, sdf, tmd, x3p
 from ._io import Progress, open_file
 from .base import Format, PathLike
@@ -117,13 +117,17 @@ def recognise(path: PathLike) -> Format:
     raise FormatError(f"{os.fspath(path)!r} is not {article} {one_of(titles)} file (it starts with {head[:16]!r})")
 
 
-def load(path: PathLike, *, progress: Progress | None = None) -> dict[str, Any]:
+@renamed_keyword("path", "file_path")
+def load(file_path: PathLike, *, mmap: bool = False, progress: Progress | None = None) -> dict[str, Any]:
     """Load any supported file, choosing the reader from its first bytes, not its name.
 
     Parameters
     ----------
-    path : str or os.PathLike
-        The file to read.
+    file_path : str or os.PathLike
+        The file to read (``path=`` still works, with a :class:`~tmd_nb.TmdNbDeprecationWarning`).
+    mmap : bool, default False
+        Return the height map as a read-only memory map of the file instead of reading it; only
+        the formats that store the heights raw take it (NPY, TMD), others refuse it.
     progress : callable, optional
         ``progress(done_bytes, total_bytes)``, called as the heights are read.
 
@@ -136,15 +140,24 @@ def load(path: PathLike, *, progress: Progress | None = None) -> dict[str, Any]:
     ------
     FormatError
         The file is of no supported format, or is malformed.
+    ValueError
+        ``mmap=True`` for a file whose format cannot be memory-mapped (the message names it).
     OSError
         The file cannot be read (missing, a directory, a pipe, permission denied).
     """
-    return recognise(path).load(path, progress=progress)
+    fmt = recognise(file_path)
+    if not mmap:
+        return fmt.load(file_path, progress=progress)
+    if not fmt.mmap:
+        takers = one_of([f.title for f in FORMATS if f.mmap])
+        raise ValueError(f"mmap=True applies to {takers} files only; {os.fspath(file_path)!r} is {fmt.title}")
+    return fmt.load(file_path, mmap=True, progress=progress)
 
 
+@renamed_keyword("path", "output_path")
 def save(
     data: np.ndarray | Mapping[str, Any],
-    path: PathLike,
+    output_path: PathLike,
     *,
     format: str | None = None,
     compress: bool = True,
@@ -158,11 +171,12 @@ def save(
     data : numpy.ndarray, mapping or xarray.DataArray
         A 2-D height map, a dict with a ``"height_map"`` array and metadata, or a DataArray
         (:func:`tmd_nb.from_xarray` gives the dict).
-    path : str or os.PathLike
-        Where to write; the file is replaced atomically.
+    output_path : str or os.PathLike
+        Where to write; the file is replaced atomically (``path=`` still works, with a
+        :class:`~tmd_nb.TmdNbDeprecationWarning`).
     format : str, optional
         A format name (``"npz"``, ``"npy"``, ``"tmd"``, ...); ``None`` takes it from the
-        extension of ``path``.
+        extension of ``output_path``.
     compress, level
         NPZ only (see :func:`tmd_nb.export_to_npz`); other formats refuse them. ``level`` is
         ``"fastest"`` (the default), ``"balanced"``, ``"smallest"`` or an integer 0-9: the ladder
@@ -185,7 +199,7 @@ def save(
     """
     if labelled.is_labelled(data):
         data = labelled.from_labelled(data)
-    fmt = for_path(path) if format is None else by_name(format)
+    fmt = for_path(output_path) if format is None else by_name(format)
     options: dict[str, Any] = {}
     if not compress:
         options["compress"] = compress
@@ -195,4 +209,4 @@ def save(
     if refused:
         takers = " and ".join(f.title for f in FORMATS if f.options)
         raise ValueError(f"compress and level apply to {takers} only, not {fmt.title}")
-    return fmt.save(data, path, progress=progress, **options)
+    return fmt.save(data, output_path, progress=progress, **options)

@@ -77,7 +77,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import FormatError, MetadataNotStoredWarning, warn
+from ..errors import FormatError, MetadataNotStoredWarning, renamed_keyword, warn
 from ..heightmap import in_memory, keys_text, split_height_map
 from . import units
 from ._io import Progress, Reporter, open_file, read_into
@@ -93,6 +93,7 @@ __all__ = [
     "MAGIC",
     "UNIT",
     "export_to_tmd",
+    "load_from_tmd",
     "load_tmd",
     "looks_like_tmd",
     "missing",
@@ -172,12 +173,16 @@ def _parse_version(header: bytes, where: str) -> int:
     )
 
 
-def load_tmd(path: PathLike, *, mmap: bool = False, progress: Progress | None = None) -> dict[str, Any]:
+@renamed_keyword("path", "file_path")
+def load_from_tmd(file_path: PathLike, *, mmap: bool = False, progress: Progress | None = None) -> dict[str, Any]:
     """Load a TrueMap v1 / v2.0 or GelSight ``.tmd`` file (layout: see the module docstring).
+
+    ``load_tmd`` is this function under its former name, kept as an alias; ``path=`` still
+    works for ``file_path=``, with a :class:`~tmd_nb.TmdNbDeprecationWarning`.
 
     Parameters
     ----------
-    path : str or os.PathLike
+    file_path : str or os.PathLike
         The file to read.
     mmap : bool, default False
         Return the height map as a read-only memory map of the file instead of reading it; its
@@ -201,8 +206,8 @@ def load_tmd(path: PathLike, *, mmap: bool = False, progress: Progress | None = 
     OSError
         The file cannot be read.
     """
-    where = repr(os.fspath(path))
-    with open_file(path, where) as fp:  # refuses a pipe before opening it: open() would block
+    where = repr(os.fspath(file_path))
+    with open_file(file_path, where) as fp:  # refuses a pipe before opening it: open() would block
         st = os.fstat(fp.fileno())
         if not stat.S_ISREG(st.st_mode):
             raise FormatError(f"{where} is not a regular file")
@@ -287,6 +292,10 @@ def load_tmd(path: PathLike, *, mmap: bool = False, progress: Progress | None = 
         "comment": comment,
         "tmd_version": version,
     }
+
+
+#: The former name of :func:`load_from_tmd`, kept as an alias (the same function).
+load_tmd = load_from_tmd
 
 
 def _float32_heights(array: np.ndarray, unit: str) -> np.ndarray:
@@ -473,7 +482,8 @@ FORMAT = Format(
     extensions=(".tmd",),
     summary="TrueMap / GelSight scan: heights, lengths, offsets, comment",
     recognise=lambda head, path: looks_like_tmd(head),
-    load=load_tmd,
+    load=load_from_tmd,
+    mmap=True,
     save=export_to_tmd,
     keeps=frozenset(FIELDS),
     derived=frozenset({"tmd_version", *units.UNIT_KEYS}),

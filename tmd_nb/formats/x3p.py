@@ -76,7 +76,15 @@ from typing import Any
 import numpy as np
 
 from .._version import __version__
-from ..errors import ChecksumWarning, DroppedContentWarning, FormatError, LegacyFormatWarning, ModifiedFileWarning, warn
+from ..errors import (
+    ChecksumWarning,
+    DroppedContentWarning,
+    FormatError,
+    LegacyFormatWarning,
+    ModifiedFileWarning,
+    renamed_keyword,
+    warn,
+)
 from ..heightmap import in_memory, split_height_map
 from . import embedded, limits, metadata, units
 from ._io import Progress, open_file
@@ -84,7 +92,7 @@ from .archive import ZIP_MAGIC
 from .atomic import atomic_write
 from .base import Format, PathLike
 
-__all__ = ["FORMAT", "VENDOR", "check", "export_to_x3p", "load_x3p", "looks_like_x3p"]
+__all__ = ["FORMAT", "VENDOR", "check", "export_to_x3p", "load_from_x3p", "load_x3p", "looks_like_x3p"]
 
 #: The vendor under which tmd_nb's record is registered (a URI the project owns: its PyPI page).
 VENDOR = "https://pypi.org/project/tmd-nb"
@@ -660,15 +668,19 @@ def _record2_keys(record: Any) -> dict[str, Any]:
     return out
 
 
-def load_x3p(path: PathLike, *, progress: Progress | None = None) -> dict[str, Any]:
+@renamed_keyword("path", "file_path")
+def load_from_x3p(file_path: PathLike, *, progress: Progress | None = None) -> dict[str, Any]:
     """Load a height map and its metadata from an X3P file (ISO 25178-72).
 
     A file written by :func:`export_to_x3p` comes back exactly as saved; other files give their
     heights and lengths in metres with their Record2 fields (see the module docstring).
 
+    ``load_x3p`` is this function under its former name, kept as an alias; ``path=`` still
+    works for ``file_path=``, with a :class:`~tmd_nb.TmdNbDeprecationWarning`.
+
     Parameters
     ----------
-    path : str or os.PathLike
+    file_path : str or os.PathLike
         The ``.x3p`` file.
     progress : callable, optional
         ``progress(done_bytes, total_bytes)``, called when the file is read.
@@ -693,8 +705,8 @@ def load_x3p(path: PathLike, *, progress: Progress | None = None) -> dict[str, A
     """
     import x3pio
 
-    where = repr(os.fspath(path))
-    file = _read_file(path, where)
+    where = repr(os.fspath(file_path))
+    file = _read_file(file_path, where)
     if isinstance(file, x3pio.PointCloud):
         raise FormatError(f"{where} holds a point cloud, not a height map on a grid")
     if not file.is_regular_grid:
@@ -742,9 +754,13 @@ def load_x3p(path: PathLike, *, progress: Progress | None = None) -> dict[str, A
     else:
         out = {"height_map": seen + z_off if z_off else seen, **standard, **_record2_keys(file.metadata)}
     if progress is not None:
-        size = os.path.getsize(path)
+        size = os.path.getsize(file_path)
         progress(size, size)
     return out
+
+
+#: The former name of :func:`load_from_x3p`, kept as an alias (the same function).
+load_x3p = load_from_x3p
 
 
 FORMAT = Format(
