@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import re
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -106,6 +107,7 @@ def test_a_warning_points_at_the_callers_line(tmp_path, x3p_samples, make, categ
     first = message.split()[0]
     # One style: one line, starting with the file as 'path', a lower-case word or a format name (NPY).
     assert "\n" not in message and (first[0] in "'\"" or first.islower() or first.isupper()), message
+    assert not re.search(r"[.:;] [A-Z][a-z]", message), message  # no second sentence starting anew
 
 
 @pytest.mark.parametrize(("make", "category"), CASES, ids=[m.__name__ for m, _ in CASES])

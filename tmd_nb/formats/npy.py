@@ -355,8 +355,7 @@ def export_to_npy(
     if meta:
         warn(
             f"NPY stores the height map only; metadata not saved to {os.fspath(output_path)!r}: "
-            f"{keys_text(meta, 10)}. "
-            "Use export_to_npz to keep it.",
+            f"{keys_text(meta, 10)}; use export_to_npz to keep it",
             MetadataNotStoredWarning,
         )
     with atomic_write(output_path) as fp:

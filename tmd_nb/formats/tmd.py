@@ -459,7 +459,7 @@ def export_to_tmd(
     if extra:
         warn(
             f"a .tmd file stores the height map, lengths, offsets and comment only; not saved to "
-            f"{os.fspath(output_path)!r}: {keys_text(extra, 10)}. Use export_to_npz to keep them.",
+            f"{os.fspath(output_path)!r}: {keys_text(extra, 10)}; use export_to_npz to keep them",
             MetadataNotStoredWarning,
         )
     header = HEADER_V2 + comment.encode("ascii") + b"\0" + struct.pack("<II", width, height) + fields
