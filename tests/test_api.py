@@ -124,3 +124,9 @@ def test_npz_compress_false_without_level_stores(tmp_path: Path) -> None:
     path = tmd_nb.export_to_npz({"height_map": HEIGHTS}, tmp_path / "a.npz", compress=False, level=None)
     with zipfile.ZipFile(path) as zf:
         assert {i.compress_type for i in zf.infolist()} == {zipfile.ZIP_STORED}
+
+
+def test_the_deprecation_warning_is_shown_by_default() -> None:
+    # A FutureWarning is shown to end users by Python's default filters; a DeprecationWarning is not.
+    assert issubclass(tmd_nb.TmdNbDeprecationWarning, FutureWarning)
+    assert issubclass(tmd_nb.TmdNbDeprecationWarning, tmd_nb.TmdNbWarning)

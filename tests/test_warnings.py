@@ -10,8 +10,10 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+import gwyfile
 import numpy as np
 import pytest
+import sdfio
 import x3pio
 from test_sdf import binary_header
 from test_x3p import members_of, old_layout, write_zip
@@ -65,6 +67,22 @@ def x3p_legacy(tmp_path: Path, x3p_samples: dict[str, Path]) -> Callable[[], obj
     return lambda: tmd_nb.load_from_x3p(path)
 
 
+def gwy_modified(tmp_path: Path, x3p_samples: dict[str, Path]) -> Callable[[], object]:
+    out = tmd_nb.export_to_gwy({"height_map": HEIGHTS, "operator": "me"}, tmp_path / "e.gwy")
+    container = gwyfile.load(out)
+    container["/0/data"]["data"] = container["/0/data"]["data"] * 2
+    container.tofile(out)
+    return lambda: tmd_nb.load(out)
+
+
+def sdf_modified(tmp_path: Path, x3p_samples: dict[str, Path]) -> Callable[[], object]:
+    out = tmd_nb.export_to_sdf({"height_map": HEIGHTS, "operator": "me"}, tmp_path / "e.sdf")
+    file = sdfio.read(out)
+    file.data = file.data * 2
+    file.save(out)
+    return lambda: tmd_nb.load_from_sdf(out)
+
+
 def sdf_trailer(tmp_path: Path, x3p_samples: dict[str, Path]) -> Callable[[], object]:
     path = tmp_path / "t.sdf"
     path.write_bytes(binary_header() + b"\0" * 32 + b"x" * (sdf.MAX_TRAILER_TEXT + 1))
@@ -78,6 +96,8 @@ CASES = [
     (x3p_modified, tmd_nb.ModifiedFileWarning),
     (x3p_checksum, tmd_nb.ChecksumWarning),
     (x3p_legacy, tmd_nb.LegacyFormatWarning),
+    (gwy_modified, tmd_nb.ModifiedFileWarning),
+    (sdf_modified, tmd_nb.ModifiedFileWarning),
     (sdf_trailer, tmd_nb.DroppedContentWarning),
 ]
 
