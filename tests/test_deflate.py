@@ -411,7 +411,7 @@ def test_a_deflate_release_failing_the_checks_is_named_in_a_warning_at_import(tm
     done = subprocess.run([sys.executable, "-W", "always", "-c", script], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert (
-        f"RuntimeWarning: tmd_nb does not use the installed deflate package {deflate._package.__version__} "
+        f"SlowCodecWarning: tmd_nb does not use the installed deflate package {deflate._package.__version__} "
         "(libdeflate) as it is: "
         "its deflate_compress at level 2 fails the known vector"
     ) in done.stderr.replace("\n", " ")

@@ -233,7 +233,7 @@ def test_a_checksum_that_does_not_match_loads_with_a_warning_naming_the_file(tmp
     members = members_of(x3p_samples["pyramid"])
     members["main.xml"] = members["main.xml"].replace(b"<Comment>comment</Comment>", b"<Comment>edited</Comment>")
     path = write_zip(tmp_path / "edited.x3p", members)
-    with pytest.warns(UserWarning, match=r"^'.*edited\.x3p': The MD5 checksum of main\.xml does not match"):
+    with pytest.warns(UserWarning, match=r"^'.*edited\.x3p': the MD5 checksum of main\.xml does not match"):
         back = load_x3p(path)
     assert back["comment"] == "edited"
 

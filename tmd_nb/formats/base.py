@@ -37,9 +37,9 @@ class Format:
     #: ``recognise(head, path)``: whether the file whose first bytes are ``head`` (up to 512) is
     #: of this format; ``path`` lets a container format look inside (a zip's member names).
     recognise: Callable[[bytes, PathLike], bool]
-    #: ``load(path, *, progress=None) -> {"height_map": array, **metadata}``.
+    #: ``load(file_path, *, progress=None) -> {"height_map": array, **metadata}`` (and ``mmap=`` if :attr:`mmap`).
     load: Callable[..., dict[str, Any]]
-    #: ``save(data, path, *, progress=None, **options) -> absolute path``; None for a format
+    #: ``save(data, output_path, *, progress=None, **options) -> absolute path``; None for a format
     #: tmd_nb reads only.
     save: Callable[..., str] | None
     #: ``check(data)``: raise ``TypeError``/``ValueError`` if ``save`` would refuse ``data``, writing
@@ -48,6 +48,8 @@ class Format:
     #: The format whose files this one's are a special case of (an X3P file is a zip archive, as an
     #: NPZ file is): :func:`~tmd_nb.formats.registry.load` tries this format first.
     within: str | None = None
+    #: Whether ``load`` takes ``mmap=True`` (a read-only memory map of the heights).
+    mmap: bool = False
     #: Options ``save`` takes besides ``progress``, e.g. ``{"compress", "level"}``.
     options: frozenset[str] = field(default_factory=frozenset)
     #: The metadata keys a file keeps (``None``: every key ``export_to_npz`` accepts).

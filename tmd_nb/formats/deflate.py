@@ -77,7 +77,6 @@ import math
 import mmap
 import os
 import threading
-import warnings
 import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -86,7 +85,7 @@ from typing import Any, BinaryIO, Protocol
 
 import numpy as np
 
-from ..errors import FormatError
+from ..errors import FormatError, SlowCodecWarning, warn
 from ..heightmap import is_dask_array
 from . import _io
 from ._io import Reporter, WriteBehind
@@ -705,11 +704,10 @@ _package = _libdeflate
 LIBDEFLATE_PROBLEM: str | None
 _libdeflate, whole_inflater, LIBDEFLATE_PROBLEM = _checked_libdeflate(_package)
 if LIBDEFLATE_PROBLEM is not None:
-    warnings.warn(
+    warn(
         f"tmd_nb does not use the installed deflate package {getattr(_package, '__version__', '?')} "
         f"(libdeflate) as it is: {LIBDEFLATE_PROBLEM}; ISA-L and zlib stand in (the same files, made more slowly)",
-        RuntimeWarning,
-        stacklevel=2,
+        SlowCodecWarning,
     )
 #: Members larger than this are inflated piece by piece (with progress reports), never whole.
 WHOLE_INFLATE_MAX = 1 << 31

@@ -68,13 +68,12 @@ import os
 import re
 import stat
 import struct
-import warnings
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from ..errors import FormatError
+from ..errors import FormatError, ModifiedFileWarning, renamed_keyword, warn
 from ..heightmap import in_memory, split_height_map
 from . import embedded, limits, units
 from ._io import Progress, open_file, read_into
@@ -82,7 +81,7 @@ from ._io import Reporter as _Reporter
 from .atomic import atomic_write
 from .base import Format, PathLike
 
-__all__ = ["FORMAT", "MAGIC", "OTHER_UNITS", "check", "export_to_gwy", "load_gwy", "scan"]
+__all__ = ["FORMAT", "MAGIC", "OTHER_UNITS", "check", "export_to_gwy", "load_from_gwy", "load_gwy", "scan"]
 
 MAGIC = b"GWYP"
 RECORD_PREFIX = "/tmd_nb/"
@@ -323,15 +322,19 @@ def _channel(entries: Mapping[str, Any], where: str) -> int:
     return 0 if 0 in numbers else min(numbers)
 
 
-def load_gwy(path: PathLike, *, progress: Progress | None = None) -> dict[str, Any]:
+@renamed_keyword("path", "file_path")
+def load_from_gwy(file_path: PathLike, *, progress: Progress | None = None) -> dict[str, Any]:
     """Load a height map and its metadata from a Gwyddion ``.gwy`` file.
 
     A file written by :func:`export_to_gwy` comes back exactly as saved; other files give their
     first channel in the units they state (see the module docstring).
 
+    ``load_gwy`` is this function under its former name, kept as an alias; ``path=`` still
+    works for ``file_path=``, with a :class:`~tmd_nb.TmdNbDeprecationWarning`.
+
     Parameters
     ----------
-    path : str or os.PathLike
+    file_path : str or os.PathLike
         The ``.gwy`` file.
     progress : callable, optional
         ``progress(done_bytes, total_bytes)``, called as the file is read.
@@ -348,8 +351,8 @@ def load_gwy(path: PathLike, *, progress: Progress | None = None) -> dict[str, A
     OSError
         The file cannot be read.
     """
-    where = repr(os.fspath(path))
-    entries = _read_container(path, where, progress)
+    where = repr(os.fspath(file_path))
+    entries = _read_container(file_path, where, progress)
     channel = _channel(entries, where)
     data, field = _field(entries, f"/{channel}/data", where)
     seen = np.array(data, dtype=np.float64)
@@ -388,11 +391,10 @@ def load_gwy(path: PathLike, *, progress: Progress | None = None) -> dict[str, A
         rec = embedded.unpack(members, seen, where, fields=fields, extra=shown, legacy=legacy)
         if rec.current:
             return {"height_map": rec.height_map, **rec.metadata}
-        warnings.warn(
+        warn(
             f"{where}: its data changed after tmd_nb wrote it, or its mask, lengths, offsets or units did "
             "(edited by other software?); loaded the file's data and lengths, with the other tmd_nb metadata",
-            UserWarning,
-            stacklevel=2,
+            ModifiedFileWarning,
         )
         # The record's "mask" went into the channel's mask (then the file's mask replaces it) or is metadata.
         recorded = _user_mask(rec.metadata, seen.shape)
@@ -421,6 +423,10 @@ def load_gwy(path: PathLike, *, progress: Progress | None = None) -> dict[str, A
 # --------------------------------------------------------------------------------------------
 # Writing
 # --------------------------------------------------------------------------------------------
+
+
+#: The former name of :func:`load_from_gwy`, kept as an alias (the same function).
+load_gwy = load_from_gwy
 
 
 def _gwy_text(text: str) -> str:

@@ -39,7 +39,7 @@ from typing import Any, BinaryIO
 import numpy as np
 from numpy.lib import format as npformat
 
-from ..errors import FormatError, MetadataNotStoredWarning
+from ..errors import FormatError, MetadataNotStoredWarning, warn
 from ..heightmap import check_height_map_header, is_dask_array, keys_text, split_height_map
 from . import _io
 from ._io import Progress, Reporter, WriteBehind, describe, open_file, read_into
@@ -353,12 +353,10 @@ def export_to_npy(
     """
     array, meta = split_height_map(data, lazy=True)
     if meta:
-        warnings.warn(
+        warn(
             f"NPY stores the height map only; metadata not saved to {os.fspath(output_path)!r}: "
-            f"{keys_text(meta, 10)}. "
-            "Use export_to_npz to keep it.",
+            f"{keys_text(meta, 10)}; use export_to_npz to keep it",
             MetadataNotStoredWarning,
-            stacklevel=2,
         )
     with atomic_write(output_path) as fp:
         write_npy(fp, array, progress=progress)
@@ -400,7 +398,8 @@ FORMAT = Format(
     extensions=(".npy",),
     summary="the height map alone (numpy array file)",
     recognise=lambda head, path: head.startswith(NPY_MAGIC),
-    load=lambda path, *, progress=None: {"height_map": load_from_npy(path, progress=progress)},
+    load=lambda path, *, mmap=False, progress=None: {"height_map": load_from_npy(path, mmap, progress=progress)},
+    mmap=True,
     save=export_to_npy,
     keeps=frozenset(),
     label="height map only",

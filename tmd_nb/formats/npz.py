@@ -43,13 +43,12 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from ..errors import FormatError, UndecodedMetadataWarning
+from ..errors import FormatError, UndecodedMetadataWarning, warn
 from ..heightmap import HEIGHT_MAP, check_height_map_header, keys_text, split_height_map
 from . import metadata
 from ._io import Progress
@@ -138,12 +137,14 @@ def export_to_npz(
     TypeError
         A key is not a str, or a value cannot be stored; the message names its key path.
     ValueError
-        ``data`` has no 2-D numeric ``"height_map"``, a value is out of the format's limits, or
-        ``level`` is unknown.
+        ``data`` has no 2-D numeric ``"height_map"``, a value is out of the format's limits,
+        ``level`` is unknown, or ``level`` is given with ``compress=False``.
     OSError
         The file cannot be written; an existing special or write-protected file is refused.
     """
     problem = level_problem(level)
+    if not compress and level is not None:  # the level would be ignored: say so, as --no-compress --level does
+        problem = f"level={level!r} and compress=False contradict each other (a stored member has no level); give one"
     if problem is not None:  # before anything is written
         raise ValueError(problem)
     members = encode_npz_members(data)
@@ -253,11 +254,10 @@ def _decode_metadata(
     if problem is not None:
         if not_json and not written_here:
             # The TMD toolkit writes str(metadata) when json.dumps fails: keep that text, say why.
-            warnings.warn(
+            warn(
                 f"{where} holds metadata that is not JSON (the TMD toolkit writes Python text when it "
                 "cannot encode its metadata as JSON); it is returned as a string under 'metadata'",
                 UndecodedMetadataWarning,
-                stacklevel=3,
             )
             return {METADATA: value}
         raise FormatError(problem)

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import FormatError
+from ..errors import FormatError, renamed_keyword
 from . import gwy, instruments, labelled, npy, npz, sdf, tmd, x3p
 from ._io import Progress, open_file
 from .base import Format, PathLike
@@ -149,17 +149,27 @@ def recognise(path: PathLike) -> Format:
     raise FormatError(f"{os.fspath(path)!r} is not {article} {one_of(titles)} file (it starts with {head[:16]!r})")
 
 
-def load(path: PathLike, *, channel: int | str | None = None, progress: Progress | None = None) -> dict[str, Any]:
+@renamed_keyword("path", "file_path")
+def load(
+    file_path: PathLike,
+    *,
+    channel: int | str | None = None,
+    mmap: bool = False,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
     """Load any supported file, choosing the reader from its first bytes, not its name.
 
     Parameters
     ----------
-    path : str or os.PathLike
-        The file to read.
+    file_path : str or os.PathLike
+        The file to read (``path=`` still works, with a :class:`~tmd_nb.TmdNbDeprecationWarning`).
     channel : str or int, optional
         Of a file with several channels (an instrument's): the name (as :func:`channels` lists
         it) or index of the one to read. None: the topography (the first channel whose unit is a
         length). A file of one height map takes None only.
+    mmap : bool, default False
+        Return the height map as a read-only memory map of the file instead of reading it; only
+        the formats that store the heights raw take it (NPY, TMD), others refuse it.
     progress : callable, optional
         ``progress(done_bytes, total_bytes)``, called as the heights are read.
 
@@ -175,25 +185,34 @@ def load(path: PathLike, *, channel: int | str | None = None, progress: Progress
     KeyError, ValueError
         ``channel`` names no channel of the file (the message lists them), or is given for a
         file of one height map.
+    ValueError
+        ``mmap=True`` for a file whose format cannot be memory-mapped (the message names it).
     OSError
         The file cannot be read (missing, a directory, a pipe, permission denied).
     """
-    fmt = recognise(path)
+    fmt = recognise(file_path)
+    options: dict[str, Any] = {"progress": progress}
+    if mmap:
+        if not fmt.mmap:
+            takers = one_of([f.title for f in FORMATS if f.mmap])
+            raise ValueError(f"mmap=True applies to {takers} files only; {os.fspath(file_path)!r} is {fmt.title}")
+        options["mmap"] = True
     if fmt.channels is not None:
-        return fmt.load(path, channel=channel, progress=progress)
+        return fmt.load(file_path, channel=channel, **options)
     if channel is not None:
         raise ValueError(
-            f"{os.fspath(path)!r} is a {fmt.title} file of one height map: it takes no channel={channel!r}"
+            f"{os.fspath(file_path)!r} is a {fmt.title} file of one height map: it takes no channel={channel!r}"
         )
-    return fmt.load(path, progress=progress)
+    return fmt.load(file_path, **options)
 
 
-def channels(path: PathLike) -> list[dict[str, Any]]:
+@renamed_keyword("path", "file_path")
+def channels(file_path: PathLike) -> list[dict[str, Any]]:
     """The channels of a file, without reading its heights where the format allows.
 
     Parameters
     ----------
-    path : str or os.PathLike
+    file_path : str or os.PathLike
         The file, of any format :func:`load` reads.
 
     Returns
@@ -212,10 +231,10 @@ def channels(path: PathLike) -> list[dict[str, Any]]:
     OSError
         The file cannot be read.
     """
-    fmt = recognise(path)
+    fmt = recognise(file_path)
     if fmt.channels is not None:
-        return fmt.channels(path)
-    data = fmt.load(path)
+        return fmt.channels(file_path)
+    data = fmt.load(file_path)
     shape = tuple(int(n) for n in np.shape(data["height_map"]))
     unit = data.get("height_unit")
     lateral = data.get("lateral_unit")
@@ -250,9 +269,10 @@ def table() -> str:
     return "\n".join(rows) + "\n"
 
 
+@renamed_keyword("path", "output_path")
 def save(
     data: np.ndarray | Mapping[str, Any],
-    path: PathLike,
+    output_path: PathLike,
     *,
     format: str | None = None,
     compress: bool = True,
@@ -266,11 +286,12 @@ def save(
     data : numpy.ndarray, mapping or xarray.DataArray
         A 2-D height map, a dict with a ``"height_map"`` array and metadata, or a DataArray
         (:func:`tmd_nb.from_xarray` gives the dict).
-    path : str or os.PathLike
-        Where to write; the file is replaced atomically.
+    output_path : str or os.PathLike
+        Where to write; the file is replaced atomically (``path=`` still works, with a
+        :class:`~tmd_nb.TmdNbDeprecationWarning`).
     format : str, optional
         A format name (``"npz"``, ``"npy"``, ``"tmd"``, ...); ``None`` takes it from the
-        extension of ``path``.
+        extension of ``output_path``.
     compress, level
         NPZ only (see :func:`tmd_nb.export_to_npz`); other formats refuse them. ``level`` is
         ``"fastest"`` (the default), ``"balanced"``, ``"smallest"`` or an integer 0-9: the ladder
@@ -293,7 +314,7 @@ def save(
     """
     if labelled.is_labelled(data):
         data = labelled.from_labelled(data)
-    fmt = for_path(path) if format is None else by_name(format)
+    fmt = for_path(output_path) if format is None else by_name(format)
     if fmt.save is None:
         raise ValueError(f"{fmt.title} files are read only: save as {one_of([repr(n) for n in names(writing=True)])}")
     options: dict[str, Any] = {}
@@ -305,4 +326,4 @@ def save(
     if refused:
         takers = " and ".join(f.title for f in writable() if f.options)
         raise ValueError(f"compress and level apply to {takers} only, not {fmt.title}")
-    return fmt.save(data, path, progress=progress, **options)
+    return fmt.save(data, output_path, progress=progress, **options)

@@ -73,13 +73,12 @@ import os
 import re
 import stat
 import struct
-import warnings
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from ..errors import FormatError
+from ..errors import DroppedContentWarning, FormatError, ModifiedFileWarning, renamed_keyword, warn
 from ..heightmap import in_memory, split_height_map
 from . import embedded, metadata, units
 from ._io import Progress, open_file, read_into
@@ -87,7 +86,7 @@ from ._io import Reporter as _Reporter
 from .atomic import atomic_write
 from .base import Format, PathLike
 
-__all__ = ["FORMAT", "MAGICS", "check", "export_to_sdf", "load_sdf", "looks_like_sdf"]
+__all__ = ["FORMAT", "MAGICS", "check", "export_to_sdf", "load_from_sdf", "load_sdf", "looks_like_sdf"]
 
 #: Every magic an SDF file may start with (``sdfio.MAGICS``, without importing sdfio).
 MAGICS = tuple(
@@ -482,25 +481,28 @@ def _header_keys(file: Any, trailer: str, where: str) -> dict[str, Any]:
     }
     text = trailer.strip()
     if len(text) > MAX_TRAILER_TEXT:
-        warnings.warn(
+        warn(
             f"{where}: its trailer of {len(text)} characters is not kept (more than {MAX_TRAILER_TEXT})",
-            UserWarning,
-            stacklevel=3,
+            DroppedContentWarning,
         )
     elif text:
         out["sdf_trailer"] = _tagged(text) or text
     return out
 
 
-def load_sdf(path: PathLike, *, progress: Progress | None = None) -> dict[str, Any]:
+@renamed_keyword("path", "file_path")
+def load_from_sdf(file_path: PathLike, *, progress: Progress | None = None) -> dict[str, Any]:
     """Load a height map and its metadata from an SDF file (ISO 25178-71).
 
     A file written by :func:`export_to_sdf` comes back exactly as saved; other files give their
     heights and lengths in metres with their header fields and trailer (see the module docstring).
 
+    ``load_sdf`` is this function under its former name, kept as an alias; ``path=`` still
+    works for ``file_path=``, with a :class:`~tmd_nb.TmdNbDeprecationWarning`.
+
     Parameters
     ----------
-    path : str or os.PathLike
+    file_path : str or os.PathLike
         The ``.sdf`` file: ISO-1.0, ISO-2.0 or BCR-1.0, ASCII or binary.
     progress : callable, optional
         ``progress(done_bytes, total_bytes)``, called as the file is read.
@@ -522,8 +524,8 @@ def load_sdf(path: PathLike, *, progress: Progress | None = None) -> dict[str, A
     UserWarning
         The heights were changed after tmd_nb wrote the file, or a long trailer is left out.
     """
-    where = repr(os.fspath(path))
-    body = _strip_bom(_read_bytes(path, where, progress))
+    where = repr(os.fspath(file_path))
+    body = _strip_bom(_read_bytes(file_path, where, progress))
     if body[:8] not in MAGICS:
         raise FormatError(f"{where} is not an SDF file: it starts with {bytes(body[:8])!r}")
     file = _parse(body, where)
@@ -563,14 +565,17 @@ def load_sdf(path: PathLike, *, progress: Progress | None = None) -> dict[str, A
     rec = embedded.unpack(members, seen, where)
     if rec.current and units.metres_per(units.physical(rec.metadata).height_unit) == z_scale:
         return {"height_map": rec.height_map, **rec.metadata}
-    warnings.warn(
+    warn(
         f"{where}: its heights changed after tmd_nb wrote it (edited by other software?); "
         "loaded the file's heights and lengths in metres, with the other tmd_nb metadata",
-        UserWarning,
-        stacklevel=2,
+        ModifiedFileWarning,
     )
     kept = {k: v for k, v in rec.metadata.items() if k not in units.PHYSICAL_KEYS}
     return {"height_map": heights, **kept, **standard}
+
+
+#: The former name of :func:`load_from_sdf`, kept as an alias (the same function).
+load_sdf = load_from_sdf
 
 
 FORMAT = Format(

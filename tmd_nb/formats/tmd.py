@@ -72,13 +72,12 @@ import numbers
 import os
 import stat
 import struct
-import warnings
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from ..errors import FormatError, MetadataNotStoredWarning
+from ..errors import FormatError, MetadataNotStoredWarning, renamed_keyword, warn
 from ..heightmap import in_memory, keys_text, split_height_map
 from . import units
 from ._io import Progress, Reporter, open_file, read_into
@@ -94,6 +93,7 @@ __all__ = [
     "MAGIC",
     "UNIT",
     "export_to_tmd",
+    "load_from_tmd",
     "load_tmd",
     "looks_like_tmd",
     "missing",
@@ -173,12 +173,16 @@ def _parse_version(header: bytes, where: str) -> int:
     )
 
 
-def load_tmd(path: PathLike, *, mmap: bool = False, progress: Progress | None = None) -> dict[str, Any]:
+@renamed_keyword("path", "file_path")
+def load_from_tmd(file_path: PathLike, *, mmap: bool = False, progress: Progress | None = None) -> dict[str, Any]:
     """Load a TrueMap v1 / v2.0 or GelSight ``.tmd`` file (layout: see the module docstring).
+
+    ``load_tmd`` is this function under its former name, kept as an alias; ``path=`` still
+    works for ``file_path=``, with a :class:`~tmd_nb.TmdNbDeprecationWarning`.
 
     Parameters
     ----------
-    path : str or os.PathLike
+    file_path : str or os.PathLike
         The file to read.
     mmap : bool, default False
         Return the height map as a read-only memory map of the file instead of reading it; its
@@ -202,8 +206,8 @@ def load_tmd(path: PathLike, *, mmap: bool = False, progress: Progress | None = 
     OSError
         The file cannot be read.
     """
-    where = repr(os.fspath(path))
-    with open_file(path, where) as fp:  # refuses a pipe before opening it: open() would block
+    where = repr(os.fspath(file_path))
+    with open_file(file_path, where) as fp:  # refuses a pipe before opening it: open() would block
         st = os.fstat(fp.fileno())
         if not stat.S_ISREG(st.st_mode):
             raise FormatError(f"{where} is not a regular file")
@@ -288,6 +292,10 @@ def load_tmd(path: PathLike, *, mmap: bool = False, progress: Progress | None = 
         "comment": comment,
         "tmd_version": version,
     }
+
+
+#: The former name of :func:`load_from_tmd`, kept as an alias (the same function).
+load_tmd = load_from_tmd
 
 
 def _float32_heights(array: np.ndarray, unit: str) -> np.ndarray:
@@ -449,11 +457,10 @@ def export_to_tmd(
     # A unit key is honoured by converting, so it is not "lost"; one that is no string is.
     extra = [k for k in meta if k not in _KNOWN_KEYS and not (k in _UNIT_KEYS and isinstance(meta[k], str))]
     if extra:
-        warnings.warn(
+        warn(
             f"a .tmd file stores the height map, lengths, offsets and comment only; not saved to "
-            f"{os.fspath(output_path)!r}: {keys_text(extra, 10)}. Use export_to_npz to keep them.",
+            f"{os.fspath(output_path)!r}: {keys_text(extra, 10)}; use export_to_npz to keep them",
             MetadataNotStoredWarning,
-            stacklevel=2,
         )
     header = HEADER_V2 + comment.encode("ascii") + b"\0" + struct.pack("<II", width, height) + fields
     with atomic_write(output_path) as fp:
@@ -475,7 +482,8 @@ FORMAT = Format(
     extensions=(".tmd",),
     summary="TrueMap / GelSight scan: heights, lengths, offsets, comment",
     recognise=lambda head, path: looks_like_tmd(head),
-    load=load_tmd,
+    load=load_from_tmd,
+    mmap=True,
     save=export_to_tmd,
     keeps=frozenset(FIELDS),
     derived=frozenset({"tmd_version", *units.UNIT_KEYS}),

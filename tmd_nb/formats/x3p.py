@@ -68,7 +68,6 @@ import os
 import re
 import stat
 import struct
-import warnings
 import zipfile
 import zlib
 from collections.abc import Iterator, Mapping
@@ -77,7 +76,15 @@ from typing import Any
 import numpy as np
 
 from .._version import __version__
-from ..errors import FormatError
+from ..errors import (
+    ChecksumWarning,
+    DroppedContentWarning,
+    FormatError,
+    LegacyFormatWarning,
+    ModifiedFileWarning,
+    renamed_keyword,
+    warn,
+)
 from ..heightmap import in_memory, split_height_map
 from . import embedded, limits, metadata, units
 from ._io import Progress, open_file
@@ -85,7 +92,7 @@ from .archive import ZIP_MAGIC
 from .atomic import atomic_write
 from .base import Format, PathLike
 
-__all__ = ["FORMAT", "VENDOR", "check", "export_to_x3p", "load_x3p", "looks_like_x3p"]
+__all__ = ["FORMAT", "VENDOR", "check", "export_to_x3p", "load_from_x3p", "load_x3p", "looks_like_x3p"]
 
 #: The vendor under which tmd_nb's record is registered (a URI the project owns: its PyPI page).
 VENDOR = "https://pypi.org/project/tmd-nb"
@@ -444,9 +451,7 @@ def _repack_old_root(
                 if digest and digest[0].lower() == hashlib.md5(text, usedforsecurity=False).hexdigest():
                     content = f"{hashlib.md5(fixed, usedforsecurity=False).hexdigest()} *main.xml\n".encode()
             out.writestr(name, content)
-    warnings.warn(
-        f"{where} uses the ISO 5436-2000 root element <ISO5436>; read as ISO 25178-72", UserWarning, stacklevel=4
-    )
+    warn(f"{where} uses the ISO 5436-2000 root element <ISO5436>; read as ISO 25178-72", LegacyFormatWarning)
     return buffer.getvalue()
 
 
@@ -555,13 +560,12 @@ def _read_file(path: PathLike, where: str) -> Any:
             return read(True)
         except x3pio.X3pChecksumError as exc:
             checksum = str(exc)
+            checksum = checksum[:1].lower() + checksum[1:]  # one style: "'f.x3p': the MD5 ...", not ": The MD5"
         except _CAUGHT as exc:
             if (problem := _problem(exc, named=True)) is None:
                 raise
         if checksum is not None:
-            warnings.warn(
-                f"{where}: {checksum}; loaded anyway (edited after it was written?)", UserWarning, stacklevel=4
-            )
+            warn(f"{where}: {checksum}; loaded anyway (edited after it was written?)", ChecksumWarning)
             try:
                 return read(False)
             except _CAUGHT as exc:
@@ -664,15 +668,19 @@ def _record2_keys(record: Any) -> dict[str, Any]:
     return out
 
 
-def load_x3p(path: PathLike, *, progress: Progress | None = None) -> dict[str, Any]:
+@renamed_keyword("path", "file_path")
+def load_from_x3p(file_path: PathLike, *, progress: Progress | None = None) -> dict[str, Any]:
     """Load a height map and its metadata from an X3P file (ISO 25178-72).
 
     A file written by :func:`export_to_x3p` comes back exactly as saved; other files give their
     heights and lengths in metres with their Record2 fields (see the module docstring).
 
+    ``load_x3p`` is this function under its former name, kept as an alias; ``path=`` still
+    works for ``file_path=``, with a :class:`~tmd_nb.TmdNbDeprecationWarning`.
+
     Parameters
     ----------
-    path : str or os.PathLike
+    file_path : str or os.PathLike
         The ``.x3p`` file.
     progress : callable, optional
         ``progress(done_bytes, total_bytes)``, called when the file is read.
@@ -697,20 +705,20 @@ def load_x3p(path: PathLike, *, progress: Progress | None = None) -> dict[str, A
     """
     import x3pio
 
-    where = repr(os.fspath(path))
-    file = _read_file(path, where)
+    where = repr(os.fspath(file_path))
+    file = _read_file(file_path, where)
     if isinstance(file, x3pio.PointCloud):
         raise FormatError(f"{where} holds a point cloud, not a height map on a grid")
     if not file.is_regular_grid:
         raise FormatError(f"{where} stores x/y coordinates for each point (an irregular grid), not a height map")
     if len(file.layers) > 1:
-        warnings.warn(f"{where} holds {len(file.layers)} layers; only the first is loaded", UserWarning, stacklevel=2)
+        warn(f"{where} holds {len(file.layers)} layers; only the first is loaded", DroppedContentWarning)
     seen = np.asarray(file.layers[0].z, dtype=np.float64)
     if seen.ndim == 1:
         seen = seen.reshape(1, -1)
     placement = file.placement
     if placement.has_rotation:
-        warnings.warn(f"{where} places its data with a rotation, which is not applied", UserWarning, stacklevel=2)
+        warn(f"{where} places its data with a rotation, which is not applied", DroppedContentWarning)
     x_off, y_off, z_off = (float(v) for v in placement.offset)
     rows, cols = seen.shape
     header = file.header
@@ -735,21 +743,24 @@ def load_x3p(path: PathLike, *, progress: Progress | None = None) -> dict[str, A
         if rec.current:
             out = {"height_map": rec.height_map, **rec.metadata}
         else:
-            warnings.warn(
+            warn(
                 f"{where}: its heights changed after tmd_nb wrote it, or its increments or offsets did "
                 "(edited by other software?); loaded the file's heights and lengths in metres, with the other "
                 "tmd_nb metadata",
-                UserWarning,
-                stacklevel=2,
+                ModifiedFileWarning,
             )
             kept = {k: v for k, v in rec.metadata.items() if k not in units.PHYSICAL_KEYS}
             out = {"height_map": seen + z_off if z_off else seen, **kept, **standard}
     else:
         out = {"height_map": seen + z_off if z_off else seen, **standard, **_record2_keys(file.metadata)}
     if progress is not None:
-        size = os.path.getsize(path)
+        size = os.path.getsize(file_path)
         progress(size, size)
     return out
+
+
+#: The former name of :func:`load_from_x3p`, kept as an alias (the same function).
+load_x3p = load_from_x3p
 
 
 FORMAT = Format(
