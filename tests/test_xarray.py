@@ -227,7 +227,7 @@ def test_what_from_xarray_refuses(change: Any, message: str) -> None:
 # ---------------------------------------------------------------- every format, the engine
 
 
-FORMATS = [f.name for f in registry.FORMATS]
+FORMATS = [f.name for f in registry.writable()]
 DTYPES = ["<f8", "<f4", ">f4", "<i2", "<u4", "|b1", "<c16"]
 
 
@@ -296,7 +296,7 @@ def test_the_x3p_and_tmd_samples_open(x3p_samples: dict[str, pathlib.Path], tmd_
 
 def test_guess_can_open_asks_the_registry(tmp_path: pathlib.Path) -> None:
     engine = ENGINE()
-    for fmt in registry.FORMATS:
+    for fmt in registry.writable():
         path = quiet_save(scan("<f4"), tmp_path / f"scan{fmt.extensions[0]}")
         renamed = pathlib.Path(path).rename(tmp_path / f"{fmt.name}.data")  # content, not the name
         assert engine.guess_can_open(renamed)
@@ -304,6 +304,18 @@ def test_guess_can_open_asks_the_registry(tmp_path: pathlib.Path) -> None:
     assert not engine.guess_can_open(tmp_path / "notes.npz")
     assert engine.guess_can_open(tmp_path / "not-yet-there.x3p") and not engine.guess_can_open("nowhere.nc")
     assert not engine.guess_can_open(object())
+
+
+def test_an_instrument_file_opens_with_its_channel() -> None:
+    path = ROOT.parent / "shared" / "data" / "instruments" / "di-3.di"
+    require(path.is_file(), f"instrument sample not found at {path} (it lives in shared/data/instruments)")
+    engine = ENGINE()
+    assert engine.guess_can_open(path)
+    for channel in (None, 1, "Phase"):
+        opened = engine.open_dataset(path, channel=channel)["height_map"]
+        expected = tmd_nb.load(path, channel=channel)
+        np.testing.assert_array_equal(opened.values, expected["height_map"])
+        assert opened.attrs["units"] == expected["height_unit"]
 
 
 def test_the_engine_takes_a_channel_and_passes_it_to_load(tmp_path: pathlib.Path, monkeypatch) -> None:

@@ -31,7 +31,7 @@ from .errors import (
 )
 from .formats.chunks import load_metadata, open_dask
 from .formats.gwy import export_to_gwy, load_from_gwy, load_gwy
-from .formats.instruments import load_instrument
+from .formats.instruments import load_from_instrument, load_instrument
 from .formats.npy import export_to_npy, load_from_npy
 from .formats.npz import export_to_npz, load_from_npz
 from .formats.registry import channels, load, save
@@ -68,13 +68,14 @@ __all__ = [
     "height_map_of",
     "load",
     "load_from_gwy",
+    "load_from_instrument",
     "load_from_npy",
     "load_from_npz",
     "load_from_sdf",
     "load_from_tmd",
     "load_from_x3p",
     "load_gwy",  # alias of load_from_gwy
-    "load_instrument",
+    "load_instrument",  # alias of load_from_instrument
     "load_metadata",
     "load_sdf",  # alias of load_from_sdf
     "load_tmd",  # alias of load_from_tmd

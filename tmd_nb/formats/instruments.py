@@ -8,7 +8,7 @@ no other format of tmd_nb recognises a file; without it, a file that looks like 
 :data:`VENDORS` (by its first bytes, else its extension) gives one line naming the format and
 the install command.
 
-What :func:`load_instrument` returns, whatever the vendor
+What :func:`load_from_instrument` returns, whatever the vendor
     ``height_map``
         float64, rows x columns as Gwyddion shows them (SurfaceTopography indexes (x, y): the
         array is transposed); missing points NaN. A profile (one line scan) is one row.
@@ -52,7 +52,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import FormatError
+from ..errors import FormatError, renamed_keyword
 from . import units
 from ._io import Progress, open_file
 from .base import Format, PathLike
@@ -66,6 +66,7 @@ __all__ = [
     "VENDORS",
     "Vendor",
     "channels_of",
+    "load_from_instrument",
     "load_instrument",
     "recognise",
 ]
@@ -382,7 +383,7 @@ def channels_of(path: PathLike) -> list[dict[str, Any]]:
     """The channels of a vendor file, without reading heights.
 
     Each is a dict: ``name`` (distinct within the file), ``index``, ``shape`` (rows, columns as
-    :func:`load_instrument` returns them), ``unit`` of the values (``""`` when not a length or
+    :func:`load_from_instrument` returns them), ``unit`` of the values (``""`` when not a length or
     unknown), ``lateral_unit`` and ``is_height`` (whether the values are lengths).
     """
     reader, name, source = _open(path)
@@ -462,14 +463,17 @@ def _metadata(info: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_instrument(
-    path: PathLike, *, channel: int | str | None = None, progress: Progress | None = None
+@renamed_keyword("path", "file_path")
+def load_from_instrument(
+    file_path: PathLike, *, channel: int | str | None = None, progress: Progress | None = None
 ) -> dict[str, Any]:
     """Load one channel of an instrument's file (see the module docstring for what comes back).
 
+    ``load_instrument`` is this function under its former name, kept as an alias.
+
     Parameters
     ----------
-    path : str or os.PathLike
+    file_path : str or os.PathLike
         The file.
     channel : str or int, optional
         A channel's name (as :func:`channels_of` lists it) or index; None: the first channel whose
@@ -484,8 +488,8 @@ def load_instrument(
     KeyError, ValueError
         No channel of that name or index (the message lists the file's channels).
     """
-    where = repr(os.fspath(path))
-    reader, name, source = _open(path)
+    where = repr(os.fspath(file_path))
+    reader, name, source = _open(file_path)
     try:
         try:
             described = _describe(reader)
@@ -495,9 +499,9 @@ def load_instrument(
             raise FormatError(f"{where}: {_title(name)} file cannot be read: {_one_line(exc)}") from None
         if not described:
             raise FormatError(f"{where}: {_title(name)} file holds no channel")
-        index = _choose(described, channel, path)  # a wrong channel is the caller's mistake, not the file's
+        index = _choose(described, channel, file_path)  # a wrong channel is the caller's mistake, not the file's
         chosen = described[index]
-        _check_size(path, name, chosen["shape"])
+        _check_size(file_path, name, chosen["shape"])
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -516,7 +520,7 @@ def load_instrument(
     if array.shape != chosen["shape"]:
         raise FormatError(f"{where}: {_title(name)} channel has {array.shape} points, its header {chosen['shape']}")
     if progress is not None:
-        progress(os.path.getsize(path), os.path.getsize(path))
+        progress(os.path.getsize(file_path), os.path.getsize(file_path))
     data: dict[str, Any] = {"height_map": array}
     lateral = chosen["lateral_unit"]
     if lateral and all(math.isfinite(s) and s > 0 for s in sizes):
@@ -531,13 +535,17 @@ def load_instrument(
     return data
 
 
+#: The former name of :func:`load_from_instrument`, kept as an alias (the same function).
+load_instrument = load_from_instrument
+
+
 FORMAT = Format(
     name="instrument",
     title="instrument",
     extensions=EXTENSIONS,
     summary="an instrument's own file (read only): one channel's heights, its size and the vendor's metadata",
     recognise=recognise,
-    load=load_instrument,
+    load=load_from_instrument,
     save=None,
     channels=channels_of,
     label="read only",
