@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import tmd_nb  # noqa: E402
-from tmd_nb.formats import deflate  # noqa: E402
+from tmd_nb.storage import deflate  # noqa: E402
 
 SAMPLES = ROOT.parent / "shared" / "data" / "tmd"
 MB = 1e6

@@ -16,8 +16,8 @@ from archive_helpers import check_progress, index_of, raw_member_data, same, sav
 from conftest import require
 
 from tmd_nb.errors import FormatError
-from tmd_nb.formats import deflate
-from tmd_nb.formats.archive import read_npz
+from tmd_nb.storage import deflate
+from tmd_nb.storage.archive import read_npz
 
 
 @pytest.mark.parametrize("level", [None, 0, 1, 2, 3, 4, 6, 9])
@@ -401,7 +401,7 @@ def test_a_deflate_release_failing_the_checks_is_named_in_a_warning_at_import(tm
         import zlib, deflate
         deflate.deflate_compress = lambda data, level=-1: zlib.compress(bytes(data))
         import numpy as np, tmd_nb
-        from tmd_nb.formats import deflate as ours
+        from tmd_nb.storage import deflate as ours
         assert ours._libdeflate is None and ours.whole_inflater is None
         a = np.arange(5000.0).reshape(50, 100)
         path = tmd_nb.export_to_npz({{"height_map": a}}, {str(tmp_path / "w.npz")!r}, level="smallest")

@@ -28,10 +28,10 @@ from archive_helpers import (
 from conftest import require
 
 from tmd_nb.errors import FormatError
-from tmd_nb.formats import _io, deflate
-from tmd_nb.formats import archive as npz
-from tmd_nb.formats.archive import read_npz, write_npz
-from tmd_nb.formats.npy import read_npy, write_npy
+from tmd_nb.storage import _io, deflate
+from tmd_nb.storage import archive as npz
+from tmd_nb.storage.archive import read_npz, write_npz
+from tmd_nb.storage.npyfile import read_npy, write_npy
 
 # ------------------------------------------------------------------------------------------
 # round trips and interop

@@ -11,8 +11,8 @@ from typing import Any
 
 from ._version import __version__
 from .batch import ConvertReport, convert
+from .chunks import load_metadata, open_dask
 from .errors import FormatError, MetadataNotStoredWarning, UndecodedMetadataWarning
-from .formats.chunks import load_metadata, open_dask
 from .formats.gwy import export_to_gwy, load_gwy
 from .formats.npy import export_to_npy, load_from_npy
 from .formats.npz import export_to_npz, load_from_npz

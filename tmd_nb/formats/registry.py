@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import FormatError
-from . import gwy, labelled, npy, npz, sdf, tmd, x3p
-from ._io import Progress, open_file
+from ..storage import labelled
+from ..storage._io import Progress, open_file
+from . import gwy, npy, npz, sdf, tmd, x3p
 from .base import Format, PathLike
 
 __all__ = [
@@ -166,7 +167,7 @@ def save(
     compress, level
         NPZ only (see :func:`tmd_nb.export_to_npz`); other formats refuse them. ``level`` is
         ``"fastest"`` (the default), ``"balanced"``, ``"smallest"`` or an integer 0-9: the ladder
-        is documented in :mod:`tmd_nb.formats.deflate`.
+        is documented in :mod:`tmd_nb.storage.deflate`.
     progress : callable, optional
         ``progress(done_bytes, total_bytes)``, called as the heights are written.
 

@@ -48,7 +48,7 @@ Parallel deflate
     compressed from scratch, so every chunk boundary is a point where the stream restarts with no
     reference to earlier data: the (compressed, uncompressed) offsets of those points are the
     member's chunk index (at most :data:`MAX_INDEX` of them, evenly thinned), which
-    :mod:`tmd_nb.formats.archive` stores in an extra field. At levels 4-9 each chunk is primed with the 32 KiB
+    :mod:`tmd_nb.storage.archive` stores in an extra field. At levels 4-9 each chunk is primed with the 32 KiB
     before it (as pigz does), which costs (almost) no compression but leaves no restart points.
     At ``"balanced"`` and ``"smallest"`` the libdeflate part is compressed first (it is the
     longest job) and written last; it starts from scratch, so its start is the one restart point.
@@ -90,7 +90,7 @@ from ..errors import FormatError
 from ..heightmap import is_dask_array
 from . import _io
 from ._io import Reporter, WriteBehind
-from .npy import data_pieces
+from .npyfile import data_pieces
 
 _isal_zlib: ModuleType | None
 try:  # ISA-L: the same deflate format, several times faster. A declared dependency, but optional here.
