@@ -61,7 +61,8 @@ from .heightmap import HEIGHT_MAP, check_height_map_header
 from .storage import npyfile
 from .storage._io import describe, open_file
 from .storage.archive import checked_members, read_npz
-from .storage.deflate import INFLATE_ERRORS, MemberStream, crc32_combine, crc32_of
+from .storage.inflate import MemberStream
+from .storage.libraries import INFLATE_ERRORS, crc32_combine, crc32_of
 
 _inflater: ModuleType
 try:  # the same inflater the archive reader uses, when installed

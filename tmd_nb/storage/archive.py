@@ -14,7 +14,7 @@ Archive layout (PKWARE APPNOTE 6.3; all integers little-endian)
       seekable, and no data descriptors are written), the name ``<key>.npy``; and, when the member
       could reach 4 GiB, a Zip64 extra field (tag ``0x0001``) holding both sizes, with
       ``0xFFFFFFFF`` in the 32-bit fields;
-    * the member's data: an NPY file (see :mod:`tmd_nb.formats.npy`), as it is or as one raw deflate
+    * the member's data: an NPY file (see :mod:`tmd_nb.storage.npyfile`), as it is or as one raw deflate
       stream (see :mod:`tmd_nb.storage.deflate`).
 
     Then the central directory, one entry per member (made by Unix, version 20 or 45, mode
@@ -49,7 +49,7 @@ The chunk-checksum extra field
 Safety
     No pickle is ever loaded and object dtypes are refused; a header's claimed size is compared
     with the bytes actually stored before anything is allocated for it (deflate members are
-    bounded by :data:`~tmd_nb.storage.deflate.MAX_DEFLATE_RATIO` of their compressed size); member names
+    bounded by :data:`~tmd_nb.storage.inflate.MAX_DEFLATE_RATIO` of their compressed size); member names
     must be unique ``.npy`` names; encrypted members and compression methods other than
     stored/deflate are refused; local headers must agree with the central directory, members must
     not overlap, CRCs are verified, and bytes after the data (of a member or of the archive) are
@@ -74,18 +74,9 @@ from ..errors import FormatError
 from ..heightmap import is_dask_array
 from . import _io
 from ._io import Progress, Reporter, WriteBehind, describe, open_file
-from .deflate import (
-    INFLATE_ERRORS,
-    Codec,
-    Deflater,
-    Level,
-    MemberStream,
-    crc32_of,
-    inflate_bound,
-    inflate_rest,
-    inflate_whole,
-    thread_count,
-)
+from .deflate import Codec, Deflater, Level, thread_count
+from .inflate import MemberStream, inflate_bound, inflate_rest, inflate_whole
+from .libraries import INFLATE_ERRORS, crc32_of
 from .npyfile import bytes_of, data_pieces, data_size, empty_array, header_bytes, header_length, parse_header
 
 __all__ = ["ZIP_MAGIC", "checked_members", "read_npz", "write_npz"]

@@ -53,56 +53,28 @@ Parallel deflate
     At ``"balanced"`` and ``"smallest"`` the libdeflate part is compressed first (it is the
     longest job) and written last; it starts from scratch, so its start is the one restart point.
 
-Inflate
-    A member without a chunk index (numpy's files, and anything another tool wrote) is one
-    deflate stream that only a sequential inflater reads: given libdeflate, its compressed bytes
-    are read whole and inflated in one call into the buffer the array is made over (memory: the
-    array plus the compressed member); otherwise ISA-L (or zlib) inflates it piece by piece
-    straight into the result. A member with a chunk index, given more than one thread and an ISA-L
-    with ``crc32_combine``, is inflated piece by piece on several threads. A piece must end with a
-    sync-flush mark and end the stream exactly when an empty final block follows it, so the
-    parallel result is exactly what a sequential inflater produces. The CRC-32 is checked either
-    way (the pieces' CRCs combined), the stream must end exactly at the end of the member, and no
-    member or piece may claim to inflate to more than :data:`MAX_DEFLATE_RATIO` times its
-    compressed size (plus 1 KiB).
+Inflate: :mod:`tmd_nb.storage.inflate`; the libraries and their import-time checks:
+:mod:`tmd_nb.storage.libraries`.
 """
 
 from __future__ import annotations
 
 import collections
-import ctypes
-import io
 import itertools
 import math
-import mmap
 import os
-import threading
-import warnings
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from types import ModuleType
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO
 
 import numpy as np
 
-from ..errors import FormatError
 from ..heightmap import is_dask_array
-from . import _io
+from . import libraries
 from ._io import Reporter, WriteBehind
+from .libraries import crc32_combine, crc32_of
 from .npyfile import data_pieces
-
-_isal_zlib: ModuleType | None
-try:  # ISA-L: the same deflate format, several times faster. A declared dependency, but optional here.
-    from isal import isal_zlib as _isal_zlib
-except ImportError:  # pragma: no cover - exercised by monkeypatching _isal_zlib to None
-    _isal_zlib = None
-
-_libdeflate: ModuleType | None
-try:  # libdeflate: whole streams only, but closer to zlib's sizes at several times its speed. Optional here.
-    import deflate as _libdeflate
-except ImportError:  # pragma: no cover - exercised by monkeypatching _libdeflate to None
-    _libdeflate = None
 
 __all__ = ["DEFAULT_LEVEL", "LEVEL_NAMES", "MAX_THREADS", "Level", "level_problem"]
 
@@ -130,35 +102,9 @@ MAX_THREADS = 8
 # blocks. Small enough to bound memory (a few chunks are in flight), large enough that the
 # boundaries cost nothing measurable in size.
 DEFLATE_CHUNK = 1 << 22
-# Inflate in pieces of this many output bytes (they are copied into the result, cache-warm).
-INFLATE_PIECE = 1 << 21
-# Compressed bytes read to inflate a member's NPY header (which may yet be inflated again, whole).
-HEADER_FEED = 1 << 14
-# Deflate cannot expand data by more than about 1032:1; anything claiming more is lying.
-MAX_DEFLATE_RATIO = 1100
 # Restart points kept per member; any subset of them is still a valid index.
 MAX_INDEX = 256
 _WINDOW = 1 << 15
-_SYNC_MARK = b"\x00\x00\xff\xff"  # the empty stored block a sync flush ends with
-_PROBE = b"\x03\x00"  # an empty final block: ends the stream only if it comes where a block may start
-
-# What inflating a damaged stream can raise (besides ValueError and the like).
-INFLATE_ERRORS: tuple[type[BaseException], ...] = (zlib.error,)
-if _isal_zlib is not None:
-    INFLATE_ERRORS += (_isal_zlib.error,)
-
-
-class _MemberData(Protocol):
-    """Where a member's compressed bytes lie and what they inflate to (from the zip directory)."""
-
-    start: int  # file offset of the member's data
-    csize: int
-    usize: int
-    crc: int
-    index: list[tuple[int, int]]  # restart points: (compressed, uncompressed) offsets
-
-    @property
-    def deflated(self) -> bool: ...
 
 
 def thread_count(threads: int | None) -> int:
@@ -171,51 +117,6 @@ def thread_count(threads: int | None) -> int:
     except (AttributeError, OSError):  # pragma: no cover - not Linux
         n = os.cpu_count() or 1
     return max(1, min(n, MAX_THREADS))
-
-
-def crc32_of(data: Any, crc: int = 0) -> int:
-    return (_isal_zlib.crc32 if _isal_zlib is not None else zlib.crc32)(data, crc)
-
-
-_CRC_POLY = 0xEDB88320  # CRC-32's polynomial, bit-reversed
-
-
-def _multmodp(a: int, b: int) -> int:
-    """``a * b`` modulo CRC-32's polynomial (zlib's multmodp: bit-reversed, x^0 in the top bit)."""
-    m, p = 1 << 31, 0
-    while True:
-        if a & m:
-            p ^= b
-            if not a & (m - 1):
-                return p
-        m >>= 1
-        b = (b >> 1) ^ _CRC_POLY if b & 1 else b >> 1
-
-
-_X2N = [1 << 30]  # x^(2^k) modulo the polynomial, for k = 0..31
-for _ in range(31):
-    _X2N.append(_multmodp(_X2N[-1], _X2N[-1]))
-
-
-def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
-    """The CRC-32 of ``a + b`` from ``crc1`` of ``a``, ``crc2`` of ``b`` and ``len(b)`` (zlib's algorithm).
-
-    ISA-L's when it has one; Python's zlib module has none, and this is a few microseconds.
-    """
-    if _isal_zlib is not None and hasattr(_isal_zlib, "crc32_combine"):
-        return int(_isal_zlib.crc32_combine(crc1, crc2, len2))
-    p, k, n = 1 << 31, 3, len2  # x^(8 * len2): the shift of crc1 past len2 bytes
-    while n:
-        if n & 1:
-            p = _multmodp(_X2N[k & 31], p)
-        n >>= 1
-        k += 1
-    return _multmodp(p, crc1) ^ crc2
-
-
-def inflate_bound(csize: int) -> int:
-    """The most bytes ``csize`` bytes of deflate stream can honestly inflate to."""
-    return csize * MAX_DEFLATE_RATIO + 1024
 
 
 # --------------------------------------------------------------------------------------------
@@ -251,14 +152,14 @@ class Codec:
         elif isinstance(level, str):
             self.name = level
             level, self.final = _NAMED[level]
-            if _libdeflate is None:
+            if libraries.libdeflate is None:
                 self.final = None
         assert isinstance(level, int)
         self.level = level
         # Level 0 means "stored" (write_npz never deflates with it): ISA-L's own level 0 uses
         # static Huffman codes only, and grows float data by 3-20%.
-        if level <= 3 and _isal_zlib is not None:
-            self.module: Any = _isal_zlib
+        if level <= 3 and libraries.isal_zlib is not None:
+            self.module: Any = libraries.isal_zlib
             self.lib_level = level
             self.prime = False
         elif level <= 3:
@@ -298,8 +199,8 @@ class Codec:
 
     def compress_final(self, data: memoryview) -> list[bytes]:
         """The member's last part as one whole deflate stream, from scratch (libdeflate)."""
-        assert _libdeflate is not None and self.final is not None
-        return [_libdeflate.deflate_compress(data, self.final)]
+        assert libraries.libdeflate is not None and self.final is not None
+        return [libraries.libdeflate.deflate_compress(data, self.final)]
 
 
 def _tail(pieces: list[memoryview], n: int) -> bytes:
@@ -473,404 +374,3 @@ def _deflate_member(
 # --------------------------------------------------------------------------------------------
 # Inflate, sequentially or in parallel pieces
 # --------------------------------------------------------------------------------------------
-
-
-class MemberStream:
-    """The uncompressed bytes of one member, produced on demand, bounded by its declared sizes."""
-
-    def __init__(self, f: io.FileIO, m: _MemberData, where: str) -> None:
-        self.f, self.m, self.where = f, m, where
-        self.left_in = m.csize  # compressed bytes not yet read from the file
-        self.left_out = m.usize  # uncompressed bytes not yet produced
-        self.crc = 0
-        self.tail = b""
-        self.feed = HEADER_FEED  # compressed bytes read at a time: few for the header, more for the data
-        f.seek(m.start)
-        self.d: Any = None
-        if m.deflated:
-            mod = _isal_zlib if _isal_zlib is not None else zlib
-            self.d = mod.decompressobj(-15)
-
-    def _feed(self) -> bytes:
-        data = self.tail
-        if not data and self.left_in:
-            data = self.f.read(min(self.left_in, self.feed))
-            if not data:
-                raise FormatError(f"{self.where} is truncated: its compressed data is cut off")
-            self.left_in -= len(data)
-        return data
-
-    def read(self, n: int) -> bytes:
-        """Exactly ``n`` bytes (``n`` <= what is left), for the header."""
-        out = bytearray()
-        while len(out) < n:
-            piece = self._produce(n - len(out))
-            out += piece
-        return bytes(out)
-
-    def readinto(self, buf: memoryview, progress: Callable[[int], None]) -> None:
-        """Fill ``buf`` (exactly the rest of the member's data), calling ``progress(n)`` on the way."""
-        pos = 0
-        total = len(buf)
-        self.feed = INFLATE_PIECE
-        if self.d is None:
-            while pos < total:
-                n = self.f.readinto(buf[pos : pos + _io.CHUNK])
-                if not n:
-                    raise FormatError(f"{self.where} is truncated: its data is cut off")
-                self.crc = crc32_of(buf[pos : pos + n], self.crc)
-                self.left_in -= n
-                self.left_out -= n
-                pos += n
-                progress(n)
-            return
-        while pos < total:
-            piece = self._produce(min(INFLATE_PIECE, total - pos))
-            n = len(piece)
-            buf[pos : pos + n] = piece
-            pos += n
-            progress(n)
-
-    def _produce(self, n: int) -> bytes:
-        """Between 1 and ``n`` more bytes, with CRC accounting."""
-        if n > self.left_out:
-            raise FormatError(f"{self.where} holds fewer bytes than its NPY header needs")
-        if self.d is None:
-            data = self.f.read(n)
-            if not data:
-                raise FormatError(f"{self.where} is truncated: its data is cut off")
-            self.left_in -= len(data)
-        else:
-            data_in = self._feed()
-            data = self.d.decompress(data_in, n)
-            self.tail = self.d.unconsumed_tail
-            if not data:
-                if self.d.eof:
-                    raise FormatError(
-                        f"{self.where}: its deflate stream ends after {self.m.usize - self.left_out} "
-                        f"of {self.m.usize} bytes"
-                    )
-                if not data_in:
-                    raise FormatError(f"{self.where} is truncated: its deflate stream is cut off")
-                return b""
-        self.left_out -= len(data)
-        self.crc = crc32_of(data, self.crc)
-        return data
-
-    def finish(self) -> None:
-        """Check that the stream ends exactly here and that the CRC matches."""
-        if self.d is not None:
-            while not self.d.eof:
-                data_in = self._feed()
-                extra = self.d.decompress(data_in, 1)
-                self.tail = self.d.unconsumed_tail
-                if extra:
-                    raise FormatError(f"{self.where} holds more data than its sizes say")
-                if not data_in and not self.d.eof:
-                    raise FormatError(f"{self.where} is truncated: its deflate stream does not end")
-            left = self.left_in + len(self.tail) + len(self.d.unused_data)
-            if left:
-                raise FormatError(f"{self.where} has {left} bytes after the end of its deflate stream")
-        elif self.left_in:
-            raise FormatError(f"{self.where} has bytes after the array data")
-        if self.crc != self.m.crc:
-            raise FormatError(
-                f"{self.where} is corrupt: CRC-32 {self.crc:#010x} does not match the stored {self.m.crc:#010x}"
-            )
-
-
-class _WholeInflater:
-    """libdeflate's ``libdeflate_deflate_decompress_ex`` through ctypes, from the ``deflate`` package's own library.
-
-    The package's Python API returns a new buffer and does not say where the stream ended; the C
-    call inflates into a buffer we own and reports how many input bytes the stream took, so bytes
-    after its end are refused as on the streaming path. The GIL is released during the call.
-    Unavailable (None) when the library does not export the symbol (then the streaming path is used).
-    """
-
-    def __init__(self, path: str) -> None:
-        lib = ctypes.CDLL(path)
-        self.alloc = lib.libdeflate_alloc_decompressor
-        self.alloc.restype, self.alloc.argtypes = ctypes.c_void_p, []
-        self.free = lib.libdeflate_free_decompressor
-        self.free.restype, self.free.argtypes = None, [ctypes.c_void_p]
-        self.run = lib.libdeflate_deflate_decompress_ex
-        self.run.restype = ctypes.c_int
-        size_p = ctypes.POINTER(ctypes.c_size_t)
-        self.run.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t]
-        self.run.argtypes += [size_p, size_p]
-
-    def __call__(self, data: np.ndarray, out: np.ndarray, where: str) -> None:
-        """Inflate all of ``data`` into all of ``out`` (contiguous uint8 arrays), or raise FormatError."""
-        d = self.alloc()
-        if not d:  # pragma: no cover - out of memory
-            raise MemoryError("libdeflate could not allocate a decompressor")
-        used, made = ctypes.c_size_t(0), ctypes.c_size_t(0)
-        try:
-            result = self.run(
-                d, data.ctypes.data, data.nbytes, out.ctypes.data, out.nbytes, ctypes.byref(used), ctypes.byref(made)
-            )
-        finally:
-            self.free(d)
-        if result == 3:  # LIBDEFLATE_INSUFFICIENT_SPACE
-            raise FormatError(f"{where} holds more data than its sizes say")
-        if result != 0:  # LIBDEFLATE_BAD_DATA: corrupt or cut off
-            raise FormatError(f"{where} is corrupt or truncated: its deflate stream does not inflate")
-        if made.value != out.nbytes:
-            raise FormatError(f"{where}: its deflate stream ends after {made.value} of {out.nbytes} bytes")
-        if used.value != data.nbytes:
-            raise FormatError(f"{where} has {data.nbytes - used.value} bytes after the end of its deflate stream")
-
-
-# libdeflate at import: known vectors
-# ------------------------------------
-# The ``deflate`` package's public API compresses well (``deflate_compress``), but its inflate
-# neither says where the stream ended (so bytes after it could not be refused) nor releases the GIL,
-# and it allocates the result itself: so the whole-member inflate calls the library inside the
-# package's extension module through ctypes, with signatures declared here. pyproject.toml caps the
-# package at the releases tested; and at import both directions are checked against known vectors
-# (a stream zlib made, a fixed stream, a trailing byte, a short buffer, corrupt data). A release
-# that fails any check is not used: named levels fall back to zlib's (see the top of this module),
-# and members inflate through ISA-L or zlib, with a warning saying why.
-
-# A fixed raw deflate stream (zlib level 9, fixed Huffman codes) and what it inflates to.
-_KNOWN_STREAM = bytes.fromhex("2bc94d89cf4bb2524854c848cd4ccf2851c84d2cd051c84e2d285148ca2c5148cb2f02d17a0a2554560700")
-_KNOWN_PLAIN = b"tmd_nb: a height map, kept bit for bit. " * 3
-# Varied, partly compressible input (dynamic Huffman codes, short and long matches), 19 KB: a few ms.
-_VECTOR = b"".join(i.to_bytes(4, "little") for i in range(2000)) + b"height map " * 1000
-
-
-def _compressor_problem(lib: Any) -> str | None:
-    """Why ``lib.deflate_compress`` does not make raw deflate streams zlib inflates back, or None."""
-    for level in sorted({final for _, final in _NAMED.values() if final is not None}):
-        try:
-            out = lib.deflate_compress(_VECTOR, level)
-            d = zlib.decompressobj(-15)
-            back = d.decompress(bytes(out))
-        except Exception as exc:
-            return f"its deflate_compress at level {level} fails the known vector ({type(exc).__name__}: {exc})"
-        if back != _VECTOR or not d.eof or d.unused_data:
-            return f"its deflate_compress at level {level} makes a stream that does not inflate to its input"
-    return None
-
-
-def _inflater_problem(inflate: Callable[[np.ndarray, np.ndarray, str], None]) -> str | None:
-    """Why ``inflate`` (a :class:`_WholeInflater`) does not inflate the known vectors as it should, or None."""
-
-    def run(stream: bytes, size: int) -> bytes:
-        out = np.zeros(size, dtype=np.uint8)
-        inflate(np.frombuffer(stream, dtype=np.uint8).copy(), out, "known vector")
-        return out.tobytes()
-
-    c = zlib.compressobj(6, zlib.DEFLATED, -15)
-    made = c.compress(_VECTOR) + c.flush()
-    checks: list[tuple[str, bytes, int, bytes | str]] = [
-        ("a stream zlib made", made, len(_VECTOR), _VECTOR),
-        ("a fixed stream", _KNOWN_STREAM, len(_KNOWN_PLAIN), _KNOWN_PLAIN),
-        ("a stream with a byte after its end", made + b"\0", len(_VECTOR), "after the end"),
-        ("a stream into a buffer one byte short", made, len(_VECTOR) - 1, "more data than its sizes say"),
-        ("a stream into a buffer one byte long", made, len(_VECTOR) + 1, f"ends after {len(_VECTOR)} of"),
-        ("corrupt data", b"\xff" * 64, 1000, "does not inflate"),
-    ]
-    for what, stream, size, expected in checks:
-        try:
-            got: bytes | str = run(stream, size)
-        except FormatError as exc:
-            got = str(exc)
-        except Exception as exc:
-            return f"its decompressor fails on {what} ({type(exc).__name__}: {exc})"
-        if got != expected and not (isinstance(expected, str) and isinstance(got, str) and expected in got):
-            return f"its decompressor gets {what} wrong"
-    return None
-
-
-def _checked_libdeflate(lib: Any) -> tuple[Any, _WholeInflater | None, str | None]:
-    """The ``deflate`` module and the whole-member inflater, each None unless it passes its checks; and why not."""
-    if lib is None:
-        return None, None, None
-    problem = _compressor_problem(lib)
-    if problem is not None:
-        return None, None, problem
-    try:
-        inflater: _WholeInflater | None = _WholeInflater(lib._deflate.__file__)
-    except (OSError, AttributeError):  # a build that does not export libdeflate's API: streaming inflate
-        return lib, None, None
-    assert inflater is not None
-    problem = _inflater_problem(inflater)
-    return lib, (None if problem else inflater), problem
-
-
-_package = _libdeflate
-#: Why the installed ``deflate`` package (libdeflate) is not used, or not all of it; None when it is.
-LIBDEFLATE_PROBLEM: str | None
-_libdeflate, whole_inflater, LIBDEFLATE_PROBLEM = _checked_libdeflate(_package)
-if LIBDEFLATE_PROBLEM is not None:
-    warnings.warn(
-        f"tmd_nb does not use the installed deflate package {getattr(_package, '__version__', '?')} "
-        f"(libdeflate) as it is: {LIBDEFLATE_PROBLEM}; ISA-L and zlib stand in (the same files, made more slowly)",
-        RuntimeWarning,
-        stacklevel=2,
-    )
-#: Members larger than this are inflated piece by piece (with progress reports), never whole.
-WHOLE_INFLATE_MAX = 1 << 31
-
-
-# Results from this size on have their pages mapped on another thread while the input is read.
-PREFAULT_MIN = 1 << 24
-
-
-def _touch(buf: np.ndarray) -> None:
-    """Write one byte of every page, so that inflating into ``buf`` takes no page faults."""
-    buf[:: mmap.PAGESIZE] = 0
-
-
-def inflate_whole(f: io.FileIO, m: _MemberData, where: str, threads: int) -> np.ndarray | None:
-    """The member's bytes (header included) in a new uint8 array, CRC checked; None when another path is better.
-
-    For a deflated member without a chunk index (or read on one thread), with libdeflate available:
-    its compressed bytes are read whole and inflated in one call into the array returned, which
-    the caller makes the result's buffer (no copy). Memory: the compressed member, then the result.
-    """
-    if (
-        whole_inflater is None
-        or _libdeflate is None
-        or not m.deflated
-        or m.usize > WHOLE_INFLATE_MAX
-        or (m.index and threads > 1 and hasattr(_isal_zlib, "crc32_combine"))
-    ):
-        return None
-    out = np.empty(m.usize, dtype=np.uint8)
-    prefault: threading.Thread | None = None
-    if threads > 1 and m.usize >= PREFAULT_MIN:  # the kernel maps the result's pages while the input is read
-        prefault = threading.Thread(target=_touch, args=(out,), name="tmd_nb-prefault", daemon=True)
-        prefault.start()
-    try:
-        data = np.empty(m.csize, dtype=np.uint8)  # not zero-filled, unlike a bytearray
-        view = data.data
-        f.seek(m.start)
-        got = 0
-        while got < m.csize:
-            n = f.readinto(view[got:])
-            if not n:
-                raise FormatError(f"{where} is truncated: its compressed data is cut off")
-            got += n
-        del view
-    finally:
-        if prefault is not None:
-            prefault.join()
-    whole_inflater(data, out, where)
-    del data
-    crc = crc32_of(out)
-    if crc != m.crc:
-        raise FormatError(f"{where} is corrupt: CRC-32 {crc:#010x} does not match the stored {m.crc:#010x}")
-    return out
-
-
-def inflate_rest(
-    f: BinaryIO,
-    m: _MemberData,
-    stream: MemberStream,
-    head: bytes,
-    buf: memoryview,
-    where: str,
-    advance: Callable[[int], None],
-    threads: int,
-) -> None:
-    """Fill ``buf`` with the member's bytes after ``head`` (already read from ``stream``), CRC checked.
-
-    On ``threads`` threads when the member carries a chunk index, sequentially otherwise.
-    """
-    if (
-        m.index and m.deflated and threads > 1 and hasattr(os, "pread") and hasattr(_isal_zlib, "crc32_combine")
-    ):  # isal installed, and recent enough
-        _inflate_parallel(f, m, head, buf, where, advance, threads)
-    else:
-        stream.readinto(buf, advance)
-        stream.finish()
-
-
-def _inflate_parallel(
-    f: BinaryIO, m: _MemberData, head: bytes, buf: memoryview, where: str, advance: Callable[[int], None], threads: int
-) -> None:
-    """Inflate the pieces between the restart points of tmd_nb's chunk index on several threads.
-
-    Each piece is inflated from scratch; one that refers to data before its start fails to
-    inflate. A piece must end with a sync-flush mark, and an empty final block appended to it must
-    end the stream exactly: then a sequential inflater is at the same block boundary there, so the
-    result is exactly what any other reader of the archive gets (and the CRC is checked too).
-    """
-    isal = _isal_zlib
-    assert isal is not None  # the caller takes this path only when ISA-L is there
-    hlen = len(head)
-    bounds = [(0, 0), *m.index, (m.csize, m.usize)]
-    bad = f"{where} has a malformed tmd_nb chunk index"
-    for (c0, u0), (c1, u1) in itertools.pairwise(bounds):
-        if not (c0 < c1 and u0 < u1) or u1 - u0 > inflate_bound(c1 - c0):
-            raise FormatError(bad)
-    if bounds[1][1] < hlen:
-        raise FormatError(bad)
-    fd = f.fileno()
-
-    def piece(i: int) -> tuple[int, int]:
-        (c0, u0), (c1, u1) = bounds[i], bounds[i + 1]
-        last = i == len(bounds) - 2
-        if not last and os.pread(fd, 4, m.start + c1 - 4) != _SYNC_MARK:
-            raise FormatError(f"{bad}: no flush point at compressed offset {c1}")
-        d = isal.decompressobj(-15)
-        cpos, pos, crc, tail = c0, u0, 0, b""
-        while True:
-            if not tail and cpos < c1:
-                n = min(INFLATE_PIECE, c1 - cpos)
-                tail = os.pread(fd, n, m.start + cpos)
-                if len(tail) != n:
-                    raise FormatError(f"{where} is truncated: its compressed data is cut off")
-                cpos += n
-                if cpos == c1 and not last:
-                    tail += _PROBE
-            out = d.decompress(tail, INFLATE_PIECE)
-            tail = d.unconsumed_tail
-            if out:
-                end = pos + len(out)
-                if end > u1:
-                    raise FormatError(f"{bad}: a piece inflates to more than it says")
-                if pos < hlen:
-                    k = min(hlen - pos, len(out))
-                    if out[:k] != head[pos : pos + k]:
-                        raise FormatError(f"{bad}: it disagrees with the stream")
-                    buf[0 : len(out) - k] = out[k:]
-                else:
-                    buf[pos - hlen : end - hlen] = out
-                crc = isal.crc32(out, crc)
-                pos = end
-            elif d.eof or cpos >= c1:
-                break
-            if d.eof:
-                break
-        if pos != u1 or not d.eof or d.unused_data or tail or cpos != c1:
-            raise FormatError(f"{bad}: a piece does not inflate to exactly its {u1 - u0} bytes")
-        return crc, u1 - u0
-
-    crc: int | None = None
-    reported = hlen  # the header was reported already
-
-    def collect(future: Future[tuple[int, int]]) -> None:
-        nonlocal crc, reported
-        part_crc, n = future.result()
-        crc = part_crc if crc is None else isal.crc32_combine(crc, part_crc, n)
-        advance(n - reported)
-        reported = 0
-
-    pending: collections.deque[Future[tuple[int, int]]] = collections.deque()
-    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tmd_nb-inflate") as pool:
-        try:
-            for i in range(len(bounds) - 1):
-                pending.append(pool.submit(piece, i))
-                if len(pending) > threads:
-                    collect(pending.popleft())
-            while pending:
-                collect(pending.popleft())
-        finally:
-            for future in pending:
-                future.cancel()
-    if crc != m.crc:
-        raise FormatError(f"{where} is corrupt: CRC-32 {crc:#010x} does not match the stored {m.crc:#010x}")
