@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import tmd_nb  # noqa: E402
-from tmd_nb.formats import deflate  # noqa: E402
+from tmd_nb.storage import deflate, libraries  # noqa: E402
 
 SAMPLES = ROOT.parent / "shared" / "data" / "tmd"
 MB = 1e6
@@ -445,7 +445,7 @@ def bounds(d: Dataset, tmp: Path, repeats: int) -> str:
             os.fsync(f.fileno())
 
     c_cpu, _ = cpu_seconds(compress, repeats)
-    crc_cpu, _ = cpu_seconds(lambda: deflate.crc32_of(raw), repeats)
+    crc_cpu, _ = cpu_seconds(lambda: libraries.crc32_of(raw), repeats)
     w_cpu, _ = cpu_seconds(write, repeats)
     _, f_wall = cpu_seconds(write_fsync, repeats)
     s_cpu, s_wall = cpu_seconds(lambda: tmd_nb.export_to_npz({"height_map": a}, tmp / "b.npz"), repeats)
@@ -459,7 +459,7 @@ def bounds(d: Dataset, tmp: Path, repeats: int) -> str:
         f"over {cores} cores: {c_cpu / cores * 1e3:.0f} ms",
     ]
     np.savez_compressed(tmp / "nb.npz", height_map=a)
-    if deflate.whole_inflater is not None:  # the single-stream inflate floor for numpy's file
+    if libraries.whole_inflater is not None:  # the single-stream inflate floor for numpy's file
         import zipfile
 
         info = zipfile.ZipFile(tmp / "nb.npz").getinfo("height_map.npy")
@@ -469,7 +469,7 @@ def bounds(d: Dataset, tmp: Path, repeats: int) -> str:
             f.seek(info.header_offset + 30 + name_len + extra_len)
             data = np.frombuffer(bytearray(f.read(info.compress_size)), np.uint8)
         target = np.empty(info.file_size, np.uint8)
-        _, inflate_wall = cpu_seconds(lambda: deflate.whole_inflater(data, target, "x"), repeats)
+        _, inflate_wall = cpu_seconds(lambda: libraries.whole_inflater(data, target, "x"), repeats)
         _, np_wall = cpu_seconds(lambda: np.load(tmp / "nb.npz")["height_map"], repeats)
         _, ours_wall = cpu_seconds(lambda: tmd_nb.load_from_npz(tmp / "nb.npz"), repeats)
         lines += [

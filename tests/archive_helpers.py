@@ -16,8 +16,8 @@ import pytest
 from conftest import require
 
 from tmd_nb.errors import FormatError
-from tmd_nb.formats import archive as npz
-from tmd_nb.formats.archive import read_npz, write_npz
+from tmd_nb.storage import archive as npz
+from tmd_nb.storage.archive import read_npz, write_npz
 
 DTYPES = [
     "?",

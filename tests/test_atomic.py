@@ -14,7 +14,7 @@ import pytest
 
 import tmd_nb
 from tmd_nb import export_to_npy, export_to_npz, load_from_npz
-from tmd_nb.formats import atomic
+from tmd_nb.storage import atomic
 
 WRITERS = {"npz": export_to_npz, "npy": export_to_npy}
 

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 import tmd_nb
 from tmd_nb import FormatError, MetadataNotStoredWarning, export_to_npy, export_to_npz, load_from_npy, load_from_npz
-from tmd_nb.formats.metadata import MAX_DEPTH
+from tmd_nb.storage.metadata import MAX_DEPTH
 
 # Each example of a file round trip writes and fsyncs a file (about 0.1 s with metadata): this one
 # runs a quarter of the profile's examples, so that the thorough profile stays within its time in
@@ -295,7 +295,7 @@ def test_npy_mmap_is_read_only(tmp_path):
 
 def test_npy_that_is_not_2d_is_refused_from_its_header_before_reading_data(tmp_path, monkeypatch):
     np.save(tmp_path / "cube.npy", np.zeros((40, 40, 40)))
-    from tmd_nb.formats import npy
+    from tmd_nb.storage import npyfile as npy
 
     def must_not_read(*args, **kwargs):
         raise AssertionError("data was read before the header was checked")
@@ -397,7 +397,7 @@ def test_failed_validation_leaves_an_existing_file_untouched(tmp_path):
 
 @given(value=metadata_values)
 def test_metadata_values_never_change_type_silently(value):
-    from tmd_nb.formats.metadata import decode, encode
+    from tmd_nb.storage.metadata import decode, encode
 
     encoded, arrays = encode({"v": value})
     json_text = json.dumps(encoded, allow_nan=False)

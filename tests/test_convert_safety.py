@@ -19,7 +19,7 @@ from conftest import ROOT
 import tmd_nb
 from tmd_nb import batch
 from tmd_nb.__main__ import main
-from tmd_nb.formats import atomic
+from tmd_nb.storage import atomic
 
 NOT_OURS = "a file convert did not write is there at the output name; not replaced (overwrite=True replaces it)"
 EDITED = "the file at the output name changed since convert wrote it; not replaced (overwrite=True replaces it)"
@@ -334,7 +334,7 @@ def test_only_temporaries_of_dead_processes_are_removed_even_for_the_longest_nam
             sys.executable,
             "-c",
             "import os, signal, sys\n"
-            "from tmd_nb.formats.atomic import atomic_write\n"
+            "from tmd_nb.storage.atomic import atomic_write\n"
             "with atomic_write(sys.argv[1]) as f:\n"
             "    f.write(b'half')\n"
             "    f.flush()\n"

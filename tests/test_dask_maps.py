@@ -16,8 +16,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import tmd_nb
+from tmd_nb import chunks
 from tmd_nb.errors import FormatError
-from tmd_nb.formats import _io, archive, chunks, deflate
+from tmd_nb.storage import _io, archive, deflate
 
 da = pytest.importorskip("dask.array")
 distributed = pytest.importorskip("distributed")
@@ -416,7 +417,7 @@ def test_open_dask_names_the_extra_to_install_without_dask(tmp_path, monkeypatch
 def test_the_format_layer_imports_without_dask():
     code = (
         "import sys; sys.modules['dask'] = None; sys.modules['distributed'] = None\n"
-        "import tmd_nb, tmd_nb.formats.chunks, tmd_nb.batch\n"
+        "import tmd_nb, tmd_nb.chunks, tmd_nb.batch\n"
         "print(sorted(m for m in sys.modules if m.startswith(('dask', 'distributed', 'IPython'))))"
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -16,17 +16,17 @@ from archive_helpers import check_progress, index_of, raw_member_data, same, sav
 from conftest import require
 
 from tmd_nb.errors import FormatError
-from tmd_nb.formats import deflate
-from tmd_nb.formats.archive import read_npz
+from tmd_nb.storage import deflate, inflate, libraries
+from tmd_nb.storage.archive import read_npz
 
 
 @pytest.mark.parametrize("level", [None, 0, 1, 2, 3, 4, 6, 9])
 @pytest.mark.parametrize("isal", [True, False])
 def test_levels_and_zlib_fallback_write_standard_files(tmp_path, monkeypatch, level, isal):
     if isal:
-        require(deflate._isal_zlib is not None, "isal (ISA-L) is not installed")
+        require(libraries.isal_zlib is not None, "isal (ISA-L) is not installed")
     else:
-        monkeypatch.setattr(deflate, "_isal_zlib", None)
+        monkeypatch.setattr(libraries, "isal_zlib", None)
     # several chunks, compressed on two threads and joined into one stream
     monkeypatch.setattr(deflate, "DEFLATE_CHUNK", 1 << 14)
     a = surface(160, seed=level or 0)
@@ -71,9 +71,9 @@ def test_bad_level_is_refused(tmp_path, bad):
 
 
 def test_chunk_index_lets_members_inflate_in_parallel(tmp_path, monkeypatch):
-    require(deflate._isal_zlib is not None, "isal (ISA-L) is not installed")
+    require(libraries.isal_zlib is not None, "isal (ISA-L) is not installed")
     monkeypatch.setattr(deflate, "DEFLATE_CHUNK", 1 << 13)
-    monkeypatch.setattr(deflate, "INFLATE_PIECE", 1 << 12)
+    monkeypatch.setattr(inflate, "INFLATE_PIECE", 1 << 12)
     a = surface(150)
     path = save_npz(tmp_path / "p.npz", {"a": a, "b": np.arange(10)}, threads=2)
     _, values = index_of(path.read_bytes())
@@ -99,7 +99,7 @@ def test_chunk_index_lets_members_inflate_in_parallel(tmp_path, monkeypatch):
 
 
 def test_lying_chunk_index_is_refused(tmp_path, monkeypatch):
-    require(deflate._isal_zlib is not None, "isal (ISA-L) is not installed")
+    require(libraries.isal_zlib is not None, "isal (ISA-L) is not installed")
     monkeypatch.setattr(deflate, "DEFLATE_CHUNK", 1 << 13)
     a = surface(120)
     good = save_npz(tmp_path / "g.npz", {"a": a}, threads=2).read_bytes()
@@ -136,9 +136,9 @@ def test_lying_chunk_index_is_refused(tmp_path, monkeypatch):
 
 def _libdeflate_or_not(monkeypatch, libdeflate: bool) -> None:
     if libdeflate:
-        require(deflate._libdeflate is not None, "deflate (libdeflate) is not installed")
+        require(libraries.libdeflate is not None, "deflate (libdeflate) is not installed")
     else:
-        monkeypatch.setattr(deflate, "_libdeflate", None)
+        monkeypatch.setattr(libraries, "libdeflate", None)
 
 
 @pytest.mark.parametrize("level", deflate.LEVEL_NAMES)
@@ -179,7 +179,7 @@ def test_fastest_is_the_default_and_level_2(tmp_path):
 
 @pytest.mark.parametrize(("name", "number"), [("balanced", 6), ("smallest", 9)])
 def test_without_libdeflate_named_levels_are_zlib_levels(tmp_path, monkeypatch, name, number):
-    monkeypatch.setattr(deflate, "_libdeflate", None)
+    monkeypatch.setattr(libraries, "libdeflate", None)
     monkeypatch.setattr(deflate, "DEFLATE_CHUNK", 1 << 14)
     a = surface(150)
     named = save_npz(tmp_path / "n.npz", {"a": a}, level=name, threads=2)
@@ -188,7 +188,7 @@ def test_without_libdeflate_named_levels_are_zlib_levels(tmp_path, monkeypatch, 
 
 
 def test_ladder_sizes_against_numpy(tmp_path, monkeypatch):
-    require(deflate._libdeflate is not None, "deflate (libdeflate) is not installed")
+    require(libraries.libdeflate is not None, "deflate (libdeflate) is not installed")
     monkeypatch.setattr(deflate, "DEFLATE_CHUNK", 1 << 18)  # a 1 MB member split over two threads
     a = surface(512, seed=1)
     np.savez_compressed(tmp_path / "np.npz", height_map=a)
@@ -206,8 +206,8 @@ def test_ladder_sizes_against_numpy(tmp_path, monkeypatch):
 
 
 def test_split_member_carries_one_restart_point_and_inflates_in_parallel(tmp_path, monkeypatch):
-    require(deflate._libdeflate is not None, "deflate (libdeflate) is not installed")
-    require(deflate._isal_zlib is not None, "isal (ISA-L) is not installed")
+    require(libraries.libdeflate is not None, "deflate (libdeflate) is not installed")
+    require(libraries.isal_zlib is not None, "isal (ISA-L) is not installed")
     monkeypatch.setattr(deflate, "DEFLATE_CHUNK", 1 << 14)
     monkeypatch.setattr(deflate, "SPLIT_MIN", 1 << 12)
     a = surface(200, seed=5)
@@ -217,8 +217,8 @@ def test_split_member_carries_one_restart_point_and_inflates_in_parallel(tmp_pat
     usize = zipfile.ZipFile(path).getinfo("height_map.npy").file_size
     assert len(points) == 2 and points[1] == usize - share  # one (compressed, uncompressed) pair
     calls = []
-    real = deflate._inflate_parallel
-    monkeypatch.setattr(deflate, "_inflate_parallel", lambda *args: calls.append(args) or real(*args))
+    real = inflate._inflate_parallel
+    monkeypatch.setattr(inflate, "_inflate_parallel", lambda *args: calls.append(args) or real(*args))
     assert same(read_npz(path, threads=2)["height_map"], a) and len(calls) == 1
     assert same(read_npz(path, threads=1)["height_map"], a) and len(calls) == 1  # on one thread: whole
 
@@ -248,9 +248,9 @@ def test_unknown_level_names_the_choices(tmp_path, bad):
 @pytest.mark.parametrize("whole", [True, False])
 def test_numpys_files_inflate_whole_or_streamed_alike(tmp_path, monkeypatch, whole):
     if whole:
-        require(deflate.whole_inflater is not None, "libdeflate's decompressor is not reachable")
+        require(libraries.whole_inflater is not None, "libdeflate's decompressor is not reachable")
     else:
-        monkeypatch.setattr(deflate, "whole_inflater", None)
+        monkeypatch.setattr(libraries, "whole_inflater", None)
     a = surface(300, seed=2)
     f = np.asfortranarray(surface(40, seed=4).astype(">f8"))
     np.savez_compressed(tmp_path / "n.npz", height_map=a, f=f, empty=np.zeros((0, 3)), scalar=np.array(2.5))
@@ -263,7 +263,7 @@ def test_numpys_files_inflate_whole_or_streamed_alike(tmp_path, monkeypatch, who
 
 
 def test_whole_inflate_memory_is_the_array_and_the_compressed_member(tmp_path):
-    require(deflate.whole_inflater is not None, "libdeflate's decompressor is not reachable")
+    require(libraries.whole_inflater is not None, "libdeflate's decompressor is not reachable")
     import tracemalloc
 
     a = surface(700, seed=6)
@@ -280,7 +280,7 @@ def test_whole_inflate_memory_is_the_array_and_the_compressed_member(tmp_path):
 
 
 def test_whole_inflate_refuses_damage(tmp_path):
-    require(deflate.whole_inflater is not None, "libdeflate's decompressor is not reachable")
+    require(libraries.whole_inflater is not None, "libdeflate's decompressor is not reachable")
     from archive_helpers import build_zip, npy_bytes, refused
 
     body = npy_bytes(surface(50))
@@ -297,7 +297,7 @@ def test_whole_inflate_refuses_damage(tmp_path):
 
 @pytest.mark.parametrize("threads", [1, 2])
 def test_capped_libdeflate_part_still_makes_one_stream(tmp_path, monkeypatch, threads):
-    require(deflate._libdeflate is not None, "deflate (libdeflate) is not installed")
+    require(libraries.libdeflate is not None, "deflate (libdeflate) is not installed")
     monkeypatch.setattr(deflate, "DEFLATE_CHUNK", 1 << 14)
     monkeypatch.setattr(deflate, "SPLIT_MIN", 1 << 12)
     monkeypatch.setattr(deflate, "FINAL_MAX", 5000)  # most of the member is zlib's, the last 5000 bytes libdeflate's
@@ -311,7 +311,7 @@ def test_capped_libdeflate_part_still_makes_one_stream(tmp_path, monkeypatch, th
 @pytest.mark.parametrize("level", ["balanced", "smallest"])
 def test_dask_array_at_named_levels_gives_the_same_member_as_in_memory(tmp_path, monkeypatch, level):
     da = pytest.importorskip("dask.array")
-    require(deflate._libdeflate is not None, "deflate (libdeflate) is not installed")
+    require(libraries.libdeflate is not None, "deflate (libdeflate) is not installed")
     monkeypatch.setattr(deflate, "DEFLATE_CHUNK", 1 << 14)
     monkeypatch.setattr(deflate, "SPLIT_MIN", 1 << 12)
     a = surface(160, seed=9)
@@ -329,9 +329,9 @@ def test_dask_array_at_named_levels_gives_the_same_member_as_in_memory(tmp_path,
 
 
 def test_installed_libdeflate_passes_its_import_checks():
-    require(deflate._package is not None, "deflate (libdeflate) is not installed")
-    assert deflate.LIBDEFLATE_PROBLEM is None
-    assert deflate._libdeflate is deflate._package and deflate.whole_inflater is not None
+    require(libraries.libdeflate_package is not None, "deflate (libdeflate) is not installed")
+    assert libraries.LIBDEFLATE_PROBLEM is None
+    assert libraries.libdeflate is libraries.libdeflate_package and libraries.whole_inflater is not None
 
 
 class _ZlibWrapped:
@@ -346,7 +346,7 @@ class _ZlibWrapped:
 
 def _public_api_inflate(data, out, where):
     """Whole inflate through the package's public deflate_decompress, mapped onto FormatError like ours."""
-    lib = deflate._package
+    lib = libraries.libdeflate_package
     try:
         got = lib.deflate_decompress(data, out.nbytes)
     except lib.DeflateError:
@@ -357,33 +357,33 @@ def _public_api_inflate(data, out, where):
 
 
 def test_a_compressor_failing_the_known_vector_is_not_used():
-    lib, inflater, problem = deflate._checked_libdeflate(_ZlibWrapped)
+    lib, inflater, problem = libraries._checked_libdeflate(_ZlibWrapped)
     assert lib is None and inflater is None
     assert problem is not None and problem.startswith("its deflate_compress at level 2 fails the known vector")
 
 
 def test_an_inflater_failing_a_known_vector_is_not_used():
-    require(deflate._package is not None, "deflate (libdeflate) is not installed")
+    require(libraries.libdeflate_package is not None, "deflate (libdeflate) is not installed")
 
     def writes_nothing(data, out, where):  # as if the output pointer went astray
         pass
 
     def argument_error(data, out, where):  # as if the signature had changed
-        raise deflate.ctypes.ArgumentError("argument 4: wrong type")
+        raise libraries.ctypes.ArgumentError("argument 4: wrong type")
 
-    assert deflate._inflater_problem(writes_nothing) == "its decompressor gets a stream zlib made wrong"
-    assert deflate._inflater_problem(argument_error).startswith("its decompressor fails on a stream zlib made")
+    assert libraries._inflater_problem(writes_nothing) == "its decompressor gets a stream zlib made wrong"
+    assert libraries._inflater_problem(argument_error).startswith("its decompressor fails on a stream zlib made")
     # The package's public inflate does not say where the stream ended: bytes after it would pass.
-    assert deflate._inflater_problem(_public_api_inflate) == (
+    assert libraries._inflater_problem(_public_api_inflate) == (
         "its decompressor gets a stream with a byte after its end wrong"
     )
-    assert deflate._inflater_problem(deflate.whole_inflater) is None
+    assert libraries._inflater_problem(libraries.whole_inflater) is None
 
 
 def test_when_the_checks_fail_zlib_and_isal_stand_in(tmp_path, monkeypatch):
-    lib, inflater, _ = deflate._checked_libdeflate(_ZlibWrapped)
-    monkeypatch.setattr(deflate, "_libdeflate", lib)
-    monkeypatch.setattr(deflate, "whole_inflater", inflater)
+    lib, inflater, _ = libraries._checked_libdeflate(_ZlibWrapped)
+    monkeypatch.setattr(libraries, "libdeflate", lib)
+    monkeypatch.setattr(libraries, "whole_inflater", inflater)
     a = surface(120, seed=5)
     for name, number in [("balanced", 6), ("smallest", 9)]:  # the named levels become zlib's
         named = save_npz(tmp_path / f"{name}.npz", {"height_map": a}, level=name)
@@ -395,14 +395,14 @@ def test_when_the_checks_fail_zlib_and_isal_stand_in(tmp_path, monkeypatch):
 
 
 def test_a_deflate_release_failing_the_checks_is_named_in_a_warning_at_import(tmp_path):
-    require(deflate._package is not None, "deflate (libdeflate) is not installed")
+    require(libraries.libdeflate_package is not None, "deflate (libdeflate) is not installed")
     script = textwrap.dedent(
         f"""
         import zlib, deflate
         deflate.deflate_compress = lambda data, level=-1: zlib.compress(bytes(data))
         import numpy as np, tmd_nb
-        from tmd_nb.formats import deflate as ours
-        assert ours._libdeflate is None and ours.whole_inflater is None
+        from tmd_nb.storage import libraries as ours
+        assert ours.libdeflate is None and ours.whole_inflater is None
         a = np.arange(5000.0).reshape(50, 100)
         path = tmd_nb.export_to_npz({{"height_map": a}}, {str(tmp_path / "w.npz")!r}, level="smallest")
         assert (np.load(path)["height_map"] == a).all()
@@ -411,7 +411,13 @@ def test_a_deflate_release_failing_the_checks_is_named_in_a_warning_at_import(tm
     done = subprocess.run([sys.executable, "-W", "always", "-c", script], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert (
-        f"SlowCodecWarning: tmd_nb does not use the installed deflate package {deflate._package.__version__} "
+        "SlowCodecWarning: tmd_nb does not use the installed deflate package "
+        f"{libraries.libdeflate_package.__version__} "
         "(libdeflate) as it is: "
         "its deflate_compress at level 2 fails the known vector"
     ) in done.stderr.replace("\n", " ")
+
+
+def test_the_libdeflate_levels_checked_at_import_are_the_ones_the_ladder_uses():
+    used = sorted({final for _, final in deflate._NAMED.values() if final is not None})
+    assert used == list(libraries.LIBDEFLATE_LEVELS)

@@ -351,7 +351,7 @@ def test_preview_labels_axes_and_colour_bar_from_the_unit_keys() -> None:
 def test_preview_labels_follow_the_units_shorthand() -> None:
     """``units`` is the documented shorthand for both unit keys; the specific keys win.
 
-    The preview reads units only through ``tmd_nb.formats.units.physical``, so this holds as soon as
+    The preview reads units only through ``tmd_nb.storage.units.physical``, so this holds as soon as
     ``physical`` knows the shorthand.
     """
     both = display.picture_axes((48, 64), {"x_length": 640.0, "y_length": 480.0, "units": "um"})

@@ -25,7 +25,8 @@ from hostile_files import gwy_channel, gwy_component, gwy_object
 from tmd_nb import FormatError, export_to_gwy, export_to_x3p, load_gwy, load_x3p
 from tmd_nb import load as tmd_nb_load
 from tmd_nb.errors import MAX_MESSAGE
-from tmd_nb.formats import embedded, gwy, x3p
+from tmd_nb.formats import gwy, x3p
+from tmd_nb.storage import embedded
 
 HERE = Path(__file__).resolve().parent
 MB = 1 << 20

@@ -34,11 +34,12 @@ from hypothesis import strategies as st
 import tmd_nb
 from tmd_nb import FormatError, export_to_npy, export_to_npz, load, load_from_npy, load_from_npz
 from tmd_nb.errors import MAX_MESSAGE, UndecodedMetadataWarning
-from tmd_nb.formats import embedded, registry
-from tmd_nb.formats.metadata import MAX_DEPTH, MAX_TEXT_BYTES, MAX_VALUES
+from tmd_nb.formats import registry
 from tmd_nb.notebook import arguments
 from tmd_nb.notebook.display import HeightMapResult, summary_html, summary_text
 from tmd_nb.notebook.panel import ExportPanel, LoadPanel
+from tmd_nb.storage import embedded
+from tmd_nb.storage.metadata import MAX_DEPTH, MAX_TEXT_BYTES, MAX_VALUES
 
 HERE = Path(__file__).resolve().parent
 MB = 1 << 20
@@ -659,7 +660,7 @@ def test_a_damaged_tagged_value_is_one_format_error_saying_what_is_wrong(tmp_pat
 @pytest.mark.parametrize("bug", [KeyError, IndexError, TypeError, AttributeError])
 def test_a_bug_in_tmd_nb_surfaces_as_itself_not_as_a_corrupt_file(tmp_path: Path, monkeypatch, bug) -> None:
     """What tmd_nb's own code raises by mistake is not a property of the file."""
-    from tmd_nb.formats import archive, metadata
+    from tmd_nb.storage import archive, metadata
 
     path = export_to_npz({"height_map": hm(), "when": dt.time(3, 4, fold=1)}, tmp_path / "good.npz")
 

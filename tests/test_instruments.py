@@ -24,7 +24,8 @@ from conftest import ROOT, require
 
 import tmd_nb
 from tmd_nb import FormatError
-from tmd_nb.formats import instruments, registry, units
+from tmd_nb.formats import instruments, registry
+from tmd_nb.storage import units
 
 SAMPLES = ROOT.parent / "shared" / "data" / "instruments"
 HERE = Path(__file__).resolve().parent

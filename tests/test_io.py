@@ -12,9 +12,9 @@ from conftest import require
 
 from tmd_nb import load, load_tmd
 from tmd_nb.errors import FormatError
-from tmd_nb.formats import _io, deflate
-from tmd_nb.formats.archive import read_npz
-from tmd_nb.formats.npy import read_npy, write_npy
+from tmd_nb.storage import _io, deflate
+from tmd_nb.storage.archive import read_npz
+from tmd_nb.storage.npyfile import read_npy, write_npy
 
 
 def test_large_saves_write_back_while_writing(tmp_path, monkeypatch):

@@ -1,13 +1,18 @@
 """The package's structure, checked: layers, no import cycles, no private names across modules.
 
-``tmd_nb.formats`` (with ``heightmap`` and ``errors`` below it) is the format layer: numpy and
-the standard library only. ``tmd_nb.notebook`` builds on it. These tests read every module's
-imports, the lazy ones inside functions included, so a change that breaks the rules fails here.
+The layers of docs/ARCHITECTURE.md, lowest first: ``heightmap``, ``errors`` and ``_version``;
+``tmd_nb.storage`` (how a height map is stored); ``tmd_nb.formats`` (the formats and their
+registry); the adapters (``tmd_nb.notebook``, ``chunks``, ``batch``, ``xarray_io``,
+``xarray_backend``); the package itself (``tmd_nb/__init__``, ``__main__``). A module imports only
+modules of its own layer or below. Storage and formats are the format layer: numpy and the
+standard library only. These tests read every module's imports, the lazy ones inside functions
+included, so a change that breaks the rules fails here.
 """
 
 from __future__ import annotations
 
 import ast
+import importlib
 import subprocess
 import sys
 from pathlib import Path
@@ -25,11 +30,31 @@ def module_name(path: Path) -> str:
 
 
 MODULES = {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
-FORMAT_LAYER = sorted(
-    name
-    for name in MODULES
-    if name.startswith("tmd_nb.formats") or name in ("tmd_nb.heightmap", "tmd_nb.errors", "tmd_nb._version")
-)
+BOTTOM = ("tmd_nb.heightmap", "tmd_nb.errors", "tmd_nb._version")
+ADAPTERS = ("tmd_nb.notebook", "tmd_nb.chunks", "tmd_nb.batch", "tmd_nb.xarray_io", "tmd_nb.xarray_backend")
+LAYER_NAMES = ("bottom", "storage", "formats", "adapters", "package")
+
+
+def within(name: str, prefixes: tuple[str, ...]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def layer(name: str) -> int:
+    """The rank of module ``name``: a module may import modules of its own rank or lower only."""
+    if within(name, BOTTOM):
+        return 0
+    if within(name, ("tmd_nb.storage",)):
+        return 1
+    if within(name, ("tmd_nb.formats",)):
+        return 2
+    if within(name, ADAPTERS):
+        return 3
+    if name in ("tmd_nb", "tmd_nb.__main__"):
+        return 4
+    raise AssertionError(f"{name} is in no layer: place it in tests/test_layers.py and docs/ARCHITECTURE.md")
+
+
+FORMAT_LAYER = sorted(name for name in MODULES if layer(name) <= 2)
 
 
 def imports(name: str) -> list[tuple[str, list[str], int]]:
@@ -67,6 +92,46 @@ def test_every_module_is_seen() -> None:
     assert {"tmd_nb", "tmd_nb.formats.registry", "tmd_nb.notebook.magics", "tmd_nb.notebook.panel.export"} <= set(
         MODULES
     )
+
+
+def test_every_module_has_a_layer() -> None:
+    assert {name: LAYER_NAMES[layer(name)] for name in MODULES}["tmd_nb.chunks"] == "adapters"
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    return sorted(
+        f"{name} ({LAYER_NAMES[layer(name)]}) imports {target} ({LAYER_NAMES[layer(target)]})"
+        for name, targets in graph.items()
+        for target in targets
+        if target in MODULES and layer(target) > layer(name)
+    )
+
+
+def test_no_module_imports_a_module_of_a_higher_layer_lazily_or_not() -> None:
+    assert upward_imports({name: internal_edges(name) for name in MODULES}) == []
+
+
+def test_nothing_in_storage_imports_a_format() -> None:
+    offences = [
+        f"{name} imports {target}"
+        for name in MODULES
+        if within(name, ("tmd_nb.storage",))
+        for target in internal_edges(name)
+        if not within(target, ("tmd_nb.storage", *BOTTOM))
+    ]
+    assert offences == []
+
+
+def test_the_direction_check_sees_an_upward_import() -> None:
+    # A lazy import of the registry inside a storage module, as the graph would record it.
+    graph = {"tmd_nb.storage.units": {"tmd_nb.formats.registry"}, "tmd_nb.notebook.magics": {"tmd_nb.batch"}}
+    assert upward_imports(graph) == ["tmd_nb.storage.units (storage) imports tmd_nb.formats.registry (formats)"]
+
+
+def test_formats_holds_only_the_formats_and_their_registry() -> None:
+    modules = {name.rpartition(".")[2] for name in MODULES if name.startswith("tmd_nb.formats.")}
+    for name in modules - {"registry", "base"}:
+        assert hasattr(importlib.import_module(f"tmd_nb.formats.{name}"), "FORMAT"), name
 
 
 def test_there_are_no_import_cycles_lazy_or_not() -> None:

@@ -9,8 +9,8 @@ import pytest
 from archive_helpers import DTYPES, build_zip, npy_bytes, refused, same, sample, save_npz
 
 from tmd_nb.errors import FormatError
-from tmd_nb.formats.archive import read_npz
-from tmd_nb.formats.npy import read_npy, write_npy
+from tmd_nb.storage.archive import read_npz
+from tmd_nb.storage.npyfile import read_npy, write_npy
 
 
 @pytest.mark.parametrize("layout", ["C", "F", "strided"])

@@ -28,10 +28,10 @@ from archive_helpers import (
 from conftest import require
 
 from tmd_nb.errors import FormatError
-from tmd_nb.formats import _io, deflate
-from tmd_nb.formats import archive as npz
-from tmd_nb.formats.archive import read_npz, write_npz
-from tmd_nb.formats.npy import read_npy, write_npy
+from tmd_nb.storage import _io, deflate, inflate, libraries
+from tmd_nb.storage import archive as npz
+from tmd_nb.storage.archive import read_npz, write_npz
+from tmd_nb.storage.npyfile import read_npy, write_npy
 
 # ------------------------------------------------------------------------------------------
 # round trips and interop
@@ -110,7 +110,7 @@ def test_reads_archives_with_data_descriptors(tmp_path):
 def test_progress_is_monotone_and_ends_at_total(tmp_path, monkeypatch):
     monkeypatch.setattr(deflate, "DEFLATE_CHUNK", 1 << 14)
     monkeypatch.setattr(_io, "CHUNK", 1 << 13)
-    monkeypatch.setattr(deflate, "INFLATE_PIECE", 1 << 12)
+    monkeypatch.setattr(inflate, "INFLATE_PIECE", 1 << 12)
     a, b = surface(120), sample("<i8", (40, 30))
     for compress in (True, False):
         calls: list[tuple[int, int]] = []
@@ -169,8 +169,8 @@ def test_zip64_structures_with_a_lowered_limit(tmp_path, monkeypatch, compress):
 @pytest.mark.slow
 def test_real_zip64_member_over_4_gib(tmp_path):
     """One real member larger than 4 GiB (zeros: no memory is touched, the file stays small)."""
-    require(deflate._isal_zlib is not None, "isal (ISA-L) is not installed")
-    isal_zlib = deflate._isal_zlib
+    require(libraries.isal_zlib is not None, "isal (ISA-L) is not installed")
+    isal_zlib = libraries.isal_zlib
 
     big = np.zeros(2**32 + 100, np.uint8)
     path = save_npz(tmp_path / "big.npz", {"big": big, "after": np.arange(5)}, level=1)

@@ -71,7 +71,7 @@ def test_every_dependency_has_a_minimum_and_libdeflate_a_ceiling():
     for requirement in _requirements("dependencies"):
         _lowest(requirement)
     (deflate,) = [r for r in _requirements("dependencies") if r.name == "deflate"]
-    # tmd_nb calls the library inside the package's extension (tmd_nb/formats/deflate.py)
+    # tmd_nb calls the library inside the package's extension (tmd_nb/storage/libraries.py)
     assert any(s.operator == "<" for s in deflate.specifier), f"{deflate} has no upper bound"
 
 

@@ -28,7 +28,8 @@ from hypothesis import strategies as st
 
 import tmd_nb
 from tmd_nb import FormatError, MetadataNotStoredWarning
-from tmd_nb.formats import embedded, tmd, units
+from tmd_nb.formats import tmd
+from tmd_nb.storage import embedded, units
 
 V6 = b"Binary TrueMap Data File v2.0\r\n\0Created by TrueMap v6\r\n\0"
 FILL_BITS = 0xD01502F9  # float32(-1e10), TrueMap's no-data height
@@ -444,7 +445,7 @@ def test_a_conversion_is_the_correctly_rounded_value(value: float, a: str, b: st
 def in_metres(meta: dict, shape: tuple[int, int]) -> tuple[float, float, float, float, float]:
     """``(x_length, y_length, x_offset, y_offset, metres per height unit)``, by the documented rule.
 
-    Written out here from docs/FORMAT.md, not with tmd_nb.formats.units: the specific unit key,
+    Written out here from docs/FORMAT.md, not with tmd_nb.storage.units: the specific unit key,
     else ``units``, else millimetres; every length is given in this test.
     """
 

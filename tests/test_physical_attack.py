@@ -24,7 +24,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import tmd_nb
-from tmd_nb.formats import units
+from tmd_nb.storage import units
 
 WRITERS = ["tmd", "x3p", "gwy"]
 ANGSTROM_SIGN = "\u212b"  # what some software writes for the angstrom; NFC makes it U+00C5

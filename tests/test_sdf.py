@@ -281,9 +281,9 @@ def test_gwyddion_reads_what_export_to_sdf_writes(tmp_path, hm, units):
     container = gwyddion_reads(out, tmp_path)
     assert container is not None, "Gwyddion could not open an SDF file tmd_nb wrote"
     field = container["/0/data"]
-    phys = tmd_nb.formats.units.physical(data)
-    factor = tmd_nb.formats.units.metres_per(phys.height_unit)
-    lateral = tmd_nb.formats.units.metres_per(phys.lateral_unit)
+    phys = tmd_nb.storage.units.physical(data)
+    factor = tmd_nb.storage.units.metres_per(phys.height_unit)
+    lateral = tmd_nb.storage.units.metres_per(phys.lateral_unit)
     assert field.data.shape == hm.shape
     np.testing.assert_allclose(field.data, hm.astype(np.float64) * factor, rtol=1e-14)
     rows, cols = hm.shape

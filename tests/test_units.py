@@ -9,8 +9,8 @@ import x3pio
 from helpers import png_size
 
 import tmd_nb
-from tmd_nb.formats import units
 from tmd_nb.notebook.display import HeightMapResult, picture_axes, preview_png
+from tmd_nb.storage import units
 
 
 def test_defaults_are_the_truemap_convention() -> None:

@@ -24,8 +24,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import tmd_nb
-from tmd_nb.formats import chunks, registry
-from tmd_nb.formats.units import LENGTHS
+from tmd_nb import chunks
+from tmd_nb.formats import registry
+from tmd_nb.storage.units import LENGTHS
 
 xr = pytest.importorskip("xarray")
 from xarray.backends import BackendEntrypoint  # noqa: E402

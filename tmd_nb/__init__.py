@@ -17,6 +17,7 @@ from typing import Any
 
 from ._version import __version__
 from .batch import ConvertReport, convert
+from .chunks import load_metadata, open_dask
 from .errors import (
     ChecksumWarning,
     DroppedContentWarning,
@@ -29,7 +30,6 @@ from .errors import (
     TmdNbWarning,
     UndecodedMetadataWarning,
 )
-from .formats.chunks import load_metadata, open_dask
 from .formats.gwy import export_to_gwy, load_from_gwy, load_gwy
 from .formats.instruments import load_from_instrument, load_instrument
 from .formats.npy import export_to_npy, load_from_npy

@@ -40,7 +40,7 @@ Whose files are replaced
 
 Resuming
     Every output is written to a hidden temporary file beside it and renamed into place only
-    once complete (:mod:`tmd_nb.formats.atomic`). A run that is interrupted (Ctrl-C, a killed
+    once complete (:mod:`tmd_nb.storage.atomic`). A run that is interrupted (Ctrl-C, a killed
     process or worker) leaves finished outputs, their manifest lines and, at worst, temporary
     files; running it again skips an output only when its manifest line says it came from the
     same source, unchanged (size and ``mtime_ns``), and the output still has the recorded
@@ -83,8 +83,9 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from .errors import FormatError, shorten
-from .formats import atomic, registry
+from .formats import registry
 from .formats.base import PathLike
+from .storage import atomic
 
 __all__ = ["MANIFEST", "ConvertReport", "connect", "convert", "convert_file", "convert_files", "plan", "read_manifest"]
 

@@ -6,13 +6,13 @@ by name once tmd_nb is installed; xarray also picks it by itself for a file whos
 
 The Dataset holds one variable, ``"height_map"``, the DataArray :func:`tmd_nb.to_xarray` makes of
 ``tmd_nb.load(path)``: dims ``("y", "x")``, pixel-centre coordinates with units, the metadata in
-its ``attrs`` (:mod:`tmd_nb.formats.labelled`).
+its ``attrs`` (:mod:`tmd_nb.storage.labelled`).
 
 Lazy
     NPY files and NPZ archives are opened with their headers and metadata only: the heights are
     read when asked for (``.values``, ``.compute()``, ``.load()``), and only the window asked
     for (``da[:256, :256].values``), by the reader behind :func:`tmd_nb.open_dask`
-    (:class:`~tmd_nb.formats.chunks.HeightMapWindows`). With ``chunks=`` the DataArray is
+    (:class:`~tmd_nb.chunks.HeightMapWindows`). With ``chunks=`` the DataArray is
     Dask-backed, each block read on its own, so a map bigger than memory opens and computes in
     pieces; a deflated NPZ member prefers bands of whole rows (``chunks={}``), as each block
     inflates whole rows anyway. As with ``open_dask``, windows are not CRC-checked (the CRC covers
@@ -34,10 +34,10 @@ from xarray import Dataset, Variable
 from xarray.backends import BackendArray, BackendEntrypoint
 from xarray.core import indexing
 
+from .chunks import HeightMapWindows, load_metadata, open_windows
 from .formats import npy, npz, registry
-from .formats.chunks import HeightMapWindows, load_metadata, open_windows
-from .formats.labelled import DIMS, labels
 from .heightmap import HEIGHT_MAP, split_height_map
+from .storage.labelled import DIMS, labels
 
 __all__ = ["TmdNbBackendEntrypoint", "WindowsArray"]
 

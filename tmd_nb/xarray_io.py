@@ -2,7 +2,7 @@
 
 xarray is optional (``pip install 'tmd_nb[xarray]'``) and imported only when :func:`to_xarray`
 runs; ``import tmd_nb`` does not import it. The mapping between the metadata keys and the
-DataArray's dims, coordinates and attributes is documented in :mod:`tmd_nb.formats.labelled`;
+DataArray's dims, coordinates and attributes is documented in :mod:`tmd_nb.storage.labelled`;
 ``xr.open_dataarray(path, engine="tmd_nb")`` (:mod:`tmd_nb.xarray_backend`) gives the same
 DataArray as ``to_xarray(tmd_nb.load(path))``.
 """
@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from .formats.labelled import DIMS, from_labelled, labels
 from .heightmap import HEIGHT_MAP, split_height_map
+from .storage.labelled import DIMS, from_labelled, labels
 
 __all__ = ["XARRAY_MISSING", "from_xarray", "to_xarray"]
 

@@ -30,7 +30,7 @@ What :func:`export_to_gwy` writes (keys of the top container)
     A ``GwyContainer`` of strings, which Gwyddion's metadata browser shows: the metadata keys
     whose values are strings, numbers, booleans or dates, as text.
 ``/tmd_nb/record.json``, ``/tmd_nb/<name>``
-    tmd_nb's record (:mod:`tmd_nb.formats.embedded`) as string entries: the JSON as it is, each
+    tmd_nb's record (:mod:`tmd_nb.storage.embedded`) as string entries: the JSON as it is, each
     NPY array in base64 (``height_map`` when the float64 metres do not give back the exact map).
 
 What :func:`load_gwy` reads
@@ -75,10 +75,10 @@ import numpy as np
 
 from ..errors import FormatError, ModifiedFileWarning, renamed_keyword, warn
 from ..heightmap import in_memory, split_height_map
-from . import embedded, limits, units
-from ._io import Progress, open_file, read_into
-from ._io import Reporter as _Reporter
-from .atomic import atomic_write
+from ..storage import embedded, limits, units
+from ..storage._io import Progress, open_file, read_into
+from ..storage._io import Reporter as _Reporter
+from ..storage.atomic import atomic_write
 from .base import Format, PathLike
 
 __all__ = ["FORMAT", "MAGIC", "OTHER_UNITS", "check", "export_to_gwy", "load_from_gwy", "load_gwy", "scan"]

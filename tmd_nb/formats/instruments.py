@@ -53,8 +53,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import FormatError, renamed_keyword
-from . import units
-from ._io import Progress, open_file
+from ..storage import units
+from ..storage._io import Progress, open_file
 from .base import Format, PathLike
 
 __all__ = [

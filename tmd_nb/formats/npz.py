@@ -13,7 +13,7 @@ NPZ, format version 1
     ``metadata.npy``
         A 0-d unicode array holding one JSON object: the user's metadata keys at its top
         level. Values JSON holds natively are stored as themselves; other types are tagged
-        objects ``{"__tmd_type__": ...}`` (see :mod:`tmd_nb.formats.metadata`).
+        objects ``{"__tmd_type__": ...}`` (see :mod:`tmd_nb.storage.metadata`).
     ``<key>.npy`` / ``__array_<n>__.npy``
         Arrays found in the metadata, referenced from the JSON as
         ``{"__tmd_type__": "ndarray", "member": "<name>"}``. A top-level array is stored under
@@ -29,12 +29,12 @@ NPZ, format version 1
     :class:`~tmd_nb.errors.UndecodedMetadataWarning`. In a file tmd_nb wrote, metadata that is
     not valid JSON is damage: :class:`~tmd_nb.errors.FormatError`.
 
-Limits (see :mod:`tmd_nb.formats.metadata` and SECURITY.md): the metadata member holds at most
-:data:`~tmd_nb.formats.metadata.MAX_TEXT_BYTES` bytes (checked on its NPY header, before its data
-are inflated), at most :data:`~tmd_nb.formats.metadata.MAX_VALUES` JSON values (counted before
+Limits (see :mod:`tmd_nb.storage.metadata` and SECURITY.md): the metadata member holds at most
+:data:`~tmd_nb.storage.metadata.MAX_TEXT_BYTES` bytes (checked on its NPY header, before its data
+are inflated), at most :data:`~tmd_nb.storage.metadata.MAX_VALUES` JSON values (counted before
 any is built), and no metadata key ``height_map`` (the name of the height map itself).
 
-Every writer saves through :func:`tmd_nb.formats.atomic.atomic_write`; every reader refuses pickles and
+Every writer saves through :func:`tmd_nb.storage.atomic.atomic_write`; every reader refuses pickles and
 raises :class:`~tmd_nb.errors.FormatError` for malformed content. This module imports only
 numpy and the standard library.
 """
@@ -50,12 +50,12 @@ import numpy as np
 
 from ..errors import FormatError, UndecodedMetadataWarning, warn
 from ..heightmap import HEIGHT_MAP, check_height_map_header, keys_text, split_height_map
-from . import metadata
-from ._io import Progress
-from .archive import ZIP_MAGIC, read_npz, write_npz
-from .atomic import atomic_write
+from ..storage import metadata
+from ..storage._io import Progress
+from ..storage.archive import ZIP_MAGIC, read_npz, write_npz
+from ..storage.atomic import atomic_write
+from ..storage.deflate import level_problem
 from .base import Format, PathLike
-from .deflate import level_problem
 
 __all__ = [
     "FORMAT",
@@ -123,7 +123,7 @@ def export_to_npz(
     level : str or int, optional
         A rung of the compression ladder, ``"fastest"`` (the default), ``"balanced"`` or
         ``"smallest"``, or an integer level; what each means is documented once, in
-        :mod:`tmd_nb.formats.deflate`.
+        :mod:`tmd_nb.storage.deflate`.
     progress : callable, optional
         ``progress(done_bytes, total_bytes)``, called as the array data is written.
 
@@ -184,7 +184,7 @@ def check_member(key: str, dtype: np.dtype, shape: tuple[int, ...], where: str, 
 
     The height map must be one; the version a 0-d integer; the metadata text (in a file with a
     version member, or a 0-d string in any file) a 0-d string of at most
-    :data:`~tmd_nb.formats.metadata.MAX_TEXT_BYTES`. Every other member is returned to the caller.
+    :data:`~tmd_nb.storage.metadata.MAX_TEXT_BYTES`. Every other member is returned to the caller.
     """
     if key == HEIGHT_MAP:
         check_height_map_header(dtype, shape, where)

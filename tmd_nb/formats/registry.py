@@ -18,10 +18,11 @@ from typing import Any
 import numpy as np
 
 from ..errors import FormatError, renamed_keyword
-from . import gwy, instruments, labelled, npy, npz, sdf, tmd, x3p
-from ._io import Progress, open_file
+from ..storage import labelled
+from ..storage._io import Progress, open_file
+from ..storage.units import DEFAULT_UNIT, metres_per
+from . import gwy, instruments, npy, npz, sdf, tmd, x3p
 from .base import Format, PathLike
-from .units import DEFAULT_UNIT, metres_per
 
 __all__ = [
     "FORMATS",
@@ -295,7 +296,7 @@ def save(
     compress, level
         NPZ only (see :func:`tmd_nb.export_to_npz`); other formats refuse them. ``level`` is
         ``"fastest"`` (the default), ``"balanced"``, ``"smallest"`` or an integer 0-9: the ladder
-        is documented in :mod:`tmd_nb.formats.deflate`.
+        is documented in :mod:`tmd_nb.storage.deflate`.
     progress : callable, optional
         ``progress(done_bytes, total_bytes)``, called as the heights are written.
 

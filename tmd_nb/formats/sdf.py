@@ -33,7 +33,7 @@ Data type
     (complex maps give their real part). NaN and infinite heights are missing points (-DBL_MAX
     in float64: Gwyddion 2.62 masks only NaN there, so it shows them as -1.8e308 x Zscale).
 Trailer (``Name = Value`` lines, 7-bit ASCII, as ISO-2.0 requires)
-    tmd_nb's record (:mod:`tmd_nb.formats.embedded`): ``TmdNbRecord = <record.json>``,
+    tmd_nb's record (:mod:`tmd_nb.storage.embedded`): ``TmdNbRecord = <record.json>``,
     ``TmdNbArray<i> = <base64 name> <base64 NPY bytes>`` for each array, and ``TmdNbEnd = <number
     of TmdNb fields before it>`` (so that a cut trailer is noticed). The record's standard heights
     are the stored numbers themselves (its factor is 1), and ``height_map`` is stored only when
@@ -80,10 +80,10 @@ import numpy as np
 
 from ..errors import DroppedContentWarning, FormatError, ModifiedFileWarning, renamed_keyword, warn
 from ..heightmap import in_memory, split_height_map
-from . import embedded, metadata, units
-from ._io import Progress, open_file, read_into
-from ._io import Reporter as _Reporter
-from .atomic import atomic_write
+from ..storage import embedded, metadata, units
+from ..storage._io import Progress, open_file, read_into
+from ..storage._io import Reporter as _Reporter
+from ..storage.atomic import atomic_write
 from .base import Format, PathLike
 
 __all__ = ["FORMAT", "MAGICS", "check", "export_to_sdf", "load_from_sdf", "load_sdf", "looks_like_sdf"]

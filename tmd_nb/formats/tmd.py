@@ -79,11 +79,11 @@ import numpy as np
 
 from ..errors import FormatError, MetadataNotStoredWarning, renamed_keyword, warn
 from ..heightmap import in_memory, keys_text, split_height_map
-from . import units
-from ._io import Progress, Reporter, open_file, read_into
-from .atomic import atomic_write
+from ..storage import units
+from ..storage._io import Progress, Reporter, open_file, read_into
+from ..storage.atomic import atomic_write
+from ..storage.npyfile import write_data
 from .base import Format
-from .npy import write_data
 
 __all__ = [
     "FIELDS",

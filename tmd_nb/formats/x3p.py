@@ -24,7 +24,7 @@ MountainsMap, Gwyddion and R's x3ptools open:
 ``bindata/data.bin``, ``bindata/valid.bin``
     The heights; NaN and infinite heights are X3P's invalid points.
 Vendor extension files, IDs ``https://pypi.org/project/tmd-nb/<name>``
-    tmd_nb's record (:mod:`tmd_nb.formats.embedded`): ``record.json`` with every metadata key,
+    tmd_nb's record (:mod:`tmd_nb.storage.embedded`): ``record.json`` with every metadata key,
     typed, and ``<name>.npy`` for each array, plus ``height_map.npy`` when the standard heights
     do not give back the exact array (dtype, bits). Other software ignores them.
 
@@ -55,7 +55,7 @@ data size against the dimensions. x3pio reads the open file (not a copy of it) t
 that makes each large read once: x3pio reads a vendor file's bytes once per ``VendorSpecificID``
 naming it. Of tmd_nb's vendor files only those the record refers to are inflated, one at a time.
 Anything malformed raises :class:`~tmd_nb.errors.FormatError` naming the file. The writer
-refuses (before writing) what the reader would refuse: see :mod:`tmd_nb.formats.limits`.
+refuses (before writing) what the reader would refuse: see :mod:`tmd_nb.storage.limits`.
 """
 
 from __future__ import annotations
@@ -86,10 +86,10 @@ from ..errors import (
     warn,
 )
 from ..heightmap import in_memory, split_height_map
-from . import embedded, limits, metadata, units
-from ._io import Progress, open_file
-from .archive import ZIP_MAGIC
-from .atomic import atomic_write
+from ..storage import embedded, limits, metadata, units
+from ..storage._io import Progress, open_file
+from ..storage.archive import ZIP_MAGIC
+from ..storage.atomic import atomic_write
 from .base import Format, PathLike
 
 __all__ = ["FORMAT", "VENDOR", "check", "export_to_x3p", "load_from_x3p", "load_x3p", "looks_like_x3p"]

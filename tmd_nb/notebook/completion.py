@@ -15,8 +15,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..formats import registry
-from ..formats.deflate import LEVEL_NAMES
 from ..heightmap import exportable, exportable_names
+from ..storage.deflate import LEVEL_NAMES
 from .arguments import Syntax, tokenize
 
 __all__ = [

@@ -24,8 +24,8 @@ from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
-from ..formats.units import physical
 from ..heightmap import height_map_of, split_height_map
+from ..storage.units import physical
 
 __all__ = [
     "HeightMapResult",
@@ -266,9 +266,9 @@ def preview_png(
     strip beside a tall colour bar.
 
     With ``metadata`` that gives the lengths (``x_length``, ``y_length``; see
-    :mod:`tmd_nb.formats.units`), the axes show physical coordinates in the lateral unit from the
+    :mod:`tmd_nb.storage.units`), the axes show physical coordinates in the lateral unit from the
     offsets, with the aspect ratio of the real surface, and the colour bar names the height unit,
-    both as :func:`tmd_nb.formats.units.physical` reads them (``lateral_unit``/``height_unit``, or
+    both as :func:`tmd_nb.storage.units.physical` reads them (``lateral_unit``/``height_unit``, or
     the ``units`` shorthand; millimetres when the metadata names no unit, as in ``.tmd`` files).
     Otherwise the axes count rows and columns.
     """

@@ -24,8 +24,8 @@ from IPython.core.magic_arguments import argument, magic_arguments
 
 from ..errors import FormatError
 from ..formats import registry
-from ..formats.deflate import LEVEL_NAMES, Level, level_problem
 from ..heightmap import HEIGHT_MAP, keys_text, split_height_map
+from ..storage.deflate import LEVEL_NAMES, Level, level_problem
 from .arguments import Syntax, name_problem, parse_level, parse_line, parse_meta, resolve_name, syntax_of
 from .completion import register_completer, unregister_completer
 from .display import HeightMapResult, count_text, shape_text, size_text
@@ -148,7 +148,7 @@ def export_height_map(
     """Save ``data`` (2-D array or dict with "height_map") to ``path``, the format chosen by its extension.
 
     ``meta`` is merged into a shallow copy (``data`` itself is never modified). ``level`` is a
-    compression level (see :mod:`tmd_nb.formats.deflate`), for formats that compress. An existing
+    compression level (see :mod:`tmd_nb.storage.deflate`), for formats that compress. An existing
     file is refused unless ``force``. User mistakes raise :class:`UsageError` naming ``what``
     or the path; nothing is written then.
     """

@@ -11,8 +11,8 @@ from typing import Any
 import ipywidgets as widgets
 
 from ...formats import registry
-from ...formats.deflate import LEVEL_NAMES
 from ...heightmap import exportable, keys_text, split_height_map
+from ...storage.deflate import LEVEL_NAMES
 from ..display import (
     count_text,
     shape_text,
@@ -51,7 +51,7 @@ def format_choices() -> list[tuple[str, str, str]]:
 
 FORMATS: list[tuple[str, str, str]] = format_choices()
 EXTENSION = {fmt: ext for _, fmt, ext in FORMATS}
-#: (label, level) of the compression dropdown: the ladder of :mod:`tmd_nb.formats.deflate`, fastest first.
+#: (label, level) of the compression dropdown: the ladder of :mod:`tmd_nb.storage.deflate`, fastest first.
 _LEVEL_LABELS = {
     "fastest": "fastest (default)",
     "balanced": "balanced: within 1% of numpy's size",
@@ -238,7 +238,7 @@ class ExportPanel(Panel):
     @property
     def level(self) -> str:
         """The compression level of the ladder (``"fastest"``, ``"balanced"``, ``"smallest"``; see
-        :mod:`tmd_nb.formats.deflate`), used when :attr:`format` compresses."""
+        :mod:`tmd_nb.storage.deflate`), used when :attr:`format` compresses."""
         return self._level.value
 
     @level.setter

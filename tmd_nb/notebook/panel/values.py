@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ...formats import metadata
+from ...storage import metadata
 from ..display import (
     count_text,
     short_repr,

@@ -9,7 +9,7 @@ standard fields, a *record*:
     ``{"tmd_nb": 2, "height": {"dtype": "<f4", "factor": 0.001, "exact": null | "height_map",
     "missing": null | "__missing__"}, "fingerprint": "<crc32>", "checksums": {"<name>":
     "<crc32>", ...}, "metadata": {...}}``. ``metadata`` is the typed JSON of
-    :mod:`tmd_nb.formats.metadata` (as in the NPZ ``metadata`` member; a ``"height_map"`` key
+    :mod:`tmd_nb.storage.metadata` (as in the NPZ ``metadata`` member; a ``"height_map"`` key
     there is damage); ``height.factor`` is the size in metres of the height unit, by which the
     standard heights were multiplied; ``checksums`` holds the CRC-32 of each NPY member below,
     so that a changed byte is an error, never a changed height.
@@ -50,7 +50,7 @@ import numpy as np
 from ..errors import FormatError
 from ..heightmap import HEIGHT_MAP, check_height_map_header
 from . import metadata
-from .npy import data_size, header_bytes, parse_header, write_npy
+from .npyfile import data_size, header_bytes, parse_header, write_npy
 
 __all__ = [
     "MISSING",

@@ -6,7 +6,7 @@ What is read, and what it costs
     NPZ members tmd_nb deflated at levels 1-3 (the default is 2)
         carry a chunk index of the points where their deflate stream restarts from scratch (about
         every 4 MiB of uncompressed bytes, at most 256 points per member; see
-        :mod:`tmd_nb.formats.archive`). A window inflates every stretch between restart points
+        :mod:`tmd_nb.storage.archive`). A window inflates every stretch between restart points
         that holds any of its rows, whole: it costs the rows it spans (at full width), plus at
         most one stretch before its first row and one after its last.
     Other deflated members (written by ``numpy.savez_compressed``, or by tmd_nb at levels 4-9)
@@ -26,7 +26,7 @@ What a window checks
     The data, for deflated members: every stretch a window inflates must inflate to exactly the
     length the chunk index gives it and end exactly where the index says, and its CRC-32 must match
     (the member's CRC-32 for members without an index). Files tmd_nb writes now store a CRC-32 per
-    stretch beside the index (:mod:`tmd_nb.formats.archive`), which :func:`open_windows` checks,
+    stretch beside the index (:mod:`tmd_nb.storage.archive`), which :func:`open_windows` checks,
     combined, against the member's CRC-32: an index that does not match the stream is refused
     before any window is read. Files of older tmd_nb versions carry the index without those
     checksums: their windows check the lengths and ends of the stretches they read, not the
@@ -54,13 +54,15 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import FormatError
-from ..heightmap import HEIGHT_MAP, check_height_map_header
-from . import npy, npz, registry, tmd
-from ._io import describe, open_file
-from .archive import checked_members, read_npz
-from .base import PathLike
-from .deflate import INFLATE_ERRORS, MemberStream, crc32_combine, crc32_of
+from .errors import FormatError
+from .formats import npy, npz, registry, tmd
+from .formats.base import PathLike
+from .heightmap import HEIGHT_MAP, check_height_map_header
+from .storage import npyfile
+from .storage._io import describe, open_file
+from .storage.archive import checked_members, read_npz
+from .storage.inflate import MemberStream
+from .storage.libraries import INFLATE_ERRORS, crc32_combine, crc32_of
 
 _inflater: ModuleType
 try:  # the same inflater the archive reader uses, when installed
@@ -124,7 +126,7 @@ class HeightMapWindows:
     @property
     def usize(self) -> int:
         """The member's uncompressed size: NPY header and array data."""
-        return self.header_size + npy.data_size(self.dtype, self.shape)
+        return self.header_size + npyfile.data_size(self.dtype, self.shape)
 
     def __repr__(self) -> str:
         return f"HeightMapWindows({self.path!r}, {self.kind}, shape={self.shape}, dtype={self.dtype})"
@@ -272,11 +274,11 @@ def open_windows(path: PathLike) -> HeightMapWindows:
         st = os.fstat(f.fileno())
         identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
         if fmt is npy.FORMAT:
-            dtype, shape, fortran, offset = npy.parse_header(f, where)
+            dtype, shape, fortran, offset = npyfile.parse_header(f, where)
             check_height_map_header(dtype, shape, where)
-            if offset + npy.data_size(dtype, shape) != st.st_size:
+            if offset + npyfile.data_size(dtype, shape) != st.st_size:
                 raise FormatError(
-                    f"{where}: header claims {npy.data_size(dtype, shape)} data bytes "
+                    f"{where}: header claims {npyfile.data_size(dtype, shape)} data bytes "
                     f"but the file stores {st.st_size - offset}"
                 )
             return HeightMapWindows(full, dtype, (shape[0], shape[1]), fortran, data_offset=offset, identity=identity)
@@ -294,7 +296,7 @@ def open_windows(path: PathLike) -> HeightMapWindows:
         problem = None
         try:
             head = stream.read(min(m.usize, 12))
-            hlen = npy.header_length(head, member)
+            hlen = npyfile.header_length(head, member)
             if hlen > m.usize:
                 raise FormatError(f"{member} is shorter than its own NPY header")
             head += stream.read(hlen - len(head))
@@ -302,9 +304,9 @@ def open_windows(path: PathLike) -> HeightMapWindows:
             problem = f"{member} is corrupt: {exc}"
         if problem is not None:
             raise FormatError(problem)
-        dtype, shape, fortran, offset = npy.parse_header(io.BytesIO(head), member)
+        dtype, shape, fortran, offset = npyfile.parse_header(io.BytesIO(head), member)
         check_height_map_header(dtype, shape, member)
-        if offset != len(head) or offset + npy.data_size(dtype, shape) != m.usize:
+        if offset != len(head) or offset + npyfile.data_size(dtype, shape) != m.usize:
             raise FormatError(f"{member}: its NPY header does not match the {m.usize} bytes the archive stores")
         if not m.deflated:
             return HeightMapWindows(
@@ -343,7 +345,7 @@ def open_dask(path: PathLike, chunks: Any = "auto") -> Any:
     Nothing is read but the headers until the array (or a window of it) is computed; then each
     task reads only its own block: memory-mapped for NPY files and stored NPZ members, inflated
     from the nearest restart point for deflated members tmd_nb wrote, and from the start of the
-    stream for other deflated members (the top of :mod:`tmd_nb.formats.chunks` says what each
+    stream for other deflated members (the top of :mod:`tmd_nb.chunks` says what each
     costs). Slicing before computing reads only the slice: ``open_dask(p)[:256, :256].compute()``.
 
     Parameters

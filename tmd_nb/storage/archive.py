@@ -1,7 +1,7 @@
 """NPZ archives: zip archives of NPY members, written and read by tmd_nb's own zip code.
 
 The writer streams each array into its member (no copy of the array is made), compressing with
-:mod:`tmd_nb.formats.deflate`, and writes the zip structures itself, with Zip64 where needed; the reader
+:mod:`tmd_nb.storage.deflate`, and writes the zip structures itself, with Zip64 where needed; the reader
 checks every structure before it trusts it and inflates straight into the preallocated arrays.
 Whatever the writer produces is an ordinary NPZ that plain ``numpy.load`` opens.
 
@@ -14,8 +14,8 @@ Archive layout (PKWARE APPNOTE 6.3; all integers little-endian)
       seekable, and no data descriptors are written), the name ``<key>.npy``; and, when the member
       could reach 4 GiB, a Zip64 extra field (tag ``0x0001``) holding both sizes, with
       ``0xFFFFFFFF`` in the 32-bit fields;
-    * the member's data: an NPY file (see :mod:`tmd_nb.formats.npy`), as it is or as one raw deflate
-      stream (see :mod:`tmd_nb.formats.deflate`).
+    * the member's data: an NPY file (see :mod:`tmd_nb.storage.npyfile`), as it is or as one raw deflate
+      stream (see :mod:`tmd_nb.storage.deflate`).
 
     Then the central directory, one entry per member (made by Unix, version 20 or 45, mode
     0644), whose extra fields are: a Zip64 field with those of the uncompressed size, compressed
@@ -31,11 +31,11 @@ The chunk-index extra field
     member's data and from the start of its NPY bytes, in increasing order, excluding 0 and the
     ends: the points where the member's deflate stream restarts from scratch (the previous chunk
     ended with a sync flush, and nothing after refers to data before). ``n`` is at most
-    :data:`~tmd_nb.formats.deflate.MAX_INDEX`. Stored members, members of one chunk and members deflated
+    :data:`~tmd_nb.storage.deflate.MAX_INDEX`. Stored members, members of one chunk and members deflated
     at zlib's levels (4-9, each chunk primed with the previous one) have no index; members written
     at ``"balanced"`` or ``"smallest"`` on several threads have one point, where the libdeflate part
     starts. With it, the reader inflates the pieces between the points on every core (given ISA-L:
-    see :mod:`tmd_nb.formats.deflate`).
+    see :mod:`tmd_nb.storage.deflate`).
 
 The chunk-checksum extra field
     Tag ``0x6374`` (:data:`_CRCS_EXTRA`), written beside every chunk index, in the central
@@ -43,13 +43,13 @@ The chunk-checksum extra field
     each piece (from the start of the member to the first restart point, between restart points,
     from the last one to the end). Combined (``crc32_combine`` with the pieces' lengths) they must
     give the member's CRC-32, which checks every offset of the index without inflating anything;
-    and a window that inflates a piece checks its bytes (:mod:`tmd_nb.formats.chunks`). Archives
+    and a window that inflates a piece checks its bytes (:mod:`tmd_nb.chunks`). Archives
     of tmd_nb versions before this field carry the index alone, and still load.
 
 Safety
     No pickle is ever loaded and object dtypes are refused; a header's claimed size is compared
     with the bytes actually stored before anything is allocated for it (deflate members are
-    bounded by :data:`~tmd_nb.formats.deflate.MAX_DEFLATE_RATIO` of their compressed size); member names
+    bounded by :data:`~tmd_nb.storage.inflate.MAX_DEFLATE_RATIO` of their compressed size); member names
     must be unique ``.npy`` names; encrypted members and compression methods other than
     stored/deflate are refused; local headers must agree with the central directory, members must
     not overlap, CRCs are verified, and bytes after the data (of a member or of the archive) are
@@ -74,19 +74,10 @@ from ..errors import FormatError
 from ..heightmap import is_dask_array
 from . import _io
 from ._io import Progress, Reporter, WriteBehind, describe, open_file
-from .deflate import (
-    INFLATE_ERRORS,
-    Codec,
-    Deflater,
-    Level,
-    MemberStream,
-    crc32_of,
-    inflate_bound,
-    inflate_rest,
-    inflate_whole,
-    thread_count,
-)
-from .npy import bytes_of, data_pieces, data_size, empty_array, header_bytes, header_length, parse_header
+from .deflate import Codec, Deflater, Level, thread_count
+from .inflate import MemberStream, inflate_bound, inflate_rest, inflate_whole
+from .libraries import INFLATE_ERRORS, crc32_of
+from .npyfile import bytes_of, data_pieces, data_size, empty_array, header_bytes, header_length, parse_header
 
 __all__ = ["ZIP_MAGIC", "checked_members", "read_npz", "write_npz"]
 
@@ -195,11 +186,11 @@ def write_npz(
     ``compress=False`` stores the bytes as they are. With ``compress=True``, ``level`` is one of
     the ladder's names ``"fastest"`` (= ``None``, the default), ``"balanced"`` or ``"smallest"``,
     or an integer as in zlib (``0`` stored, ``1``-``3`` ISA-L's levels, ``4``-``9`` zlib's): the top
-    of :mod:`tmd_nb.formats.deflate` says what each one means.
+    of :mod:`tmd_nb.storage.deflate` says what each one means.
 
-    Either way members larger than one chunk (:data:`~tmd_nb.formats.deflate.DEFLATE_CHUNK`) are
+    Either way members larger than one chunk (:data:`~tmd_nb.storage.deflate.DEFLATE_CHUNK`) are
     compressed on ``threads`` threads (default: every available core, at most
-    :data:`~tmd_nb.formats.deflate.MAX_THREADS`) and joined into one standard deflate stream.
+    :data:`~tmd_nb.storage.deflate.MAX_THREADS`) and joined into one standard deflate stream.
     ``progress(done_bytes, total_bytes)`` counts array data bytes.
     """
     codec = Codec(level) if compress else None

@@ -1,7 +1,7 @@
 """What the X3P and Gwyddion writers refuse because their readers would refuse it.
 
-Both formats carry tmd_nb's record (:mod:`tmd_nb.formats.embedded`), whose JSON text a reader
-accepts up to :data:`~tmd_nb.formats.embedded.MAX_RECORD` bytes; an X3P file also holds at most
+Both formats carry tmd_nb's record (:mod:`tmd_nb.storage.embedded`), whose JSON text a reader
+accepts up to :data:`~tmd_nb.storage.embedded.MAX_RECORD` bytes; an X3P file also holds at most
 :data:`tmd_nb.formats.x3p.MAX_MEMBERS` zip members, one per metadata array. A save checks both
 before anything is written, so that whatever tmd_nb writes, tmd_nb loads. Both store lengths and
 offsets in metres, which must be finite numbers.

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from ..heightmap import is_dask_array
-from .npy import is_array_kind  # what the NPY layer stores is what metadata may hold
+from .npyfile import is_array_kind  # what the NPY layer stores is what metadata may hold
 
 __all__ = [
     "MAX_DEPTH",
