@@ -28,6 +28,14 @@ standard fields, a *record*:
     standard heights hold a value there: formats whose other readers need a number everywhere
     (Gwyddion) fill them, and tmd_nb makes them NaN again.
 
+``height.stored`` (version 3)
+    ``true`` when the format gave the numbers its file stores for the heights (X3P's
+    ``data.bin``: the heights in their own unit, the Z increment saying how many metres that
+    is) instead of metres: the fingerprint covers those numbers (their little-endian bytes,
+    every NaN the same NaN) and the map is restored by casting them to ``dtype``, with no
+    division, so that a float64 map in millimetres needs no exact copy. Versions 1 and 2 are
+    read with the standard heights, as before.
+
 Version 1 records (tmd_nb before physical fields were fingerprinted) have a fingerprint of the
 heights only and no checksums or ``missing``: they are read as before, the format passing the
 heights as version 1 saw them; an edit of their lengths alone goes unnoticed, as it did then.
@@ -41,7 +49,7 @@ from __future__ import annotations
 import io
 import json
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,6 +66,7 @@ __all__ = [
     "RECORD_VERSION",
     "Record",
     "fingerprint",
+    "from_stored",
     "grid",
     "npy_bytes",
     "pack",
@@ -67,7 +76,7 @@ __all__ = [
 ]
 
 RECORD = "record.json"
-RECORD_VERSION = 2
+RECORD_VERSION = 3
 #: The member marking points the standard heights fill although they are missing.
 MISSING = "__missing__"
 #: Longest record text accepted (the arrays are separate).
@@ -82,14 +91,32 @@ def _crc_values(seen: np.ndarray, crc: int = 0) -> int:
     return zlib.crc32(values.view(np.uint8).reshape(-1).data, crc)
 
 
-def fingerprint(seen: np.ndarray, fields: Mapping[str, Any] | None = None, extra: tuple[np.ndarray, ...] = ()) -> str:
+def _crc_stored(stored: np.ndarray) -> int:
+    """CRC-32 of stored numbers as they are (no float64 copy), every NaN made the same NaN."""
+    values = np.ascontiguousarray(stored, dtype=stored.dtype.newbyteorder("<"))
+    if values.dtype.kind == "f":
+        nan = np.isnan(values)
+        if nan.any():
+            values = np.where(nan, np.array(np.nan, values.dtype), values)
+    return zlib.crc32(values.reshape(-1).view(np.uint8).data)
+
+
+def fingerprint(
+    seen: np.ndarray,
+    fields: Mapping[str, Any] | None = None,
+    extra: tuple[np.ndarray, ...] = (),
+    *,
+    stored: bool = False,
+) -> str:
     """CRC-32 of what a reader of the standard fields sees, every NaN made the same NaN.
 
-    ``seen``: the heights as float64; ``extra``: other arrays shown (a mask); ``fields``:
-    lengths, offsets, units... (floats and strings). Without ``fields`` and ``extra``, the
-    version 1 fingerprint: the heights alone.
+    ``seen``: the heights as float64, or (``stored``) the numbers the file stores for them;
+    ``extra``: other arrays shown (a mask); ``fields``: lengths, offsets, units... (floats and
+    strings). Without ``fields`` and ``extra``, the version 1 fingerprint: the heights alone.
     """
-    crc = _crc_values(seen)
+    crc = _crc_stored(seen) if stored else _crc_values(seen)
+    if stored:
+        crc = zlib.crc32(seen.dtype.newbyteorder("<").str.encode("ascii"), crc)
     if fields is None and not extra:
         return f"{crc:08x}"
     for array in extra:
@@ -115,6 +142,14 @@ def restore(seen: np.ndarray, dtype: np.dtype, factor: float) -> np.ndarray:
             finite = np.isfinite(values)
             return np.where(finite, np.rint(np.where(finite, values, 0.0)), 0.0).astype(dtype)
         return values.astype(dtype)
+
+
+def from_stored(stored: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """The height map of ``dtype`` that a format's stored numbers (in the height unit) stand for."""
+    if dtype.kind == "f" and stored.dtype.kind == "f":
+        with np.errstate(over="ignore"):
+            return stored.astype(dtype, copy=False)  # no copy when the types agree
+    return restore(stored, dtype, 1.0)
 
 
 def standard_heights(array: np.ndarray, factor: float) -> np.ndarray:
@@ -151,7 +186,12 @@ def _array(raw: bytes, where: str) -> np.ndarray:
 
 
 def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
-    return a.dtype == b.dtype and a.shape == b.shape and np.ascontiguousarray(a).tobytes() == b.tobytes()
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    if a is b:  # the map itself restored (stored with no conversion)
+        return True
+    flat_a = np.ascontiguousarray(a).reshape(-1).view(np.uint8)
+    return bool(np.array_equal(flat_a, np.ascontiguousarray(b).reshape(-1).view(np.uint8)))
 
 
 def pack(
@@ -163,8 +203,12 @@ def pack(
     fields: Mapping[str, Any] | None = None,
     extra: tuple[np.ndarray, ...] = (),
     filled: np.ndarray | None = None,
+    stored: bool = False,
 ) -> dict[str, bytes]:
     """The record of ``height_map`` and ``meta``, whose standard heights are ``seen`` (NaN where missing).
+
+    With ``stored``, ``seen`` is what the file stores instead: the heights in their own unit,
+    which a reader scales by ``factor``; the map is restored from them by a cast (version 3).
 
     ``fields`` and ``extra`` are the other standard fields and arrays a reader sees (see
     :func:`fingerprint`); ``filled`` is what the file holds instead of ``seen`` when the format
@@ -176,7 +220,10 @@ def pack(
     encoded, arrays = metadata.encode(meta, reserved={HEIGHT_MAP, RECORD, MISSING})
     for name, value in arrays.items():
         header_bytes(value, f"metadata array {name!r}")
-    exact = not _same_bits(height_map, restore(seen, height_map.dtype, factor))
+    if stored:
+        exact = not _same_bits(height_map, from_stored(seen, height_map.dtype))
+    else:
+        exact = not _same_bits(height_map, restore(seen, height_map.dtype, factor))
     missing = None
     if filled is not None:
         gaps = np.isnan(seen) & ~np.isnan(filled)
@@ -190,15 +237,18 @@ def pack(
         members[MISSING] = npy_bytes(missing)
     for name, value in arrays.items():
         members[name] = npy_bytes(value)
+    described: dict[str, Any] = {
+        "dtype": height_map.dtype.str,
+        "factor": factor,
+        "exact": HEIGHT_MAP if exact else None,
+        "missing": MISSING if missing is not None else None,
+    }
+    if stored:
+        described["stored"] = True
     record = {
-        "tmd_nb": RECORD_VERSION,
-        "height": {
-            "dtype": height_map.dtype.str,
-            "factor": factor,
-            "exact": HEIGHT_MAP if exact else None,
-            "missing": MISSING if missing is not None else None,
-        },
-        "fingerprint": fingerprint(shown, fields or {}, extra),
+        "tmd_nb": RECORD_VERSION if stored else 2,  # a version 2 reader reads what needs no more
+        "height": described,
+        "fingerprint": fingerprint(shown, fields or {}, extra, stored=stored),
         "checksums": {name: _checksum(raw) for name, raw in members.items()},
         "metadata": encoded,
     }
@@ -220,18 +270,22 @@ class Record:
 
 def unpack(
     members: Mapping[str, bytes],
-    seen: np.ndarray,
+    seen: np.ndarray | Callable[[], np.ndarray],
     where: str,
     *,
     fields: Mapping[str, Any] | None = None,
     extra: tuple[np.ndarray, ...] = (),
     legacy: np.ndarray | None = None,
+    stored: np.ndarray | None = None,
 ) -> Record:
     """Read the record ``members`` (as :func:`pack` made them) of a file whose standard heights are ``seen``.
 
     ``fields`` and ``extra`` are what :func:`pack` was given, as the file's reader sees them now;
     ``legacy`` the heights as a version 1 record fingerprinted them, when that differs from
-    ``seen``. Raises :class:`FormatError` naming ``where`` for a malformed or damaged record.
+    ``seen``; ``stored`` the numbers the file stores for the heights, if the format gives them
+    (a version 3 record with ``height.stored`` is read from them). ``seen`` may be a function
+    making the heights, called only when they are needed. Raises :class:`FormatError` naming
+    ``where`` for a malformed or damaged record.
     """
     text = members[RECORD]
     if len(text) > MAX_RECORD:
@@ -257,6 +311,7 @@ def unpack(
         factor = float(height["factor"])
         exact = height.get("exact")
         missing = height.get("missing")
+        by_stored = obj["tmd_nb"] >= 3 and height.get("stored", False) is True
         stamp = str(obj["fingerprint"])
         encoded = obj["metadata"]
         checksums = obj.get("checksums", {})
@@ -291,13 +346,21 @@ def unpack(
         raise FormatError(
             f"{where}: its tmd_nb record's metadata has a 'height_map' key, which would replace the height map"
         )
-    if obj["tmd_nb"] < 2:
-        seen = seen if legacy is None else legacy
-        current = stamp == fingerprint(seen)
+    base: np.ndarray
+    if by_stored:
+        if stored is None:
+            raise FormatError(f"{where}: its tmd_nb record is read from stored numbers this file does not give")
+        base = stored
+        current = stamp == fingerprint(stored, fields or {}, extra, stored=True)
     else:
-        current = stamp == fingerprint(seen, fields or {}, extra)
+        base = seen() if callable(seen) else seen
+        if obj["tmd_nb"] < 2:
+            current = stamp == fingerprint(base if legacy is None else legacy)
+        else:
+            current = stamp == fingerprint(base, fields or {}, extra)
     if not current:
         return Record(None, meta, current=False)
+    seen = base
     if missing is not None:
         if gaps is None:
             raise FormatError(f"{where}: its tmd_nb record refers to a missing {MISSING!r} member")
@@ -312,4 +375,6 @@ def unpack(
         if array.shape != seen.shape and not (array.size == 0 and seen.shape == (1, 1)):
             raise FormatError(f"{where}: its tmd_nb height map has shape {array.shape}, the file's data {seen.shape}")
         return Record(array, meta, current=True)
+    if by_stored:
+        return Record(from_stored(seen, dtype), meta, current=True)
     return Record(restore(seen, dtype, factor), meta, current=True)
