@@ -28,6 +28,12 @@ standard fields, a *record*:
     standard heights hold a value there: formats whose other readers need a number everywhere
     (Gwyddion) fill them, and tmd_nb makes them NaN again.
 
+``height.patch`` (version 3): ``null`` or ``["__patch_at__", "__patch_values__"]``
+    When the standard heights give back all but a few points bit for bit (a float64 map in
+    millimetres stored as float64 metres: ``x * 1e-3 / 1e-3`` differs from ``x`` in the last
+    bit for about 2% of values), the record holds those points only instead of a whole exact
+    copy: ``__patch_at__`` their flat (C-order) indices, ``__patch_values__`` their values, of
+    the map's dtype. A patch is used when it takes at most a quarter of the map's bytes.
 ``height.stored`` (version 3)
     ``true`` when the format gave the numbers its file stores for the heights (X3P's
     ``data.bin``: the heights in their own unit, the Z increment saying how many metres that
@@ -62,8 +68,11 @@ from .npy import data_size, header_bytes, parse_header, write_npy
 
 __all__ = [
     "MISSING",
+    "PATCH_AT",
+    "PATCH_VALUES",
     "RECORD",
     "RECORD_VERSION",
+    "RESERVED",
     "Record",
     "fingerprint",
     "from_stored",
@@ -79,6 +88,11 @@ RECORD = "record.json"
 RECORD_VERSION = 3
 #: The member marking points the standard heights fill although they are missing.
 MISSING = "__missing__"
+#: The members of a patch: flat indices of the points restored wrong, and their exact values.
+PATCH_AT = "__patch_at__"
+PATCH_VALUES = "__patch_values__"
+#: Names a metadata array cannot have in a record.
+RESERVED = frozenset({HEIGHT_MAP, RECORD, MISSING, PATCH_AT, PATCH_VALUES})
 #: Longest record text accepted (the arrays are separate).
 MAX_RECORD = 64 << 20
 
@@ -194,6 +208,17 @@ def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
     return bool(np.array_equal(flat_a, np.ascontiguousarray(b).reshape(-1).view(np.uint8)))
 
 
+def _differing(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Flat C-order indices of the points where ``a`` and ``b`` (same dtype and shape) differ in any bit."""
+    size = a.dtype.itemsize
+    flat_a = np.ascontiguousarray(a).reshape(-1)
+    flat_b = np.ascontiguousarray(b).reshape(-1)
+    if size in (1, 2, 4, 8):
+        return np.flatnonzero(flat_a.view(f"u{size}") != flat_b.view(f"u{size}"))
+    bytes_a, bytes_b = flat_a.view(np.uint8).reshape(-1, size), flat_b.view(np.uint8).reshape(-1, size)
+    return np.flatnonzero((bytes_a != bytes_b).any(axis=1))
+
+
 def pack(
     height_map: np.ndarray,
     meta: Mapping[str, Any],
@@ -217,13 +242,18 @@ def pack(
     Returns ``{"record.json": JSON bytes, "<array name>": NPY bytes, ...}``. Raises ``TypeError``
     naming the key of a metadata value that cannot be stored, before anything is written.
     """
-    encoded, arrays = metadata.encode(meta, reserved={HEIGHT_MAP, RECORD, MISSING})
+    encoded, arrays = metadata.encode(meta, reserved=set(RESERVED))
     for name, value in arrays.items():
         header_bytes(value, f"metadata array {name!r}")
-    if stored:
-        exact = not _same_bits(height_map, from_stored(seen, height_map.dtype))
-    else:
-        exact = not _same_bits(height_map, restore(seen, height_map.dtype, factor))
+    candidate = from_stored(seen, height_map.dtype) if stored else restore(seen, height_map.dtype, factor)
+    exact = not _same_bits(height_map, candidate)
+    patch: tuple[np.ndarray, np.ndarray] | None = None
+    if exact and candidate.shape == height_map.shape and height_map.size:
+        at = _differing(height_map, candidate)
+        index = at.astype(np.uint32) if height_map.size <= 1 << 32 else at
+        if len(at) * (index.dtype.itemsize + height_map.dtype.itemsize) <= height_map.nbytes // 4:
+            patch, exact = (index, np.ascontiguousarray(height_map).reshape(-1)[at]), False
+    del candidate
     missing = None
     if filled is not None:
         gaps = np.isnan(seen) & ~np.isnan(filled)
@@ -233,6 +263,8 @@ def pack(
     members: dict[str, bytes] = {}
     if exact:
         members[HEIGHT_MAP] = npy_bytes(height_map)
+    if patch is not None:
+        members[PATCH_AT], members[PATCH_VALUES] = npy_bytes(patch[0]), npy_bytes(patch[1])
     if missing is not None:
         members[MISSING] = npy_bytes(missing)
     for name, value in arrays.items():
@@ -243,10 +275,13 @@ def pack(
         "exact": HEIGHT_MAP if exact else None,
         "missing": MISSING if missing is not None else None,
     }
+    if patch is not None:
+        described["patch"] = [PATCH_AT, PATCH_VALUES]
     if stored:
         described["stored"] = True
     record = {
-        "tmd_nb": RECORD_VERSION if stored else 2,  # a version 2 reader reads what needs no more
+        # a version 2 reader reads what needs no more; it would ignore a patch or stored numbers
+        "tmd_nb": RECORD_VERSION if stored or patch is not None else 2,
         "height": described,
         "fingerprint": fingerprint(shown, fields or {}, extra, stored=stored),
         "checksums": {name: _checksum(raw) for name, raw in members.items()},
@@ -312,6 +347,9 @@ def unpack(
         exact = height.get("exact")
         missing = height.get("missing")
         by_stored = obj["tmd_nb"] >= 3 and height.get("stored", False) is True
+        patched = obj["tmd_nb"] >= 3 and height.get("patch") is not None
+        if patched and height["patch"] != [PATCH_AT, PATCH_VALUES]:
+            raise ValueError("malformed patch")
         stamp = str(obj["fingerprint"])
         encoded = obj["metadata"]
         checksums = obj.get("checksums", {})
@@ -338,6 +376,7 @@ def unpack(
             )
     arrays = {name: _array(raw, f"{where} tmd_nb member {name!r}") for name, raw in members.items() if name != RECORD}
     gaps = arrays.pop(MISSING, None) if missing is not None else None
+    patch = (arrays.pop(PATCH_AT, None), arrays.pop(PATCH_VALUES, None)) if patched else None
     try:
         meta = metadata.decode(encoded, arrays, where=f"{where} tmd_nb metadata")
     except (ValueError, RecursionError) as exc:
@@ -375,6 +414,24 @@ def unpack(
         if array.shape != seen.shape and not (array.size == 0 and seen.shape == (1, 1)):
             raise FormatError(f"{where}: its tmd_nb height map has shape {array.shape}, the file's data {seen.shape}")
         return Record(array, meta, current=True)
-    if by_stored:
-        return Record(from_stored(seen, dtype), meta, current=True)
-    return Record(restore(seen, dtype, factor), meta, current=True)
+    restored = from_stored(seen, dtype) if by_stored else restore(seen, dtype, factor)
+    if patch is not None:
+        _apply(restored, patch, where)
+    return Record(restored, meta, current=True)
+
+
+def _apply(restored: np.ndarray, patch: tuple[np.ndarray | None, np.ndarray | None], where: str) -> None:
+    """Put the patch's exact values into ``restored``; FormatError if the patch does not fit it."""
+    at, values = patch
+    if at is None or values is None:
+        raise FormatError(f"{where}: its tmd_nb record refers to a missing patch member")
+    if (
+        at.dtype.kind != "u"
+        or at.ndim != 1
+        or values.shape != at.shape
+        or values.dtype != restored.dtype
+        or (at.size and int(at.max()) >= restored.size)
+        or not restored.flags.c_contiguous
+    ):
+        raise FormatError(f"{where}: its tmd_nb patch does not fit the height map {restored.shape} {restored.dtype}")
+    restored.reshape(-1)[at] = values

@@ -386,7 +386,7 @@ def check(data: Any) -> None:
     """Raise ``TypeError``/``ValueError`` if :func:`export_to_gwy` would refuse ``data`` (cheap: no heights copied)."""
     _, meta = split_height_map(data, lazy=True)  # checked, not computed
     _units(meta)
-    metadata.encode(meta, reserved={"height_map", embedded.RECORD, embedded.MISSING})
+    metadata.encode(meta, reserved=set(embedded.RESERVED))
 
 
 def _units(meta: Mapping[str, Any]) -> tuple[tuple[str, float], tuple[str, float]]:

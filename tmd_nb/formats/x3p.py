@@ -195,7 +195,7 @@ def check(data: Any) -> None:
     """Raise ``TypeError``/``ValueError`` if :func:`export_to_x3p` would refuse ``data`` (cheap: no heights copied)."""
     _, meta = split_height_map(data, lazy=True)  # checked, not computed
     units.factors(meta)  # X3P holds metres: a unit must be a known length
-    metadata.encode(meta, reserved={"height_map", embedded.RECORD, embedded.MISSING})
+    metadata.encode(meta, reserved=set(embedded.RESERVED))
 
 
 #: The little-endian type of ``bindata/data.bin`` for each X3P data type.
