@@ -211,3 +211,14 @@ def test_a_patch_that_does_not_fit_the_map_is_a_format_error(tmp_path):
         embedded.unpack(members, hm * 1e-3, "'p'", fields={})
     good = embedded.unpack(record, hm * 1e-3, "'p'", fields={})
     assert good.current and good.height_map is not None and good.height_map.tobytes() == hm.tobytes()
+
+
+def test_a_gwy_file_is_what_gwyfile_serializes_for_what_it_reads(tmp_path):
+    """The pieces written one by one (the map from its own buffer) make gwyfile's exact bytes."""
+    hm = scan_like(60, np.float32)
+    hm[5, 7] = np.nan
+    data = {"height_map": hm, "title": "T", "operator": "me", "mask": np.eye(60, dtype=bool)}
+    path = tmd_nb.export_to_gwy(data, tmp_path / "s.gwy")
+    raw = (tmp_path / "s.gwy").read_bytes()
+    assert raw[:4] == b"GWYP" and raw[4:] == gwyfile.load(path).serialize()
+    assert_identical(data, tmd_nb.load_gwy(path))
