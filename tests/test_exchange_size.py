@@ -222,3 +222,12 @@ def test_a_gwy_file_is_what_gwyfile_serializes_for_what_it_reads(tmp_path):
     raw = (tmp_path / "s.gwy").read_bytes()
     assert raw[:4] == b"GWYP" and raw[4:] == gwyfile.load(path).serialize()
     assert_identical(data, tmd_nb.load_gwy(path))
+
+
+def test_a_changed_byte_in_a_patch_is_an_error(tmp_path):
+    hm = scan_like(30)
+    record = embedded.pack(hm, {}, hm * 1e-3, 1e-3, fields={})
+    damaged = bytearray(record[embedded.PATCH_VALUES])
+    damaged[-1] ^= 0x01
+    with pytest.raises(tmd_nb.FormatError, match="member '__patch_values__' is damaged"):
+        embedded.unpack({**record, embedded.PATCH_VALUES: bytes(damaged)}, hm * 1e-3, "'p'", fields={})

@@ -64,9 +64,9 @@ def test_unknown_extension_is_refused_before_any_file_is_touched(tmp_path: Path,
 def test_unknown_format_and_npz_options_elsewhere_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown format 'hdf5'"):
         save(SCAN, tmp_path / "scan.npz", format="hdf5")
-    with pytest.raises(ValueError, match="NPZ only, not NPY"):
+    with pytest.raises(ValueError, match="^compress applies to NPZ only, not NPY$"):
         save(HEIGHTS, tmp_path / "scan.npy", compress=False)
-    with pytest.raises(ValueError, match="NPZ only, not TMD"):
+    with pytest.raises(ValueError, match="^level applies to NPZ and X3P only, not TMD$"):
         save(HEIGHTS, tmp_path / "scan.tmd", level=3)
     assert list(tmp_path.iterdir()) == []
 

@@ -394,7 +394,8 @@ def unpack(
     else:
         base = seen() if callable(seen) else seen
         if obj["tmd_nb"] < 2:
-            current = stamp == fingerprint(base if legacy is None else legacy)
+            base = base if legacy is None else legacy
+            current = stamp == fingerprint(base)
         else:
             current = stamp == fingerprint(base, fields or {}, extra)
     if not current:
