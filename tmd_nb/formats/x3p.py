@@ -527,8 +527,13 @@ def _read_own(path: PathLike, where: str) -> tuple[Any, np.ndarray, dict[str, by
         if not stat.S_ISREG(os.fstat(fp.fileno()).st_mode):
             return None
         zf, members, main = _checked_zip(fp, where)
-        if main != MAIN_XML or DATA_FILE not in members or len(members) != len(zf.infolist()):
-            return None
+        if (
+            main != MAIN_XML
+            or DATA_FILE not in members
+            or len(members) != len(zf.infolist())
+            or any(n.endswith("/" + embedded.RECORD) and i.file_size > embedded.MAX_RECORD for n, i in members.items())
+        ):
+            return None  # a record longer than allowed goes x3pio's way, which reports it
         try:
             record = _record_members(zf, members)
             head = json.loads(record[embedded.RECORD]) if embedded.RECORD in record else None
