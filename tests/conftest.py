@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -82,6 +83,32 @@ def gwy_sample() -> Path:
     path = SHARED_GWY / "test.gwy"
     require(path.is_file(), f"Gwyddion sample not found at {path} (it lives in shared/data/gwy beside the repository)")
     return path
+
+
+@pytest.fixture(scope="session")
+def shell(tmp_path_factory: pytest.TempPathFactory):
+    """The session's InteractiveShell (IPython keeps one), its profile and history kept out of ~."""
+    from IPython.core.interactiveshell import InteractiveShell
+    from traitlets.config import Config
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("IPYTHONDIR", str(tmp_path_factory.mktemp("ipythondir")))
+        config = Config()
+        config.HistoryManager.hist_file = ":memory:"
+        yield InteractiveShell.instance(config=config)
+
+
+@pytest.fixture
+def ip(shell: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The shell with the extension loaded, working in tmp_path; user variables removed afterwards."""
+    monkeypatch.chdir(tmp_path)
+    before = set(shell.user_ns)
+    shell.run_line_magic("load_ext", "tmd_nb")
+    yield shell
+    for name in set(shell.user_ns) - before:
+        del shell.user_ns[name]
+    if "tmd_nb" in shell.extension_manager.loaded:
+        shell.run_line_magic("unload_ext", "tmd_nb")
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -1,17 +1,24 @@
-"""Comparison and generation helpers shared by the codec tests."""
+"""Helpers shared by several test modules: comparison, generation, and driving the IPython shell.
+
+The shell itself comes from the ``shell`` and ``ip`` fixtures in conftest.py.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import math
 import pathlib
+import re
 import struct
 import zoneinfo
 from typing import Any
 
 import numpy as np
+import pytest
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as npst
+from IPython.core.error import UsageError
+from IPython.core.interactiveshell import InteractiveShell
 
 
 def assert_identical(a: Any, b: Any, path: str = "") -> None:
@@ -130,3 +137,38 @@ metadata_dicts = st.dictionaries(
     metadata_values,
     max_size=6,
 )
+
+
+def _known_unit(meta: dict) -> dict:
+    """``meta`` with a ``"units"`` value a writer with units refuses (no known length) made ``"um"``."""
+    value = meta.get("units")
+    if value is None or (isinstance(value, str) and value.strip() in ("m", "mm", "um", "nm")):
+        return meta
+    return {**meta, "units": "um"}
+
+
+#: Metadata an X3P or Gwyddion writer takes: ``"units"``, when present, names a length.
+writable_metadata_dicts = metadata_dicts.map(_known_unit)
+
+
+# --------------------------------------------------------------------------- the IPython shell
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def run(ip: InteractiveShell, capsys: pytest.CaptureFixture[str], cell: str) -> tuple[Any, str, str]:
+    """Run ``cell`` in the shell; return its result and what it printed, colours removed."""
+    result = ip.run_cell(cell)
+    out, err = capsys.readouterr()
+    return result, ANSI.sub("", out), ANSI.sub("", err)
+
+
+def usage_error(ip: InteractiveShell, capsys: pytest.CaptureFixture[str], cell: str) -> str:
+    """Run a cell that must fail with a one-line UsageError and no traceback; return the message."""
+    result, out, err = run(ip, capsys, cell)
+    assert isinstance(result.error_in_exec, UsageError), (result.error_in_exec, out, err)
+    assert out == ""
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("UsageError: "), err
+    return lines[0].removeprefix("UsageError: ")

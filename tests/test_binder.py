@@ -30,7 +30,7 @@ from pathlib import Path
 import nbformat
 import pytest
 from nbformat.v4 import new_code_cell
-from test_notebooks import ALL, CHECKS, check_expected_errors, copy_notebooks, notebook_path, run_notebook
+from notebook_helpers import ALL, CHECKS, check_expected_errors, copy_notebooks, notebook_path, run_notebook
 
 ROOT = Path(__file__).resolve().parents[1]
 PIP_TIMEOUT = 900  # seconds; a cold pip cache has to fetch numpy, matplotlib, ipykernel...
@@ -247,7 +247,7 @@ def test_fresh_binder_environment_runs_the_notebooks(
         nb.cells.append(new_code_cell("import sys, tmd_nb\nprint('kernel:', sys.executable, tmd_nb.__file__)"))
         nbformat.write(nb, path)
         km = AsyncKernelManager(kernel_name="binder-env", kernel_spec_manager=specs)
-        done, errors, _seconds = run_notebook(path, km=km)
+        done, errors = run_notebook(path, km=km)
         check_expected_errors(done, errors, stem)
         check = CHECKS.get(stem)
         if check is not None:

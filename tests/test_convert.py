@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import shutil
 import signal
@@ -17,7 +18,6 @@ from conftest import ROOT
 import tmd_nb
 from tmd_nb import batch
 from tmd_nb.__main__ import main
-from tmd_nb.formats.atomic import temporary_name
 
 
 def same_map(a: dict, b: dict) -> bool:
@@ -48,19 +48,20 @@ def test_a_folder_is_mirrored_and_files_of_unknown_extensions_are_left_out(archi
     assert [Path(o).relative_to(tmp_path / "out") for _, o in pairs] == [s.with_suffix(".npz") for s in scans]
 
 
-def test_globs_and_lists_and_clashing_names(archive, tmp_path):
+def test_globs_and_lists_and_one_output_name_from_two_sources(archive, tmp_path):
     pairs = batch.plan(str(archive / "**" / "v2_*.tmd"), tmp_path / "out", format="npy")
     assert sorted(Path(o).name for _, o in pairs) == sorted(p.with_suffix(".npy").name for p in archive.rglob("v2_*"))
     one = next(archive.rglob("v1_Dime.tmd"))
     clash = tmp_path / "elsewhere" / "v1_Dime.npz"
     tmd_nb.save(tmd_nb.load(one), clash)
-    with pytest.raises(
-        ValueError,
-        match=r"^'.*/v1_Dime.tmd' and '.*/elsewhere/v1_Dime.npz' would both be converted to "
-        r"'.*/out/v1_Dime.npz'; rename one$",
-    ):
-        tmd_nb.convert([one, clash], tmp_path / "out")
-    assert not (tmp_path / "out").exists()  # nothing was written
+    other = next(archive.rglob("v2_Dime.tmd"))
+    # The same output name from two sources: the first is converted, the second reported, the run goes on.
+    report = tmd_nb.convert([one, clash, other], tmp_path / "out", jobs=1, progress=False)
+    out = tmp_path / "out"
+    assert report.converted == [(str(one), str(out / "v1_Dime.npz")), (str(other), str(out / "v2_Dime.npz"))]
+    assert report.failed == [
+        (str(clash), f"its output {str(out / 'v1_Dime.npz')!r} is {str(one)!r}'s too; not converted (rename one)")
+    ]
     assert batch.plan([one, one], tmp_path / "out") == [(str(one), str(tmp_path / "out" / "v1_Dime.npz"))]
 
 
@@ -69,7 +70,7 @@ def test_missing_sources_and_bad_options_are_refused_before_any_work(archive, tm
         tmd_nb.convert(str(archive / "*.x3p"), tmp_path / "out")
     with pytest.raises(FileNotFoundError, match=r"^no such file or folder: '.*/nope.tmd'$"):
         tmd_nb.convert([archive, archive / "nope.tmd"], tmp_path / "out")
-    with pytest.raises(ValueError, match=r"^unknown format 'png'; choose 'npz', 'npy', 'tmd', 'x3p' or 'gwy'$"):
+    with pytest.raises(ValueError, match=r"^unknown format 'png'; choose 'npz', 'npy', 'tmd', 'x3p', 'gwy' or 'sdf'$"):
         tmd_nb.convert(archive, tmp_path / "out", format="png")
     with pytest.raises(ValueError, match=r"^jobs must be a positive int or None, not 0$"):
         tmd_nb.convert(archive, tmp_path / "out", jobs=0)
@@ -90,7 +91,9 @@ def test_convert_on_local_processes_reports_every_file_and_skips_on_the_second_r
     assert report.skipped == [] and not report.ok
     [(source, reason)] = report.failed
     assert source == str(archive / "lab-a" / "broken.tmd")
-    assert reason.startswith("FormatError: ") and "\n" not in reason and "broken.tmd" in reason
+    # The report line names the file once: the reason does not repeat the path.
+    assert reason.startswith("FormatError: the file ") and "\n" not in reason and "broken.tmd" not in reason
+    assert f"  failed: {source}: {reason}" in str(report).splitlines()
     for scan in scans:
         output = out / scan.relative_to(archive).with_suffix(".npz")
         assert same_map(tmd_nb.load(output), tmd_nb.load(scan))
@@ -102,18 +105,18 @@ def test_convert_on_local_processes_reports_every_file_and_skips_on_the_second_r
     assert len(forced.converted) == 6 and forced.skipped == []
 
 
-def test_an_incomplete_output_is_converted_again_and_notes_are_kept(archive, tmp_path):
+def test_an_output_cut_short_is_converted_again_and_notes_are_kept(archive, tmp_path):
     out = tmp_path / "out"
     scan = next(archive.rglob("v2_Dime.tmd"))
     target = out / "v2_Dime.npy"
-    out.mkdir()
-    target.write_bytes(b"\x93NUMPY\x01\x00v\x00{'descr': '<f4', 'fortran_order': False, 'shape': (9, 9), }")
-    stale = Path(temporary_name(str(target)))
-    stale.write_bytes(b"half a file")
+    first = tmd_nb.convert(scan, out, format="npy", progress=False)
+    assert first.converted == [(str(scan), str(target))]
+    whole = target.read_bytes()
+    target.write_bytes(whole[: len(whole) // 2])  # a disk trouble, a careless copy: no longer the file written
     report = tmd_nb.convert(scan, out, format="npy", progress=False)
-    assert report.converted == [(str(scan), str(target))]
+    assert report.converted == [(str(scan), str(target))] and report.skipped == []
+    assert target.read_bytes() == whole
     assert np.array_equal(tmd_nb.load(target)["height_map"], tmd_nb.load(scan)["height_map"])
-    assert not stale.exists()
     [(source, note)] = report.notes
     assert source == str(scan) and note.startswith("NPY stores the height map only; metadata not saved to ")
 
@@ -185,7 +188,10 @@ def test_a_killed_convert_finishes_the_job_when_run_again(tmd_samples, tmp_path,
     after = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.glob("*.npz")}
     assert len(after) == COPIES
     assert {name: after[name] for name in done} == done  # finished outputs were not rewritten
-    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []  # no temporaries left
+    assert [p.name for p in out.iterdir() if p.name.endswith(".tmp")] == []  # no temporaries left
+    lines = list(csv.DictReader((out / batch.MANIFEST).open(newline="")))
+    assert sorted(line["source"] for line in lines) == sorted(str(p) for p in src.iterdir())  # one line each
+    assert {line["status"] for line in lines} <= {"converted", "skipped"}
     for source in src.iterdir():
         assert same_map(tmd_nb.load(out / (source.stem + ".npz")), tmd_nb.load(source))
 
@@ -205,9 +211,9 @@ def test_the_command_line_converts_and_its_exit_status_says_whether_anything_fai
         check=False,
     )
     assert run.returncode == 0, run.stderr
-    assert run.stdout == "3 converted, 0 skipped (already done), 0 failed\n"
+    assert run.stdout == f"3 converted, 0 skipped (already done), 0 failed\nmanifest: {out / batch.MANIFEST}\n"
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        p.with_suffix(".npy").name for p in (archive / "lab-a").iterdir()
+        [batch.MANIFEST] + [p.with_suffix(".npy").name for p in (archive / "lab-a").iterdir()]
     )
     (archive / "lab-a" / "bad.npz").write_bytes(b"PK\x03\x04 not really")
     assert main(["convert", str(archive / "lab-a"), "-o", str(out), "--no-progress"]) == 1

@@ -476,7 +476,7 @@ def test_dask_slicing_reads_only_the_window(tmp_path, small_chunks, monkeypatch)
     assert len(asked) == 2 and all(k[1] == slice(0, 97, None) for k in asked)
 
 
-@pytest.mark.parametrize("save", [tmd_nb.export_to_x3p, tmd_nb.export_to_gwy])
+@pytest.mark.parametrize("save", [tmd_nb.export_to_x3p, tmd_nb.export_to_gwy, tmd_nb.export_to_sdf])
 def test_x3p_and_gwy_compute_a_dask_height_map_first(tmp_path, save):
     a = surface(shape=(40, 30), dtype=np.float64)
     lazy = save({"height_map": da.from_array(a, chunks=7), "mask": da.from_array(a > 0, chunks=9)}, tmp_path / "lazy")

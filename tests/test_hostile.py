@@ -26,11 +26,10 @@ import helpers
 import hostile_files as hostile
 import numpy as np
 import pytest
-import test_magics
+from helpers import usage_error
 from hostile_files import TAG, npy_bytes, npz_with_metadata, write_zip
 from hypothesis import given
 from hypothesis import strategies as st
-from test_magics import usage_error
 
 import tmd_nb
 from tmd_nb import FormatError, export_to_npy, export_to_npz, load, load_from_npy, load_from_npz
@@ -42,9 +41,6 @@ from tmd_nb.notebook.display import HeightMapResult, summary_html, summary_text
 from tmd_nb.notebook.panel import ExportPanel, LoadPanel
 
 HERE = Path(__file__).resolve().parent
-# The magics' fixtures: the session's IPython shell, and it with tmd_nb loaded in tmp_path.
-shell = test_magics.shell
-ip = test_magics.ip
 MB = 1 << 20
 
 

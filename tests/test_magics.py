@@ -13,51 +13,33 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import run, usage_error
 from IPython.core.completer import provisionalcompleter
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
-from traitlets.config import Config
 
 from tmd_nb import export_to_npz, export_to_x3p, load
 from tmd_nb.formats import registry as codec
 from tmd_nb.notebook import arguments, completion, magics
 from tmd_nb.notebook.display import HeightMapResult
 
-ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+def listed(items: list[str]) -> str:
+    """``"a, b or c"``, as the messages list choices."""
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} or {items[-1]}"
+
+
+# The formats as the registry declares them, so that a new format is expected in every message.
+WRITABLE = [f for f in codec.FORMATS if getattr(f, "save", None) is not None]
+EXTENSIONS = listed(list(codec.extensions()))
+KEEPING_ALL = listed([f.extensions[0] for f in WRITABLE if f.keeps is None])
 SAVED = re.compile(
     r"^Saved (?P<name>.+) \((?P<shape>[\d x]+) (?P<dtype>\w+), (?P<keys>\d+) metadata keys?\) to "
-    r"(?P<path>.+) \((?P<size>[\d.]+ (?:B|KiB|MiB|GiB)), (?P<fmt>NPZ|NPY|TMD|X3P|GWY)\) in [\d.]+ m?s$"
+    r"(?P<path>.+) \((?P<size>[\d.]+ (?:B|KiB|MiB|GiB)), (?P<fmt>"
+    + "|".join(re.escape(f.title) for f in codec.FORMATS)
+    + r")\) in [\d.]+ m?s$"
 )
-
-
-@pytest.fixture(scope="session")
-def shell(tmp_path_factory: pytest.TempPathFactory):
-    """The session's InteractiveShell (IPython keeps one), its profile and history kept out of ~."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("IPYTHONDIR", str(tmp_path_factory.mktemp("ipythondir")))
-        config = Config()
-        config.HistoryManager.hist_file = ":memory:"
-        yield InteractiveShell.instance(config=config)
-
-
-@pytest.fixture
-def ip(shell: InteractiveShell, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """The shell with the extension loaded, working in tmp_path; user variables removed afterwards."""
-    monkeypatch.chdir(tmp_path)
-    before = set(shell.user_ns)
-    shell.run_line_magic("load_ext", "tmd_nb")
-    yield shell
-    for name in set(shell.user_ns) - before:
-        del shell.user_ns[name]
-    if "tmd_nb" in shell.extension_manager.loaded:
-        shell.run_line_magic("unload_ext", "tmd_nb")
-
-
-def run(ip: InteractiveShell, capsys: pytest.CaptureFixture[str], cell: str) -> tuple[object, str, str]:
-    result = ip.run_cell(cell)
-    out, err = capsys.readouterr()
-    return result, ANSI.sub("", out), ANSI.sub("", err)
 
 
 def saved_line(out: str) -> re.Match[str]:
@@ -66,17 +48,6 @@ def saved_line(out: str) -> re.Match[str]:
     match = SAVED.match(lines[0])
     assert match, f"unexpected success line {lines[0]!r}"
     return match
-
-
-def usage_error(ip: InteractiveShell, capsys: pytest.CaptureFixture[str], cell: str) -> str:
-    """Run a cell that must fail with a one-line UsageError and no traceback; return the message."""
-    result, out, err = run(ip, capsys, cell)
-    assert isinstance(result.error_in_exec, UsageError), (result.error_in_exec, out, err)
-    assert out == ""
-    assert "Traceback" not in err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("UsageError: "), err
-    return lines[0].removeprefix("UsageError: ")
 
 
 def files(folder: Path) -> list[str]:
@@ -225,7 +196,7 @@ def test_export_npy_drops_metadata_with_one_note_line(ip, capsys, tmp_path) -> N
     assert (match["fmt"], match["keys"], match["dtype"]) == ("NPY", "0", "int64")
     assert err.strip() == (
         "note: .npy stores the height map only; 2 metadata keys not saved ('units', 'extra'); "
-        "use .npz, .x3p or .gwy to keep them"
+        f"use {KEEPING_ALL} to keep them"
     )
     assert np.array_equal(np.load(tmp_path / "scan.npy"), np.arange(6).reshape(2, 3))
 
@@ -243,7 +214,7 @@ def test_tmd_round_trip_with_the_real_scans(ip, capsys, tmp_path, tmd_samples) -
     saved_line(out)
     assert err.strip() == (
         "note: .tmd stores the height map, lengths, offsets and comment only; 1 metadata key "
-        "not saved ('operator'); use .npz, .x3p or .gwy to keep them"
+        f"not saved ('operator'); use {KEEPING_ALL} to keep them"
     )
     # what a .tmd file cannot represent is a one-line error and leaves no file
     message = usage_error(ip, capsys, "%tmd_export surface bad.tmd -m comment=café")
@@ -329,7 +300,7 @@ def test_wrong_type_is_one_line_and_leaves_no_file(ip, capsys, tmp_path, value, 
     [
         (
             "%tmd_export z out.txt",
-            "cannot tell the format of 'out.txt' from its extension: use .npz, .npy, .tmd, .x3p or .gwy",
+            f"cannot tell the format of 'out.txt' from its extension: use {EXTENSIONS}",
         ),
         ("%tmd_export z sub/", "cannot tell the format of 'sub/'"),
         ("%tmd_export z nodir/out.npz", "cannot save to 'nodir/out.npz': directory"),
@@ -426,7 +397,11 @@ def test_load_recognises_content_not_extension(ip, tmp_path) -> None:
     [
         (None, "%tmd_load missing.npz", "no such file: 'missing.npz'"),
         ("dir", "%tmd_load folder", "'folder' is a directory, not a file"),
-        ("garbage", "%tmd_load junk.npz", "'junk.npz' is not a GWY, NPY, NPZ, TMD or X3P file (it starts with b'hello"),
+        (
+            "garbage",
+            "%tmd_load junk.npz",
+            "'junk.npz' is not a GWY, NPY, NPZ, SDF, TMD or X3P file (it starts with b'hello",
+        ),
         ("truncated", "%tmd_load cut.npz", "'cut.npz'"),
         (None, "%tmd_load x.npz -n 2bad", "-n/--name: '2bad' is not a valid Python variable name"),
         (None, "%tmd_load x.npz -n class", "-n/--name: 'class' is not a valid Python variable name"),
@@ -584,10 +559,10 @@ def test_completion_offers_options(ip) -> None:
 
 def test_completion_offers_the_formats_convert_can_write(ip) -> None:
     line = "%tmd_convert scans/ -o out --format "
-    writable = [f.name for f in codec.FORMATS if f.save is not None]
+    writable = [f.name for f in WRITABLE]
     assert completions(ip, line) == [line + name for name in writable]
-    assert completions(ip, line + "n") == [line + "npz", line + "npy"]
-    assert completions(ip, line + "g") == [line + "gwy"]
+    for first in sorted({name[0] for name in writable}):
+        assert completions(ip, line + first) == [line + name for name in writable if name.startswith(first)]
     assert not any(c.endswith(("False", "None", "and", "nonlocal")) for c in completions(ip, line + "n"))
 
 
@@ -772,7 +747,9 @@ def test_export_height_map_function_refuses_overwrite(tmp_path) -> None:
 # --------------------------------------------------------------------------- exchange formats
 
 
-@pytest.mark.parametrize("ext, fmt", [(".x3p", "X3P"), (".gwy", "GWY")])
+@pytest.mark.parametrize(
+    "ext, fmt", [(f.extensions[0], f.title) for f in WRITABLE if f.keeps is None], ids=lambda v: str(v).strip(".")
+)
 def test_export_and_load_exchange_formats(ip, capsys, tmp_path, ext, fmt) -> None:
     ip.user_ns["scan"] = {"height_map": np.arange(6, dtype=np.float32).reshape(2, 3), "x_length": 3.0}
     _, out, err = run(ip, capsys, f"%tmd_export scan scan{ext} -m operator=me")
@@ -783,11 +760,12 @@ def test_export_and_load_exchange_formats(ip, capsys, tmp_path, ext, fmt) -> Non
     np.testing.assert_array_equal(back["height_map"], ip.user_ns["scan"]["height_map"])
 
 
-def test_completion_offers_x3p_and_gwy_files(ip, tmp_path) -> None:
-    for name in ("a.x3p", "b.gwy", "c.txt"):
+def test_completion_offers_files_of_every_format(ip, tmp_path) -> None:
+    names = [f"a{ext}" for ext in codec.extensions()]
+    for name in [*names, "c.txt"]:
         (tmp_path / name).write_bytes(b"")
     found = completions(ip, "%tmd_load ")
-    assert {"%tmd_load a.x3p", "%tmd_load b.gwy"} <= set(found) and "%tmd_load c.txt" not in found
+    assert {f"%tmd_load {name}" for name in names} <= set(found) and "%tmd_load c.txt" not in found
 
 
 def test_x3p_export_with_a_non_length_unit_is_refused_before_writing(ip, capsys, tmp_path) -> None:

@@ -114,7 +114,7 @@ def test_npy_export_notes_dropped_metadata_in_one_line(executed) -> None:
     outputs = nb.cells[3].outputs
     assert _text(outputs, "stderr") == (
         "note: .npy stores the height map only; 1 metadata key not saved ('units'); "
-        "use .npz, .x3p or .gwy to keep them\n"
+        "use .npz, .x3p, .gwy or .sdf to keep them\n"
     )
     assert _text(outputs, "stdout").startswith(
         f"Saved scan (3 x 4 float64, 0 metadata keys) to {folder / 'scan copy.npy'}"

@@ -206,7 +206,6 @@ def test_export_panel_in_jupyterlab(lab: Lab, tmp_path: Path) -> None:
     from playwright.sync_api import expect, sync_playwright
 
     expect.set_options(timeout=UI_TIMEOUT_MS)
-    started = time.monotonic()
     with sync_playwright() as pw:
         browser = pw.chromium.launch(
             executable_path=CHROMIUM,
@@ -299,4 +298,3 @@ def test_export_panel_in_jupyterlab(lab: Lab, tmp_path: Path) -> None:
     assert type(data["sample_id"]) is int and data["sample_id"] == 42
     assert data["height_map"].shape == (240, 320) and data["height_map"].dtype == np.float32
     assert shot.stat().st_size > 10_000  # a real picture of the panel, kept for people to look at
-    assert time.monotonic() - started < 120, "the browser test should finish within 2 minutes"

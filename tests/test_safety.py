@@ -104,9 +104,9 @@ def test_every_truncation_is_a_format_error(tmp_path, kind):
     [
         b"",
         b"\x00" * 100,
-        os.urandom(4096),
-        b"PK\x03\x04" + os.urandom(200),
-        b"\x93NUMPY" + os.urandom(100),
+        np.random.default_rng(1).bytes(4096),
+        b"PK\x03\x04" + np.random.default_rng(2).bytes(200),
+        b"\x93NUMPY" + np.random.default_rng(3).bytes(100),
         b"PK\x05\x06" + b"\x00" * 18,
     ],
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 import warnings
 import zipfile
 from pathlib import Path
@@ -13,10 +14,21 @@ import pytest
 import tmd_nb
 from tmd_nb import MetadataNotStoredWarning, height_map_of, load, save
 from tmd_nb.formats import npz as codec
+from tmd_nb.formats import registry
+from tmd_nb.formats.base import Format
 from tmd_nb.heightmap import split_height_map
 
 HEIGHTS = np.arange(12, dtype=np.float32).reshape(3, 4)
 SCAN = {"height_map": HEIGHTS, "units": "um", "when": dt.date(2024, 5, 1)}
+# The formats as the registry declares them: a new format is expected wherever save() lists formats.
+WRITABLE = [f for f in registry.FORMATS if getattr(f, "save", None) is not None]
+#: Each height unit a loaded file may report, in micrometres.
+MICROMETRES = {"um": 1.0, "mm": 1000.0, "m": 1e6}
+
+
+def listed(items: list[str]) -> str:
+    """``"a, b or c"``, as the messages list choices."""
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} or {items[-1]}"
 
 
 @pytest.mark.parametrize("ext", [".npz", ".NPZ"])
@@ -36,27 +48,26 @@ def test_npy_and_tmd_by_extension(tmp_path: Path) -> None:
     assert np.array_equal(back["height_map"], HEIGHTS) and back["x_length"] == 2.0
 
 
-@pytest.mark.parametrize("fmt, reader", [("npz", "load_from_npz"), ("npy", "load_from_npy"), ("tmd", "load_tmd")])
-def test_explicit_format_wins_over_the_extension(tmp_path: Path, fmt: str, reader: str) -> None:
+@pytest.mark.parametrize("fmt", WRITABLE, ids=[f.name for f in WRITABLE])
+def test_explicit_format_wins_over_the_extension(tmp_path: Path, fmt: Format) -> None:
     target = tmp_path / "scan.data"  # an extension save() could not guess from
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", MetadataNotStoredWarning)
-        assert save(SCAN, target, format=fmt) == str(target)
-    back = getattr(tmd_nb, reader)(target)
-    array = back if isinstance(back, np.ndarray) else back["height_map"]
-    # SCAN is in micrometres: a .tmd file holds millimetres, converted by the exact factor
-    assert np.array_equal(array, (HEIGHTS / 1000.0).astype(np.float32) if fmt == "tmd" else HEIGHTS)
+        assert save(SCAN, target, format=fmt.name) == str(target)
     # what load() recognises from the content is the format asked for, not the one the name suggests
-    expected = {"npz": {"height_map", "units", "when"}, "npy": {"height_map"}}.get(fmt)
-    if expected is not None:
-        assert set(load(target)) == expected
+    assert registry.recognise(target) is fmt
+    back = fmt.load(target)
+    assert load(target).keys() == back.keys()
+    # SCAN is in micrometres; a file that holds another unit says so, and is converted by the exact factor
+    unit = back.get("height_unit") or back.get("units") or "um"
+    expected = (HEIGHTS / MICROMETRES[unit]).astype(back["height_map"].dtype)
+    assert np.array_equal(back["height_map"], expected), unit
 
 
 @pytest.mark.parametrize("name", ["scan.txt", "scan", "scan.npz.bak", "archive.zip"])
 def test_unknown_extension_is_refused_before_any_file_is_touched(tmp_path: Path, name: str) -> None:
-    with pytest.raises(
-        ValueError, match="cannot tell the format of .*use .npz, .npy, .tmd, .x3p or .gwy, or pass format="
-    ):
+    extensions = listed(list(registry.extensions()))
+    with pytest.raises(ValueError, match=f"cannot tell the format of .*use {re.escape(extensions)}, or pass format="):
         save(SCAN, tmp_path / name)
     assert list(tmp_path.iterdir()) == []
 
@@ -64,8 +75,15 @@ def test_unknown_extension_is_refused_before_any_file_is_touched(tmp_path: Path,
 def test_unknown_format_and_npz_options_elsewhere_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown format 'hdf5'"):
         save(SCAN, tmp_path / "scan.npz", format="hdf5")
-    with pytest.raises(ValueError, match="^compress applies to NPZ only, not NPY$"):
-        save(HEIGHTS, tmp_path / "scan.npy", compress=False)
+    for fmt in WRITABLE:
+        if "compress" not in fmt.options:
+            takers = " and ".join(f.title for f in WRITABLE if "compress" in f.options)
+            with pytest.raises(ValueError, match=f"^compress applies to {takers} only, not {fmt.title}$"):
+                save(HEIGHTS, tmp_path / f"scan{fmt.extensions[0]}", compress=False)
+        if "level" not in fmt.options:
+            takers = " and ".join(f.title for f in WRITABLE if "level" in f.options)
+            with pytest.raises(ValueError, match=f"^level applies to {takers} only, not {fmt.title}$"):
+                save(HEIGHTS, tmp_path / f"scan{fmt.extensions[0]}", level=3)
     with pytest.raises(ValueError, match="^level applies to NPZ and X3P only, not TMD$"):
         save(HEIGHTS, tmp_path / "scan.tmd", level=3)
     assert list(tmp_path.iterdir()) == []
@@ -91,7 +109,7 @@ def test_compress_and_level_reach_the_npz_writer(tmp_path: Path) -> None:
 
 
 def test_progress_is_passed_through(tmp_path: Path) -> None:
-    for name in ("p.npz", "p.npy", "p.tmd"):
+    for name in (f"p{f.extensions[0]}" for f in WRITABLE):
         calls: list[tuple[int, int]] = []
         save(HEIGHTS, tmp_path / name, progress=lambda done, total, calls=calls: calls.append((done, total)))
         assert calls and calls[-1][0] == calls[-1][1] > 0, name
@@ -165,10 +183,11 @@ def test_height_map_of_never_raises_and_never_reads_values() -> None:
     assert found is not None and found.shape == (100_000, 100_000) and np.shares_memory(found, huge)
 
 
-def test_menus_list_formats_in_registry_order_but_x3p_is_recognised_before_npz() -> None:
-    from tmd_nb.formats import registry
-
-    assert registry.names()[:3] == ("npz", "npy", "tmd")
-    order = [f.name for f in registry.recognition_order()]
-    assert sorted(order) == sorted(registry.names())
-    assert order.index("x3p") < order.index("npz")  # an X3P file is a zip archive too
+def test_formats_are_recognised_in_menu_order_except_special_cases_first() -> None:
+    order = registry.recognition_order()
+    assert sorted(f.name for f in order) == sorted(registry.names())
+    for f in registry.FORMATS:
+        if f.within is not None:  # an X3P file is a zip archive too: X3P is tried before NPZ
+            assert order.index(f) < order.index(registry.by_name(f.within)), f.name
+    plain = [f for f in order if f.within is None]
+    assert plain == [f for f in registry.FORMATS if f.within is None]

@@ -17,6 +17,7 @@ from .formats.gwy import export_to_gwy, load_gwy
 from .formats.npy import export_to_npy, load_from_npy
 from .formats.npz import export_to_npz, load_from_npz
 from .formats.registry import load, save
+from .formats.sdf import export_to_sdf, load_sdf
 from .formats.tmd import export_to_tmd, load_tmd
 from .formats.x3p import export_to_x3p, load_x3p
 from .heightmap import height_map_of
@@ -34,6 +35,7 @@ __all__ = [
     "export_to_gwy",
     "export_to_npy",
     "export_to_npz",
+    "export_to_sdf",
     "export_to_tmd",
     "export_to_x3p",
     "from_xarray",
@@ -43,6 +45,7 @@ __all__ = [
     "load_from_npz",
     "load_gwy",
     "load_metadata",
+    "load_sdf",
     "load_tmd",
     "load_x3p",
     "open_dask",

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__
-from .batch import convert
+from .batch import connect, convert
 from .formats import registry
 
 __all__ = ["build_parser", "main"]
@@ -25,8 +25,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="convert scan files or whole folders, in parallel",
         description=(
             "Convert every scan in SRC (files, folders, glob patterns) to OUT/<stem>.<ext>, sub-folders "
-            "mirrored. Outputs already there and complete are skipped, so an interrupted run is resumed by "
-            "running it again. Exit status: 0 when no file failed, 1 when some did, 2 for a usage error."
+            "mirrored. OUT/tmd_nb-convert.csv, the manifest, records each source and its output; an output "
+            "that came from the same unchanged source and is intact is skipped, so an interrupted run is "
+            "resumed by running it again. A file at an output name that convert did not write is not replaced "
+            "(reported as failed) unless --overwrite is given. Exit status: 0 when no file failed, 1 when some "
+            "did, 2 for a usage error (or an output folder that cannot be written), 3 when the --scheduler could "
+            "not be reached (no file was tried), 130 when interrupted."
         ),
     )
     conv.add_argument(
@@ -40,7 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ADDRESS",
         help="run on this dask.distributed scheduler (tcp://host:8786) instead; workers must see the files",
     )
-    conv.add_argument("--overwrite", action="store_true", help="convert again files whose output is already there")
+    conv.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace whatever file is at an output name, and convert everything again",
+    )
     conv.add_argument("--no-progress", action="store_true", help="no progress bar")
     conv.set_defaults(parser=conv)
     return parser
@@ -55,11 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     client = None
     try:
         if args.scheduler:
-            try:
-                from distributed import Client
-            except ImportError:
-                parser.error("--scheduler needs dask.distributed: pip install 'tmd_nb[dask]'")
-            client = Client(args.scheduler)
+            client = connect(args.scheduler)
         report = convert(
             args.sources,
             args.out,
@@ -69,8 +73,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             client=client,
             progress=not args.no_progress,
         )
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, ImportError) as exc:
         parser.error(str(exc))
+    except ConnectionError as exc:  # only connect() raises it: no file was tried
+        print(f"{parser.prog}: {exc}", file=sys.stderr)
+        return 3
+    except OSError as exc:  # the output folder or its manifest cannot be written
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted: run the same command again to convert what is missing", file=sys.stderr)
         return 130

@@ -5,39 +5,101 @@ format through the atomic writer), mapped over the files by an existing engine: 
 ``concurrent.futures`` process pool on this machine, or a ``dask.distributed.Client`` when one is
 given. Tasks carry paths, never arrays, so workers must see the same file system.
 
+The manifest
+    ``OUT/tmd_nb-convert.csv`` records what convert did, one CSV line per event, appended as the
+    run goes (one write each, under a lock: a killed run loses none; flushed to disk at least
+    once a second) and tidied to one line per source (the last, written atomically) when a run
+    ends and when the next one starts; where a source has more than one line (a run killed
+    half-way, or one still going) the last counts. Columns:
+
+    ``source``
+        the absolute path of the scan; ``size`` and ``mtime_ns``: its size in bytes and its
+        modification time in nanoseconds when it was read;
+    ``format``
+        the format it was read as (empty when it could not be read), ``channel`` (empty: one
+        height map per file for now);
+    ``output``
+        the absolute path written; ``status``: ``started`` (being converted: the output did not
+        exist when it began), ``converted``, ``skipped`` (already done), ``failed`` (``reason``
+        says why in one line);
+    ``output_sha256``
+        the SHA-256 of the output as convert wrote or last verified it (empty when there is
+        none).
+
+    ``pandas.read_csv(path)`` reads it (``.drop_duplicates("source", keep="last")`` while a
+    run is going).
+
+Whose files are replaced
+    An output is convert's own when the manifest's last line about it carries the SHA-256 of
+    the file there now, or says ``started`` (the file appeared after convert began writing it).
+    Only those are replaced, when their source changed or when they no longer load (a damaged
+    output); any other file at an output name (a user's own ``np.savez`` results, a file from
+    another program, an output edited since) is left alone and reported, unless
+    ``overwrite=True``. An output of convert is never taken as a source by a later run into the
+    same folder, and a folder source never contributes the output folder inside it.
+
 Resuming
     Every output is written to a hidden temporary file beside it and renamed into place only
-    once complete (:mod:`tmd_nb.formats.atomic`), so an output that exists at its final name is a
-    whole file. A run that is interrupted (Ctrl-C, a killed process or worker) leaves finished
-    outputs and, at worst, hidden temporary files; running it again skips the finished outputs
-    (after checking their structure), removes those temporary files and converts the rest.
+    once complete (:mod:`tmd_nb.formats.atomic`). A run that is interrupted (Ctrl-C, a killed
+    process or worker) leaves finished outputs, their manifest lines and, at worst, temporary
+    files; running it again skips an output only when its manifest line says it came from the
+    same source, unchanged (size and ``mtime_ns``), and the output still has the recorded
+    SHA-256; it removes the temporary files of dead processes and converts the rest.
+
+Processes
+    Local work runs on a process pool started with ``forkserver``; in a script that calls
+    convert without an ``if __name__ == "__main__":`` guard (where every new interpreter would
+    run the script again) with ``fork`` instead, or, where that is unsafe, in this process with
+    a one-line note saying what to add. A worker that dies (out of memory, killed) costs the
+    files it held one more try each, alone in a fresh process; a file that kills that one too
+    is reported as failed. On Dask a failed batch is likewise split and each file tried alone.
+
+Test hook
+    ``TMD_NB_TEST_KILL_WORKER=<file name>``: the process converting a source of that name kills
+    itself with SIGKILL (how the tests make a worker die). It does nothing when unset.
 """
 
 from __future__ import annotations
 
+import ast
+import collections
 import concurrent.futures as cf
 import contextlib
+import csv
 import glob
+import hashlib
+import io
 import multiprocessing
 import os
 import re
 import signal
+import stat
 import sys
+import threading
+import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from .errors import FormatError
-from .formats import registry
+from .errors import FormatError, shorten
+from .formats import atomic, registry
 from .formats.base import PathLike
-from .formats.chunks import load_metadata
 
-__all__ = ["ConvertReport", "convert", "convert_file", "convert_files", "plan"]
+__all__ = ["MANIFEST", "ConvertReport", "connect", "convert", "convert_file", "convert_files", "plan", "read_manifest"]
 
 _GLOB_CHARS = re.compile(r"[*?[]")
 #: Most files converted by one Dask task (small scans take milliseconds; a task costs about as much).
 MAX_BATCH = 16
+#: The manifest's file name in the output folder (see the module doc).
+MANIFEST = "tmd_nb-convert.csv"
+#: Seconds between two flushes of the manifest to disk (an fsync costs milliseconds; files, less).
+SYNC_INTERVAL = 1.0
+FIELDS = ("source", "size", "mtime_ns", "format", "channel", "output", "status", "reason", "output_sha256")
+_KILL_HOOK = "TMD_NB_TEST_KILL_WORKER"
+_DIED = "the worker process converting it died twice (out of memory, or killed?)"
+
+Record = dict[str, Any]
 
 
 @dataclass
@@ -49,17 +111,22 @@ class ConvertReport:
     converted : list of (str, str)
         ``(source, output)`` of the files written by this run.
     skipped : list of (str, str)
-        ``(source, output)`` of the files whose output was already there and complete.
+        ``(source, output)`` of the files whose output was already there, from the same unchanged
+        source, intact.
     failed : list of (str, str)
-        ``(source, reason)``: the files that could not be converted, each with a one-line reason.
+        ``(source, reason)``: the files that could not be converted, or whose output name holds a
+        file convert does not replace, each with a one-line reason.
     notes : list of (str, str)
         ``(source, message)``: warnings raised while converting (e.g. metadata a format cannot keep).
+    manifest : str
+        The manifest of the output folder, one line per source (see :mod:`tmd_nb.batch`).
     """
 
     converted: list[tuple[str, str]] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
     notes: list[tuple[str, str]] = field(default_factory=list)
+    manifest: str = ""
 
     @property
     def ok(self) -> bool:
@@ -73,35 +140,149 @@ class ConvertReport:
     def __str__(self) -> str:
         lines = [self.summary()]
         lines += [f"  failed: {source}: {reason}" for source, reason in self.failed]
+        if self.manifest:
+            lines.append(f"manifest: {self.manifest}")
         return "\n".join(lines)
 
     def _repr_pretty_(self, p: Any, cycle: bool) -> None:
         p.text(str(self))
 
 
+# --------------------------------------------------------------------------- the manifest
+
+
+def _row(record: Record) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerow(["" if record.get(k) is None else record[k] for k in FIELDS])
+    return buffer.getvalue()
+
+
+_HEADER = _row(dict(zip(FIELDS, FIELDS, strict=True)))
+
+
+def read_manifest(path: PathLike) -> list[Record]:
+    """Every line of a manifest, in order, as dicts (``size``/``mtime_ns`` ints or None, ``channel`` None).
+
+    A missing file reads as no lines; an unfinished last line is left out.
+
+    Raises
+    ------
+    ValueError
+        The file is not a convert manifest.
+    """
+    try:
+        with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
+            text = f.read()
+    except FileNotFoundError:
+        return []
+    if not text:
+        return []
+    if not text.startswith(_HEADER):
+        raise ValueError(f"{os.fspath(path)!r} is not a tmd_nb convert manifest; move it away")
+    if not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]  # a line being appended, or cut by a power failure
+    records = []
+    with contextlib.suppress(csv.Error):
+        for row in csv.reader(io.StringIO(text[len(_HEADER) :], newline="")):
+            if len(row) != len(FIELDS):
+                continue
+            record: Record = dict(zip(FIELDS, row, strict=True))
+            for key in ("size", "mtime_ns"):
+                record[key] = int(record[key]) if record[key].isdigit() else None
+            record["channel"] = record["channel"] or None
+            records.append(record)
+    return records
+
+
+@contextlib.contextmanager
+def _locked(directory: str) -> Iterator[None]:
+    """Hold a lock on the output folder (``flock``): appends and rewrites of concurrent runs take turns."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: no lock
+        yield
+        return
+    fd = os.open(directory, os.O_RDONLY)  # the folder itself: no lock file left behind
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _append(manifest: str, records: list[Record], sync: bool = True) -> None:
+    """Add lines to the manifest in one write (a kill of this process loses none); ``sync``: flush it to disk."""
+    if not records:
+        return
+    with _locked(os.path.dirname(manifest)):
+        fd = os.open(manifest, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
+        try:
+            text = "".join(_row(r) for r in records)
+            size = os.fstat(fd).st_size
+            if size == 0:
+                text = _HEADER + text
+            elif os.pread(fd, 1, size - 1) != b"\n":
+                text = "\n" + text  # after a line cut short by a power failure, which is then left out
+            os.write(fd, text.encode("utf-8", "surrogateescape"))
+            if sync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _tidy(manifest: str) -> list[Record]:
+    """Rewrite the manifest atomically with the last line of each source; return those lines."""
+    with _locked(os.path.dirname(manifest)):
+        records = read_manifest(manifest)
+        last = {r["source"]: r for r in records}
+        if len(last) < len(records):
+            with atomic.atomic_write(manifest) as f:
+                f.write((_HEADER + "".join(_row(r) for r in last.values())).encode("utf-8", "surrogateescape"))
+        return list(last.values())
+
+
+def _claims(records: Iterable[Record]) -> dict[str, Record]:
+    """Per output, the last line that claims it as convert's own (``started``, or with a SHA-256)."""
+    return {r["output"]: r for r in records if r["status"] == "started" or r["output_sha256"]}
+
+
 # --------------------------------------------------------------------------- planning
 
 
-def _expand(source: PathLike) -> Iterator[tuple[str, str]]:
-    """``(file, path relative to the output folder)`` for one source: a folder, a glob or a file."""
+def _expand(source: PathLike, out_root: str, ours: set[str]) -> Iterator[tuple[str, str]]:
+    """``(file, path relative to the output folder)`` for one source: a folder, a glob or a file.
+
+    Leaves out convert's own outputs, and the output folder when it lies inside a folder source.
+    """
     text = os.fspath(source)
     if os.path.isdir(text):
         known = set(registry.extensions())
+        top = os.path.abspath(text)
         for root, dirs, files in os.walk(text):
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            dirs[:] = sorted(
+                d
+                for d in dirs
+                if not d.startswith(".") and (top == out_root or os.path.abspath(os.path.join(root, d)) != out_root)
+            )
             for name in sorted(files):
-                if not name.startswith(".") and os.path.splitext(name)[1].lower() in known:
-                    path = os.path.join(root, name)
+                path = os.path.join(root, name)
+                if (
+                    not name.startswith(".")
+                    and os.path.splitext(name)[1].lower() in known
+                    and os.path.abspath(path) not in ours
+                ):
                     yield path, os.path.relpath(path, text)
         return
     if _GLOB_CHARS.search(text) and not os.path.exists(text):
-        matches = sorted(p for p in glob.glob(text, recursive=True) if os.path.isfile(p))
+        matches = sorted(
+            p for p in glob.glob(text, recursive=True) if not os.path.isdir(p) and os.path.abspath(p) not in ours
+        )
         if not matches:
             raise FileNotFoundError(f"no file matches {text!r}")
         for path in matches:
             yield path, os.path.basename(path)
         return
-    if not os.path.exists(text):
+    if not os.path.lexists(text):
         raise FileNotFoundError(f"no such file or folder: {text!r}")
     yield text, os.path.basename(text)
 
@@ -111,12 +292,16 @@ def plan(sources: PathLike | Iterable[PathLike], out_dir: PathLike, format: str 
 
     ``sources`` is a folder (every file with a known extension, sub-folders mirrored; hidden
     files and folders left out), a glob pattern (``**`` for sub-folders), a file, or a list of
-    these. Each file becomes ``out_dir/<relative folder>/<stem>.<ext>``.
+    these. Each file becomes ``out_dir/<relative folder>/<stem>.<ext>``. Files the output
+    folder's manifest lists as convert's outputs are left out, and so is the output folder when
+    it lies inside a folder source. Two sources may share an output name: :func:`convert`
+    converts the first and reports the others.
 
     Raises
     ------
     ValueError
-        The format is unknown, or two sources would be written to the same output.
+        The format is unknown, the output folder is a file, or it holds a file at the manifest's
+        name that is not a manifest.
     FileNotFoundError
         A source does not exist, or a pattern matches no file.
     """
@@ -125,81 +310,162 @@ def plan(sources: PathLike | Iterable[PathLike], out_dir: PathLike, format: str 
     if isinstance(sources, (str, os.PathLike)):
         sources = [sources]
     out_root = os.path.abspath(os.fspath(out_dir))
+    if os.path.exists(out_root) and not os.path.isdir(out_root):
+        raise ValueError(f"the output folder {out_root!r} is a file; choose a folder")
+    manifest = os.path.join(out_root, MANIFEST)
+    ours = set(_claims(read_manifest(manifest))) | {manifest}
     pairs: list[tuple[str, str]] = []
-    seen: dict[str, str] = {}
+    seen: set[str] = set()
     for source in sources:
-        for path, relative in _expand(source):
+        for path, relative in _expand(source, out_root, ours):
             path = os.path.abspath(path)
-            output = os.path.join(out_root, os.path.splitext(relative)[0] + ext)
-            other = seen.get(output)
-            if other == path:
-                continue  # the same file named twice
-            if other is not None:
-                raise ValueError(f"{other!r} and {path!r} would both be converted to {output!r}; rename one")
-            if path == output:
-                raise ValueError(f"{path!r} would be converted onto itself; choose another output folder")
-            seen[output] = path
-            pairs.append((path, output))
+            if path not in seen:
+                seen.add(path)
+                pairs.append((path, os.path.join(out_root, os.path.splitext(relative)[0] + ext)))
     return pairs
 
 
 # --------------------------------------------------------------------------- one file
 
 
-def _complete(output: str, format: str) -> bool:
-    """Whether ``output`` is a whole file of ``format`` (its structure checks out; heights are not read)."""
+def _sha256(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _loads(path: str, format: str) -> bool:
+    """Whether ``path`` loads whole as ``format`` (the check for an output whose SHA-256 changed)."""
     try:
-        if registry.recognise(output).name != format:
+        if registry.recognise(path).name != format:
             return False
-        if format in ("npz", "npy"):
-            load_metadata(output)  # directory, headers and sizes
-        return True
-    except (OSError, FormatError):
+        registry.load(path)
+    except (OSError, FormatError, MemoryError):
         return False
+    return True
 
 
-def _remove_stale_temporaries(output: str) -> None:
-    """Remove the hidden temporary files an interrupted save of ``output`` left (see tmd_nb.formats.atomic)."""
-    directory, name = os.path.split(output)
-    pattern = re.compile(rf"\.{re.escape(name)}\.[0-9a-f]{{8}}\.tmp")
+def _reason(exc: BaseException, source: str = "") -> str:
+    """One line about ``exc``, without repeating the source's path (the report line starts with it)."""
+    if isinstance(exc, OSError) and exc.strerror and exc.filename in (source, None):
+        text = exc.strerror
+    else:
+        lines = str(exc).strip().splitlines()
+        text = lines[0] if lines else ""
+    if source:
+        for name in (repr(source), source):
+            text = text.replace(f"{name}: ", "").replace(name, "the file")
+    text = shorten(text)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class _NotReplaced(Exception):
+    """The output name holds a file convert does not replace."""
+
+
+def _existing(
+    source: str,
+    output: str,
+    format: str,
+    st: os.stat_result,
+    overwrite: bool,
+    record: Record | None,
+    manifest: str | None,
+) -> tuple[str, str]:
+    """What to do about whatever is at ``output``: ``("convert" | "skip", sha256 of the file there or "")``.
+
+    Raises :class:`_NotReplaced` for a file that is not convert's own (see the module doc).
+    """
     try:
-        names = os.listdir(directory)
-    except OSError:
-        return
-    for candidate in names:
-        if pattern.fullmatch(candidate):
-            with contextlib.suppress(OSError):
-                os.unlink(os.path.join(directory, candidate))
+        ost = os.lstat(output)
+    except FileNotFoundError:
+        return "convert", ""
+    if stat.S_ISDIR(ost.st_mode):
+        raise _NotReplaced("a folder is there at the output name; not replaced")
+    if not stat.S_ISREG(ost.st_mode) and not stat.S_ISLNK(ost.st_mode):
+        raise _NotReplaced("a special file (not a regular file) is there at the output name; not replaced")
+    if overwrite:
+        return "convert", ""
+    digest = "" if stat.S_ISLNK(ost.st_mode) else _sha256(output)
+    if manifest is not None and (record is None or record["output_sha256"] != digest):
+        # Perhaps another run into this folder wrote it since this run began: read the manifest now.
+        record = _claims(r for r in read_manifest(manifest) if r["output"] == output).get(output, record)
+    if record is None or stat.S_ISLNK(ost.st_mode):
+        raise _NotReplaced(
+            "a file convert did not write is there at the output name; not replaced (overwrite=True replaces it)"
+        )
+    unchanged = record["source"] == source and (record["size"], record["mtime_ns"]) == (st.st_size, st.st_mtime_ns)
+    if record["status"] == "started":  # it appeared after convert began writing it: ours, complete (atomic), checked
+        return ("skip" if unchanged and _loads(output, format) else "convert"), digest
+    if record["output_sha256"] == digest:
+        return ("skip" if unchanged else "convert"), digest
+    if _loads(output, format):
+        raise _NotReplaced(
+            "the file at the output name changed since convert wrote it; not replaced (overwrite=True replaces it)"
+        )
+    return "convert", digest  # damaged (cut short, overwritten with garbage): converted again
 
 
-def _reason(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+def _remove(paths: list[str]) -> None:
+    for path in paths:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
 
 
-def convert_file(source: str, output: str, format: str = "npz", overwrite: bool = False) -> dict[str, Any]:
+def _kill_hook(source: str) -> None:
+    """The documented test hook (module doc): die like a worker killed by the system."""
+    name = os.environ.get(_KILL_HOOK)
+    if name and os.path.basename(source) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def convert_file(
+    source: str,
+    output: str,
+    format: str = "npz",
+    overwrite: bool = False,
+    record: Record | None = None,
+    manifest: str | None = None,
+) -> Record:
     """Convert one file; never raises for a bad file. What :func:`convert` runs on every worker.
+
+    ``record`` is the manifest line that claims ``output`` (see :mod:`tmd_nb.batch`), if any;
+    ``manifest`` the manifest's path, read again when a file at ``output`` is not accounted for.
 
     Returns
     -------
     dict
-        ``{"source", "output", "status", "reason", "notes"}``; ``status`` is ``"converted"``,
-        ``"skipped"`` (a complete output is there and ``overwrite`` is false) or ``"failed"``
-        (``reason`` says why in one line).
+        A manifest line (the keys of ``FIELDS``) plus ``"notes"``; ``status`` is
+        ``"converted"``, ``"skipped"`` or ``"failed"`` (``reason`` says why in one line).
     """
-    result: dict[str, Any] = {"source": source, "output": output, "status": "failed", "reason": "", "notes": []}
+    result: Record = {k: None for k in FIELDS}
+    result.update(source=source, output=output, status="failed", reason="", output_sha256="", notes=[])
     try:
-        if not overwrite and os.path.exists(output) and _complete(output, format):
-            result["status"] = "skipped"
+        _kill_hook(source)
+        st = os.stat(source)
+        result.update(size=st.st_size, mtime_ns=st.st_mtime_ns)
+        if not stat.S_ISREG(st.st_mode):
+            raise FormatError(f"{source!r} is not a regular file")
+        action, digest = _existing(source, output, format, st, overwrite, record, manifest)
+        result["output_sha256"] = digest  # still ours whatever happens next
+        if action == "skip":
+            result.update(status="skipped", format=(record or {}).get("format") or registry.recognise(source).name)
             return result
-        _remove_stale_temporaries(output)
+        fmt = registry.recognise(source)
+        result["format"] = fmt.name
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            registry.save(registry.load(source), output, format=format)
+            data = registry.load(source)
+            after = os.stat(source)
+            if (after.st_size, after.st_mtime_ns, after.st_ino) != (st.st_size, st.st_mtime_ns, st.st_ino):
+                raise FormatError(f"{source!r} changed while it was being read; run again")
+            registry.save(data, output, format=format)
+        result["output_sha256"] = _sha256(output)
         result["notes"] = sorted({str(w.message).splitlines()[0] for w in caught})
         result["status"] = "converted"
+    except _NotReplaced as exc:
+        result["reason"] = str(exc)
     except Exception as exc:  # one bad file never stops the batch
-        result["reason"] = _reason(exc)
+        result["reason"] = _reason(exc, source)
     return result
 
 
@@ -249,84 +515,215 @@ def _worker_setup() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _run_local(tasks: list[tuple[str, str]], format: str, overwrite: bool, jobs: int, done: Callable) -> None:
-    """Run the tasks in this process (``jobs=1``) or on a process pool; a pool that breaks is restarted once.
+def _guarded(main: Any) -> bool:
+    """Whether the running ``__main__`` script called us from under ``if __name__ == "__main__":``.
 
-    On Ctrl-C (``KeyboardInterrupt``) no new file is started, the ones in progress are finished
-    (each is written atomically either way), and the interrupt goes on to the caller.
+    Read from the script's own statement at the outermost frame of ``__main__``; when that cannot
+    be told, the answer is "guarded" (what ``forkserver`` and ``spawn`` need, as before).
     """
-    if jobs == 1 or len(tasks) <= 1:
-        for source, output in tasks:
-            done(convert_file(source, output, format, overwrite))
+    frame = sys._getframe(1)
+    line = None
+    while frame is not None:
+        if frame.f_code.co_name == "<module>" and frame.f_globals is vars(main):
+            line = frame.f_lineno
+        frame = frame.f_back  # type: ignore[assignment]
+    try:
+        with open(main.__file__, "rb") as f:
+            tree = ast.parse(f.read())
+    except (OSError, SyntaxError, ValueError):
+        return True
+    if line is None:
+        return True
+    for statement in tree.body:
+        if statement.lineno <= line <= (statement.end_lineno or statement.lineno):
+            test = getattr(statement, "test", None)
+            return isinstance(statement, ast.If) and "__name__" in ast.dump(test) and "__main__" in ast.dump(test)
+    return True
+
+
+def _start_method() -> str | None:
+    """How to start worker processes here, or None: convert in this process (a note says why).
+
+    ``forkserver`` and ``spawn`` start a new interpreter that imports a ``__main__`` script again:
+    for a script with no ``if __name__ == "__main__":`` guard that runs convert again in every
+    worker. There ``fork`` (no import) is used when this process has no other thread.
+    """
+    methods = multiprocessing.get_all_start_methods()
+    fresh = "forkserver" if "forkserver" in methods else "spawn"
+    main = sys.modules.get("__main__")
+    if getattr(main, "__file__", None) is None or _guarded(main):
+        return fresh
+    if "fork" in methods and sys.platform.startswith("linux") and threading.active_count() == 1:
+        return "fork"
+    print(
+        "convert: converting in this process only; to use several processes, "
+        'call it under `if __name__ == "__main__":`',
+        file=sys.stderr,
+    )
+    return None
+
+
+Task = tuple[str, str, "Record | None"]
+
+
+def _died(task: Task) -> Record:
+    record: Record = {k: None for k in FIELDS}
+    record.update(source=task[0], output=task[1], status="failed", reason=_DIED, output_sha256="", notes=[])
+    return record
+
+
+def _run_local(
+    tasks: list[Task], format: str, overwrite: bool, manifest: str, jobs: int, start: Callable, done: Callable
+) -> None:
+    """Run the tasks in this process (``jobs=1``) or on a process pool, one file per worker at a time.
+
+    When a worker dies, the pool breaks: the files then in the workers are tried again, each alone
+    in a fresh process, and the others go on in a new pool. On Ctrl-C (``KeyboardInterrupt``) no
+    new file is started, the ones in progress are finished (each is written atomically either
+    way), and the interrupt goes on to the caller.
+    """
+    method = _start_method() if jobs > 1 and len(tasks) > 1 else None
+    if method is None:
+        for task in tasks:
+            start([task])
+            done(convert_file(task[0], task[1], format, overwrite, task[2], manifest))
         return
-    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
     context = multiprocessing.get_context(method)
-    left = list(tasks)
-    for attempt in (1, 2):
-        finished: set[tuple[str, str]] = set()
-        pool = cf.ProcessPoolExecutor(max_workers=min(jobs, len(left)), mp_context=context, initializer=_worker_setup)
-        with pool:
-            futures = {pool.submit(convert_file, s, o, format, overwrite): (s, o) for s, o in left}
+    queue = collections.deque(tasks)
+    suspects: list[Task] = []
+
+    def run(pool: cf.ProcessPoolExecutor, task: Task) -> cf.Future:
+        start([task])
+        return pool.submit(convert_file, task[0], task[1], format, overwrite, task[2], manifest)
+
+    while queue:
+        with cf.ProcessPoolExecutor(min(jobs, len(queue)), mp_context=context, initializer=_worker_setup) as pool:
+            running: dict[cf.Future, Task] = {}
             try:
-                for future in cf.as_completed(futures):
-                    source, output = futures[future]
+                while queue or running:
+                    broken = False
                     try:
-                        result = future.result()
-                    except cf.process.BrokenProcessPool:
-                        if attempt == 1:
-                            continue  # retried on a fresh pool
-                        result = {
-                            "source": source,
-                            "output": output,
-                            "status": "failed",
-                            "reason": "the worker process converting it died (out of memory or killed?)",
-                            "notes": [],
-                        }
-                    finished.add((source, output))
-                    done(result)
+                        while queue and len(running) < jobs:
+                            future = run(pool, queue[0])  # raises before the file leaves the queue
+                            running[future] = queue.popleft()
+                    except cf.process.BrokenProcessPool:  # it broke since the last wait: the file was not sent
+                        broken = True
+                    finished, _ = cf.wait(running, return_when=cf.ALL_COMPLETED if broken else cf.FIRST_COMPLETED)
+                    if any(isinstance(f.exception(), cf.process.BrokenProcessPool) for f in finished):
+                        finished, _ = cf.wait(running)  # the whole pool is gone: every future ends now
+                    for future in finished:
+                        task = running.pop(future)
+                        if isinstance(future.exception(), cf.process.BrokenProcessPool):
+                            suspects.append(task)
+                            broken = True
+                        else:
+                            done(future.result())
+                    if broken:
+                        break
             except BaseException:  # Ctrl-C: the files being converted are finished, the others never started
                 pool.shutdown(wait=True, cancel_futures=True)
+                for future in running:
+                    if future.done() and not future.cancelled() and future.exception() is None:
+                        done(future.result())
                 raise
-        left = [t for t in left if t not in finished]
-        if not left:
-            return
+    for task in suspects:  # each alone, so that a file that kills its worker takes no other down
+        with cf.ProcessPoolExecutor(1, mp_context=context, initializer=_worker_setup) as pool:
+            future = run(pool, task)
+            try:
+                done(future.result())
+            except cf.process.BrokenProcessPool:
+                done(_died(task))
 
 
-def convert_files(batch: list[tuple[str, str]], format: str = "npz", overwrite: bool = False) -> list[dict[str, Any]]:
-    """:func:`convert_file` over a batch of ``(source, output)`` pairs: one Dask task for several small files."""
-    return [convert_file(source, output, format, overwrite) for source, output in batch]
+def convert_files(
+    batch: list[Task], format: str = "npz", overwrite: bool = False, manifest: str | None = None
+) -> list[Record]:
+    """:func:`convert_file` over a batch of ``(source, output, record)``: one Dask task for several small files.
+
+    First removes what killed saves of these outputs left on this worker's host.
+    """
+    _remove(atomic.stale_temporaries(*(output for _, output, _ in batch)))
+    return [convert_file(source, output, format, overwrite, record, manifest) for source, output, record in batch]
 
 
-def _batches(tasks: list[tuple[str, str]], workers: int) -> list[list[tuple[str, str]]]:
+def _batches(tasks: list[Task], workers: int) -> list[list[Task]]:
     """Batches of at most :data:`MAX_BATCH` files, about eight per worker, so that per-task overhead is amortised
     while every worker still gets work until the end."""
     size = max(1, min(MAX_BATCH, len(tasks) // (8 * max(1, workers))))
     return [tasks[i : i + size] for i in range(0, len(tasks), size)]
 
 
-def _run_dask(tasks: list[tuple[str, str]], format: str, overwrite: bool, client: Any, done: Callable) -> None:
-    """Run the tasks on a ``dask.distributed`` client, in batches: paths go to the workers, results come back."""
+def _run_dask(
+    tasks: list[Task], format: str, overwrite: bool, manifest: str, client: Any, start: Callable, done: Callable
+) -> None:
+    """Run the tasks on ``client`` (not necessarily the default client), in batches: paths go to the workers.
+
+    A batch whose task fails (a worker died: ``KilledWorker``) is split, and each of its files is
+    tried again alone, one at a time; a file that fails alone too is reported with the reason.
+    """
     from distributed import as_completed
 
+    start(tasks)
     batches = _batches(tasks, len(client.scheduler_info().get("workers", ())))
     # pure=False: unique keys, so a second run on the same client never reuses the first one's results.
-    futures = client.map(convert_files, batches, format=format, overwrite=overwrite, pure=False)
+    options = {"format": format, "overwrite": overwrite, "manifest": manifest, "pure": False}
+    futures = client.map(convert_files, batches, **options)
     by_key = {f.key: batch for f, batch in zip(futures, batches, strict=True)}
+    pending = as_completed(futures, loop=client.loop)
+    # Files of failed batches, tried again one at a time: two retries never share a dying worker.
+    retries: collections.deque[Task] = collections.deque()
+    retrying: set[str] = set()
+
+    def retry_next() -> None:
+        if retries and not retrying:
+            task = retries.popleft()
+            retry = client.submit(convert_files, [task], **options)
+            by_key[retry.key] = [task]
+            retrying.add(retry.key)
+            futures.append(retry)
+            pending.add(retry)
+
     try:
-        for future in as_completed(futures):
+        for future in pending:
+            batch = by_key.get(future.key, [])
+            alone = future.key in retrying
+            retrying.discard(future.key)
             try:
                 results = future.result()
             except Exception as exc:  # a worker died (KilledWorker) or the task could not run
-                reason = _reason(exc)
-                results = [
-                    {"source": s, "output": o, "status": "failed", "reason": reason, "notes": []}
-                    for s, o in by_key[future.key]
-                ]
+                if not alone:
+                    retries.extend(batch)
+                    retry_next()
+                    continue
+                reason = _DIED if type(exc).__name__ == "KilledWorker" else _reason(exc)
+                results = [_died(task) | {"reason": reason} for task in batch]
             for result in results:
                 done(result)
+            retry_next()
     except BaseException:
         client.cancel(futures)
         raise
+
+
+def connect(address: str) -> Any:
+    """A ``dask.distributed.Client`` of the scheduler at ``address``.
+
+    Raises
+    ------
+    ImportError
+        dask.distributed is not installed (the message says what to install).
+    ConnectionError
+        The scheduler could not be reached; one line, saying so.
+    """
+    try:
+        from distributed import Client
+    except ImportError:
+        raise ImportError("--scheduler needs dask.distributed: pip install 'tmd_nb[dask]'") from None
+    try:
+        return Client(address)
+    except OSError as exc:  # refused, timed out, unknown host
+        why = str(exc).strip().splitlines()[0].replace(f" to {address}", "") if str(exc).strip() else type(exc).__name__
+        raise ConnectionError(f"could not reach the scheduler at {address}: {why}") from None
 
 
 def convert(
@@ -352,8 +749,10 @@ def convert(
     format : str
         The output format's name (``"npz"``, ``"npy"``, ``"tmd"``, ...).
     overwrite : bool
-        Convert files whose output is already there too (by default they are skipped, after a
-        check that they are complete).
+        Replace whatever file is at an output name. By default an output is skipped when the
+        manifest says it came from the same unchanged source and it is intact; an output of
+        convert whose source changed, or that is damaged, is converted again; any other file is
+        left alone and reported as failed (see :mod:`tmd_nb.batch`, "Whose files are replaced").
     jobs : int, optional
         Local worker processes (default: every available core; ``1`` converts in this process).
         Ignored when ``client`` is given.
@@ -366,42 +765,105 @@ def convert(
     Returns
     -------
     ConvertReport
-        The converted, skipped and failed files (each failure with its one-line reason). A bad
-        file never stops the others.
+        The converted, skipped and failed files (each failure with its one-line reason), and the
+        manifest's path (``OUT/tmd_nb-convert.csv``). A bad file never stops the others; nor does
+        a second source with the same output name (the first is converted).
 
     Raises
     ------
     ValueError
-        Unknown format, bad ``jobs``, or two sources that would be written to the same output;
+        Unknown format, bad ``jobs``, or a file at the manifest's name that is not a manifest;
         raised before any file is written.
     FileNotFoundError
         A source does not exist or a pattern matches nothing (before any file is written).
     """
-    tasks = plan(sources, out_dir, format)
+    pairs = plan(sources, out_dir, format)
     workers = _job_count(jobs)
-    report = ConvertReport()
-    bar = _bar(len(tasks), progress)
+    out_root = os.path.abspath(os.fspath(out_dir))
+    os.makedirs(out_root, exist_ok=True)
+    manifest = os.path.join(out_root, MANIFEST)
+    claims = _claims(_tidy(manifest))
+    report = ConvertReport(manifest=manifest)
+    begun: set[str] = set()  # sources whose output did not exist when this run began converting them
+    bar: Any = None
     lists = {"converted": report.converted, "skipped": report.skipped}
 
-    def done(result: dict[str, Any]) -> None:
+    synced = time.monotonic()
+
+    def write(lines: list[Record]) -> None:
+        nonlocal synced
+        sync = time.monotonic() - synced >= SYNC_INTERVAL
+        _append(manifest, lines, sync)
+        if sync:
+            synced = time.monotonic()
+
+    def start(tasks: list[Task]) -> None:
+        """Note the outputs about to be written where nothing is yet: a file found there later is ours."""
+        lines = []
+        for source, output, _ in tasks:
+            if not os.path.lexists(output):
+                try:
+                    st = os.stat(source)
+                except OSError:
+                    continue  # the worker reports it
+                begun.add(source)
+                lines.append(
+                    {
+                        "source": source,
+                        "size": st.st_size,
+                        "mtime_ns": st.st_mtime_ns,
+                        "output": output,
+                        "status": "started",
+                    }
+                )
+        write(lines)
+
+    def done(result: Record) -> None:
+        nonlocal bar
+        if result["status"] == "skipped" and result["source"] in begun:
+            # Absent when this run began it, there now and verified: written by a worker of this run
+            # that was stopped before it could say so (a pool broken by another file, a lost Dask worker).
+            result["status"] = "converted"
+        write([result])
         source = result["source"]
         if result["status"] == "failed":
             report.failed.append((source, result["reason"]))
         else:
             lists[result["status"]].append((source, result["output"]))
         report.notes.extend((source, note) for note in result["notes"])
+        if bar is None:  # made late: a "fork" pool must start before tqdm's monitor thread does
+            bar = _bar(len(pairs), progress)
         if bar is not None:
             bar.update(1)
 
+    tasks: list[Task] = []
+    clashes: list[Record] = []
+    first: dict[str, str] = {}
+    for source, output in pairs:
+        if output in first or source == output:
+            reason = (
+                f"its output {output!r} is {first[output]!r}'s too; not converted (rename one)"
+                if output in first
+                else "it would be converted onto itself; choose another output folder"
+            )
+            clashes.append(_died((source, output, None)) | {"reason": reason})
+            continue
+        first[output] = source
+        tasks.append((source, output, claims.get(output)))
+    _remove(atomic.stale_temporaries(manifest, *first))  # what killed saves of these files left
     try:
         if client is not None:
-            _run_dask(tasks, format, overwrite, client, done)
+            _run_dask(tasks, format, overwrite, manifest, client, start, done)
         else:
-            _run_local(tasks, format, overwrite, workers, done)
+            _run_local(tasks, format, overwrite, manifest, workers, start, done)
+        for result in clashes:
+            done(result)
     finally:
         if bar is not None:
             bar.close()
-    order = {source: i for i, (source, _) in enumerate(tasks)}
+        _tidy(manifest)
+        _remove(atomic.stale_temporaries(manifest, *first))  # and what workers of this run that died left
+    order = {source: i for i, (source, _) in enumerate(pairs)}
     for items in (report.converted, report.skipped, report.failed):
         items.sort(key=lambda item: order[item[0]])
     return report

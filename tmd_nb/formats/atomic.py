@@ -1,10 +1,18 @@
 """Crash-safe file replacement.
 
 Every writer in tmd_nb saves through :func:`atomic_write`: the bytes go to a hidden temporary
-file beside the target (``.<name>.<random>.tmp``), are flushed to disk with ``fsync`` and only
-then renamed over the target, so that at any instant the path holds either the complete old
-file or the complete new one. On an exception the temporary file is removed and the target is
-untouched; if the process is killed, the hidden temporary file is the only trace.
+file beside the target, are flushed to disk with ``fsync`` and only then renamed over the
+target, so that at any instant the path holds either the complete old file or the complete new
+one. On an exception the temporary file is removed and the target is untouched; if the process
+is killed, the hidden temporary file is the only trace.
+
+Temporary names
+    ``.<name>.<host>-<pid>-<random>.tmp``: ``<host>`` is 8 hex digits of a hash of the host name,
+    ``<pid>`` the writing process's id in 8 hex digits, ``<random>`` 8 random hex digits. A
+    ``<name>`` too long for the temporary name to fit in 255 bytes is cut (at a byte) to fit.
+    The host and pid say whose file it is: :func:`stale_temporaries` finds only those left by a
+    process of this host that no longer runs, so two programs saving into one folder never
+    remove each other's temporary files.
 
 What is never replaced (checked before anything is written, and again just before the rename)
     * anything that exists and is not a regular file (a symbolic link to one is followed): a
@@ -20,31 +28,87 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
+import re
 import secrets
+import socket
 import stat
 from collections.abc import Iterator
 from typing import BinaryIO
 
-__all__ = ["atomic_write", "check_replaceable", "temporary_name"]
+__all__ = ["atomic_write", "check_replaceable", "stale_temporaries", "temporary_name"]
 
 
 _NAME_MAX = 255  # bytes in one path component on the usual file systems
+_SUFFIX_BYTES = len(".00000000-00000000-00000000.tmp")
+_ROOM = _NAME_MAX - 1 - _SUFFIX_BYTES  # bytes of the target's name kept in a temporary name
+_HOST = hashlib.sha256(socket.gethostname().encode("utf-8", "surrogateescape")).hexdigest()[:8]
+_SUFFIX = re.compile(rb"\.([0-9a-f]{8})-([0-9a-f]{8})-[0-9a-f]{8}\.tmp\Z")
 
 
-def temporary_name(target: str) -> str:
-    """The hidden temporary path used while ``target`` is being written.
+def _kept(name: str) -> bytes:
+    """The part of a target's name that its temporary names start with (after the dot)."""
+    return os.fsencode(name)[:_ROOM]
 
-    Named after the target; a very long target name is shortened so that the temporary name
-    still fits where the target's own name fits.
+
+def temporary_name(target: str, pid: int | None = None) -> str:
+    """A fresh hidden temporary path for writing ``target`` (see "Temporary names" above).
+
+    ``pid`` defaults to this process; it fits the temporary name into 255 bytes wherever the
+    target's own name fits.
     """
     directory, name = os.path.split(target)
-    suffix = f".{secrets.token_hex(4)}.tmp"
-    room = _NAME_MAX - 1 - len(suffix)
-    encoded = os.fsencode(name)
-    if len(encoded) > room:
-        name = os.fsdecode(encoded[:room])
-    return os.path.join(directory, f".{name}{suffix}")
+    pid = os.getpid() if pid is None else pid
+    suffix = f".{_HOST}-{pid:08x}-{secrets.token_hex(4)}.tmp"
+    return os.path.join(directory, os.fsdecode(b"." + _kept(name) + os.fsencode(suffix)))
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` of this host runs (a zombie, killed and not yet reaped, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: someone else's process, alive
+        pass
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rpartition(b")")[2].split()[:1]
+    except FileNotFoundError:  # it ended meanwhile, or there is no /proc (not Linux)
+        return not os.path.isdir("/proc/self")
+    except OSError:
+        return True
+    return state not in ([b"Z"], [b"X"])
+
+
+def stale_temporaries(*targets: str) -> list[str]:
+    """The temporary files of ``targets`` whose writer, a process of this host, no longer runs.
+
+    What killed saves left behind; a running writer's file (of this or another program) is
+    never among them, and neither are files from other hosts sharing the folder. Each folder
+    is listed once, however many targets it holds.
+    """
+    folders: dict[str, set[bytes]] = {}
+    for target in targets:
+        directory, name = os.path.split(target)
+        folders.setdefault(directory, set()).add(b"." + _kept(name))
+    stale = []
+    for directory, prefixes in folders.items():
+        try:
+            names = os.listdir(os.fsencode(directory or "."))
+        except OSError:
+            continue
+        for candidate in names:
+            match = _SUFFIX.search(candidate, max(0, len(candidate) - _SUFFIX_BYTES))
+            if (
+                match
+                and candidate[: match.start()] in prefixes
+                and match[1].decode() == _HOST
+                and not _running(int(match[2], 16))
+            ):
+                stale.append(os.path.join(directory, os.fsdecode(candidate)))
+    return sorted(stale)
 
 
 def _fsync_directory(directory: str) -> None:

@@ -167,9 +167,22 @@ def from_stored(stored: np.ndarray, dtype: np.dtype) -> np.ndarray:
 
 
 def standard_heights(array: np.ndarray, factor: float) -> np.ndarray:
-    """The heights in SI units (float64) other software should see; complex maps give their real part."""
+    """The heights in SI units (float64) other software should see; complex maps give their real part.
+
+    ``ValueError`` when a finite height is beyond float64 range in SI units (``1e306`` km): it
+    would be written as infinite, which these formats hold as a missing point.
+    """
     values = array.real if array.dtype.kind == "c" else array
-    return np.asarray(values, dtype=np.float64) * factor
+    with np.errstate(over="ignore"):
+        standard = np.asarray(values, dtype=np.float64) * factor
+    infinite = np.isinf(standard)
+    if infinite.any() and (overflow := infinite & ~np.isinf(np.asarray(values, dtype=np.float64))).any():
+        bad = np.unravel_index(int(np.argmax(overflow)), overflow.shape)
+        raise ValueError(
+            f"height {values[bad].item()!r} at index {tuple(int(i) for i in bad)} is beyond float64 range "
+            f"in SI units ({factor!r} per unit), so it cannot be written as a height"
+        )
+    return standard
 
 
 def grid(array: np.ndarray) -> np.ndarray:
@@ -301,6 +314,10 @@ class Record:
     metadata: dict[str, Any]
     #: False when the standard heights changed since tmd_nb wrote the file (other software edited it).
     current: bool
+    #: When not ``current``: the points the writer filled although they were missing (the
+    #: ``__missing__`` member, of the file's grid), for a reader that can tell whether they still
+    #: stand for no measurement; else None.
+    missing: np.ndarray | None = None
 
 
 def unpack(
@@ -399,7 +416,8 @@ def unpack(
         else:
             current = stamp == fingerprint(base, fields or {}, extra)
     if not current:
-        return Record(None, meta, current=False)
+        usable = gaps is not None and gaps.dtype == np.bool_ and gaps.shape == base.shape
+        return Record(None, meta, current=False, missing=gaps if usable else None)
     seen = base
     if missing is not None:
         if gaps is None:

@@ -38,19 +38,25 @@ What :func:`load_gwy` reads
 A file tmd_nb wrote comes back exactly as saved. Other files give the first channel
 (``/0/data``, else the lowest-numbered ``/N/data``): ``{"height_map": float64 in the file's z
 unit, every value as stored, "x_length", "y_length", "x_offset", "y_offset", "lateral_unit",
-"height_unit"}`` as the file states them, plus ``mask`` (a bool array of the map's shape, True
+"height_unit"}`` as Gwyddion reads them (a length unit is ``"m"``: Gwyddion drops a unit's
+prefix and keeps the numbers, :func:`_as_gwyddion_reads`), plus ``mask`` (a bool array of the map's shape, True
 where ``/N/mask`` is above 0.5: in Gwyddion a mask selects, grains or a region, and does not
 erase measured heights), ``title`` and ``gwyddion_meta`` (a dict of the channel's ``/N/meta``
 strings) when present. A NaN stored in the data (Gwyddion's importers fill missing points
 instead) stays NaN. A file whose data, mask, lengths, offsets or units changed after tmd_nb
 wrote it (a rescale in Gwyddion, say) loads the file's own values with a warning, keeping the
-other tmd_nb metadata keys.
+other tmd_nb metadata keys; the points tmd_nb filled as missing that the file still masks stay
+NaN (they are no measurement, whatever else changed), and ``mask`` is the rest of the file's mask.
 
 Safety: ``gwyfile`` trusts the sizes in the file, so the whole structure is first walked here
 (:func:`scan`) without building anything: every name and string must end within its object,
 every object and array must fit in its parent, nesting is at most :data:`MAX_DEPTH` deep, and
-the copying gwyfile does per component is bounded. Only then are the top-level entries handed to
-gwyfile, one at a time. Malformed files raise :class:`~tmd_nb.errors.FormatError` naming the file.
+the copying gwyfile does (the rest of an object for each component, the rest of an object array
+for each object) is counted and bounded by :data:`MAX_COPY_FACTOR` times the file size, so that
+parsing stays linear. Only then are the top-level entries handed to gwyfile, one at a time.
+Malformed files raise :class:`~tmd_nb.errors.FormatError` naming the file. The writer refuses
+lengths that are not finite in metres and records over the reader's limit, and shows at most
+:data:`MAX_META_KEYS` short keys in ``/0/meta``, so that whatever it writes loads again.
 """
 
 from __future__ import annotations
@@ -59,6 +65,7 @@ import base64
 import binascii
 import datetime as dt
 import os
+import re
 import stat
 import struct
 import warnings
@@ -69,7 +76,7 @@ import numpy as np
 
 from ..errors import FormatError
 from ..heightmap import in_memory, split_height_map
-from . import embedded, metadata, units
+from . import embedded, limits, metadata, units
 from ._io import Progress, open_file, read_into
 from ._io import Reporter as _Reporter
 from .atomic import atomic_write
@@ -83,6 +90,10 @@ MAX_DEPTH = 32
 MAX_NAME = 4096
 #: Longest text shown per key in ``/0/meta``.
 MAX_META_TEXT = 1000
+#: Keys shown in ``/0/meta`` (the first ones), and the longest key shown, in UTF-8 bytes: a
+#: nested container costs gwyfile copying quadratic in its entries, which the reader bounds.
+MAX_META_KEYS = 256
+MAX_META_KEY = 256
 #: gwyfile copies the rest of an object after each component: refuse files where that adds up
 #: to more than this many times the file size (plus a constant).
 MAX_COPY_FACTOR = 64
@@ -92,6 +103,7 @@ _COPY_ALLOWANCE = 1 << 30
 OTHER_UNITS = ("", "V", "A", "N", "Pa", "Hz", "deg", "rad", "K", "s", "W", "T", "S", "C", "F")
 _SCALARS = {ord("b"): 1, ord("c"): 1, ord("i"): 4, ord("q"): 8, ord("d"): 8}
 _ARRAYS = {ord("C"): 1, ord("I"): 4, ord("Q"): 8, ord("D"): 8}
+_CHANNEL = re.compile(r"0|[1-9][0-9]{0,8}", re.ASCII)
 
 
 class _Walk:
@@ -153,9 +165,14 @@ class _Walk:
             elif code == ord("S"):
                 for _ in range(count):
                     p = self.cstring(p, end, "a string")
-            else:
+            else:  # gwyfile slices the rest of the component's buffer for each object of the array
+                rest = end if depth > 0 else None
+                starts = 0
                 for _ in range(count):
+                    starts += p
                     p = self.obj(p, end, depth + 1)
+                # at the top level the buffer handed to gwyfile ends with this component, at p
+                self.copies += count * (rest if rest is not None else p) - starts
         else:
             raise self.fail(pos, f"unknown type code {bytes([code])!r}")
         if p > end:
@@ -218,7 +235,10 @@ def _read_container(path: PathLike, where: str, progress: Progress | None) -> di
     for start, end in scan(body, where):
         try:
             name, value, _, _ = component_from_buffer(bytes(memoryview(body)[start:end]), return_size=True)
-        except Exception as exc:  # gwyfile raises whatever a malformed value makes Python raise
+        # What gwyfile raises on a value scan() cannot judge: a name or string that is not UTF-8, a
+        # 'C' array (numpy's zero-size '<S' dtype). A KeyError, IndexError, TypeError or
+        # AttributeError would be a bug, gwyfile's or tmd_nb's, and is left to surface as one.
+        except (UnicodeDecodeError, ValueError, struct.error, NotImplementedError) as exc:
             raise FormatError(
                 f"{where} has a malformed entry at byte {start + len(MAGIC)}: {type(exc).__name__}: {exc}"
             ) from None
@@ -236,9 +256,11 @@ def _field(entries: Mapping[str, Any], key: str, where: str) -> tuple[np.ndarray
     xres, yres, data = field.get("xres"), field.get("yres"), field.get("data")
     if type(xres) is not int or type(yres) is not int or xres < 1 or yres < 1:
         raise FormatError(f"{where}: {key} has no valid xres/yres ({xres!r}, {yres!r})")
-    if not isinstance(data, np.ndarray) or data.dtype != np.float64 or data.size != xres * yres:
-        size = getattr(data, "size", None)
-        raise FormatError(f"{where}: {key} holds {size} values, not xres x yres = {xres} x {yres}")
+    if not isinstance(data, np.ndarray) or data.dtype != np.float64:
+        kind = f"{data.dtype} values" if isinstance(data, np.ndarray) else f"a {type(data).__name__}"
+        raise FormatError(f"{where}: {key} holds {kind} as its data, not float64 values")
+    if data.size != xres * yres:
+        raise FormatError(f"{where}: {key} holds {data.size} values, not xres x yres = {xres} x {yres}")
     return data.reshape(yres, xres), field
 
 
@@ -253,6 +275,27 @@ def _unit(field: Any, key: str) -> str:
     unit = field.get(key)
     text = unit.get("unitstr") if isinstance(unit, Mapping) else None
     return text if isinstance(text, str) else ""
+
+
+#: The SI prefixes Gwyddion recognises in a unit string (``gwysiunit.c``), micro in all its spellings.
+_PREFIXES = frozenset("kcMmµμ~uGnTpPfEaZzYy")
+
+
+def _as_gwyddion_reads(unit: str) -> str:
+    """The unit of the stored numbers as Gwyddion reads ``unit``, a ``GwySIUnit`` string.
+
+    Gwyddion drops a prefix when it reads a unit and keeps the numbers: ``xreal = 4`` with
+    ``"mm"`` is 4 m in Gwyddion, and tmd_nb reads what Gwyddion shows. Every length unit is
+    metres; a prefixed unit of :data:`OTHER_UNITS` (``"mV"``) is its base unit; others stay.
+    """
+    text = units.canonical(unit)
+    if units.metres_per(text) is not None:
+        return "m"
+    if text in OTHER_UNITS:
+        return text
+    if len(text) > 1 and text[0] in _PREFIXES and text[1:] in OTHER_UNITS:
+        return text[1:]
+    return unit
 
 
 def _fields(field: Any, where: str) -> dict[str, Any]:
@@ -271,7 +314,9 @@ def _channel(entries: Mapping[str, Any], where: str) -> int:
     numbers = []
     for key in entries:
         parts = key.split("/")
-        if len(parts) == 3 and parts[0] == "" and parts[2] == "data" and parts[1].isdigit():
+        # Gwyddion's channel numbers: ASCII digits without leading zeros ("/00/data", "/²/data" and
+        # "/٣/data" are other keys, whose int() would be another channel's number or fail).
+        if len(parts) == 3 and parts[0] == "" and parts[2] == "data" and _CHANNEL.fullmatch(parts[1]):
             numbers.append(int(parts[1]))
     if not numbers:
         raise FormatError(f"{where} holds no image channel (/N/data)")
@@ -322,8 +367,8 @@ def load_gwy(path: PathLike, *, progress: Progress | None = None) -> dict[str, A
         "y_length": fields["yreal"],
         "x_offset": fields["xoff"],
         "y_offset": fields["yoff"],
-        "lateral_unit": fields["si_unit_xy"],
-        "height_unit": fields["si_unit_z"],
+        "lateral_unit": _as_gwyddion_reads(fields["si_unit_xy"]),
+        "height_unit": _as_gwyddion_reads(fields["si_unit_z"]),
     }
     found = {} if mask is None else {"mask": mask}
     record = {k[len(RECORD_PREFIX) :]: v for k, v in entries.items() if k.startswith(RECORD_PREFIX)}
@@ -349,7 +394,19 @@ def load_gwy(path: PathLike, *, progress: Progress | None = None) -> dict[str, A
             UserWarning,
             stacklevel=2,
         )
-        kept = {k: v for k, v in rec.metadata.items() if k not in units.PHYSICAL_KEYS and k != "mask"}
+        # The record's "mask" went into the channel's mask (then the file's mask replaces it) or is metadata.
+        recorded = _user_mask(rec.metadata, seen.shape)
+        kept = {
+            k: v
+            for k, v in rec.metadata.items()
+            if k not in units.PHYSICAL_KEYS and not (k == "mask" and recorded is not None)
+        }
+        if rec.missing is not None and mask is not None and (gone := rec.missing & mask).any():
+            # Points tmd_nb filled and masked, still masked: still no measurement, whatever else changed.
+            seen = np.where(gone, np.nan, seen)
+            # There the file's one mask cannot tell the user's selection from the gap: the record can.
+            selection = mask & ~gone if recorded is None else (mask & ~gone) | (recorded & gone)
+            found = {"mask": selection} if selection.any() or recorded is not None else {}
         return {"height_map": seen, **kept, **standard, **found}
     out: dict[str, Any] = {"height_map": seen, **standard, **found}
     title = entries.get(f"/{channel}/data/title")
@@ -385,12 +442,16 @@ def _meta_text(value: Any) -> str | None:
 def check(data: Any) -> None:
     """Raise ``TypeError``/``ValueError`` if :func:`export_to_gwy` would refuse ``data`` (cheap: no heights copied)."""
     _, meta = split_height_map(data, lazy=True)  # checked, not computed
+    units.written(meta)  # lengths and offsets written as given, or refused
     _units(meta)
     metadata.encode(meta, reserved=set(embedded.RESERVED))
+    limits.check_lengths(units.physical(meta), "a Gwyddion file")
+    limits.check_record(meta, "a Gwyddion file")
 
 
 def _units(meta: Mapping[str, Any]) -> tuple[tuple[str, float], tuple[str, float]]:
     """``((xy unit, factor), (z unit, factor))`` to write; ValueError naming the key of a unit Gwyddion misreads."""
+    units.check_unit_types(meta)
     phys = units.physical(meta)
     lateral = ("m", units.unit_factor(phys.lateral_unit, phys.lateral_key)) if phys.lateral_unit else ("", 1.0)
     factor = units.metres_per(phys.height_unit)
@@ -409,7 +470,14 @@ def _filled(standard: np.ndarray, finite: np.ndarray) -> np.ndarray:
     """``standard`` with its missing points set to the mean of the finite ones: within the data's range."""
     if finite.all():
         return standard
-    fill = float(np.mean(standard[finite])) if finite.any() else 0.0
+    fill = 0.0
+    if finite.any():
+        heights = standard[finite]
+        with np.errstate(over="ignore"):
+            fill = float(np.mean(heights))
+        if not np.isfinite(fill):  # the sum overflowed (heights near float64's limit): the mean term by term
+            fill = float(np.sum(heights / heights.size))
+        fill = min(max(fill, float(heights.min())), float(heights.max()))
     return np.where(finite, standard, fill)
 
 
@@ -458,24 +526,33 @@ def _build(data: Any) -> Any:
     from gwyfile.objects import GwyContainer, GwyDataField, GwySIUnit
 
     array, meta = split_height_map(in_memory(data))  # a Dask array is computed: the file is written whole
-    phys = units.physical(meta)
+    phys = units.written(meta)  # TypeError/ValueError naming a length or offset that cannot be written as given
     (xy_unit, lateral), (z_unit, height) = _units(meta)
+    limits.check_lengths(phys, "a Gwyddion file")
+    limits.check_record(meta, "a Gwyddion file")
     rows, cols = embedded.grid(array).shape
     x_length, y_length = phys.x_length or float(cols), phys.y_length or float(rows)
     standard = embedded.standard_heights(embedded.grid(array), height)
     finite = np.isfinite(standard)
     seen = np.where(finite, standard, np.nan)
     values = _filled(standard, finite)
-    user_mask = _user_mask(meta, array.shape)
+    user_mask = _user_mask(meta, array.shape) if array.size else None  # an empty map's grid is one missing point
     mask = ~finite if user_mask is None else user_mask | ~finite
+
+    unit = phys.lateral_unit
+    xreal, yreal = units.in_si("x_length", x_length, unit, lateral), units.in_si("y_length", y_length, unit, lateral)
+    xoff, yoff = (
+        units.in_si("x_offset", phys.x_offset, unit, lateral),
+        units.in_si("y_offset", phys.y_offset, unit, lateral),
+    )
 
     def field(values: np.ndarray) -> Any:
         return GwyDataField(
             np.ascontiguousarray(values, dtype=np.float64),
-            xreal=x_length * lateral,
-            yreal=y_length * lateral,
-            xoff=phys.x_offset * lateral,
-            yoff=phys.y_offset * lateral,
+            xreal=xreal,
+            yreal=yreal,
+            xoff=xoff,
+            yoff=yoff,
             si_unit_xy=GwySIUnit(unitstr=xy_unit),
             si_unit_z=GwySIUnit(unitstr=z_unit),
         )
@@ -491,7 +568,11 @@ def _build(data: Any) -> Any:
         entries["/0/mask"] = field(masks[0])
     fields = _fields(entries["/0/data"], "")
     record = embedded.pack(array, meta, seen, height, fields=fields, extra=masks, filled=values)
-    shown = {_gwy_text(k): t for k, v in meta.items() if (t := _meta_text(v)) is not None}
+    shown: dict[str, str] = {}
+    for k, v in meta.items():  # display only: the record keeps every key
+        name = _gwy_text(k)
+        if len(shown) < MAX_META_KEYS and len(name.encode()) <= MAX_META_KEY and (t := _meta_text(v)) is not None:
+            shown[name] = t
     if shown:
         entries["/0/meta"] = GwyContainer(shown, typecodes=dict.fromkeys(shown, "s"))
     for name, content in record.items():

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import FormatError
-from . import gwy, labelled, npy, npz, tmd, x3p
+from . import gwy, labelled, npy, npz, sdf, tmd, x3p
 from ._io import Progress, open_file
 from .base import Format, PathLike
 
@@ -36,7 +36,7 @@ __all__ = [
     "taking",
 ]
 
-FORMATS: tuple[Format, ...] = (npz.FORMAT, npy.FORMAT, tmd.FORMAT, x3p.FORMAT, gwy.FORMAT)
+FORMATS: tuple[Format, ...] = (npz.FORMAT, npy.FORMAT, tmd.FORMAT, x3p.FORMAT, gwy.FORMAT, sdf.FORMAT)
 #: How many first bytes :attr:`Format.recognise` is shown.
 HEAD_SIZE = 512
 

@@ -55,10 +55,12 @@ included), decoded as Latin-1 so that any byte survives; it is ASCII in every kn
 ``Binary TrueMap Data File v2.0\\r\\n\\0``. It converts lengths and offsets from
 ``lateral_unit`` and heights from ``height_unit`` (or ``units``; millimetres when none is given;
 ``docs/FORMAT.md``) into millimetres by the exact power of ten, and writes every NaN height as
-:data:`FILL`. Loading a v2.0 file and exporting the result reproduces the file byte for byte,
-fill points included, except that a header spelled in another letter case (``Truemap``) is
-written in the canonical case, and a NaN stored in the file itself (TrueMap writes none) is
-written back as the fill: both mean "no data".
+:data:`FILL`; a height given in another unit that converts onto :data:`FILL` is refused (it would
+load as a missing point), while in millimetres :data:`FILL` is the fill itself. Loading a v2.0
+file and exporting the result reproduces the file byte for byte, fill points included, except
+that a header spelled in another letter case (``Truemap``) is written in the canonical case,
+and a NaN stored in the file itself (TrueMap writes none) is written back as the fill: both
+mean "no data".
 
 This module imports only numpy, the standard library and tmd_nb's own codec modules.
 """
@@ -312,6 +314,14 @@ def _float32_heights(array: np.ndarray, unit: str) -> np.ndarray:
                 f"height {array[bad].item()!r} {unit} at index {tuple(int(i) for i in bad)} is beyond "
                 "float32 range in mm, so a .tmd file cannot hold it"
             )
+        # In mm, FILL is the fill (a loaded scan's own); a height converted onto it would load as missing.
+        fill = missing(converted)
+        if fill.any() and (onto_fill := fill & ~np.isnan(array)).any():
+            bad = np.unravel_index(int(np.argmax(onto_fill)), array.shape)
+            raise ValueError(
+                f"height {array[bad].item()!r} {unit} at index {tuple(int(i) for i in bad)} is TrueMap's "
+                "fill value -1e10 in mm, which a .tmd file holds as a missing point"
+            )
     else:
         converted = _exact_float32(array)
     nan = np.isnan(converted)
@@ -354,11 +364,16 @@ def _float32_value(meta: Mapping[str, Any], key: str, default: float, unit: str)
         value = default
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{key} must be a real number, not {type(value).__module__}.{type(value).__qualname__}")
-    as_float = units.convert(float(value), unit, UNIT)
+    try:
+        as_float = units.convert(float(value), unit, UNIT)
+    except OverflowError:  # an int beyond float range
+        as_float = math.inf
     with np.errstate(over="ignore"):
         as_f32 = np.array([as_float], dtype=_DTYPE)
     if not math.isfinite(as_float) or not np.isfinite(as_f32[0]):
         raise ValueError(f"{key} must be a finite number within float32 range, not {value!r}")
+    if key.endswith("length") and as_float != 0 and as_f32[0] == 0:  # an offset may round to the origin
+        raise ValueError(f"{key} {value!r} {unit} is too small for a .tmd file: it rounds to 0 mm in float32")
     return as_f32.tobytes()
 
 
@@ -396,9 +411,10 @@ def export_to_tmd(
     Raises
     ------
     ValueError
-        A height in mm that float32 cannot represent exactly (the message names it), an empty or
-        too large map, a length that is not a finite float32, a comment that is not ASCII, a
-        unit that is not a known length (the message names the key and the known units).
+        A height in mm that float32 cannot represent exactly (the message names it), or that a
+        conversion puts onto :data:`FILL`, an empty or too large map, a length that is not a
+        finite float32 (or that float32 rounds to 0 mm), a comment that is not ASCII, a unit
+        that is not a known length (the message names the key and the known units).
     TypeError
         ``data`` is not a height map, or a field has the wrong type.
 

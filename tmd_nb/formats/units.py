@@ -13,8 +13,9 @@ The keys, all optional, in the metadata beside ``"height_map"``:
     Shorthand for both: the unit of a key above that is absent. The specific keys win.
 
 When no key names a unit, the TrueMap convention applies: millimetres for both, as in ``.tmd``
-files. Writers of formats with units (TMD, X3P, Gwyddion) refuse a unit they do not know
-(:func:`factors`) rather than guess.
+files. Writers of formats with units (TMD, X3P, Gwyddion) refuse a unit they do not know, or
+a unit key holding no string (:func:`factors`), rather than guess; writers that store lengths in
+another unit also refuse lengths and offsets they could not write as given (:func:`written`).
 
 The pixel spacing is ``x_length / width`` and ``y_length / height`` (a pixel covers the area
 it stands for, as in TrueMap and Gwyddion), everywhere: the X3P sampling interval, the
@@ -27,6 +28,7 @@ This module imports only the standard library.
 from __future__ import annotations
 
 import math
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -37,11 +39,15 @@ __all__ = [
     "PHYSICAL_KEYS",
     "UNIT_KEYS",
     "Physical",
+    "canonical",
+    "check_unit_types",
     "convert",
     "factors",
+    "in_si",
     "metres_per",
     "physical",
     "unit_factor",
+    "written",
 ]
 
 #: The unit of lengths and heights when the metadata names none (the TrueMap convention).
@@ -79,16 +85,28 @@ UNIT_KEYS = ("lateral_unit", "height_unit", "units")
 PHYSICAL_KEYS = ("x_length", "y_length", "x_offset", "y_offset", "lateral_unit", "height_unit", "units")
 
 
+def canonical(unit: str) -> str:
+    """``unit`` without surrounding blanks, in Unicode NFKC form.
+
+    The same glyph has several code points: the angstrom sign U+212B is the letter U+00C5
+    (``"Å"``), and the micro sign U+00B5 the Greek mu U+03BC; NFKC makes them one spelling.
+    """
+    return unicodedata.normalize("NFKC", unit).strip()
+
+
 def metres_per(unit: str) -> float | None:
     """How many metres one ``unit`` is (``"mm"`` -> 0.001), or None for a unit that is not a length."""
-    return LENGTHS.get(unit.strip())
+    return LENGTHS.get(canonical(unit))
 
 
 def _number(value: Any) -> float | None:
     """A finite real number as float (numpy scalars included), else None."""
     if isinstance(value, bool) or (not isinstance(value, int | float) and not _is_real_scalar(value)):
         return None
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond float range
+        return None
     return number if math.isfinite(number) else None
 
 
@@ -164,6 +182,61 @@ def _unit_key(meta: Mapping[str, Any], key: str) -> str | None:
     return None
 
 
+def check_unit_types(meta: Mapping[str, Any]) -> None:
+    """``TypeError`` naming the key when a unit key holds something other than a string (or None).
+
+    :func:`physical` reads such a unit as absent, so a writer would silently apply the default
+    (``b"um"`` would be written as millimetres): writers refuse it instead.
+    """
+    for key in UNIT_KEYS:
+        value = meta.get(key)
+        if value is not None and not isinstance(value, str):
+            raise TypeError(
+                f"{key} must be a unit name (str) such as 'um', not {type(value).__module__}."
+                f"{type(value).__qualname__} {value!r}"
+            )
+
+
+def written(meta: Mapping[str, Any]) -> Physical:
+    """:func:`physical` for a writer that stores lengths in another unit (X3P, Gwyddion), after checking.
+
+    :func:`physical` reads a length it cannot use as unknown and an offset as 0, which suits a
+    preview; a file written that way would show other software another size than the metadata
+    says. Here a given ``x_length``/``y_length`` must be a positive finite real number and a
+    given ``x_offset``/``y_offset`` a finite one (``TypeError``/``ValueError`` naming the key),
+    and unit keys must be strings (:func:`check_unit_types`).
+    """
+    check_unit_types(meta)
+    for key in ("x_length", "y_length", "x_offset", "y_offset"):
+        value = meta.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or (not isinstance(value, int | float) and not _is_real_scalar(value)):
+            raise TypeError(f"{key} must be a real number, not {type(value).__module__}.{type(value).__qualname__}")
+        number = _number(value)
+        if number is None:
+            raise ValueError(f"{key} must be a finite number, not {_shown(value)}")
+        if key.endswith("length") and number <= 0:
+            raise ValueError(f"{key} must be positive (the size of the scanned area), not {_shown(value)}")
+    return physical(meta)
+
+
+def in_si(key: str, value: float, unit: str, factor: float) -> float:
+    """``value`` (of ``key``, in ``unit``) times ``factor``; ``ValueError`` naming the key if that overflows,
+    or if a length underflows to 0."""
+    scaled = value * factor
+    if not math.isfinite(scaled):
+        raise ValueError(f"{key} {_shown(value)} {unit} is beyond float64 range in SI units, so it cannot be written")
+    if key.endswith("length") and scaled == 0 and value != 0:
+        raise ValueError(f"{key} {_shown(value)} {unit} is too small for float64 in SI units: it rounds to 0")
+    return scaled
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def unit_factor(unit: str, key: str | None) -> float:
     """Metres per ``unit``; ``ValueError`` naming ``key`` (the key it came from) and the known units."""
     factor = metres_per(unit)
@@ -179,9 +252,10 @@ def factors(meta: Mapping[str, Any]) -> tuple[float, float]:
     """``(metres per lateral unit, metres per height unit)`` of ``meta``.
 
     Raises ``ValueError`` naming the key (``lateral_unit``, ``height_unit`` or ``units``) and the
-    known units when a unit is not a length tmd_nb knows: a writer that stores metres or
-    millimetres calls this before touching the file.
+    known units when a unit is not a length tmd_nb knows, and ``TypeError`` when a unit key
+    holds no string: a writer that stores metres or millimetres calls this before touching the file.
     """
+    check_unit_types(meta)
     phys = physical(meta)
     return unit_factor(phys.lateral_unit, phys.lateral_key), unit_factor(phys.height_unit, phys.height_key)
 
@@ -192,7 +266,7 @@ def convert(values: Any, unit: str, target: str) -> Any:
     Scaled by an exact power of ten (multiplied, or divided: ``1e-3`` is not exact, ``1000`` is),
     so each result is the correctly rounded value; the same unit returns ``values`` untouched.
     """
-    step = _EXPONENTS[unit.strip()] - _EXPONENTS[target.strip()]
+    step = _EXPONENTS[canonical(unit)] - _EXPONENTS[canonical(target)]
     if step == 0:
         return values
     return values * 10.0**step if step > 0 else values / 10.0**-step

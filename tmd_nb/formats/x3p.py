@@ -7,8 +7,10 @@ MountainsMap, Gwyddion and R's x3ptools open:
 
 ``main.xml`` Record1
     A surface (``SUR``) on a regular grid: ``CX``/``CY`` incremental with the pixel spacing in
-    metres (``x_length / width`` times the metres of ``lateral_unit``; without lengths, one
-    lateral unit per pixel) and offsets ``x_offset``/``y_offset`` in metres. ``CZ`` absolute with
+    metres (``x_length / width`` times the metres of ``lateral_unit``; on an axis without a
+    length, one lateral unit per pixel) and offsets ``x_offset``/``y_offset`` in metres; a length
+    or offset that cannot be written as given (not positive, not finite, beyond range in metres)
+    is a ValueError or TypeError naming the key. ``CZ`` absolute with
     increment = the metres of ``height_unit`` (so the stored numbers are the heights in their own
     unit) and data type ``F`` for float16/float32 heights, ``D`` for other floats, complex (real
     part) and 32/64-bit unsigned and 64-bit integers, ``L`` for uint16/int32, ``I`` for bool and 8/16-bit
@@ -56,8 +58,15 @@ without verification).
 Safety: before anything is decompressed, the zip's central directory is checked: at most
 :data:`MAX_MEMBERS` members, stored or deflated only, each declared size within deflate's
 largest ratio of its compressed size and within :data:`MAX_MEMBER_SIZE` (``main.xml``:
-:data:`MAX_XML_SIZE`); x3pio parses the XML with defusedxml and checks the data size against the
-dimensions. Anything malformed raises :class:`~tmd_nb.errors.FormatError` naming the file.
+:data:`MAX_XML_SIZE`; ``record.json``: ``embedded.MAX_RECORD``), and no two entries sharing
+bytes (one stream read as many members). ``main.xml`` is then read and refused if it declares an
+encoding Python does not know or holds more than :data:`MAX_XML_ELEMENTS` elements and
+attributes (x3pio builds the whole element tree); x3pio parses it with defusedxml and checks the
+data size against the dimensions. x3pio reads the open file (not a copy of it) through a wrapper
+that makes each large read once: x3pio reads a vendor file's bytes once per ``VendorSpecificID``
+naming it. Of tmd_nb's vendor files only those the record refers to are inflated, one at a time.
+Anything malformed raises :class:`~tmd_nb.errors.FormatError` naming the file. The writer
+refuses (before writing) what the reader would refuse: see :mod:`tmd_nb.formats.limits`.
 """
 
 from __future__ import annotations
@@ -66,13 +75,15 @@ import datetime as dt
 import errno
 import hashlib
 import io
+import itertools
 import os
 import re
 import stat
+import struct
 import warnings
 import zipfile
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -80,7 +91,7 @@ import numpy as np
 from .._version import __version__
 from ..errors import FormatError
 from ..heightmap import in_memory, split_height_map
-from . import embedded, metadata, units
+from . import embedded, limits, metadata, units
 from ._io import Progress, open_file
 from .archive import ZIP_MAGIC, write_zip
 from .atomic import atomic_write
@@ -93,12 +104,22 @@ __all__ = ["FORMAT", "VENDOR", "check", "export_to_x3p", "load_x3p", "looks_like
 VENDOR = "https://pypi.org/project/tmd-nb"
 MAX_MEMBERS = 10_000
 MAX_MEMBER_SIZE = 16 << 30
-MAX_XML_SIZE = 512 << 20
+#: ``main.xml``: at most this many bytes, and elements + attributes. x3pio builds the whole
+#: document tree (about 150 bytes an element or attribute), so a long ``DataList`` or a tag with
+#: millions of attributes is bounded by its items, not its text.
+MAX_XML_SIZE = 32 << 20
+MAX_XML_ELEMENTS = 500_000
+#: Longest text written in a Record2 field (display only: the record keeps the whole value).
+MAX_RECORD2_TEXT = 65_536
+#: Metadata arrays an X3P file holds: one zip member each, beside the few of the format.
+MAX_ARRAYS = MAX_MEMBERS - 16
 _MAX_RATIO = 1032  # deflate's largest expansion
 _RATIO_SLACK = 1 << 16
 _XML_FORBIDDEN = re.compile(r"[^\x09\x0a\x0d\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 _JUNK = re.compile(r"(^|/)(__macosx/|\._[^/]*$|\.ds_store$|thumbs\.db$|desktop\.ini$)", re.IGNORECASE)
 _ROOT = re.compile(rb"<(?![?!])([^\s>/]+)")
+_ENCODING = re.compile(rb"(?:\xef\xbb\xbf)?\s*<\?xml\s[^>]*?encoding\s*=\s*([\"'])([^\"'>]*)\1")
+_LOCAL_HEADER = struct.Struct("<4s22xHH")
 _OLD_ROOT = re.compile(rb"(</?)((?:[A-Za-z_][\w.-]*:)?)ISO5436(?=[\s>/])")
 
 
@@ -127,7 +148,7 @@ def looks_like_x3p(head: bytes, path: PathLike) -> bool:
     try:
         with open_file(path, repr(os.fspath(path))) as fp, zipfile.ZipFile(fp) as zf:
             return _main_name(_members(zf)) is not None
-    except Exception:  # anything a damaged zip makes zipfile raise: then it is not recognisably X3P
+    except _NOT_RECOGNISED:  # a damaged zip is not recognisably X3P
         return False
 
 
@@ -148,7 +169,9 @@ def _z_type(dtype: np.dtype) -> str:
 
 
 def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) and not _XML_FORBIDDEN.search(value) else None
+    if not isinstance(value, str) or _XML_FORBIDDEN.search(value):
+        return None
+    return value if len(value) <= MAX_RECORD2_TEXT else value[:MAX_RECORD2_TEXT] + "..."
 
 
 def _date(value: Any) -> dt.datetime | None:
@@ -194,8 +217,11 @@ def _record2(meta: Mapping[str, Any]) -> Any:
 def check(data: Any) -> None:
     """Raise ``TypeError``/``ValueError`` if :func:`export_to_x3p` would refuse ``data`` (cheap: no heights copied)."""
     _, meta = split_height_map(data, lazy=True)  # checked, not computed
+    units.written(meta)  # lengths and offsets written as given, or refused
     units.factors(meta)  # X3P holds metres: a unit must be a known length
     metadata.encode(meta, reserved=set(embedded.RESERVED))
+    limits.check_lengths(units.physical(meta), "an X3P file")
+    limits.check_record(meta, "an X3P file", max_arrays=MAX_ARRAYS)
 
 
 #: The little-endian type of ``bindata/data.bin`` for each X3P data type.
@@ -229,21 +255,33 @@ def _build(data: Any) -> tuple[list[tuple[str, bytes, np.ndarray]], int]:
     from x3pio.model.validation import validate
 
     array, meta = split_height_map(in_memory(data))  # a Dask array is computed: the file is written whole
-    phys = units.physical(meta)
+    phys = units.written(meta)  # TypeError/ValueError naming a length or offset that cannot be written as given
     lateral, height = units.factors(meta)  # ValueError naming the key of a unit that is no known length
+    limits.check_lengths(phys, "an X3P file")
+    limits.check_record(meta, "an X3P file", max_arrays=MAX_ARRAYS)
     shown = embedded.grid(array)
-    spacing = phys.spacing(shown.shape) or (1.0, 1.0)
+    rows, cols = shown.shape
+    # Each axis on its own: a length given for one axis only is kept; a missing one is 1 unit per pixel.
+    x_length, y_length = phys.x_length or float(cols), phys.y_length or float(rows)
+    unit = phys.lateral_unit
+    units.in_si("x_length", x_length, unit, lateral)  # ValueError naming a length beyond range in metres
+    units.in_si("y_length", y_length, unit, lateral)
+    x_scale, y_scale = x_length / cols * lateral, y_length / rows * lateral
+    x_offset, y_offset = (
+        units.in_si("x_offset", phys.x_offset, unit, lateral),
+        units.in_si("y_offset", phys.y_offset, unit, lateral),
+    )
     z_type = _z_type(shown.dtype)
     stored = _stored(shown, z_type)
     try:
         file = x3pio.Surface.from_array(
             np.zeros((1, 1)),
-            x_scale=spacing[0] * lateral,
-            y_scale=spacing[1] * lateral,
+            x_scale=x_scale,
+            y_scale=y_scale,
             z_type=x3pio.DataType(z_type),
             z_scale=height,
             metadata=_record2(meta),
-            placement=x3pio.Placement.translation(phys.x_offset * lateral, phys.y_offset * lateral, 0.0),
+            placement=x3pio.Placement.translation(x_offset, y_offset, 0.0),
             coordinate_system=x3pio.CoordinateSystem.VIEW,
         )
         record = embedded.pack(array, meta, stored, height, fields=_fields(file), stored=True)
@@ -348,8 +386,32 @@ def export_to_x3p(
 # --------------------------------------------------------------------------------------------
 
 
+def _check_layout(fp: Any, zf: zipfile.ZipFile, infos: list[zipfile.ZipInfo], where: str) -> None:
+    """Refuse entries whose bytes overlap: one compressed stream read as many members (a zip bomb)."""
+    spans = []
+    for info in infos:
+        what = f"{where} member {info.filename!r}"
+        if info.header_offset < 0:
+            raise FormatError(f"{what} starts before the archive")
+        fp.seek(info.header_offset)
+        head = fp.read(_LOCAL_HEADER.size)
+        if len(head) != _LOCAL_HEADER.size or not head.startswith(b"PK\x03\x04"):
+            raise FormatError(f"{what}: no local header where the central directory says it is")
+        _, name_length, extra_length = _LOCAL_HEADER.unpack(head)
+        data_end = info.header_offset + _LOCAL_HEADER.size + name_length + extra_length + info.compress_size
+        spans.append((info.header_offset, data_end, info.filename))
+    spans.sort()
+    for (_, first_end, first), (second_start, _, second) in itertools.pairwise(spans):
+        if first_end > second_start:
+            raise FormatError(f"{where}: zip members {first!r} and {second!r} overlap")
+    if spans and spans[-1][1] > zf.start_dir:
+        raise FormatError(f"{where} member {spans[-1][2]!r} runs into the zip's central directory")
+
+
 def _checked_zip(fp: Any, where: str) -> tuple[zipfile.ZipFile, dict[str, zipfile.ZipInfo], str]:
     """Open the zip and bound every declared size before anything is decompressed."""
+    from x3pio.model.naming import vendor_extension_path
+
     try:
         zf = zipfile.ZipFile(fp)
     # NotImplementedError: zipfile's answer to a "version needed" it does not know (a damaged field).
@@ -369,34 +431,71 @@ def _checked_zip(fp: Any, where: str) -> tuple[zipfile.ZipFile, dict[str, zipfil
             raise FormatError(f"{what} claims {info.file_size} bytes from {info.compress_size} stored bytes")
         if info.file_size > MAX_MEMBER_SIZE:
             raise FormatError(f"{what} claims {info.file_size} bytes, more than the {MAX_MEMBER_SIZE} allowed")
+    _check_layout(fp, zf, infos, where)
     members = _members(zf)
     main = _main_name(members)
     if main is None:
         raise FormatError(f"{where} is not an X3P file: its zip archive holds no main.xml")
     if members[main].file_size > MAX_XML_SIZE:
-        raise FormatError(f"{where}: its main.xml claims {members[main].file_size} bytes, more than {MAX_XML_SIZE}")
+        raise FormatError(
+            f"{where}: its main.xml claims {members[main].file_size:,} bytes, more than the {MAX_XML_SIZE:,} allowed"
+        )
+    folder = main[: -len("main.xml")]
+    record = members.get(folder + vendor_extension_path(f"{VENDOR}/{embedded.RECORD}").replace("\\", "/"))
+    if record is not None and record.file_size > embedded.MAX_RECORD:
+        raise FormatError(
+            f"{where}: its tmd_nb record claims {record.file_size:,} bytes, "
+            f"more than the {embedded.MAX_RECORD:,} allowed"
+        )
     return zf, members, main
 
 
-def _repack_old_root(zf: zipfile.ZipFile, members: dict[str, zipfile.ZipInfo], main: str, where: str) -> bytes | None:
+def _check_xml(text: bytes, where: str) -> None:
+    """Refuse a ``main.xml`` whose encoding Python does not know, or with too many elements to build."""
+    import codecs
+
+    declared = _ENCODING.match(text)
+    if declared is not None:
+        name = declared.group(2).decode("ascii", "backslashreplace")
+        try:
+            codecs.lookup(name)
+        except (LookupError, ValueError):
+            raise FormatError(f"{where}: its main.xml declares the encoding {name!r}, which is not known") from None
+    # Start tags and attributes, at most: a '<' or '=' in text, CDATA or a comment counts too, which
+    # only errs on the safe side. Each costs the element tree some 150 bytes.
+    items = text.count(b"<") - text.count(b"</") - text.count(b"<?") - text.count(b"<!") + text.count(b"=")
+    if items > MAX_XML_ELEMENTS:
+        raise FormatError(
+            f"{where}: its main.xml holds about {items:,} elements and attributes, more than the "
+            f"{MAX_XML_ELEMENTS:,} read (a long DataList: such data belong in a binary data file)"
+        )
+
+
+def _repack_old_root(
+    text: bytes, zf: zipfile.ZipFile, members: dict[str, zipfile.ZipInfo], main: str, where: str
+) -> bytes | None:
     """An in-memory copy of an ISO 5436-2000 container with its ``<ISO5436>`` root renamed, or None.
 
     x3pio reads the ``ISO5436_2`` root only. The checksum file is updated when it matched the
-    original ``main.xml``, so that a mismatch (warned about) stays one.
+    original ``main.xml``, so that a mismatch (warned about) stays one. Only the members that
+    ``main.xml`` names (the data and validity files) and the checksum file are copied: they are
+    inflated to be copied, and vendor files are no use in a file of that age.
     """
     import hashlib
 
-    text = zf.read(members[main])
     found = _ROOT.search(text)
     if found is None or found.group(1).split(b":")[-1] != b"ISO5436":
         return None
     fixed = _OLD_ROOT.sub(rb"\1\2ISO5436_2", text)
     folder = main[: -len("main.xml")]
+    checksum = folder + "md5checksum.hex"
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as out:
         for name, info in members.items():
+            if name != main and name != checksum and name[len(folder) :].encode("utf-8", "replace") not in text:
+                continue
             content = fixed if name == main else zf.read(info)
-            if name == folder + "md5checksum.hex":
+            if name == checksum:
                 digest = content.decode("ascii", "replace").split()[:1]
                 if digest and digest[0].lower() == hashlib.md5(text, usedforsecurity=False).hexdigest():
                     content = f"{hashlib.md5(fixed, usedforsecurity=False).hexdigest()} *main.xml\n".encode()
@@ -407,22 +506,71 @@ def _repack_old_root(zf: zipfile.ZipFile, members: dict[str, zipfile.ZipInfo], m
     return buffer.getvalue()
 
 
-_LIBRARY_ERRORS: tuple[type[BaseException], ...] = (
+#: What zipfile raises on a damaged entry (as opposed to what the system raises, like EIO).
+_ZIP_ERRORS: tuple[type[BaseException], ...] = (
     zipfile.BadZipFile,
     NotImplementedError,  # zipfile: an unknown "version needed" or compression in a damaged entry
     zlib.error,
-    ValueError,
-    KeyError,
-    IndexError,
-    TypeError,
     EOFError,
-    MemoryError,
-    RecursionError,
-    NotImplementedError,
-    RuntimeError,
-    UnicodeError,
-    OverflowError,
+    ValueError,
+    UnicodeError,  # a member name that is not valid in its encoding
 )
+#: What x3pio lets through from the libraries it uses on a hostile file, beyond X3pFormatError
+#: (a ValueError): zipfile's errors, expat's LookupError for an encoding it cannot use and
+#: RuntimeError from zipfile's encrypted-member path. A KeyError, IndexError, TypeError or
+#: AttributeError is a bug (x3pio's or tmd_nb's) and is not turned into a "damaged file" message.
+_LIBRARY_ERRORS: tuple[type[BaseException], ...] = (*_ZIP_ERRORS, LookupError, RuntimeError, OverflowError)
+_NOT_RECOGNISED: tuple[type[BaseException], ...] = (*_ZIP_ERRORS, zipfile.LargeZipFile, OSError)
+
+
+class _ReadOnce:
+    """A read-only file whose large reads are each made once: x3pio reads the stored bytes of a
+    vendor file once for every ``VendorSpecificID`` that names it, which a file can repeat (time
+    quadratic in its size). Zip entries do not overlap (checked first), so what is kept is at
+    most the file's size."""
+
+    _LARGE = 1 << 16
+
+    def __init__(self, fp: Any) -> None:
+        self.fp = fp
+        self.kept: dict[tuple[int, int], bytes] = {}
+
+    def read(self, n: int | None = -1) -> bytes:
+        if n is None or n < self._LARGE:
+            return bytes(self.fp.read(n))
+        key = (self.fp.tell(), n)
+        data = self.kept.get(key)
+        if data is None:
+            data = self.kept[key] = self.fp.read(n)
+        else:
+            self.fp.seek(key[0] + len(data))
+        return data
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return int(self.fp.seek(offset, whence))
+
+    def tell(self) -> int:
+        return int(self.fp.tell())
+
+    def seekable(self) -> bool:
+        return True
+
+
+def _problem(exc: BaseException, named: bool) -> str | None:
+    """What a library's exception says about the file's damage; None for the system's (re-raised)."""
+    import x3pio
+
+    if isinstance(exc, OSError):  # EINVAL: a damaged entry made zipfile seek before the file's start
+        return "an entry points outside the file" if exc.errno == errno.EINVAL else None
+    if isinstance(exc, x3pio.X3pFormatError) or not named:
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+#: Caught around zipfile and x3pio (OSError: see :func:`_problem`); the FormatError is raised
+#: after the handler, so that no chain of exceptions is kept.
+_CAUGHT: tuple[type[BaseException], ...] = (*_LIBRARY_ERRORS, OSError)
+_ZIP_OR_SYSTEM: tuple[type[BaseException], ...] = (*_ZIP_ERRORS, OSError)
 
 
 #: What makes :func:`_read_own` leave a file to ``x3pio.read`` (x3pio's errors are ValueErrors).
@@ -436,36 +584,116 @@ def _read_file(path: PathLike, where: str) -> Any:
         if not stat.S_ISREG(os.fstat(fp.fileno()).st_mode):
             raise FormatError(f"{where} is not a regular file")
         zf, members, main = _checked_zip(fp, where)
+        problem = None
         try:
-            repacked = _repack_old_root(zf, members, main, where)
-        except _LIBRARY_ERRORS as exc:
-            raise FormatError(f"{where} is not a readable X3P file: {exc}") from None
-        except OSError as exc:  # EINVAL: a damaged entry made zipfile seek before the file's start
-            if exc.errno != errno.EINVAL:
+            text = zf.read(members[main])
+        except _ZIP_OR_SYSTEM as exc:
+            if (problem := _problem(exc, named=False)) is None:
                 raise
-            raise FormatError(f"{where} is not a readable X3P file: an entry points outside the file") from None
-        source: Any = io.BytesIO(repacked) if repacked is not None else fp
+        if problem is not None:
+            raise FormatError(f"{where} is not a readable X3P file: {problem}")
+        _check_xml(text, where)
+        try:
+            repacked = _repack_old_root(text, zf, members, main, where)
+            del text
+        except _ZIP_OR_SYSTEM as exc:
+            if (problem := _problem(exc, named=False)) is None:
+                raise
+        if problem is not None:
+            raise FormatError(f"{where} is not a readable X3P file: {problem}")
+        source: Any = _ReadOnce(io.BytesIO(repacked) if repacked is not None else fp)  # read, seek, tell
 
         def read(verify: bool) -> Any:
-            source.seek(0)
-            return x3pio.read(source, verify=verify)
+            # parse_file, as x3pio.read does for a path: x3pio.read(stream) would read the stream whole.
+            from x3pio.model.files import parse_file
 
+            source.seek(0)
+            return parse_file(source, verify=verify)
+
+        checksum = None
         try:
-            try:
-                return read(True)
-            except x3pio.X3pChecksumError as exc:
-                warnings.warn(
-                    f"{where}: {exc}; loaded anyway (edited after it was written?)", UserWarning, stacklevel=4
-                )
-                return read(False)
-        except x3pio.X3pFormatError as exc:
-            raise FormatError(f"{where} is not a readable X3P file: {exc}") from None
-        except _LIBRARY_ERRORS as exc:
-            raise FormatError(f"{where} is not a readable X3P file: {type(exc).__name__}: {exc}") from None
-        except OSError as exc:  # as above: EINVAL is the file's damage, other errors the system's
-            if exc.errno != errno.EINVAL:
+            return read(True)
+        except x3pio.X3pChecksumError as exc:
+            checksum = str(exc)
+        except _CAUGHT as exc:
+            if (problem := _problem(exc, named=True)) is None:
                 raise
-            raise FormatError(f"{where} is not a readable X3P file: an entry points outside the file") from None
+        if checksum is not None:
+            warnings.warn(
+                f"{where}: {checksum}; loaded anyway (edited after it was written?)", UserWarning, stacklevel=4
+            )
+            try:
+                return read(False)
+            except _CAUGHT as exc:
+                if (problem := _problem(exc, named=True)) is None:
+                    raise
+        raise FormatError(f"{where} is not a readable X3P file: {problem}")
+
+
+def _referenced(text: bytes) -> set[str]:
+    """The members tmd_nb's record refers to: its exact height map and the metadata's arrays.
+
+    Only these are inflated; a record that is not even JSON refers to none (:func:`embedded.unpack`
+    then says what is wrong with it).
+    """
+    try:
+        obj = metadata.loads(text.decode("utf-8"))
+    except ValueError:  # UnicodeDecodeError and InvalidJSON included
+        return set()
+    if type(obj) is not dict:
+        return set()
+    names: set[str] = set()
+    height = obj.get("height")
+    if type(height) is dict:
+        names.update(height[k] for k in ("exact", "missing") if type(height.get(k)) is str)
+        patch = height.get("patch")
+        if type(patch) is list:
+            names.update(n for n in patch if type(n) is str)
+    meta = obj.get("metadata")
+    stack = list(meta.values()) if type(meta) is dict else []
+    while stack:
+        value = stack.pop()
+        if type(value) is list:
+            stack.extend(value)
+        elif type(value) is dict:
+            tag = value.get(metadata.TAG)
+            if tag == "ndarray":
+                if type(value.get("member")) is str:
+                    names.add(value["member"])
+            elif tag == "dict" and type(value.get("items")) is dict:
+                stack.extend(value["items"].values())  # a user's dict: its keys are not tags
+            else:
+                stack.extend(value.values())
+    return names
+
+
+class _RecordMembers(Mapping[str, bytes]):
+    """tmd_nb's record and the members it refers to, each inflated only when asked for (and not kept)."""
+
+    def __init__(self, extensions: Any, text: bytes, where: str) -> None:
+        self.extensions, self.text, self.where = extensions, text, where
+        wanted = _referenced(text)
+        self.names = [embedded.RECORD, *sorted(n for n in wanted if f"{VENDOR}/{n}.npy" in extensions)]
+
+    def __getitem__(self, name: str) -> bytes:
+        import x3pio
+
+        if name == embedded.RECORD:
+            return self.text
+        if name not in self.names:
+            raise KeyError(name)
+        errors: tuple[type[BaseException], ...] = (x3pio.X3pFormatError, *_ZIP_ERRORS)
+        try:
+            content = self.extensions[f"{VENDOR}/{name}.npy"]
+        except errors as exc:
+            raise FormatError(f"{self.where}: its tmd_nb member {name!r} is damaged: {exc}") from None
+        return b"" if content is None else content
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
 
 
 def _record2_keys(record: Any) -> dict[str, Any]:
@@ -497,15 +725,18 @@ def _record2_keys(record: Any) -> dict[str, Any]:
 
 
 def _record_members(zf: zipfile.ZipFile, members: Mapping[str, zipfile.ZipInfo]) -> dict[str, bytes]:
-    """tmd_nb's vendor-extension files of the container, by record member name."""
+    """tmd_nb's record and the vendor-extension files it refers to (only those are inflated)."""
     from x3pio.model.naming import vendor_extension_path
 
     prefix = vendor_extension_path(f"{VENDOR}/{embedded.RECORD}").replace("\\", "/")[: -len(embedded.RECORD)]
-    return {
-        name[len(prefix) :].removesuffix(".npy"): zf.read(info)
-        for name, info in members.items()
-        if name.startswith(prefix) and "/" not in name[len(prefix) :]
-    }
+    if prefix + embedded.RECORD not in members:
+        return {}
+    text = zf.read(members[prefix + embedded.RECORD])
+    out = {embedded.RECORD: text}
+    for name in sorted(_referenced(text)):
+        if prefix + name + ".npy" in members:
+            out[name] = zf.read(members[prefix + name + ".npy"])
+    return out
 
 
 def _read_own(path: PathLike, where: str) -> tuple[Any, np.ndarray, dict[str, bytes]] | None:
@@ -645,15 +876,14 @@ def load_x3p(path: PathLike, *, progress: Progress | None = None) -> dict[str, A
         "height_unit": "m",
     }
     out: dict[str, Any]
-    try:  # extension files are unpacked (and their damage found) only now
-        members = {
-            uri[len(VENDOR) + 1 :].removesuffix(".npy"): content
-            for uri in file.extensions
-            if uri.startswith(VENDOR + "/") and (content := file.extensions[uri]) is not None
-        }
-    except _LIBRARY_ERRORS as exc:  # X3pFormatError is a ValueError
+    text = None
+    uri = f"{VENDOR}/{embedded.RECORD}"
+    errors: tuple[type[BaseException], ...] = (x3pio.X3pFormatError, *_ZIP_ERRORS)
+    try:  # extension files are unpacked (and their damage found) only now, and only those used
+        text = file.extensions.get(uri)
+    except errors as exc:
         raise FormatError(f"{where}: its tmd_nb record is damaged: {exc}") from None
-    if embedded.RECORD in members:
+    if text is not None:
         # A file read this way is not as tmd_nb wrote it: its stored numbers, as well as they can
         # be told from the metres, decide whether the record still describes it.
         z_info = get_data_type(file.header.z.data_type)
@@ -662,6 +892,7 @@ def load_x3p(path: PathLike, *, progress: Progress | None = None) -> dict[str, A
                 guess = encode_raw(seen, z_info, float(file.header.z.increment))
             except x3pio.X3pFormatError:
                 guess = np.full(seen.shape, np.nan)
+        members = _RecordMembers(file.extensions, text, where)
         rec = embedded.unpack(members, seen, where, fields=_fields(file), stored=guess)
         if rec.current:
             out = {"height_map": rec.height_map, **rec.metadata}

@@ -405,7 +405,7 @@ class TmdMagics(Magics):
     @argument("--format", default="npz", choices=_writable_formats(), help="output format (default: npz)")
     @argument("--jobs", type=int, metavar="N", help="local worker processes (default: every core)")
     @argument("--scheduler", metavar="ADDRESS", help="run on this dask.distributed scheduler instead")
-    @argument("--overwrite", action="store_true", help="convert again files whose output is already there")
+    @argument("--overwrite", action="store_true", help="replace whatever file is at an output name")
     @line_magic
     def tmd_convert(self, line: str) -> Any:
         """Convert scan files or whole folders, in parallel, with a progress bar: ``tmd_nb.convert``.
@@ -423,16 +423,12 @@ class TmdMagics(Magics):
             return None
         if args.jobs is not None and args.jobs < 1:
             raise UsageError(f"%tmd_convert: --jobs must be at least 1, not {args.jobs}")
-        from ..batch import convert
+        from ..batch import connect, convert
 
         client = None
         try:
             if args.scheduler:
-                try:
-                    from distributed import Client
-                except ImportError:
-                    raise UsageError("%tmd_convert: --scheduler needs dask.distributed: pip install 'tmd_nb[dask]'")
-                client = Client(args.scheduler)
+                client = connect(args.scheduler)
             return convert(
                 [expand_path(s) for s in args.sources],
                 expand_path(args.out),
@@ -441,7 +437,7 @@ class TmdMagics(Magics):
                 jobs=args.jobs,
                 client=client,
             )
-        except (ValueError, FileNotFoundError) as exc:
+        except (ValueError, FileNotFoundError, ImportError, ConnectionError) as exc:
             raise UsageError(f"%tmd_convert: {exc}") from None
         finally:
             if client is not None:
