@@ -271,6 +271,8 @@ def _build(data: Any) -> tuple[list[tuple[str, bytes, np.ndarray]], int]:
         units.in_si("x_offset", phys.x_offset, unit, lateral),
         units.in_si("y_offset", phys.y_offset, unit, lateral),
     )
+    if height > 1.0:  # only a unit above a metre can take a finite height beyond float64 range in metres
+        embedded.standard_heights(shown, height)  # ValueError naming it: readers would see a missing point
     z_type = _z_type(shown.dtype)
     stored = _stored(shown, z_type)
     try:
