@@ -22,9 +22,11 @@ from hypothesis import HealthCheck, settings
 
 STRICT = os.environ.get("TMD_NB_STRICT") == "1"
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_TMD = ROOT.parent / "shared" / "data" / "tmd"
-SHARED_X3P = ROOT.parent / "shared" / "data" / "x3p"
-SHARED_GWY = ROOT.parent / "shared" / "data" / "gwy"
+# The sample files beside the repository; TMD_NB_SHARED names the folder for tests run elsewhere (an unpacked sdist).
+SHARED = Path(os.environ.get("TMD_NB_SHARED") or ROOT.parent / "shared")
+SHARED_TMD = SHARED / "data" / "tmd"
+SHARED_X3P = SHARED / "data" / "x3p"
+SHARED_GWY = SHARED / "data" / "gwy"
 # The browser tests drive Debian's chromium (Playwright cannot download its own browsers here).
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
 CHROMIUM_ARGS = [

@@ -4,6 +4,9 @@ lets members inflate in parallel."""
 from __future__ import annotations
 
 import struct
+import subprocess
+import sys
+import textwrap
 import zipfile
 import zlib
 
@@ -318,3 +321,97 @@ def test_dask_array_at_named_levels_gives_the_same_member_as_in_memory(tmp_path,
         plain = save_npz(tmp_path / f"n{threads}.npz", {"height_map": a}, level=level, threads=threads)
         assert raw_member_data(ours, "height_map.npy") == raw_member_data(plain, "height_map.npy")
         assert np.load(ours)["height_map"].tobytes() == a.tobytes()
+
+
+# --------------------------------------------------------------------------------------------
+# libdeflate at import: checked against known vectors, ISA-L and zlib standing in when it fails
+# --------------------------------------------------------------------------------------------
+
+
+def test_installed_libdeflate_passes_its_import_checks():
+    require(deflate._package is not None, "deflate (libdeflate) is not installed")
+    assert deflate.LIBDEFLATE_PROBLEM is None
+    assert deflate._libdeflate is deflate._package and deflate.whole_inflater is not None
+
+
+class _ZlibWrapped:
+    """A release whose deflate_compress made zlib-wrapped streams instead of raw deflate."""
+
+    __version__ = "9.9"
+
+    @staticmethod
+    def deflate_compress(data, level):
+        return zlib.compress(bytes(data), 6)
+
+
+def _public_api_inflate(data, out, where):
+    """Whole inflate through the package's public deflate_decompress, mapped onto FormatError like ours."""
+    lib = deflate._package
+    try:
+        got = lib.deflate_decompress(data, out.nbytes)
+    except lib.DeflateError:
+        raise FormatError(f"{where} is corrupt or truncated: its deflate stream does not inflate") from None
+    out[: len(got)] = np.frombuffer(got, dtype=np.uint8)
+    if len(got) != out.nbytes:
+        raise FormatError(f"{where}: its deflate stream ends after {len(got)} of {out.nbytes} bytes")
+
+
+def test_a_compressor_failing_the_known_vector_is_not_used():
+    lib, inflater, problem = deflate._checked_libdeflate(_ZlibWrapped)
+    assert lib is None and inflater is None
+    assert problem is not None and problem.startswith("its deflate_compress at level 2 fails the known vector")
+
+
+def test_an_inflater_failing_a_known_vector_is_not_used():
+    require(deflate._package is not None, "deflate (libdeflate) is not installed")
+
+    def writes_nothing(data, out, where):  # as if the output pointer went astray
+        pass
+
+    def argument_error(data, out, where):  # as if the signature had changed
+        raise deflate.ctypes.ArgumentError("argument 4: wrong type")
+
+    assert deflate._inflater_problem(writes_nothing) == "its decompressor gets a stream zlib made wrong"
+    assert deflate._inflater_problem(argument_error).startswith("its decompressor fails on a stream zlib made")
+    # The package's public inflate does not say where the stream ended: bytes after it would pass.
+    assert deflate._inflater_problem(_public_api_inflate) == (
+        "its decompressor gets a stream with a byte after its end wrong"
+    )
+    assert deflate._inflater_problem(deflate.whole_inflater) is None
+
+
+def test_when_the_checks_fail_zlib_and_isal_stand_in(tmp_path, monkeypatch):
+    lib, inflater, _ = deflate._checked_libdeflate(_ZlibWrapped)
+    monkeypatch.setattr(deflate, "_libdeflate", lib)
+    monkeypatch.setattr(deflate, "whole_inflater", inflater)
+    a = surface(120, seed=5)
+    for name, number in [("balanced", 6), ("smallest", 9)]:  # the named levels become zlib's
+        named = save_npz(tmp_path / f"{name}.npz", {"height_map": a}, level=name)
+        plain = save_npz(tmp_path / f"{number}.npz", {"height_map": a}, level=number)
+        assert raw_member_data(named, "height_map.npy") == raw_member_data(plain, "height_map.npy")
+        assert np.load(named)["height_map"].tobytes() == a.tobytes()
+    np.savez_compressed(tmp_path / "n.npz", height_map=a)  # one stream, inflated piece by piece now
+    assert same(read_npz(tmp_path / "n.npz")["height_map"], a)
+
+
+def test_a_deflate_release_failing_the_checks_is_named_in_a_warning_at_import(tmp_path):
+    require(deflate._package is not None, "deflate (libdeflate) is not installed")
+    script = textwrap.dedent(
+        f"""
+        import zlib, deflate
+        deflate.deflate_compress = lambda data, level=-1: zlib.compress(bytes(data))
+        import numpy as np, tmd_nb
+        from tmd_nb.formats import deflate as ours
+        assert ours._libdeflate is None and ours.whole_inflater is None
+        a = np.arange(5000.0).reshape(50, 100)
+        path = tmd_nb.export_to_npz({{"height_map": a}}, {str(tmp_path / "w.npz")!r}, level="smallest")
+        assert (np.load(path)["height_map"] == a).all()
+        """
+    )
+    done = subprocess.run([sys.executable, "-W", "always", "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert (
+        f"RuntimeWarning: tmd_nb does not use the installed deflate package {deflate._package.__version__} "
+        "(libdeflate) as it is: "
+        "its deflate_compress at level 2 fails the known vector"
+    ) in done.stderr.replace("\n", " ")

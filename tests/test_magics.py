@@ -656,7 +656,7 @@ def test_panel_magic_shows_the_export_and_load_panels_on_the_user_namespace(ip, 
 
     registry = getattr(widget_module, "_instances", None)  # ipywidgets >= 8.1; Widget.widgets is deprecated
     if registry is None:
-        registry = Widget.widgets
+        registry = Widget._active_widgets  # ipywidgets 8.0
     shown = [registry[o.data["application/vnd.jupyter.widget-view+json"]["model_id"]] for o in captured.outputs]
     export_panel, load_panel = shown
     assert isinstance(export_panel, ExportPanel) and isinstance(load_panel, LoadPanel)

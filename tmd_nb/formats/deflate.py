@@ -77,6 +77,7 @@ import math
 import mmap
 import os
 import threading
+import warnings
 import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -621,16 +622,95 @@ class _WholeInflater:
             raise FormatError(f"{where} has {data.nbytes - used.value} bytes after the end of its deflate stream")
 
 
-def _whole_inflater() -> _WholeInflater | None:
-    if _libdeflate is None:
-        return None
+# libdeflate at import: known vectors
+# ------------------------------------
+# The ``deflate`` package's public API compresses well (``deflate_compress``), but its inflate
+# neither says where the stream ended (so bytes after it could not be refused) nor releases the GIL,
+# and it allocates the result itself: so the whole-member inflate calls the library inside the
+# package's extension module through ctypes, with signatures declared here. pyproject.toml caps the
+# package at the releases tested; and at import both directions are checked against known vectors
+# (a stream zlib made, a fixed stream, a trailing byte, a short buffer, corrupt data). A release
+# that fails any check is not used: named levels fall back to zlib's (see the top of this module),
+# and members inflate through ISA-L or zlib, with a warning saying why.
+
+# A fixed raw deflate stream (zlib level 9, fixed Huffman codes) and what it inflates to.
+_KNOWN_STREAM = bytes.fromhex("2bc94d89cf4bb2524854c848cd4ccf2851c84d2cd051c84e2d285148ca2c5148cb2f02d17a0a2554560700")
+_KNOWN_PLAIN = b"tmd_nb: a height map, kept bit for bit. " * 3
+# Varied, partly compressible input (dynamic Huffman codes, short and long matches), 19 KB: a few ms.
+_VECTOR = b"".join(i.to_bytes(4, "little") for i in range(2000)) + b"height map " * 1000
+
+
+def _compressor_problem(lib: Any) -> str | None:
+    """Why ``lib.deflate_compress`` does not make raw deflate streams zlib inflates back, or None."""
+    for level in sorted({final for _, final in _NAMED.values() if final is not None}):
+        try:
+            out = lib.deflate_compress(_VECTOR, level)
+            d = zlib.decompressobj(-15)
+            back = d.decompress(bytes(out))
+        except Exception as exc:
+            return f"its deflate_compress at level {level} fails the known vector ({type(exc).__name__}: {exc})"
+        if back != _VECTOR or not d.eof or d.unused_data:
+            return f"its deflate_compress at level {level} makes a stream that does not inflate to its input"
+    return None
+
+
+def _inflater_problem(inflate: Callable[[np.ndarray, np.ndarray, str], None]) -> str | None:
+    """Why ``inflate`` (a :class:`_WholeInflater`) does not inflate the known vectors as it should, or None."""
+
+    def run(stream: bytes, size: int) -> bytes:
+        out = np.zeros(size, dtype=np.uint8)
+        inflate(np.frombuffer(stream, dtype=np.uint8).copy(), out, "known vector")
+        return out.tobytes()
+
+    c = zlib.compressobj(6, zlib.DEFLATED, -15)
+    made = c.compress(_VECTOR) + c.flush()
+    checks: list[tuple[str, bytes, int, bytes | str]] = [
+        ("a stream zlib made", made, len(_VECTOR), _VECTOR),
+        ("a fixed stream", _KNOWN_STREAM, len(_KNOWN_PLAIN), _KNOWN_PLAIN),
+        ("a stream with a byte after its end", made + b"\0", len(_VECTOR), "after the end"),
+        ("a stream into a buffer one byte short", made, len(_VECTOR) - 1, "more data than its sizes say"),
+        ("a stream into a buffer one byte long", made, len(_VECTOR) + 1, f"ends after {len(_VECTOR)} of"),
+        ("corrupt data", b"\xff" * 64, 1000, "does not inflate"),
+    ]
+    for what, stream, size, expected in checks:
+        try:
+            got: bytes | str = run(stream, size)
+        except FormatError as exc:
+            got = str(exc)
+        except Exception as exc:
+            return f"its decompressor fails on {what} ({type(exc).__name__}: {exc})"
+        if got != expected and not (isinstance(expected, str) and isinstance(got, str) and expected in got):
+            return f"its decompressor gets {what} wrong"
+    return None
+
+
+def _checked_libdeflate(lib: Any) -> tuple[Any, _WholeInflater | None, str | None]:
+    """The ``deflate`` module and the whole-member inflater, each None unless it passes its checks; and why not."""
+    if lib is None:
+        return None, None, None
+    problem = _compressor_problem(lib)
+    if problem is not None:
+        return None, None, problem
     try:
-        return _WholeInflater(_libdeflate._deflate.__file__)
-    except (OSError, AttributeError):  # pragma: no cover - a build that does not export libdeflate's API
-        return None
+        inflater: _WholeInflater | None = _WholeInflater(lib._deflate.__file__)
+    except (OSError, AttributeError):  # a build that does not export libdeflate's API: streaming inflate
+        return lib, None, None
+    assert inflater is not None
+    problem = _inflater_problem(inflater)
+    return lib, (None if problem else inflater), problem
 
 
-whole_inflater = _whole_inflater()
+_package = _libdeflate
+#: Why the installed ``deflate`` package (libdeflate) is not used, or not all of it; None when it is.
+LIBDEFLATE_PROBLEM: str | None
+_libdeflate, whole_inflater, LIBDEFLATE_PROBLEM = _checked_libdeflate(_package)
+if LIBDEFLATE_PROBLEM is not None:
+    warnings.warn(
+        f"tmd_nb does not use the installed deflate package {getattr(_package, '__version__', '?')} "
+        f"(libdeflate) as it is: {LIBDEFLATE_PROBLEM}; ISA-L and zlib stand in (the same files, made more slowly)",
+        RuntimeWarning,
+        stacklevel=2,
+    )
 #: Members larger than this are inflated piece by piece (with progress reports), never whole.
 WHOLE_INFLATE_MAX = 1 << 31
 

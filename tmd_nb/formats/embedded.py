@@ -380,9 +380,6 @@ def unpack(
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise FormatError(f"{where}: its tmd_nb record is malformed: {exc}") from None
     check_height_map_header(dtype, (1, 1), f"{where} tmd_nb record")
-    for name, raw in members.items():
-        if name in checksums and checksums[name] != _checksum(raw):
-            raise FormatError(f"{where}: its tmd_nb member {name!r} is damaged (its checksum does not match)")
     if obj["tmd_nb"] >= 2:
         unlisted = [name for name in members if name != RECORD and name not in checksums]
         absent = [name for name in checksums if name not in members]
@@ -391,7 +388,13 @@ def unpack(
                 f"{where}: its tmd_nb record lists members {sorted(checksums)!r} but the file holds "
                 f"{sorted(n for n in members if n != RECORD)!r}"
             )
-    arrays = {name: _array(raw, f"{where} tmd_nb member {name!r}") for name, raw in members.items() if name != RECORD}
+    arrays = {}
+    for name, raw in members.items():  # each member read once: a format may inflate it on demand
+        if name == RECORD:
+            continue
+        if name in checksums and checksums[name] != _checksum(raw):
+            raise FormatError(f"{where}: its tmd_nb member {name!r} is damaged (its checksum does not match)")
+        arrays[name] = _array(raw, f"{where} tmd_nb member {name!r}")
     gaps = arrays.pop(MISSING, None) if missing is not None else None
     patch = (arrays.pop(PATCH_AT, None), arrays.pop(PATCH_VALUES, None)) if patched else None
     try:

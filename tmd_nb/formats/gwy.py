@@ -76,7 +76,7 @@ import numpy as np
 
 from ..errors import FormatError
 from ..heightmap import in_memory, split_height_map
-from . import embedded, limits, metadata, units
+from . import embedded, limits, units
 from ._io import Progress, open_file, read_into
 from ._io import Reporter as _Reporter
 from .atomic import atomic_write
@@ -444,7 +444,6 @@ def check(data: Any) -> None:
     _, meta = split_height_map(data, lazy=True)  # checked, not computed
     units.written(meta)  # lengths and offsets written as given, or refused
     _units(meta)
-    metadata.encode(meta, reserved=set(embedded.RESERVED))
     limits.check_lengths(units.physical(meta), "a Gwyddion file")
     limits.check_record(meta, "a Gwyddion file")
 

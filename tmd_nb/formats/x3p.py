@@ -219,7 +219,6 @@ def check(data: Any) -> None:
     _, meta = split_height_map(data, lazy=True)  # checked, not computed
     units.written(meta)  # lengths and offsets written as given, or refused
     units.factors(meta)  # X3P holds metres: a unit must be a known length
-    metadata.encode(meta, reserved=set(embedded.RESERVED))
     limits.check_lengths(units.physical(meta), "an X3P file")
     limits.check_record(meta, "an X3P file", max_arrays=MAX_ARRAYS)
 
@@ -690,6 +689,9 @@ class _RecordMembers(Mapping[str, bytes]):
         except errors as exc:
             raise FormatError(f"{self.where}: its tmd_nb member {name!r} is damaged: {exc}") from None
         return b"" if content is None else content
+
+    def __contains__(self, name: object) -> bool:  # Mapping's own would inflate the member
+        return name in self.names
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names)
