@@ -244,7 +244,8 @@ def _build(data: Any) -> tuple[list[tuple[str, bytes, np.ndarray]], int]:
     x3pio builds and checks ``main.xml`` (from a one-point stand-in surface with the real axes,
     so that the heights are never converted); the heights are stored as they are, in their own
     unit, with the Z increment saying how many metres that unit is. ValueError/TypeError before
-    anything is written.
+    anything is written. The x3pio functions used below its public API (``build_main``,
+    ``validate``, the extensions' members) are those of x3pio 2.0; every X3P test goes through them.
     """
     import x3pio
     from x3pio.codec.archive import format_checksum_file, md5_hex
