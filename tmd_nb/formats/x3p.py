@@ -84,6 +84,7 @@ import warnings
 import zipfile
 import zlib
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -275,37 +276,41 @@ def _build(data: Any) -> tuple[list[tuple[str, bytes, np.ndarray]], int]:
         embedded.standard_heights(shown, height)  # ValueError naming it: readers would see a missing point
     z_type = _z_type(shown.dtype)
     stored = _stored(shown, z_type)
-    try:
-        file = x3pio.Surface.from_array(
-            np.zeros((1, 1)),
-            x_scale=x_scale,
-            y_scale=y_scale,
-            z_type=x3pio.DataType(z_type),
-            z_scale=height,
-            metadata=_record2(meta),
-            placement=x3pio.Placement.translation(x_offset, y_offset, 0.0),
-            coordinate_system=x3pio.CoordinateSystem.VIEW,
-        )
-        record = embedded.pack(array, meta, stored, height, fields=_fields(file), stored=True)
-        for name, content in record.items():
-            file.extensions[f"{VENDOR}/{name if name == embedded.RECORD else name + '.npy'}"] = content
-        validate(file)
-        vendor_ids, extension_files = file.extensions._parts()
-        raw = stored.reshape(-1).view(np.uint8)
-        main = build_main(
-            header=file.header,
-            revision=file.revision,
-            placement=file.placement,
-            feature_type=file.feature_type,
-            metadata=file.metadata,
-            size=(shown.shape[1], shown.shape[0], 1),
-            count=None,
-            datums=None,
-            link=DataLink(DATA_FILE, hashlib.md5(raw.data, usedforsecurity=False).hexdigest(), None, None),
-            vendor_ids=vendor_ids,
-        )
-    except x3pio.X3pFormatError as exc:
-        raise ValueError(f"cannot write this height map as X3P: {exc}") from None
+    raw = stored.reshape(-1).view(np.uint8)
+    # main.xml states the MD5 of the heights: one pass over them, on a thread of its own while
+    # the record and the rest of the XML are made (hashlib releases the GIL).
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tmd_nb-md5") as pool:
+        digest = pool.submit(lambda: hashlib.md5(raw.data, usedforsecurity=False).hexdigest())
+        try:
+            file = x3pio.Surface.from_array(
+                np.zeros((1, 1)),
+                x_scale=x_scale,
+                y_scale=y_scale,
+                z_type=x3pio.DataType(z_type),
+                z_scale=height,
+                metadata=_record2(meta),
+                placement=x3pio.Placement.translation(x_offset, y_offset, 0.0),
+                coordinate_system=x3pio.CoordinateSystem.VIEW,
+            )
+            record = embedded.pack(array, meta, stored, height, fields=_fields(file), stored=True)
+            for name, content in record.items():
+                file.extensions[f"{VENDOR}/{name if name == embedded.RECORD else name + '.npy'}"] = content
+            validate(file)
+            vendor_ids, extension_files = file.extensions._parts()
+            main = build_main(
+                header=file.header,
+                revision=file.revision,
+                placement=file.placement,
+                feature_type=file.feature_type,
+                metadata=file.metadata,
+                size=(shown.shape[1], shown.shape[0], 1),
+                count=None,
+                datums=None,
+                link=DataLink(DATA_FILE, digest.result(), None, None),
+                vendor_ids=vendor_ids,
+            )
+        except x3pio.X3pFormatError as exc:
+            raise ValueError(f"cannot write this height map as X3P: {exc}") from None
     none = np.empty(0, np.uint8)
     members = [
         (MAIN_XML, main, none),
