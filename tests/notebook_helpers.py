@@ -29,6 +29,7 @@ EXPECTED = (
     "05_large_heightmaps",
     "06_exchange_formats",
     "07_archives_and_large_maps",
+    "08_instrument_files",
     "09_xarray",
 )
 ALL = sorted(set(EXPECTED) | {p.stem for p in NOTEBOOKS.glob("*.ipynb")})
@@ -193,6 +194,16 @@ def check_xarray(nb: nbformat.NotebookNode, errors: dict[int, dict[str, Any]]) -
     assert len(mime_outputs(nb, "image/png")) == 2, "the map, the profile, the overview and the window are not plotted"
 
 
+def check_instruments(nb: nbformat.NotebookNode, errors: dict[int, dict[str, Any]]) -> None:
+    out = stream_text(nb)
+    assert "0: ZSensor         (256, 256)  unit nm" in out and "1: AmplitudeError  (256, 256)  unit (none)" in out
+    assert "KeyError: " in out and "its channels are 0: 'ZSensor'" in out
+    assert "Digital Surf SUR (484, 563)" in out and "missing points: 117" in out
+    assert re.search(r"^(\d+) converted, 0 skipped \(already done\), 0 failed$", out, re.M), out
+    assert "same heights: True" in out
+    assert mime_outputs(nb, "image/png"), "the two scans are not drawn"
+
+
 CHECKS: dict[str, Callable[[nbformat.NotebookNode, dict[int, dict[str, Any]]], None]] = {
     "01_quickstart": check_quickstart,
     "02_magics": check_magics,
@@ -200,5 +211,6 @@ CHECKS: dict[str, Callable[[nbformat.NotebookNode, dict[int, dict[str, Any]]], N
     "04_scan_files": check_scan_files,
     "05_large_heightmaps": check_large,
     "07_archives_and_large_maps": check_archives,
+    "08_instrument_files": check_instruments,
     "09_xarray": check_xarray,
 }

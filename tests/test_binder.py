@@ -240,6 +240,8 @@ def test_fresh_binder_environment_runs_the_notebooks(
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     monkeypatch.setenv("TMPDIR", str(scratch))
+    # 08_instrument_files reads SurfaceTopography's sample files: here from beside the repository.
+    monkeypatch.setenv("TMD_NB_INSTRUMENT_SAMPLES", str(ROOT.parent / "shared" / "data" / "instruments"))
     folder = copy_notebooks(tmp_path)
     for stem in ALL:
         path = folder / f"{stem}.ipynb"

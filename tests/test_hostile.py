@@ -360,7 +360,7 @@ def test_special_files_are_never_replaced(tmp_path: Path) -> None:
     for kind, path in special_files(tmp_path).items():
         target = os.path.realpath(path)
         mode = os.lstat(target).st_mode
-        for fmt in registry.names():  # every format saves through atomic_write
+        for fmt in registry.names(writing=True):  # every format saves through atomic_write
             with pytest.raises(FileExistsError) as info:
                 tmd_nb.save({"height_map": hm()}, path, format=fmt)
             assert str(info.value) == f"[Errno 17] not a regular file ({kind}), so it is not replaced: {target!r}"
@@ -373,7 +373,7 @@ def test_write_protected_files_are_never_replaced(tmp_path: Path) -> None:
     path = tmp_path / "keep.npz"
     path.write_bytes(b"precious")
     path.chmod(0o444)
-    for fmt in registry.names():
+    for fmt in registry.names(writing=True):
         with pytest.raises(PermissionError) as info:
             tmd_nb.save({"height_map": hm()}, path, format=fmt)
         assert (

@@ -400,7 +400,7 @@ def test_load_recognises_content_not_extension(ip, tmp_path) -> None:
         (
             "garbage",
             "%tmd_load junk.npz",
-            "'junk.npz' is not a GWY, NPY, NPZ, SDF, TMD or X3P file (it starts with b'hello",
+            "'junk.npz' is not a GWY, NPY, NPZ, SDF, TMD, X3P or instrument file (it starts with b'hello",
         ),
         ("truncated", "%tmd_load cut.npz", "'cut.npz'"),
         (None, "%tmd_load x.npz -n 2bad", "-n/--name: '2bad' is not a valid Python variable name"),
@@ -553,7 +553,7 @@ def test_completion_offers_options(ip) -> None:
     assert completions(ip, "%tmd_export z out.npz --n") == ["%tmd_export z out.npz --no-compress"]
     assert completions(ip, "%tmd_export z out.npz --level b") == ["%tmd_export z out.npz --level balanced"]
     assert completions(ip, "%tmd_export z out.npz --level s") == ["%tmd_export z out.npz --level smallest"]
-    assert completions(ip, "%tmd_load x.npz --") == ["%tmd_load x.npz --name"]
+    assert completions(ip, "%tmd_load x.npz --") == ["%tmd_load x.npz --channel", "%tmd_load x.npz --name"]
     assert completions(ip, "%tmd_panel --") == ["%tmd_panel --load"]
 
 

@@ -18,11 +18,13 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from conftest import require
 from notebook_helpers import (
     ALL,
     CHECKS,
     EXPECTED,
     NOTEBOOKS,
+    ROOT,
     check_expected_errors,
     code_cells,
     copy_notebooks,
@@ -73,6 +75,10 @@ def test_notebook_runs(stem: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     monkeypatch.setenv("TMPDIR", str(scratch))  # the kernel inherits it: tempfile folders stay under tmp_path
+    if stem == "08_instrument_files":  # the copy is not beside shared/: tell it where the samples are
+        samples = ROOT.parent / "shared" / "data" / "instruments"
+        require(samples.is_dir(), f"instrument samples not found at {samples} (they live in shared/data/instruments)")
+        monkeypatch.setenv("TMD_NB_INSTRUMENT_SAMPLES", str(samples))
     copy = copy_notebooks(tmp_path) / source.name
 
     nb, errors = run_notebook(copy)  # a cell that hangs fails at CELL_TIMEOUT

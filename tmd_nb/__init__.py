@@ -14,9 +14,10 @@ from .batch import ConvertReport, convert
 from .errors import FormatError, MetadataNotStoredWarning, UndecodedMetadataWarning
 from .formats.chunks import load_metadata, open_dask
 from .formats.gwy import export_to_gwy, load_gwy
+from .formats.instruments import load_instrument
 from .formats.npy import export_to_npy, load_from_npy
 from .formats.npz import export_to_npz, load_from_npz
-from .formats.registry import load, save
+from .formats.registry import channels, load, save
 from .formats.sdf import export_to_sdf, load_sdf
 from .formats.tmd import export_to_tmd, load_tmd
 from .formats.x3p import export_to_x3p, load_x3p
@@ -31,6 +32,7 @@ __all__ = [
     "MetadataNotStoredWarning",
     "UndecodedMetadataWarning",
     "__version__",
+    "channels",
     "convert",
     "export_to_gwy",
     "export_to_npy",
@@ -44,6 +46,7 @@ __all__ = [
     "load_from_npy",
     "load_from_npz",
     "load_gwy",
+    "load_instrument",
     "load_metadata",
     "load_sdf",
     "load_tmd",

@@ -37,7 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
         "sources", nargs="+", metavar="SRC", help="a scan file, a folder or a glob pattern ('**' recurses)"
     )
     conv.add_argument("-o", "--out", required=True, metavar="OUT", help="output folder (created if needed)")
-    conv.add_argument("--format", default="npz", choices=registry.names(), help="output format (default: %(default)s)")
+    conv.add_argument(
+        "--format", default="npz", choices=registry.names(writing=True), help="output format (default: %(default)s)"
+    )
     conv.add_argument("--jobs", type=int, metavar="N", help="local worker processes (default: every core)")
     conv.add_argument(
         "--scheduler",

@@ -1,7 +1,9 @@
 """What a file format module declares, so that every adapter can serve it without naming it.
 
-Each module of :mod:`tmd_nb.formats` that reads and writes a file format ends with one
-:class:`Format`; :mod:`tmd_nb.formats.registry` lists them. ``load()``, ``save()``, the
+Each module of :mod:`tmd_nb.formats` that reads (and mostly writes) a file format ends with one
+:class:`Format`; :mod:`tmd_nb.formats.registry` lists them. A format without a writer
+(``save=None``: instruments' own files) is read-only: ``save()``, ``--format`` and the export
+panel offer only :attr:`Format.writable` formats. ``load()``, ``save()``, the
 magics, tab completion and the panels read those declarations and never name a format.
 """
 
@@ -37,8 +39,9 @@ class Format:
     recognise: Callable[[bytes, PathLike], bool]
     #: ``load(path, *, progress=None) -> {"height_map": array, **metadata}``.
     load: Callable[..., dict[str, Any]]
-    #: ``save(data, path, *, progress=None, **options) -> absolute path``.
-    save: Callable[..., str]
+    #: ``save(data, path, *, progress=None, **options) -> absolute path``; None for a format
+    #: tmd_nb reads only.
+    save: Callable[..., str] | None
     #: ``check(data)``: raise ``TypeError``/``ValueError`` if ``save`` would refuse ``data``, writing
     #: nothing (``None``: only ``save`` itself checks).
     check: Callable[[Any], object] | None = None
@@ -55,6 +58,16 @@ class Format:
     label: str = ""
     #: What a file holds, in words, for notes about the metadata it leaves out.
     holds: str = "the height map and all its metadata"
+    #: ``channels(path) -> [{"name", "shape", "unit", ...}]`` for a format whose files hold several
+    #: channels; its ``load`` then takes ``channel=`` (a name or an index). None: one height map.
+    channels: Callable[..., list[dict[str, Any]]] | None = None
+    #: The library that reads (and writes) the files, for the table of formats.
+    library: str = "numpy"
+
+    @property
+    def writable(self) -> bool:
+        """Whether tmd_nb can write this format (``save`` is not None)."""
+        return self.save is not None
 
     def lost_keys(self, keys: list[Any]) -> list[Any]:
         """The metadata keys among ``keys`` that a file of this format does not keep."""

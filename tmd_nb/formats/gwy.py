@@ -636,4 +636,5 @@ FORMAT = Format(
     save=export_to_gwy,
     check=check,
     label="Gwyddion",
+    library="gwyfile",
 )

@@ -4,7 +4,9 @@
 menus and messages show them. :func:`load` tries them on a file's first bytes in that order too,
 except that a format whose files are a special case of another's (:attr:`Format.within`: an X3P
 file is a zip archive, like NPZ) is tried before it. A new format is one module ending in a
-``FORMAT`` declaration, listed here.
+``FORMAT`` declaration, listed here. Instruments' own files (:mod:`.instruments`) come last: they
+are read only (:func:`writable`), and recognising them imports SurfaceTopography, which only a
+file that no other format claims should cost.
 """
 
 from __future__ import annotations
@@ -16,27 +18,40 @@ from typing import Any
 import numpy as np
 
 from ..errors import FormatError
-from . import gwy, labelled, npy, npz, sdf, tmd, x3p
+from . import gwy, instruments, labelled, npy, npz, sdf, tmd, x3p
 from ._io import Progress, open_file
 from .base import Format, PathLike
+from .units import DEFAULT_UNIT, metres_per
 
 __all__ = [
     "FORMATS",
     "by_extension",
     "by_name",
+    "channels",
     "extensions",
     "for_path",
     "load",
     "lossless",
     "names",
     "one_of",
+    "readable_text",
     "recognise",
     "recognition_order",
     "save",
+    "table",
     "taking",
+    "writable",
 ]
 
-FORMATS: tuple[Format, ...] = (npz.FORMAT, npy.FORMAT, tmd.FORMAT, x3p.FORMAT, gwy.FORMAT, sdf.FORMAT)
+FORMATS: tuple[Format, ...] = (
+    npz.FORMAT,
+    npy.FORMAT,
+    tmd.FORMAT,
+    x3p.FORMAT,
+    gwy.FORMAT,
+    sdf.FORMAT,
+    instruments.FORMAT,
+)
 #: How many first bytes :attr:`Format.recognise` is shown.
 HEAD_SIZE = 512
 
@@ -56,6 +71,11 @@ def recognition_order() -> list[Format]:
     return order
 
 
+def writable() -> list[Format]:
+    """The formats tmd_nb writes: what ``save``, ``--format`` and the export panel offer."""
+    return [f for f in FORMATS if f.writable]
+
+
 def taking(option: str) -> list[Format]:
     """The formats whose ``save`` takes ``option`` (``"compress"``, ``"level"``)."""
     return [f for f in FORMATS if option in f.options]
@@ -63,17 +83,25 @@ def taking(option: str) -> list[Format]:
 
 def lossless() -> list[Format]:
     """The formats that keep every metadata key ``export_to_npz`` accepts."""
-    return [f for f in FORMATS if f.keeps is None]
+    return [f for f in writable() if f.keeps is None]
 
 
-def names() -> tuple[str, ...]:
-    """Every format's name: ``("npz", "npy", "tmd", ...)``."""
-    return tuple(f.name for f in FORMATS)
+def names(*, writing: bool = False) -> tuple[str, ...]:
+    """Every format's name: ``("npz", "npy", "tmd", ...)``; with ``writing``, those tmd_nb writes."""
+    return tuple(f.name for f in (writable() if writing else FORMATS))
 
 
-def extensions() -> tuple[str, ...]:
-    """Every file extension a format claims (lower case, with the dot)."""
-    return tuple(ext for f in FORMATS for ext in f.extensions)
+def extensions(*, writing: bool = False) -> tuple[str, ...]:
+    """Every file extension a format claims (lower case, with the dot); with ``writing``, of those
+    tmd_nb writes."""
+    return tuple(dict.fromkeys(ext for f in (writable() if writing else FORMATS) for ext in f.extensions))
+
+
+def readable_text() -> str:
+    """What :func:`load` reads, in a few words: ``".npz, .npy, ... or .gwy file, or an instrument's file"``."""
+    exts = [e for f in writable() for e in f.extensions]
+    others = [f"an {f.title}'s file" for f in FORMATS if not f.writable]
+    return f"{one_of(exts)} file" + "".join(f", or {o}" for o in others)
 
 
 def by_name(name: str) -> Format:
@@ -81,13 +109,15 @@ def by_name(name: str) -> Format:
     for f in FORMATS:
         if f.name == name:
             return f
-    raise ValueError(f"unknown format {name!r}; choose {one_of([repr(n) for n in names()])}")
+    # Only a format to write is ever named by a person (save, --format): the choices are those.
+    raise ValueError(f"unknown format {name!r}; choose {one_of([repr(n) for n in names(writing=True)])}")
 
 
-def by_extension(ext: str) -> Format | None:
-    """The format whose files end in ``ext`` (any letter case), or None."""
+def by_extension(ext: str, *, writing: bool = False) -> Format | None:
+    """The format whose files end in ``ext`` (any letter case), or None; with ``writing``, the one
+    tmd_nb writes."""
     ext = ext.lower()
-    for f in FORMATS:
+    for f in writable() if writing else FORMATS:
         if ext in f.extensions:
             return f
     return None
@@ -96,11 +126,13 @@ def by_extension(ext: str) -> Format | None:
 def for_path(path: PathLike) -> Format:
     """The format :func:`save` picks for ``path`` from its extension; ``ValueError`` if none claims it."""
     ext = os.path.splitext(os.fspath(path))[1]
-    found = by_extension(ext)
+    found = by_extension(ext, writing=True)
     if found is None:
+        read_only = by_extension(ext)
+        what = f"is read only ({read_only.title})" if read_only is not None else "does not tell the format"
         raise ValueError(
-            f"cannot tell the format of {os.fspath(path)!r} from its extension "
-            f"{ext or '(none)'}: use {one_of(list(extensions()))}, or pass format="
+            f"cannot tell the format of {os.fspath(path)!r} from its extension {ext or '(none)'}: it {what}; "
+            f"use {one_of(list(extensions(writing=True)))}, or pass format="
         )
     return found
 
@@ -117,13 +149,17 @@ def recognise(path: PathLike) -> Format:
     raise FormatError(f"{os.fspath(path)!r} is not {article} {one_of(titles)} file (it starts with {head[:16]!r})")
 
 
-def load(path: PathLike, *, progress: Progress | None = None) -> dict[str, Any]:
+def load(path: PathLike, *, channel: int | str | None = None, progress: Progress | None = None) -> dict[str, Any]:
     """Load any supported file, choosing the reader from its first bytes, not its name.
 
     Parameters
     ----------
     path : str or os.PathLike
         The file to read.
+    channel : str or int, optional
+        Of a file with several channels (an instrument's): the name (as :func:`channels` lists
+        it) or index of the one to read. None: the topography (the first channel whose unit is a
+        length). A file of one height map takes None only.
     progress : callable, optional
         ``progress(done_bytes, total_bytes)``, called as the heights are read.
 
@@ -136,10 +172,82 @@ def load(path: PathLike, *, progress: Progress | None = None) -> dict[str, Any]:
     ------
     FormatError
         The file is of no supported format, or is malformed.
+    KeyError, ValueError
+        ``channel`` names no channel of the file (the message lists them), or is given for a
+        file of one height map.
     OSError
         The file cannot be read (missing, a directory, a pipe, permission denied).
     """
-    return recognise(path).load(path, progress=progress)
+    fmt = recognise(path)
+    if fmt.channels is not None:
+        return fmt.load(path, channel=channel, progress=progress)
+    if channel is not None:
+        raise ValueError(
+            f"{os.fspath(path)!r} is a {fmt.title} file of one height map: it takes no channel={channel!r}"
+        )
+    return fmt.load(path, progress=progress)
+
+
+def channels(path: PathLike) -> list[dict[str, Any]]:
+    """The channels of a file, without reading its heights where the format allows.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file, of any format :func:`load` reads.
+
+    Returns
+    -------
+    list of dict
+        One per channel: ``name`` (distinct within the file; what ``load(channel=...)`` takes),
+        ``index``, ``shape`` (rows, columns, as :func:`load` returns the heights), ``unit`` (of
+        the values: a length unit, or ``""`` for none or unknown), ``lateral_unit`` and
+        ``is_height``. A file of one height map has one, named ``"height_map"`` (it is loaded to
+        describe it).
+
+    Raises
+    ------
+    FormatError
+        The file is of no supported format, or is malformed.
+    OSError
+        The file cannot be read.
+    """
+    fmt = recognise(path)
+    if fmt.channels is not None:
+        return fmt.channels(path)
+    data = fmt.load(path)
+    shape = tuple(int(n) for n in np.shape(data["height_map"]))
+    unit = data.get("height_unit")
+    lateral = data.get("lateral_unit")
+    return [
+        {
+            "name": "height_map",
+            "index": 0,
+            "shape": shape,
+            "unit": unit if isinstance(unit, str) else DEFAULT_UNIT,
+            "lateral_unit": lateral if isinstance(lateral, str) else DEFAULT_UNIT,
+            "is_height": not isinstance(unit, str) or metres_per(unit) is not None,
+        }
+    ]
+
+
+def table() -> str:
+    """The Markdown table of every format tmd_nb reads and writes, for README and the docs."""
+    rows = [
+        "| format | extensions | read | write | what is kept | through |",
+        "|---|---|---|---|---|---|",
+    ]
+    for f in FORMATS:
+        exts = ", ".join(f"`{e}`" for e in f.extensions) if len(f.extensions) <= 4 else "by vendor, below"
+        rows.append(f"| {f.title} | {exts} | yes | {'yes' if f.writable else 'no'} | {f.holds} | {f.library} |")
+    rows.append("")
+    rows.append("Instruments' files, through SurfaceTopography (`pip install 'tmd_nb[instruments]'`):")
+    rows.append("")
+    rows.append("| vendor format | extensions |")
+    rows.append("|---|---|")
+    for v in instruments.VENDORS:
+        rows.append(f"| {v.title} | {', '.join(f'`{e}`' for e in v.extensions) or '(by content)'} |")
+    return "\n".join(rows) + "\n"
 
 
 def save(
@@ -187,6 +295,8 @@ def save(
     if labelled.is_labelled(data):
         data = labelled.from_labelled(data)
     fmt = for_path(path) if format is None else by_name(format)
+    if fmt.save is None:
+        raise ValueError(f"{fmt.title} files are read only: save as {one_of([repr(n) for n in names(writing=True)])}")
     options: dict[str, Any] = {}
     if not compress:
         options["compress"] = compress
@@ -194,7 +304,7 @@ def save(
         options["level"] = level
     refused = [k for k in options if k not in fmt.options]
     if refused:
-        takers = " and ".join(f.title for f in FORMATS if set(refused) <= f.options)
+        takers = " and ".join(f.title for f in writable() if set(refused) <= f.options)
         verb = "applies" if len(refused) == 1 else "apply"
         raise ValueError(f"{' and '.join(refused)} {verb} to {takers} only, not {fmt.title}")
     return fmt.save(data, path, progress=progress, **options)

@@ -583,4 +583,5 @@ FORMAT = Format(
     save=export_to_sdf,
     check=check,
     label="ISO 25178-71",
+    library="sdfio",
 )

@@ -936,4 +936,5 @@ FORMAT = Format(
     within="npz",
     options=frozenset({"level"}),
     label="ISO 25178-72",
+    library="x3pio",
 )

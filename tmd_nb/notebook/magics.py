@@ -154,10 +154,11 @@ def export_height_map(
     """
     path = expand_path(path)
     ext = os.path.splitext(path)[1].lower()
-    fmt = registry.by_extension(ext)
+    fmt = registry.by_extension(ext, writing=True)
     if fmt is None:
         raise UsageError(
-            f"cannot tell the format of {path!r} from its extension: use {registry.one_of(list(registry.extensions()))}"
+            f"cannot tell the format of {path!r} from its extension: "
+            f"use {registry.one_of(list(registry.extensions(writing=True)))}"
         )
     if not compress and "compress" not in fmt.options:
         takers = registry.one_of([e for f in registry.taking("compress") for e in f.extensions])
@@ -216,13 +217,20 @@ def export_height_map(
     )
 
 
-def load_height_map(path: str, *, progress: Callable[[int, int], None] | None = None) -> HeightMapResult:
-    """Load any registered format (recognised by content) as a :class:`HeightMapResult`."""
+def load_height_map(
+    path: str, *, channel: int | str | None = None, progress: Callable[[int, int], None] | None = None
+) -> HeightMapResult:
+    """Load any registered format (recognised by content) as a :class:`HeightMapResult`.
+
+    ``channel`` picks one channel of an instrument's file (a name, or an index).
+    """
     path = expand_path(path)
     try:
-        data = registry.load(path, progress=progress)
+        data = registry.load(path, channel=channel, progress=progress)
     except FormatError as exc:
         raise UsageError(str(exc)) from None
+    except (KeyError, ValueError) as exc:  # no such channel: the message lists the file's channels
+        raise UsageError(str(exc.args[0]) if exc.args else str(exc)) from None
     except OSError as exc:
         raise UsageError(_describe_os_error(exc, path, "read")) from None
     return HeightMapResult(data)
@@ -295,7 +303,8 @@ class TmdMagics(Magics):
     @argument(
         "path",
         metavar="PATH",
-        help=f"file to write; the extension picks the format: {registry.one_of(list(registry.extensions()))}",
+        help="file to write; the extension picks the format: "
+        + registry.one_of(list(registry.extensions(writing=True))),
     )
     @line_magic
     def tmd_export(self, line: str) -> None:
@@ -343,13 +352,22 @@ class TmdMagics(Magics):
     @magic_arguments()
     @argument("-n", "--name", metavar="NAME", help="bind the result to this variable and print one line")
     @argument(
+        "-c",
+        "--channel",
+        metavar="CHANNEL",
+        help="of an instrument's file: the channel to read, by name or index (default: the topography)",
+    )
+    @argument(
         "path",
         metavar="PATH",
-        help=f"a {registry.one_of(list(registry.extensions()))} file (recognised by its content)",
+        help=f"a {registry.readable_text()} (recognised by its content)",
     )
     @line_magic
     def tmd_load(self, line: str) -> HeightMapResult | None:
-        """Load a height map and its metadata from an NPZ, NPY, TMD, X3P or GWY file.
+        """Load a height map and its metadata from an NPZ, NPY, TMD, X3P or GWY file, or an instrument's.
+
+        ``-c CHANNEL`` picks a channel of an instrument's file by name or index (default: the
+        topography); ``tmd_nb.channels(path)`` lists them.
 
         Returns ``{"height_map": array, **metadata}`` (a dict that displays as a summary and
         a small picture), so ``scan = %tmd_load scan.npz`` works; with ``-n NAME`` it is bound
@@ -359,6 +377,7 @@ class TmdMagics(Magics):
 
             scan = %tmd_load scan.npz
             %tmd_load ~/data/sample.tmd -n sample
+            %tmd_load afm.spm -c Phase -n phase
         """
         args = parse_line(self.tmd_load.parser, "tmd_load", line)
         if args.help:
@@ -369,7 +388,10 @@ class TmdMagics(Magics):
         bar = ProgressBar(f"loading {args.path}")
         start = time.perf_counter()
         try:
-            result = load_height_map(args.path, progress=bar)
+            channel = (
+                int(args.channel) if args.channel is not None and args.channel.lstrip("-").isdigit() else args.channel
+            )
+            result = load_height_map(args.path, channel=channel, progress=bar)
         finally:
             bar.close()
         seconds = time.perf_counter() - start
@@ -402,7 +424,7 @@ class TmdMagics(Magics):
     @magic_arguments()
     @argument("sources", nargs="+", metavar="SRC", help="scan files, folders or glob patterns ('**' recurses)")
     @argument("-o", "--out", required=True, metavar="OUT", help="output folder (created if needed)")
-    @argument("--format", default="npz", choices=_writable_formats(), help="output format (default: npz)")
+    @argument("--format", default="npz", choices=registry.names(writing=True), help="output format (default: npz)")
     @argument("--jobs", type=int, metavar="N", help="local worker processes (default: every core)")
     @argument("--scheduler", metavar="ADDRESS", help="run on this dask.distributed scheduler instead")
     @argument("--overwrite", action="store_true", help="replace whatever file is at an output name")

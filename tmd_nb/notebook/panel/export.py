@@ -40,7 +40,7 @@ __all__ = ["FORMATS", "ExportPanel"]
 def format_choices() -> list[tuple[str, str, str]]:
     """One choice per registered format; one more, uncompressed, for a format that compresses."""
     choices = []
-    for f in registry.FORMATS:
+    for f in registry.writable():
         if "compress" in f.options:
             choices.append((f"{f.title}, compressed", f.name, f.extensions[0]))
             choices.append((f"{f.title}, uncompressed", f"{f.name}-uncompressed", f.extensions[0]))
@@ -452,7 +452,7 @@ class ExportPanel(Panel):
         self._show_level()
         root, ext = os.path.splitext(self._path.value)
         wanted = EXTENSION[change["new"]]
-        if ext.lower() in registry.extensions() and ext.lower() != wanted:
+        if ext.lower() in registry.extensions(writing=True) and ext.lower() != wanted:
             self._set_path(root + wanted)  # a new path: _on_path resets Overwrite
         self._validate()
 

@@ -27,8 +27,9 @@ class LoadPanel(Panel):
 
     The bound value is ``{"height_map": array, **metadata}`` (a
     :class:`tmd_nb.notebook.display.HeightMapResult`, which is a dict) or the bare array when
-    "height map only" is chosen. Public API: :attr:`path`, :attr:`name`, :attr:`data`,
-    :attr:`status`, :meth:`refresh` and :meth:`bind`.
+    "height map only" is chosen. An instrument's file with several channels shows a Channel
+    choice (the topography first picked). Public API: :attr:`path`, :attr:`name`,
+    :attr:`channel`, :attr:`data`, :attr:`status`, :meth:`refresh` and :meth:`bind`.
 
     Parameters
     ----------
@@ -54,11 +55,13 @@ class LoadPanel(Panel):
         self._name_edited = False
         self._setting_name = False
         self._bound: Any = None  # the object Bind put into the namespace last (not "replaced" by itself)
+        self._channels_of: str | None = None  # the file whose channels the Channel choice lists
+        self._setting_channel = False
 
         self._title = widgets.HTML("<b>Load a height map</b>")
         self._path = widgets.Combobox(
             description="File",
-            placeholder=f"path of a {registry.one_of(list(registry.extensions()))} file",
+            placeholder=f"path of a {registry.readable_text()}",
             ensure_option=False,
             layout=widgets.Layout(width="34em"),
         )
@@ -67,6 +70,9 @@ class LoadPanel(Panel):
             icon="refresh",
             tooltip="list the files of the folder again",
             layout=widgets.Layout(width="8em"),
+        )
+        self._channel = widgets.Dropdown(
+            options=[], description="Channel", layout=widgets.Layout(width="34em", display="none")
         )
         self._preview_image = widgets.Image(format="png", layout=widgets.Layout(max_width="380px", display="none"))
         self._summary = widgets.HTML(layout=widgets.Layout(width="auto", max_width="32em"))
@@ -86,6 +92,7 @@ class LoadPanel(Panel):
         for child, css in (
             (self._path, "tmd-load-path"),
             (self._refresh_button, "tmd-load-refresh"),
+            (self._channel, "tmd-load-channel"),
             (self._preview_image, "tmd-load-preview"),
             (self._summary, "tmd-load-summary"),
             (self._name, "tmd-load-name"),
@@ -100,6 +107,7 @@ class LoadPanel(Panel):
             [
                 self._title,
                 widgets.HBox([self._path, self._refresh_button]),
+                self._channel,
                 self._progress,
                 widgets.HBox([self._preview_image, self._summary], layout=widgets.Layout(align_items="flex-start")),
                 widgets.HBox([self._name, self._what]),
@@ -111,6 +119,7 @@ class LoadPanel(Panel):
         self.add_class("tmd-load-panel")
         self._path.observe(self._on_path, "value")
         self._name.observe(self._on_name, "value")
+        self._channel.observe(self._on_channel, "value")
         self._what.observe(lambda _: self._validate(), "value")
         self._refresh_button.on_click(lambda _: self.refresh())
         self._bind_button.on_click(lambda _: self.bind())
@@ -126,6 +135,15 @@ class LoadPanel(Panel):
     @name.setter
     def name(self, value: str) -> None:
         self._name.value = value
+
+    @property
+    def channel(self) -> str | None:
+        """The channel of an instrument's file that is loaded (None for a file of one height map)."""
+        return self._channel.value if self._channel.options else None
+
+    @channel.setter
+    def channel(self, value: str) -> None:
+        self._channel.value = value
 
     @property
     def data(self) -> dict[str, Any] | None:
@@ -213,7 +231,7 @@ class LoadPanel(Panel):
         start = time.perf_counter()
         self._set_status(f"Loading {show_path(target)} \u2026", None)
         try:
-            data = registry.load(target, progress=self._on_progress)
+            data = registry.load(target, channel=self._list_channels(target), progress=self._on_progress)
         except Exception as exc:  # even a bug is one line in the panel
             self._failed("Could not load", exc)
             return
@@ -233,6 +251,26 @@ class LoadPanel(Panel):
             finally:
                 self._setting_name = False
 
+    def _list_channels(self, target: str) -> str | None:
+        """Fill the Channel choice for ``target`` (once per file); the channel to load, or None."""
+        if target != self._channels_of:
+            self._channels_of = None
+            found = registry.channels(target) if registry.recognise(target).channels is not None else []
+            self._setting_channel = True
+            try:
+                self._channel.options = [(f"{c['name']} ({c['unit'] or 'no unit'})", c["name"]) for c in found]
+                if found:
+                    self._channel.value = next((c["name"] for c in found if c["is_height"]), found[0]["name"])
+            finally:
+                self._setting_channel = False
+            self._channel.layout.display = "" if len(found) > 1 else "none"
+            self._channels_of = target
+        return self.channel
+
+    def _on_channel(self, change: dict[str, Any]) -> None:
+        if not self._setting_channel:
+            self._load()
+
     def _on_name(self, change: dict[str, Any]) -> None:
         if not self._setting_name:
             self._name_edited = bool(change["new"].strip())
@@ -242,7 +280,7 @@ class LoadPanel(Panel):
         """Why Bind cannot run yet, or None."""
         name = self._name.value.strip()
         if self._data is None:
-            return f"no file is loaded; pick a {registry.one_of(list(registry.extensions()))} file"
+            return f"no file is loaded; pick a {registry.readable_text()}"
         if not name:
             return "type a variable name"
         return name_problem(name)
