@@ -407,6 +407,130 @@ def targets(rows: list[Row], big: str) -> str:
     return "\n".join(out)
 
 
+# ------------------------------------------------------------------------------------------
+# exchange formats (X3P, GWY)
+# ------------------------------------------------------------------------------------------
+
+EXCHANGE_SIZE = 2000
+
+
+def raw_write(nbytes: int, path: Path) -> Callable[[], None]:
+    """Write ``nbytes`` to ``path`` and fsync it: the floor for an uncompressed saver of that size."""
+    payload = np.zeros(nbytes, dtype=np.uint8)
+
+    def run() -> None:
+        with open(path, "wb") as f:
+            f.write(payload.data)
+            f.flush()
+            os.fsync(f.fileno())
+
+    return run
+
+
+def raw_read(path: Path) -> Callable[[], None]:
+    """Read ``path``'s bytes into an array: the floor for a reader of an uncompressed file."""
+    return lambda: np.fromfile(path, dtype=np.uint8)
+
+
+def bench_exchange(n: int, tmp: Path, repeats: int) -> list[Row]:
+    """X3P and GWY against numpy, tmd_nb's NPZ, x3pio's own writer and reader, and raw file I/O.
+
+    The map is the scan-like surface unquantised (full float precision), as the issue measured
+    it, in millimetres (the default unit): float32 and float64. A tiny file of each format is
+    written and read first, so that no row times an import.
+    """
+    tiny = {"height_map": np.zeros((4, 4))}
+    for fmt in ("x3p", "gwy", "npz"):
+        tmd_nb.load(tmd_nb.save(tiny, tmp / f"warm.{fmt}"))
+    z = smooth_surface(n)
+    rows: list[Row] = []
+    for a in (z.astype(np.float32), z):
+        rows += _exchange_rows(a, tmp, repeats)
+    return rows
+
+
+def _exchange_rows(a: np.ndarray, tmp: Path, repeats: int) -> list[Row]:
+    import x3pio
+
+    n = a.shape[0]
+    name = f"scan-like {n}x{n} {a.dtype.name}, mm"
+    d = {"height_map": a, "x_length": n * 1e-3, "y_length": n * 1e-3}
+    nb = a.nbytes
+    p = {k: tmp / f"x.{k}" for k in ("x3p", "x3pio.x3p", "npz", "np.npz", "gwy", "raw")}
+    metres = a.astype(np.float64) * 1e-3
+    rows: list[Row] = []
+
+    def row(op: str, ours: Timing, theirs: Timing) -> None:
+        rows.append(Row(name, op, ours, theirs))
+
+    x3p_save = measure("export_to_x3p", lambda: tmd_nb.export_to_x3p(d, p["x3p"]), nb, repeats, p["x3p"])
+    npz_save = measure("export_to_npz", lambda: tmd_nb.export_to_npz(d, p["npz"]), nb, repeats, p["npz"])
+    savez = measure(
+        "np.savez_compressed", lambda: np.savez_compressed(p["np.npz"], height_map=a), nb, repeats, p["np.npz"]
+    )
+    row("X3P save", x3p_save, savez)
+    row("X3P save vs NPZ save", x3p_save, npz_save)
+    x3pio_write = measure(
+        "x3pio.write (metres)",
+        lambda: x3pio.write(p["x3pio.x3p"], metres, x_scale=1e-6, y_scale=1e-6),
+        nb,
+        repeats,
+        p["x3pio.x3p"],
+    )
+    row("X3P save vs x3pio.write", x3p_save, x3pio_write)
+    x3p_load = measure("load_x3p", lambda: tmd_nb.load_x3p(p["x3p"]), nb, repeats, p["x3p"])
+    npz_load = measure("load_from_npz", lambda: tmd_nb.load_from_npz(p["npz"]), nb, repeats, p["npz"])
+    row("X3P load vs NPZ load", x3p_load, npz_load)
+    x3pio_read = measure("x3pio.read (verify)", lambda: x3pio.read(p["x3p"], verify=True), nb, repeats, p["x3p"])
+    row("X3P load vs x3pio.read", x3p_load, x3pio_read)
+    gwy_save = measure("export_to_gwy", lambda: tmd_nb.export_to_gwy(d, p["gwy"]), nb, repeats, p["gwy"])
+    write = measure("write + fsync", raw_write(p["gwy"].stat().st_size, p["raw"]), nb, repeats, p["raw"])
+    row("GWY save vs writing its bytes", gwy_save, write)
+    gwy_load = measure("load_gwy", lambda: tmd_nb.load_gwy(p["gwy"]), nb, repeats, p["gwy"])
+    row("GWY load vs reading its bytes", gwy_load, measure("np.fromfile", raw_read(p["gwy"]), nb, repeats, p["gwy"]))
+    for f in p.values():
+        f.unlink(missing_ok=True)
+    print(f"  measured {name}", file=sys.stderr, flush=True)
+    return rows
+
+
+def exchange_targets(rows: list[Row]) -> str:
+    """The exchange-format targets, MET or NOT MET, per data set."""
+    by = {(r.data, r.op): r for r in rows}
+    out = []
+    for data in dict.fromkeys(r.data for r in rows if r.op.startswith(("X3P", "GWY"))):
+        out.append(f"  {data}:")
+
+        def get(op: str, data: str = data) -> Row | None:
+            return by.get((data, op))
+
+        if (r := get("X3P save")) is not None:
+            out.append(
+                f"    X3P save >= 5x np.savez_compressed: {r.speed:.2f}x -> {'MET' if r.speed >= 5 else 'NOT MET'}"
+            )
+        if (r := get("X3P load vs NPZ load")) is not None:
+            slow = 1 / r.speed
+            out.append(
+                f"    X3P load within 2x of NPZ load: {slow:.2f}x its time -> {'MET' if slow <= 2 else 'NOT MET'}"
+            )
+        if (r := get("X3P save vs NPZ save")) is not None:
+            out.append(f"    X3P size <= 1.05x the NPZ's: {r.size:.4f}x -> {'MET' if r.size <= 1.05 else 'NOT MET'}")
+        if (r := get("GWY save vs writing its bytes")) is not None and r.ours.file_bytes:
+            points = r.ours.nbytes // np.dtype(data.split()[2].rstrip(",")).itemsize
+            grow = r.ours.file_bytes / (8 * points)
+            out.append(f"    GWY size <= 1.05x 8 bytes a point: {grow:.4f}x -> {'MET' if grow <= 1.05 else 'NOT MET'}")
+            slow = 1 / r.speed
+            out.append(
+                f"    GWY save within 2x of writing its bytes: {slow:.2f}x -> {'MET' if slow <= 2 else 'NOT MET'}"
+            )
+        if (r := get("GWY load vs reading its bytes")) is not None:
+            slow = 1 / r.speed
+            out.append(
+                f"    GWY load within 2x of reading its bytes: {slow:.2f}x -> {'MET' if slow <= 2 else 'NOT MET'}"
+            )
+    return "\n".join(out)
+
+
 def cpu_seconds(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
     """(median CPU seconds of the whole process, every thread, user + system; median wall seconds)."""
     cpu, wall = [], []
@@ -492,7 +616,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--dir", default=None, help="where to write the files (default: a temporary directory)")
     parser.add_argument("--json", default=None, metavar="PATH", help="also write the machine and every row as JSON")
+    parser.add_argument(
+        "--only",
+        choices=("all", "exchange"),
+        default="all",
+        help="exchange: only the X3P/GWY rows (at --exchange-size), not the NPZ/NPY/TMD ones",
+    )
+    parser.add_argument(
+        "--exchange-size", type=int, default=None, help=f"side of the X3P/GWY map (default {EXCHANGE_SIZE}, quick 256)"
+    )
     args = parser.parse_args(argv)
+    side = args.exchange_size or (256 if args.quick else EXCHANGE_SIZE)
     repeats = args.repeats or (1 if args.quick else 5)
     levels: list[int | str] = [
         int(x) if x.strip().isdigit() else x.strip() for x in args.levels.split(",") if x.strip()
@@ -500,11 +634,24 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     print(machine(), flush=True)
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="tmd_nb-bench-") as tmp:
+        exchange = bench_exchange(side, Path(tmp), repeats)
+    if args.only == "exchange":
+        print(f"median of {repeats} repeat(s); files in a temporary directory on {args.dir or tempfile.gettempdir()}")
+        print()
+        print(table(exchange))
+        print()
+        print("Exchange-format targets:")
+        print(exchange_targets(exchange))
+        load = " ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
+        print(f"\ntotal {time.perf_counter() - started:.0f} s; load average at the end {load}")
+        return 0
+    with tempfile.TemporaryDirectory(dir=args.dir, prefix="tmd_nb-bench-") as tmp:
         data = datasets(args.quick, Path(tmp))
         rows: list[Row] = []
         for d in data:
             rows += bench_dataset(d, Path(tmp), repeats, levels)
             print(f"  measured {d.name}", file=sys.stderr, flush=True)
+    rows += exchange
     print(f"median of {repeats} repeat(s); files in a temporary directory on {args.dir or tempfile.gettempdir()}")
     print()
     print(table(rows))
@@ -517,6 +664,9 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print("Targets (on " + big + "):")
     print(targets(rows, big))
+    print()
+    print("Exchange-format targets:")
+    print(exchange_targets(exchange))
     print()
     print("What bounds them (each part timed alone, medians):")
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="tmd_nb-bench-") as tmp:

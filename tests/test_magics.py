@@ -19,7 +19,7 @@ from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
 
-from tmd_nb import export_to_npz, load
+from tmd_nb import export_to_npz, export_to_x3p, load
 from tmd_nb.formats import registry as codec
 from tmd_nb.notebook import arguments, completion, magics
 from tmd_nb.notebook.display import HeightMapResult
@@ -157,6 +157,19 @@ def test_level_reaches_the_npz_writer(ip, capsys, tmp_path, level) -> None:
     assert np.load(tmp_path / "s.npz")["height_map"].tobytes() == ip.user_ns["scan"]["height_map"].tobytes()
 
 
+@pytest.mark.parametrize("level", ["fastest", "smallest", "6", "0"])
+def test_level_reaches_the_x3p_writer(ip, capsys, tmp_path, level) -> None:
+    ip.user_ns["scan"] = {"height_map": np.linspace(0, 1, 40000).reshape(200, 200), "units": "um"}
+    _, out, _ = run(ip, capsys, f"%tmd_export scan s.x3p --level {level}")
+    saved_line(out)
+    reference = export_to_x3p(ip.user_ns["scan"], tmp_path / "ref.x3p", level=int(level) if level.isdigit() else level)
+    with zipfile.ZipFile(tmp_path / "s.x3p") as ours, zipfile.ZipFile(reference) as theirs:
+        data = ours.getinfo("bindata/data.bin")
+        assert data.compress_size == theirs.getinfo("bindata/data.bin").compress_size
+        assert (data.compress_type == zipfile.ZIP_STORED) == (level == "0")
+    assert load(tmp_path / "s.x3p")["height_map"].tobytes() == ip.user_ns["scan"]["height_map"].tobytes()
+
+
 def test_level_mistakes_are_one_line(ip, capsys, tmp_path) -> None:
     ip.user_ns["z"] = np.zeros((2, 2))
     assert (
@@ -168,7 +181,7 @@ def test_level_mistakes_are_one_line(ip, capsys, tmp_path) -> None:
         == "--level must be fastest, balanced or smallest or 0-9 as in zlib, not 12"
     )
     assert usage_error(ip, capsys, "%tmd_export z a.npy --level balanced") == (
-        "--level applies to .npz files only, not .npy"
+        "--level applies to .npz or .x3p files only, not .npy"
     )
     assert usage_error(ip, capsys, "%tmd_export z a.npz --level 6 --no-compress") == (
         "--level and --no-compress contradict each other; give one of them"

@@ -519,10 +519,10 @@ def test_level_choice_shows_for_compressing_formats_only(ns: dict) -> None:
     panel = ExportPanel(namespace=ns)
     assert [value for _, value in panel._level.options] == ["fastest", "balanced", "smallest"]
     shown = {}
-    for fmt in ["npz", "npz-uncompressed", "npy", "tmd"]:
+    for fmt in ["npz", "npz-uncompressed", "npy", "tmd", "x3p", "gwy"]:
         panel.format = fmt
         shown[fmt] = panel._level.layout.display != "none"
-    assert shown == {"npz": True, "npz-uncompressed": False, "npy": False, "tmd": False}
+    assert shown == {"npz": True, "npz-uncompressed": False, "npy": False, "tmd": False, "x3p": True, "gwy": False}
     with pytest.raises(ValueError, match="^unknown level 'fast'; choose one of fastest, balanced, smallest$"):
         panel.level = "fast"
 

@@ -365,9 +365,10 @@ def replace_x3p_member(path: str, name: str, content: bytes) -> None:
 
 
 def test_a_changed_byte_in_the_exact_height_copy_is_an_error(tmp_path: Path) -> None:
-    hm = np.random.default_rng(0).standard_normal((8, 9))  # float64 in mm: metres do not give them back
+    rng = np.random.default_rng(0)
+    hm = rng.standard_normal((8, 9)) + 1j * rng.standard_normal((8, 9))  # X3P holds the real part only
     out = tmd_nb.save({"height_map": hm}, tmp_path / "c.x3p")
-    copy = bytearray(x3p_record(out)["height_map.npy"])  # float64 in mm: stored exactly beside the metres
+    copy = bytearray(x3p_record(out)["height_map.npy"])  # complex: stored exactly beside the real part
     copy[-1] ^= 0x01
     replace_x3p_member(out, "height_map.npy", bytes(copy))
     with pytest.raises(FormatError, match=r"c\.x3p'.*member 'height_map' is damaged"):

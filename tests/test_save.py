@@ -75,14 +75,17 @@ def test_unknown_extension_is_refused_before_any_file_is_touched(tmp_path: Path,
 def test_unknown_format_and_npz_options_elsewhere_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown format 'hdf5'"):
         save(SCAN, tmp_path / "scan.npz", format="hdf5")
-    takers = " and ".join(f.title for f in WRITABLE if {"compress", "level"} <= f.options)
     for fmt in WRITABLE:
         if "compress" not in fmt.options:
-            with pytest.raises(ValueError, match=f"apply to {takers} only, not {fmt.title}$"):
+            takers = " and ".join(f.title for f in WRITABLE if "compress" in f.options)
+            with pytest.raises(ValueError, match=f"^compress applies to {takers} only, not {fmt.title}$"):
                 save(HEIGHTS, tmp_path / f"scan{fmt.extensions[0]}", compress=False)
         if "level" not in fmt.options:
-            with pytest.raises(ValueError, match=f"apply to {takers} only, not {fmt.title}$"):
+            takers = " and ".join(f.title for f in WRITABLE if "level" in f.options)
+            with pytest.raises(ValueError, match=f"^level applies to {takers} only, not {fmt.title}$"):
                 save(HEIGHTS, tmp_path / f"scan{fmt.extensions[0]}", level=3)
+    with pytest.raises(ValueError, match="^level applies to NPZ and X3P only, not TMD$"):
+        save(HEIGHTS, tmp_path / "scan.tmd", level=3)
     assert list(tmp_path.iterdir()) == []
 
 

@@ -494,8 +494,40 @@ def _user_mask(meta: Mapping[str, Any], shape: tuple[int, ...]) -> np.ndarray | 
     return None
 
 
-def _build(data: Any) -> bytes:
-    """Validate ``data`` and serialize the whole file; ValueError/TypeError before anything is written."""
+def _pieces(obj: Any) -> tuple[list[bytes | np.ndarray], int]:
+    """gwyfile's serialization of ``obj`` as pieces to write in turn, and their length in bytes.
+
+    Byte for byte what ``obj.serialize()`` gives, but float64 arrays (a data field's ``data``)
+    stay arrays, written from their own buffer: no copy of the map is joined into one bytes
+    object (that join, not the disk, was most of a save's time).
+    """
+    from gwyfile.objects import guess_typecode, serialize_component
+
+    body: list[bytes | np.ndarray] = []
+    size = 0
+    for key in obj:
+        value = obj[key]
+        code = obj.typecodes.get(key) or guess_typecode(value)
+        if code == "o":
+            sub, n = _pieces(value)
+            head = key.encode("utf-8") + b"\0o"
+            body += [head, *sub]
+            size += len(head) + n
+        elif code == "D" and isinstance(value, np.ndarray):
+            flat = np.ascontiguousarray(value, dtype="<f8").reshape(-1)
+            head = key.encode("utf-8") + b"\0D" + struct.pack("<I", len(flat))
+            body += [head, flat]
+            size += len(head) + flat.nbytes
+        else:
+            raw = serialize_component(key, value, code)
+            body.append(raw)
+            size += len(raw)
+    head = obj.name.encode("utf-8") + b"\0" + struct.pack("<I", size)
+    return [head, *body], len(head) + size
+
+
+def _build(data: Any) -> Any:
+    """Validate ``data`` and make the file's top-level container; ValueError/TypeError before anything is written."""
     from gwyfile.objects import GwyContainer, GwyDataField, GwySIUnit
 
     array, meta = split_height_map(in_memory(data))  # a Dask array is computed: the file is written whole
@@ -552,7 +584,7 @@ def _build(data: Any) -> bytes:
         text = content.decode("utf-8") if name == embedded.RECORD else base64.b64encode(content).decode("ascii")
         entries[RECORD_PREFIX + name] = text
     typecodes = {k: ("o" if not isinstance(v, str) else "s") for k, v in entries.items()}
-    return MAGIC + GwyContainer(entries, typecodes=typecodes).serialize()
+    return GwyContainer(entries, typecodes=typecodes)
 
 
 def export_to_gwy(
@@ -590,11 +622,13 @@ def export_to_gwy(
     ValueError
         A unit Gwyddion would misread (the message names the key and the units it takes).
     """
-    content = _build(data)
+    pieces, size = _pieces(_build(data))
     with atomic_write(output_path) as fp:
-        fp.write(content)
+        fp.write(MAGIC)
+        for piece in pieces:
+            fp.write(piece if isinstance(piece, bytes) else piece.data)
     if progress is not None:
-        progress(len(content), len(content))
+        progress(size + len(MAGIC), size + len(MAGIC))
     return os.path.abspath(output_path)
 
 

@@ -294,7 +294,8 @@ def save(
         A format name (``"npz"``, ``"npy"``, ``"tmd"``, ...); ``None`` takes it from the
         extension of ``output_path``.
     compress, level
-        NPZ only (see :func:`tmd_nb.export_to_npz`); other formats refuse them. ``level`` is
+        ``compress`` NPZ only, ``level`` NPZ and X3P (see :func:`tmd_nb.export_to_npz`); other
+        formats refuse them. ``level`` is
         ``"fastest"`` (the default), ``"balanced"``, ``"smallest"`` or an integer 0-9: the ladder
         is documented in :mod:`tmd_nb.storage.deflate`.
     progress : callable, optional
@@ -325,6 +326,7 @@ def save(
         options["level"] = level
     refused = [k for k in options if k not in fmt.options]
     if refused:
-        takers = " and ".join(f.title for f in writable() if f.options)
-        raise ValueError(f"compress and level apply to {takers} only, not {fmt.title}")
+        takers = " and ".join(f.title for f in writable() if set(refused) <= f.options)
+        verb = "applies" if len(refused) == 1 else "apply"
+        raise ValueError(f"{' and '.join(refused)} {verb} to {takers} only, not {fmt.title}")
     return fmt.save(data, output_path, progress=progress, **options)

@@ -21,16 +21,27 @@ MountainsMap, Gwyddion and R's x3ptools open:
     model, serial, version; else tmd_nb as the software), ``calibration_date``,
     ``probing_system`` (a dict of type ``Contacting``/``NonContacting``/``Software`` and
     identification) and ``comment`` from the metadata, where they have those types.
-``bindata/data.bin``, ``bindata/valid.bin``
-    The heights; NaN and infinite heights are X3P's invalid points.
+``bindata/data.bin``
+    The heights as they are, in their own unit, cast to the data type (little-endian): no
+    conversion, so a float32 or float64 map is stored once and byte for byte; readers multiply
+    by the Z increment to get metres (x3pio and Gwyddion do, for ``F``/``D`` as for ``I``/``L``).
+    NaN and infinite heights are X3P's invalid points; integer maps have none, so no
+    ``bindata/valid.bin`` is written.
 Vendor extension files, IDs ``https://pypi.org/project/tmd-nb/<name>``
-    tmd_nb's record (:mod:`tmd_nb.storage.embedded`): ``record.json`` with every metadata key,
-    typed, and ``<name>.npy`` for each array, plus ``height_map.npy`` when the standard heights
-    do not give back the exact array (dtype, bits). Other software ignores them.
+    tmd_nb's record (:mod:`tmd_nb.storage.embedded`, version 3, read from the stored numbers):
+    ``record.json`` with every metadata key, typed, and ``<name>.npy`` for each array, plus
+    ``height_map.npy`` only when the stored numbers do not give back the exact array (complex,
+    64-bit integers, NaN payloads, infinities). Other software ignores them.
+
+x3pio builds and checks ``main.xml`` (its data MD5 included); tmd_nb writes the zip itself
+(:func:`tmd_nb.storage.archive.write_zip`): members deflated in parallel at the ``level`` NPZ
+takes, ``main.xml`` first.
 
 What :func:`load_x3p` reads
 ---------------------------
-A file tmd_nb wrote comes back exactly as it was saved. Any other X3P surface or profile loads
+A file tmd_nb wrote comes back exactly as it was saved: x3pio checks ``main.xml`` (and its
+checksum), and the heights are inflated in parallel, CRC checked and checked against the record's
+fingerprint, without conversion. Any other X3P surface or profile loads
 as ``{"height_map": float64 metres (CZ offset added), "x_length", "y_length", "x_offset",
 "y_offset" (metres), "lateral_unit": "m", "height_unit": "m"}`` plus the Record2 fields present,
 under the keys above (dates as ``datetime``, instrument and probing system as dicts). NaN marks
@@ -62,6 +73,7 @@ from __future__ import annotations
 
 import datetime as dt
 import errno
+import hashlib
 import io
 import itertools
 import os
@@ -71,6 +83,7 @@ import struct
 import zipfile
 import zlib
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -88,8 +101,9 @@ from ..errors import (
 from ..heightmap import in_memory, split_height_map
 from ..storage import embedded, limits, metadata, units
 from ..storage._io import Progress, open_file
-from ..storage.archive import ZIP_MAGIC
+from ..storage.archive import ZIP_MAGIC, write_zip
 from ..storage.atomic import atomic_write
+from ..storage.deflate import Level, level_problem
 from .base import Format, PathLike
 
 __all__ = ["FORMAT", "VENDOR", "check", "export_to_x3p", "load_from_x3p", "load_x3p", "looks_like_x3p"]
@@ -217,10 +231,36 @@ def check(data: Any) -> None:
     limits.check_record(meta, "an X3P file", max_arrays=MAX_ARRAYS)
 
 
-def _build(data: Any) -> Any:
-    """Validate ``data`` and build the x3pio file (record included); ValueError/TypeError before writing."""
+#: The little-endian type of ``bindata/data.bin`` for each X3P data type.
+_RAW_TYPES = {"I": "<i2", "L": "<i4", "F": "<f4", "D": "<f8"}
+
+
+def _stored(shown: np.ndarray, z_type: str) -> np.ndarray:
+    """The numbers ``bindata/data.bin`` holds: the heights in their own unit, in the X3P type.
+
+    No copy when the map already has that type and byte order (a float32 or float64 map).
+    Non-finite heights stay NaN/infinite, which X3P readers take as invalid points.
+    """
+    values = shown.real if shown.dtype.kind == "c" else shown
+    with np.errstate(invalid="ignore", over="ignore"):
+        return np.ascontiguousarray(values, dtype=_RAW_TYPES[z_type])
+
+
+def _build(data: Any) -> tuple[list[tuple[str, bytes, np.ndarray]], int]:
+    """Validate ``data`` and lay out the X3P container: ``(name, head, array)`` members, data bytes.
+
+    x3pio builds and checks ``main.xml`` (from a one-point stand-in surface with the real axes,
+    so that the heights are never converted); the heights are stored as they are, in their own
+    unit, with the Z increment saying how many metres that unit is. ValueError/TypeError before
+    anything is written. The x3pio functions used below its public API (``build_main``,
+    ``validate``, the extensions' members) are those of x3pio 2.0; every X3P test goes through them.
+    """
     import x3pio
-    from x3pio.model.datatypes import decode_raw, encode_raw, get_data_type
+    from x3pio.codec.archive import format_checksum_file, md5_hex
+    from x3pio.codec.xml import DataLink, build_main
+    from x3pio.model.extensions import content_of
+    from x3pio.model.naming import CHECKSUM_FILE, DATA_FILE, MAIN_XML
+    from x3pio.model.validation import validate
 
     array, meta = split_height_map(in_memory(data))  # a Dask array is computed: the file is written whole
     phys = units.written(meta)  # TypeError/ValueError naming a length or offset that cannot be written as given
@@ -239,34 +279,53 @@ def _build(data: Any) -> Any:
         units.in_si("x_offset", phys.x_offset, unit, lateral),
         units.in_si("y_offset", phys.y_offset, unit, lateral),
     )
-    z_type = x3pio.DataType(_z_type(shown.dtype))
-    standard = embedded.standard_heights(shown, height)
-    # What any X3P reader will see: x3pio's own coding of the heights, invalid points as NaN.
-    with np.errstate(invalid="ignore", over="ignore"):
-        finite = np.isfinite(standard)
+    if height > 1.0:  # only a unit above a metre can take a finite height beyond float64 range in metres
+        embedded.standard_heights(shown, height)  # ValueError naming it: readers would see a missing point
+    z_type = _z_type(shown.dtype)
+    stored = _stored(shown, z_type)
+    raw = stored.reshape(-1).view(np.uint8)
+    # main.xml states the MD5 of the heights: one pass over them, on a thread of its own while
+    # the record and the rest of the XML are made (hashlib releases the GIL).
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tmd_nb-md5") as pool:
+        digest = pool.submit(lambda: hashlib.md5(raw.data, usedforsecurity=False).hexdigest())
         try:
-            seen = decode_raw(encode_raw(standard, get_data_type(z_type), height), height)
-        except x3pio.X3pFormatError:  # out of range for the type: store metres as float64
-            z_type = x3pio.DataType.FLOAT64
-            seen = decode_raw(encode_raw(standard, get_data_type(z_type), height), height)
-    seen[~finite] = np.nan
-    try:
-        file = x3pio.Surface.from_array(
-            np.where(finite, standard, np.nan),
-            x_scale=x_scale,
-            y_scale=y_scale,
-            z_type=z_type,
-            z_scale=height,
-            metadata=_record2(meta),
-            placement=x3pio.Placement.translation(x_offset, y_offset, 0.0),
-            coordinate_system=x3pio.CoordinateSystem.VIEW,
-        )
-        record = embedded.pack(array, meta, seen, height, fields=_fields(file))
-        for name, content in record.items():
-            file.extensions[f"{VENDOR}/{name if name == embedded.RECORD else name + '.npy'}"] = content
-    except x3pio.X3pFormatError as exc:
-        raise ValueError(f"cannot write this height map as X3P: {exc}") from None
-    return file
+            file = x3pio.Surface.from_array(
+                np.zeros((1, 1)),
+                x_scale=x_scale,
+                y_scale=y_scale,
+                z_type=x3pio.DataType(z_type),
+                z_scale=height,
+                metadata=_record2(meta),
+                placement=x3pio.Placement.translation(x_offset, y_offset, 0.0),
+                coordinate_system=x3pio.CoordinateSystem.VIEW,
+            )
+            record = embedded.pack(array, meta, stored, height, fields=_fields(file), stored=True)
+            for name, content in record.items():
+                file.extensions[f"{VENDOR}/{name if name == embedded.RECORD else name + '.npy'}"] = content
+            validate(file)
+            vendor_ids, extension_files = file.extensions._parts()
+            main = build_main(
+                header=file.header,
+                revision=file.revision,
+                placement=file.placement,
+                feature_type=file.feature_type,
+                metadata=file.metadata,
+                size=(shown.shape[1], shown.shape[0], 1),
+                count=None,
+                datums=None,
+                link=DataLink(DATA_FILE, digest.result(), None, None),
+                vendor_ids=vendor_ids,
+            )
+        except x3pio.X3pFormatError as exc:
+            raise ValueError(f"cannot write this height map as X3P: {exc}") from None
+    none = np.empty(0, np.uint8)
+    members = [
+        (MAIN_XML, main, none),
+        (CHECKSUM_FILE, format_checksum_file(md5_hex(main)), none),
+        (DATA_FILE, b"", raw),
+        *sorted((name, content_of(content), none) for name, content in extension_files.items()),
+    ]
+    return members, raw.nbytes
 
 
 def _fields(file: Any) -> dict[str, float]:
@@ -284,7 +343,11 @@ def _fields(file: Any) -> dict[str, float]:
 
 
 def export_to_x3p(
-    data: np.ndarray | Mapping[str, Any], output_path: PathLike, *, progress: Progress | None = None
+    data: np.ndarray | Mapping[str, Any],
+    output_path: PathLike,
+    *,
+    level: Level = None,
+    progress: Progress | None = None,
 ) -> str:
     """Save a height map and its metadata as an X3P file (ISO 25178-72).
 
@@ -301,8 +364,12 @@ def export_to_x3p(
         written whole; NPY and NPZ stream maps larger than memory instead.
     output_path : str or os.PathLike
         Where to write; the file is replaced atomically.
+    level : str or int, optional
+        How hard to compress the zip members, as for :func:`tmd_nb.export_to_npz`: ``"fastest"``
+        (``None``, the default), ``"balanced"``, ``"smallest"``, or ``0``-``9`` as in zlib
+        (``0`` stores them); :mod:`tmd_nb.storage.deflate` says what each one means.
     progress : callable, optional
-        ``progress(done_bytes, total_bytes)``, called when the file is written.
+        ``progress(done_bytes, total_bytes)``, called as the heights are written.
 
     Returns
     -------
@@ -316,19 +383,15 @@ def export_to_x3p(
         a numeric 2-D array.
     ValueError
         ``lateral_unit``, ``height_unit`` or ``units`` is not a known length unit (the message
-        names the key and the known units); raised before anything is written.
+        names the key and the known units), or ``level`` is unknown; raised before anything is
+        written.
     """
-    import x3pio
-
-    file = _build(data)
-    try:
-        content = file.dumps()
-    except x3pio.X3pFormatError as exc:  # nothing is written yet
-        raise ValueError(f"cannot write this height map as X3P: {exc}") from None
+    problem = level_problem(level)
+    if problem is not None:
+        raise ValueError(problem)
+    members, _ = _build(data)
     with atomic_write(output_path) as fp:
-        fp.write(content)
-    if progress is not None:
-        progress(len(content), len(content))
+        write_zip(fp, members, level=level, progress=progress)
     return os.path.abspath(output_path)
 
 
@@ -522,6 +585,10 @@ _CAUGHT: tuple[type[BaseException], ...] = (*_LIBRARY_ERRORS, OSError)
 _ZIP_OR_SYSTEM: tuple[type[BaseException], ...] = (*_ZIP_ERRORS, OSError)
 
 
+#: What makes :func:`_read_own` leave a file to ``x3pio.read`` (x3pio's errors are ValueErrors).
+_NOT_OWN: tuple[type[BaseException], ...] = (*_LIBRARY_ERRORS, OSError)
+
+
 def _read_file(path: PathLike, where: str) -> Any:
     import x3pio
 
@@ -590,6 +657,9 @@ def _referenced(text: bytes) -> set[str]:
     height = obj.get("height")
     if type(height) is dict:
         names.update(height[k] for k in ("exact", "missing") if type(height.get(k)) is str)
+        patch = height.get("patch")
+        if type(patch) is list:
+            names.update(n for n in patch if type(n) is str)
     meta = obj.get("metadata")
     stack = list(meta.values()) if type(meta) is dict else []
     while stack:
@@ -668,6 +738,88 @@ def _record2_keys(record: Any) -> dict[str, Any]:
     return out
 
 
+def _record_members(zf: zipfile.ZipFile, members: Mapping[str, zipfile.ZipInfo]) -> dict[str, bytes]:
+    """tmd_nb's record and the vendor-extension files it refers to (only those are inflated)."""
+    from x3pio.model.naming import vendor_extension_path
+
+    prefix = vendor_extension_path(f"{VENDOR}/{embedded.RECORD}").replace("\\", "/")[: -len(embedded.RECORD)]
+    if prefix + embedded.RECORD not in members:
+        return {}
+    text = zf.read(members[prefix + embedded.RECORD])
+    out = {embedded.RECORD: text}
+    for name in sorted(_referenced(text)):
+        if prefix + name + ".npy" in members:
+            out[name] = zf.read(members[prefix + name + ".npy"])
+    return out
+
+
+def _read_own(path: PathLike, where: str) -> tuple[Any, np.ndarray, dict[str, bytes]] | None:
+    """A file as tmd_nb writes it (version 3 record, heights stored as they are): its description,
+    the numbers ``bindata/data.bin`` holds and the record's members; None for any other file.
+
+    x3pio reads and checks ``main.xml`` (with its checksum) but not the heights: they are inflated
+    as NPZ members are (in parallel, CRC checked) and never converted. Whatever is unusual goes
+    the general way, through ``x3pio.read``, which reports it (a checksum warning, an error).
+    """
+    import json
+
+    import x3pio
+    from x3pio.model.naming import DATA_FILE, MAIN_XML
+
+    from ..storage.archive import checked_members, member_bytes
+
+    with open_file(path, where) as fp:
+        if not stat.S_ISREG(os.fstat(fp.fileno()).st_mode):
+            return None
+        zf, members, main = _checked_zip(fp, where)
+        if (
+            main != MAIN_XML
+            or DATA_FILE not in members
+            or len(members) != len(zf.infolist())
+            or any(n.endswith("/" + embedded.RECORD) and i.file_size > embedded.MAX_RECORD for n, i in members.items())
+        ):
+            return None  # a record longer than allowed goes x3pio's way, which reports it
+        try:
+            record = _record_members(zf, members)
+            head = json.loads(record[embedded.RECORD]) if embedded.RECORD in record else None
+            if not (
+                isinstance(head, dict)
+                and type(head.get("tmd_nb")) is int
+                and head["tmd_nb"] >= 3
+                and isinstance(head.get("height"), dict)
+                and head["height"].get("stored") is True
+            ):
+                return None
+            fp.seek(0)
+            info = x3pio.info(fp, verify=True)
+        except _NOT_OWN:
+            return None  # the general way says what is wrong
+        z_type = info.header.z.data_type.value
+        if (
+            info.feature_type is not x3pio.FeatureType.SURFACE
+            or info.layer_count != 1
+            or len(info.shape) != 2
+            or info.storage is not x3pio.DataStorage.BINARY
+            or not (info.header.x.is_incremental and info.header.y.is_incremental)
+            or z_type not in _RAW_TYPES
+        ):
+            return None
+        dtype = np.dtype(_RAW_TYPES[z_type])
+        entry = {m.name: m for m in checked_members(fp, where, npy=False)}.get(DATA_FILE)
+        if entry is None or entry.usize != dtype.itemsize * info.shape[0] * info.shape[1]:
+            return None
+        raw = member_bytes(fp, entry, f"{where} member {DATA_FILE!r}")
+    return info, raw.view(dtype).reshape(info.shape), record
+
+
+def _metres(raw: np.ndarray, increment: float) -> np.ndarray:
+    """The heights X3P readers see in stored numbers: metres, NaN where invalid."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        values = raw.astype(np.float64) * increment
+    values[~np.isfinite(values)] = np.nan
+    return values
+
+
 @renamed_keyword("path", "file_path")
 def load_from_x3p(file_path: PathLike, *, progress: Progress | None = None) -> dict[str, Any]:
     """Load a height map and its metadata from an X3P file (ISO 25178-72).
@@ -704,8 +856,19 @@ def load_from_x3p(file_path: PathLike, *, progress: Progress | None = None) -> d
         rotation are left out, or the heights were changed after tmd_nb wrote the file.
     """
     import x3pio
+    from x3pio.model.datatypes import encode_raw, get_data_type
 
     where = repr(os.fspath(file_path))
+    own = _read_own(file_path, where)
+    if own is not None:
+        info, raw, record = own
+        increment = float(info.header.z.increment)
+        rec = embedded.unpack(record, lambda: _metres(raw, increment), where, fields=_fields(info), stored=raw)
+        if rec.current:
+            if progress is not None:
+                size = os.path.getsize(file_path)
+                progress(size, size)
+            return {"height_map": rec.height_map, **rec.metadata}
     file = _read_file(file_path, where)
     if isinstance(file, x3pio.PointCloud):
         raise FormatError(f"{where} holds a point cloud, not a height map on a grid")
@@ -739,7 +902,16 @@ def load_from_x3p(file_path: PathLike, *, progress: Progress | None = None) -> d
     except errors as exc:
         raise FormatError(f"{where}: its tmd_nb record is damaged: {exc}") from None
     if text is not None:
-        rec = embedded.unpack(_RecordMembers(file.extensions, text, where), seen, where, fields=_fields(file))
+        # A file read this way is not as tmd_nb wrote it: its stored numbers, as well as they can
+        # be told from the metres, decide whether the record still describes it.
+        z_info = get_data_type(file.header.z.data_type)
+        with np.errstate(invalid="ignore", over="ignore"):
+            try:
+                guess = encode_raw(seen, z_info, float(file.header.z.increment))
+            except x3pio.X3pFormatError:
+                guess = np.full(seen.shape, np.nan)
+        members = _RecordMembers(file.extensions, text, where)
+        rec = embedded.unpack(members, seen, where, fields=_fields(file), stored=guess)
         if rec.current:
             out = {"height_map": rec.height_map, **rec.metadata}
         else:
@@ -773,6 +945,7 @@ FORMAT = Format(
     save=export_to_x3p,
     check=check,
     within="npz",
+    options=frozenset({"level"}),
     label="ISO 25178-72",
     library="x3pio",
 )

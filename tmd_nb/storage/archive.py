@@ -65,7 +65,7 @@ import itertools
 import os
 import struct
 import time
-from collections.abc import Callable, Container, Iterator, Mapping
+from collections.abc import Callable, Container, Iterator, Mapping, Sequence
 from typing import BinaryIO
 
 import numpy as np
@@ -79,7 +79,7 @@ from .inflate import MemberStream, inflate_bound, inflate_rest, inflate_whole
 from .libraries import INFLATE_ERRORS, crc32_of
 from .npyfile import bytes_of, data_pieces, data_size, empty_array, header_bytes, header_length, parse_header
 
-__all__ = ["ZIP_MAGIC", "checked_members", "read_npz", "write_npz"]
+__all__ = ["ZIP_MAGIC", "checked_members", "member_bytes", "read_npz", "write_npz", "write_zip"]
 
 ZIP_MAGIC = b"PK\x03\x04"
 # Zip fields of 32 bits hold values below this; larger values go into Zip64 extra fields. Tests
@@ -194,23 +194,51 @@ def write_npz(
     ``progress(done_bytes, total_bytes)`` counts array data bytes.
     """
     codec = Codec(level) if compress else None
-    if codec is not None and codec.level == 0:
-        codec = None
     items = []
     for name, array in members.items():
         if not isinstance(name, str) or not name:
             raise ValueError(f"NPZ member names must be non-empty str, not {name!r}")
         if not is_dask_array(array):  # a Dask array is streamed block row by block row
             array = np.asanyarray(array)
-        items.append((name, array, header_bytes(array, f"member {name!r}")))
-    total = sum(array.nbytes for _, array, _ in items)
+        items.append((name + ".npy", header_bytes(array, f"member {name!r}"), array))
+    _write_archive(fp, items, codec, progress, threads)
+
+
+def write_zip(
+    fp: BinaryIO,
+    members: Sequence[tuple[str, bytes, np.ndarray]],
+    *,
+    level: Level = None,
+    progress: Progress | None = None,
+    threads: int | None = None,
+) -> None:
+    """Write a zip archive of ``(name, head, array)`` members, as :func:`write_npz` writes its own.
+
+    Each member holds ``head`` followed by the bytes of ``array`` in C order (a raw binary file
+    of another zip-based format, such as X3P's ``bindata/data.bin``; ``head`` alone with an
+    empty array for a text member), deflated at ``level`` as NPZ members are, on ``threads``
+    threads, with the same chunk index. ``progress`` counts array data bytes.
+    """
+    _write_archive(fp, list(members), Codec(level), progress, threads)
+
+
+def _write_archive(
+    fp: BinaryIO,
+    items: list[tuple[str, bytes, np.ndarray]],
+    codec: Codec | None,
+    progress: Progress | None,
+    threads: int | None,
+) -> None:
+    if codec is not None and codec.level == 0:
+        codec = None
+    total = sum(array.nbytes for _, _, array in items)
     reporter = Reporter(progress, total)
-    workers = thread_count(threads) if compress else 1
+    workers = thread_count(threads) if codec is not None else 1
     deflater = Deflater(codec, workers) if codec is not None else None
     entries: list[_Entry] = []
     behind = WriteBehind(fp, total)
     try:
-        for name, array, header in items:
+        for name, header, array in items:
             entries.append(_write_member(fp, name, header, array, deflater, reporter, behind))
         _write_central_directory(fp, entries)
     finally:
@@ -230,10 +258,10 @@ def _write_member(
     behind: WriteBehind,
 ) -> _Entry:
     try:
-        raw_name = (name + ".npy").encode("ascii")
+        raw_name = name.encode("ascii")
         flags = 0
     except UnicodeEncodeError:
-        raw_name = (name + ".npy").encode("utf-8")
+        raw_name = name.encode("utf-8")
         flags = _FLAG_UTF8
     usize = len(header) + array.nbytes
     # The compressed size is known only at the end; reserve Zip64 room whenever it could be needed
@@ -510,9 +538,9 @@ def _central_directory(f: BinaryIO, size: int, where: str) -> tuple[list[_Member
     return members, cd_offset
 
 
-def _check_member(f: BinaryIO, m: _Member, cd_offset: int, where: str) -> None:
+def _check_member(f: BinaryIO, m: _Member, cd_offset: int, where: str, npy: bool = True) -> None:
     """Refuse what cannot be read safely, compare the local header with the central directory."""
-    if not m.name.endswith(".npy") or len(m.name) <= 4:
+    if npy and (not m.name.endswith(".npy") or len(m.name) <= 4):
         raise FormatError(f"{where} is not an NPY array (only .npy members are read)")
     if m.flags & (_FLAG_ENCRYPTED | _FLAG_STRONG_ENCRYPTION | _FLAG_MASKED_HEADERS):
         raise FormatError(f"{where} is encrypted")
@@ -578,11 +606,12 @@ def _malformed(message: str) -> Iterator[None]:
 MemberCheck = Callable[[str, np.dtype, tuple[int, ...], str, frozenset[str]], None]
 
 
-def checked_members(f: BinaryIO, where: str) -> list[_Member]:
+def checked_members(f: BinaryIO, where: str, *, npy: bool = True) -> list[_Member]:
     """The members of the zip archive open as ``f``, in archive order, every structure checked.
 
     Each tells where its data lie (``start``, ``csize``), what they inflate to (``usize``,
-    ``crc``, ``deflated``) and its restart points (``index``); nothing is inflated.
+    ``crc``, ``deflated``) and its restart points (``index``); nothing is inflated. ``npy``:
+    refuse members not named ``*.npy`` (an NPZ archive); else any names are listed (X3P).
     """
     size = os.fstat(f.fileno()).st_size
     with _malformed(f"{where} is not a readable NPZ (zip) archive"):
@@ -594,7 +623,7 @@ def checked_members(f: BinaryIO, where: str) -> list[_Member]:
         seen.add(m.name)
     for m in members:
         with _malformed(f"{where} member {m.name!r} is corrupt"):
-            _check_member(f, m, cd_offset, f"{where} member {m.name!r}")
+            _check_member(f, m, cd_offset, f"{where} member {m.name!r}", npy)
     ordered = sorted(members, key=lambda m: m.offset)
     for a, b in itertools.pairwise(ordered):
         if a.start + a.csize > b.offset:
@@ -644,6 +673,21 @@ def read_npz(
             raise failed.__cause__ from None  # type: ignore[misc]
         reporter.finish()
         return out
+
+
+def member_bytes(f: io.FileIO, m: _Member, where: str, threads: int | None = None) -> np.ndarray:
+    """The bytes of member ``m`` of :func:`checked_members` as a new writable uint8 array, CRC checked.
+
+    Inflated as NPZ members are: on every core when the member has a chunk index.
+    """
+    workers = thread_count(threads)
+    with _malformed(f"{where} is corrupt"):
+        whole = inflate_whole(f, m, where, workers)
+        if whole is not None:
+            return whole
+        out = np.empty(m.usize, dtype=np.uint8)
+        inflate_rest(f, m, MemberStream(f, m, where), b"", bytes_of(out), where, lambda n: None, workers)
+    return out
 
 
 def _read_member(

@@ -28,12 +28,27 @@ standard fields, a *record*:
     standard heights hold a value there: formats whose other readers need a number everywhere
     (Gwyddion) fill them, and tmd_nb makes them NaN again.
 
+``height.patch`` (version 3): ``null`` or ``["__patch_at__", "__patch_values__"]``
+    When the standard heights give back all but a few points bit for bit (a float64 map in
+    millimetres stored as float64 metres: ``x * 1e-3 / 1e-3`` differs from ``x`` in the last
+    bit for about 2% of values), the record holds those points only instead of a whole exact
+    copy: ``__patch_at__`` their flat (C-order) indices, ``__patch_values__`` their values, of
+    the map's dtype. A patch is used when it takes at most a quarter of the map's bytes.
+``height.stored`` (version 3)
+    ``true`` when the format gave the numbers its file stores for the heights (X3P's
+    ``data.bin``: the heights in their own unit, the Z increment saying how many metres that
+    is) instead of metres: the fingerprint covers those numbers (their little-endian bytes,
+    every NaN the same NaN) and the map is restored by casting them to ``dtype``, with no
+    division, so that a float64 map in millimetres needs no exact copy. Versions 1 and 2 are
+    read with the standard heights, as before.
+
 Version 1 records (tmd_nb before physical fields were fingerprinted) have a fingerprint of the
 heights only and no checksums or ``missing``: they are read as before, the format passing the
 heights as version 1 saw them; an edit of their lengths alone goes unnoticed, as it did then.
 
 Where these pieces go is up to the format module (X3P: vendor-extension files; Gwyddion: string
-entries of the container). This module imports only numpy and the standard library.
+entries of the container). This module imports only numpy, the standard library and tmd_nb's
+CRC-32 (ISA-L's when installed: the same checksum, several times zlib's speed on a large map).
 """
 
 from __future__ import annotations
@@ -41,7 +56,7 @@ from __future__ import annotations
 import io
 import json
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,14 +65,19 @@ import numpy as np
 from ..errors import FormatError
 from ..heightmap import HEIGHT_MAP, check_height_map_header
 from . import metadata
+from .libraries import crc32_of
 from .npyfile import data_size, header_bytes, parse_header, write_npy
 
 __all__ = [
     "MISSING",
+    "PATCH_AT",
+    "PATCH_VALUES",
     "RECORD",
     "RECORD_VERSION",
+    "RESERVED",
     "Record",
     "fingerprint",
+    "from_stored",
     "grid",
     "npy_bytes",
     "pack",
@@ -67,9 +87,14 @@ __all__ = [
 ]
 
 RECORD = "record.json"
-RECORD_VERSION = 2
+RECORD_VERSION = 3
 #: The member marking points the standard heights fill although they are missing.
 MISSING = "__missing__"
+#: The members of a patch: flat indices of the points restored wrong, and their exact values.
+PATCH_AT = "__patch_at__"
+PATCH_VALUES = "__patch_values__"
+#: Names a metadata array cannot have in a record.
+RESERVED = frozenset({HEIGHT_MAP, RECORD, MISSING, PATCH_AT, PATCH_VALUES})
 #: Longest record text accepted (the arrays are separate).
 MAX_RECORD = 64 << 20
 
@@ -79,17 +104,35 @@ def _crc_values(seen: np.ndarray, crc: int = 0) -> int:
     nan = np.isnan(values)
     if nan.any():
         values = np.where(nan, np.nan, values)
-    return zlib.crc32(values.view(np.uint8).reshape(-1).data, crc)
+    return crc32_of(values.view(np.uint8).reshape(-1).data, crc)
 
 
-def fingerprint(seen: np.ndarray, fields: Mapping[str, Any] | None = None, extra: tuple[np.ndarray, ...] = ()) -> str:
+def _crc_stored(stored: np.ndarray) -> int:
+    """CRC-32 of stored numbers as they are (no float64 copy), every NaN made the same NaN."""
+    values = np.ascontiguousarray(stored, dtype=stored.dtype.newbyteorder("<"))
+    if values.dtype.kind == "f":
+        nan = np.isnan(values)
+        if nan.any():
+            values = np.where(nan, np.array(np.nan, values.dtype), values)
+    return crc32_of(values.reshape(-1).view(np.uint8).data)
+
+
+def fingerprint(
+    seen: np.ndarray,
+    fields: Mapping[str, Any] | None = None,
+    extra: tuple[np.ndarray, ...] = (),
+    *,
+    stored: bool = False,
+) -> str:
     """CRC-32 of what a reader of the standard fields sees, every NaN made the same NaN.
 
-    ``seen``: the heights as float64; ``extra``: other arrays shown (a mask); ``fields``:
-    lengths, offsets, units... (floats and strings). Without ``fields`` and ``extra``, the
-    version 1 fingerprint: the heights alone.
+    ``seen``: the heights as float64, or (``stored``) the numbers the file stores for them;
+    ``extra``: other arrays shown (a mask); ``fields``: lengths, offsets, units... (floats and
+    strings). Without ``fields`` and ``extra``, the version 1 fingerprint: the heights alone.
     """
-    crc = _crc_values(seen)
+    crc = _crc_stored(seen) if stored else _crc_values(seen)
+    if stored:
+        crc = zlib.crc32(seen.dtype.newbyteorder("<").str.encode("ascii"), crc)
     if fields is None and not extra:
         return f"{crc:08x}"
     for array in extra:
@@ -115,6 +158,14 @@ def restore(seen: np.ndarray, dtype: np.dtype, factor: float) -> np.ndarray:
             finite = np.isfinite(values)
             return np.where(finite, np.rint(np.where(finite, values, 0.0)), 0.0).astype(dtype)
         return values.astype(dtype)
+
+
+def from_stored(stored: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """The height map of ``dtype`` that a format's stored numbers (in the height unit) stand for."""
+    if dtype.kind == "f" and stored.dtype.kind == "f":
+        with np.errstate(over="ignore"):
+            return stored.astype(dtype, copy=False)  # no copy when the types agree
+    return restore(stored, dtype, 1.0)
 
 
 def standard_heights(array: np.ndarray, factor: float) -> np.ndarray:
@@ -164,7 +215,23 @@ def _array(raw: bytes, where: str) -> np.ndarray:
 
 
 def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
-    return a.dtype == b.dtype and a.shape == b.shape and np.ascontiguousarray(a).tobytes() == b.tobytes()
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    if a is b:  # the map itself restored (stored with no conversion)
+        return True
+    flat_a = np.ascontiguousarray(a).reshape(-1).view(np.uint8)
+    return bool(np.array_equal(flat_a, np.ascontiguousarray(b).reshape(-1).view(np.uint8)))
+
+
+def _differing(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Flat C-order indices of the points where ``a`` and ``b`` (same dtype and shape) differ in any bit."""
+    size = a.dtype.itemsize
+    flat_a = np.ascontiguousarray(a).reshape(-1)
+    flat_b = np.ascontiguousarray(b).reshape(-1)
+    if size in (1, 2, 4, 8):
+        return np.flatnonzero(flat_a.view(f"u{size}") != flat_b.view(f"u{size}"))
+    bytes_a, bytes_b = flat_a.view(np.uint8).reshape(-1, size), flat_b.view(np.uint8).reshape(-1, size)
+    return np.flatnonzero((bytes_a != bytes_b).any(axis=1))
 
 
 def pack(
@@ -176,8 +243,12 @@ def pack(
     fields: Mapping[str, Any] | None = None,
     extra: tuple[np.ndarray, ...] = (),
     filled: np.ndarray | None = None,
+    stored: bool = False,
 ) -> dict[str, bytes]:
     """The record of ``height_map`` and ``meta``, whose standard heights are ``seen`` (NaN where missing).
+
+    With ``stored``, ``seen`` is what the file stores instead: the heights in their own unit,
+    which a reader scales by ``factor``; the map is restored from them by a cast (version 3).
 
     ``fields`` and ``extra`` are the other standard fields and arrays a reader sees (see
     :func:`fingerprint`); ``filled`` is what the file holds instead of ``seen`` when the format
@@ -186,10 +257,18 @@ def pack(
     Returns ``{"record.json": JSON bytes, "<array name>": NPY bytes, ...}``. Raises ``TypeError``
     naming the key of a metadata value that cannot be stored, before anything is written.
     """
-    encoded, arrays = metadata.encode(meta, reserved={HEIGHT_MAP, RECORD, MISSING})
+    encoded, arrays = metadata.encode(meta, reserved=set(RESERVED))
     for name, value in arrays.items():
         header_bytes(value, f"metadata array {name!r}")
-    exact = not _same_bits(height_map, restore(seen, height_map.dtype, factor))
+    candidate = from_stored(seen, height_map.dtype) if stored else restore(seen, height_map.dtype, factor)
+    exact = not _same_bits(height_map, candidate)
+    patch: tuple[np.ndarray, np.ndarray] | None = None
+    if exact and candidate.shape == height_map.shape and height_map.size:
+        at = _differing(height_map, candidate)
+        index = at.astype(np.uint32) if height_map.size <= 1 << 32 else at
+        if len(at) * (index.dtype.itemsize + height_map.dtype.itemsize) <= height_map.nbytes // 4:
+            patch, exact = (index, np.ascontiguousarray(height_map).reshape(-1)[at]), False
+    del candidate
     missing = None
     if filled is not None:
         gaps = np.isnan(seen) & ~np.isnan(filled)
@@ -199,19 +278,27 @@ def pack(
     members: dict[str, bytes] = {}
     if exact:
         members[HEIGHT_MAP] = npy_bytes(height_map)
+    if patch is not None:
+        members[PATCH_AT], members[PATCH_VALUES] = npy_bytes(patch[0]), npy_bytes(patch[1])
     if missing is not None:
         members[MISSING] = npy_bytes(missing)
     for name, value in arrays.items():
         members[name] = npy_bytes(value)
+    described: dict[str, Any] = {
+        "dtype": height_map.dtype.str,
+        "factor": factor,
+        "exact": HEIGHT_MAP if exact else None,
+        "missing": MISSING if missing is not None else None,
+    }
+    if patch is not None:
+        described["patch"] = [PATCH_AT, PATCH_VALUES]
+    if stored:
+        described["stored"] = True
     record = {
-        "tmd_nb": RECORD_VERSION,
-        "height": {
-            "dtype": height_map.dtype.str,
-            "factor": factor,
-            "exact": HEIGHT_MAP if exact else None,
-            "missing": MISSING if missing is not None else None,
-        },
-        "fingerprint": fingerprint(shown, fields or {}, extra),
+        # a version 2 reader reads what needs no more; it would ignore a patch or stored numbers
+        "tmd_nb": RECORD_VERSION if stored or patch is not None else 2,
+        "height": described,
+        "fingerprint": fingerprint(shown, fields or {}, extra, stored=stored),
         "checksums": {name: _checksum(raw) for name, raw in members.items()},
         "metadata": encoded,
     }
@@ -237,18 +324,22 @@ class Record:
 
 def unpack(
     members: Mapping[str, bytes],
-    seen: np.ndarray,
+    seen: np.ndarray | Callable[[], np.ndarray],
     where: str,
     *,
     fields: Mapping[str, Any] | None = None,
     extra: tuple[np.ndarray, ...] = (),
     legacy: np.ndarray | None = None,
+    stored: np.ndarray | None = None,
 ) -> Record:
     """Read the record ``members`` (as :func:`pack` made them) of a file whose standard heights are ``seen``.
 
     ``fields`` and ``extra`` are what :func:`pack` was given, as the file's reader sees them now;
     ``legacy`` the heights as a version 1 record fingerprinted them, when that differs from
-    ``seen``. Raises :class:`FormatError` naming ``where`` for a malformed or damaged record.
+    ``seen``; ``stored`` the numbers the file stores for the heights, if the format gives them
+    (a version 3 record with ``height.stored`` is read from them). ``seen`` may be a function
+    making the heights, called only when they are needed. Raises :class:`FormatError` naming
+    ``where`` for a malformed or damaged record.
     """
     text = members[RECORD]
     if len(text) > MAX_RECORD:
@@ -274,6 +365,10 @@ def unpack(
         factor = float(height["factor"])
         exact = height.get("exact")
         missing = height.get("missing")
+        by_stored = obj["tmd_nb"] >= 3 and height.get("stored", False) is True
+        patched = obj["tmd_nb"] >= 3 and height.get("patch") is not None
+        if patched and height["patch"] != [PATCH_AT, PATCH_VALUES]:
+            raise ValueError("malformed patch")
         stamp = str(obj["fingerprint"])
         encoded = obj["metadata"]
         checksums = obj.get("checksums", {})
@@ -303,6 +398,7 @@ def unpack(
             raise FormatError(f"{where}: its tmd_nb member {name!r} is damaged (its checksum does not match)")
         arrays[name] = _array(raw, f"{where} tmd_nb member {name!r}")
     gaps = arrays.pop(MISSING, None) if missing is not None else None
+    patch = (arrays.pop(PATCH_AT, None), arrays.pop(PATCH_VALUES, None)) if patched else None
     try:
         meta = metadata.decode(encoded, arrays, where=f"{where} tmd_nb metadata")
     except (ValueError, RecursionError) as exc:
@@ -311,14 +407,23 @@ def unpack(
         raise FormatError(
             f"{where}: its tmd_nb record's metadata has a 'height_map' key, which would replace the height map"
         )
-    if obj["tmd_nb"] < 2:
-        seen = seen if legacy is None else legacy
-        current = stamp == fingerprint(seen)
+    base: np.ndarray
+    if by_stored:
+        if stored is None:
+            raise FormatError(f"{where}: its tmd_nb record is read from stored numbers this file does not give")
+        base = stored
+        current = stamp == fingerprint(stored, fields or {}, extra, stored=True)
     else:
-        current = stamp == fingerprint(seen, fields or {}, extra)
+        base = seen() if callable(seen) else seen
+        if obj["tmd_nb"] < 2:
+            base = base if legacy is None else legacy
+            current = stamp == fingerprint(base)
+        else:
+            current = stamp == fingerprint(base, fields or {}, extra)
     if not current:
-        usable = gaps is not None and gaps.dtype == np.bool_ and gaps.shape == seen.shape
+        usable = gaps is not None and gaps.dtype == np.bool_ and gaps.shape == base.shape
         return Record(None, meta, current=False, missing=gaps if usable else None)
+    seen = base
     if missing is not None:
         if gaps is None:
             raise FormatError(f"{where}: its tmd_nb record refers to a missing {MISSING!r} member")
@@ -333,4 +438,24 @@ def unpack(
         if array.shape != seen.shape and not (array.size == 0 and seen.shape == (1, 1)):
             raise FormatError(f"{where}: its tmd_nb height map has shape {array.shape}, the file's data {seen.shape}")
         return Record(array, meta, current=True)
-    return Record(restore(seen, dtype, factor), meta, current=True)
+    restored = from_stored(seen, dtype) if by_stored else restore(seen, dtype, factor)
+    if patch is not None:
+        _apply(restored, patch, where)
+    return Record(restored, meta, current=True)
+
+
+def _apply(restored: np.ndarray, patch: tuple[np.ndarray | None, np.ndarray | None], where: str) -> None:
+    """Put the patch's exact values into ``restored``; FormatError if the patch does not fit it."""
+    at, values = patch
+    if at is None or values is None:
+        raise FormatError(f"{where}: its tmd_nb record refers to a missing patch member")
+    if (
+        at.dtype.kind != "u"
+        or at.ndim != 1
+        or values.shape != at.shape
+        or values.dtype != restored.dtype
+        or (at.size and int(at.max()) >= restored.size)
+        or not restored.flags.c_contiguous
+    ):
+        raise FormatError(f"{where}: its tmd_nb patch does not fit the height map {restored.shape} {restored.dtype}")
+    restored.reshape(-1)[at] = values

@@ -14,7 +14,6 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from ..heightmap import HEIGHT_MAP
 from . import embedded, metadata, units
 
 __all__ = ["RECORD_OVERHEAD", "check_lengths", "check_record"]
@@ -32,7 +31,7 @@ def check_record(meta: Mapping[str, Any], fmt: str, *, max_arrays: int | None = 
 
     ``fmt`` is said in the message: ``"an X3P file"``.
     """
-    encoded, arrays = metadata.encode(meta, reserved={HEIGHT_MAP, embedded.RECORD, embedded.MISSING})
+    encoded, arrays = metadata.encode(meta, reserved=set(embedded.RESERVED))
     size = _json_size(encoded) + RECORD_OVERHEAD
     if size > embedded.MAX_RECORD:
         key = max(encoded, key=lambda k: _json_size({k: encoded[k]}))
