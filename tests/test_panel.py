@@ -177,6 +177,8 @@ def test_panels_summarise_finite_points_and_count_the_missing_ones(tmp_path: Pat
     nothing = np.full((3, 4), np.nan, dtype=np.float32)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no numpy warning about an empty range, no matplotlib one
+        # ...but a library's own deprecation notices are not ours (ipywidgets 8.0 on a newer ipykernel)
+        warnings.simplefilter("default", DeprecationWarning)
         panel = ExportPanel(namespace={"holed": holed, "nothing": nothing})
         panel.selected = "holed"
         assert "min 3, max 11, mean 7 of 9 finite points; left out: 3 missing (NaN)" in panel._summary.value
