@@ -345,6 +345,22 @@ def _loads(path: str, format: str) -> bool:
     return True
 
 
+def _holds(path: str, format: str, source: str) -> bool:
+    """Whether ``path`` loads whole as ``format`` with the heights of ``source`` (at the output's dtype)."""
+    import numpy as np
+
+    try:
+        if registry.recognise(path).name != format:
+            return False
+        heights = np.asarray(registry.load(path)["height_map"])
+        expected = np.asarray(registry.load(source)["height_map"])
+        return heights.shape == expected.shape and np.array_equal(
+            heights, expected.astype(heights.dtype), equal_nan=heights.dtype.kind in "fc"
+        )
+    except (OSError, FormatError, MemoryError, ValueError, TypeError):
+        return False
+
+
 def _reason(exc: BaseException, source: str = "") -> str:
     """One line about ``exc``, without repeating the source's path (the report line starts with it)."""
     if isinstance(exc, OSError) and exc.strerror and exc.filename in (source, None):
@@ -395,8 +411,15 @@ def _existing(
             "a file convert did not write is there at the output name; not replaced (overwrite=True replaces it)"
         )
     unchanged = record["source"] == source and (record["size"], record["mtime_ns"]) == (st.st_size, st.st_mtime_ns)
-    if record["status"] == "started":  # it appeared after convert began writing it: ours, complete (atomic), checked
-        return ("skip" if unchanged and _loads(output, format) else "convert"), digest
+    if record["status"] == "started":
+        # Convert renames only complete outputs into place, then says so; a file there with no such line
+        # is ours only if it holds the unchanged source's heights (the line may be hand-made, or older
+        # than a file the user put there).
+        if unchanged and _holds(output, format, source):
+            return "skip", digest
+        raise _NotReplaced(
+            "a file convert cannot tell it wrote is there at the output name; not replaced (overwrite=True replaces it)"
+        )
     if record["output_sha256"] == digest:
         return ("skip" if unchanged else "convert"), digest
     if _loads(output, format):
