@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import os
 import shutil
 from pathlib import Path
 
@@ -60,3 +61,56 @@ def test_a_started_line_for_an_output_of_the_unchanged_source_is_skipped(scan, t
     report = batch.convert(scan, out, jobs=1, progress=False)
     assert report.skipped == [(str(scan / "a.tmd"), str(out / "a.npz"))]
     assert digest(out / "a.npz") == before
+
+
+def test_a_manifest_that_is_a_symbolic_link_is_refused(scan, tmp_path):
+    """Appending through the link would change a file outside the output folder."""
+    out = tmp_path / "out"
+    out.mkdir()
+    user = tmp_path / "user.csv"
+    user.write_bytes(b"")
+    (out / batch.MANIFEST).symlink_to(user)
+    message = f"{str(out / batch.MANIFEST)!r} is a symbolic link, not a tmd_nb convert manifest; move it away"
+    with pytest.raises(ValueError) as caught:
+        batch.convert(scan, out, jobs=1, progress=False)
+    assert str(caught.value) == message
+    assert user.read_bytes() == b""
+    assert not (out / "a.npz").exists()
+
+
+def test_a_second_format_into_the_same_folder_keeps_the_first_outputs_claimed(scan, tmp_path):
+    """The manifest is tidied per source and output: the NPZ stays convert's own after a TMD run."""
+    out = tmp_path / "out"
+    assert batch.convert(scan, out, jobs=1, progress=False).ok
+    assert batch.convert(scan, out, format="gwy", jobs=1, progress=False).ok
+    again = batch.convert(scan, out, jobs=1, progress=False)
+    assert again.ok and again.skipped == [(str(scan / "a.tmd"), str(out / "a.npz"))]
+    assert {(r["output"], r["status"]) for r in batch.read_manifest(out / batch.MANIFEST)} == {
+        (str(out / "a.npz"), "skipped"),
+        (str(out / "a.gwy"), "converted"),
+    }
+
+
+def test_an_output_folder_in_the_sources_is_left_out_through_a_symbolic_link(scan, tmp_path):
+    """OUT a link to SRC/conv: the outputs there are not taken as sources on a rerun (no conv/conv/...)."""
+    (scan / "conv").mkdir()
+    out = tmp_path / "out"
+    out.symlink_to(scan / "conv")
+    assert batch.convert(scan, out, jobs=1, progress=False).converted
+    again = batch.convert(scan, out, jobs=1, progress=False)
+    assert again.ok and not again.converted
+    assert sorted(os.listdir(scan / "conv")) == ["a.npz", batch.MANIFEST]
+
+
+def test_file_names_of_any_bytes_survive_the_manifest(scan, tmp_path):
+    """Newlines, commas, quotes, a leading '=' and bytes that are not UTF-8: skipped on a rerun, read by pandas."""
+    pd = pytest.importorskip("pandas")
+    names = [b"a\nb.tmd", b"c,d.tmd", b'e"f.tmd', b"g\xff.tmd", b"=1+1.tmd"]
+    for name in names:
+        shutil.copy(scan / "a.tmd", os.path.join(os.fsencode(scan), name))
+    out = tmp_path / "out"
+    assert len(batch.convert(scan, out, jobs=1, progress=False).converted) == len(names) + 1
+    again = batch.convert(scan, out, jobs=1, progress=False)
+    assert again.ok and len(again.skipped) == len(names) + 1
+    table = pd.read_csv(out / batch.MANIFEST, encoding_errors="surrogateescape")
+    assert sorted(os.fsencode(os.path.basename(s)) for s in table["source"]) == sorted([*names, b"a.tmd"])

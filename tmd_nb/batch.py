@@ -8,9 +8,9 @@ given. Tasks carry paths, never arrays, so workers must see the same file system
 The manifest
     ``OUT/tmd_nb-convert.csv`` records what convert did, one CSV line per event, appended as the
     run goes (one write each, under a lock: a killed run loses none; flushed to disk at least
-    once a second) and tidied to one line per source (the last, written atomically) when a run
-    ends and when the next one starts; where a source has more than one line (a run killed
-    half-way, or one still going) the last counts. Columns:
+    once a second) and tidied to one line per source and output (the last, written atomically)
+    when a run ends and when the next one starts; where a pair has more than one line (a run
+    killed half-way, or one still going) the last counts. Columns:
 
     ``source``
         the absolute path of the scan; ``size`` and ``mtime_ns``: its size in bytes and its
@@ -26,8 +26,9 @@ The manifest
         the SHA-256 of the output as convert wrote or last verified it (empty when there is
         none).
 
-    ``pandas.read_csv(path)`` reads it (``.drop_duplicates("source", keep="last")`` while a
-    run is going).
+    ``pandas.read_csv(path)`` reads it (``.drop_duplicates(["source", "output"], keep="last")``
+    while a run is going). File names that are not UTF-8 are kept as their bytes (so that a rerun
+    finds them): read such a manifest with ``encoding_errors="surrogateescape"``.
 
 Whose files are replaced
     An output is convert's own when the manifest's last line about it carries the SHA-256 of
@@ -120,7 +121,7 @@ class ConvertReport:
     notes : list of (str, str)
         ``(source, message)``: warnings raised while converting (e.g. metadata a format cannot keep).
     manifest : str
-        The manifest of the output folder, one line per source (see :mod:`tmd_nb.batch`).
+        The manifest of the output folder, one line per source and output (see :mod:`tmd_nb.batch`).
     """
 
     converted: list[tuple[str, str]] = field(default_factory=list)
@@ -216,7 +217,7 @@ def _append(manifest: str, records: list[Record], sync: bool = True) -> None:
     if not records:
         return
     with _locked(os.path.dirname(manifest)):
-        fd = os.open(manifest, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
+        fd = os.open(manifest, os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
         try:
             text = "".join(_row(r) for r in records)
             size = os.fstat(fd).st_size
@@ -235,7 +236,7 @@ def _tidy(manifest: str) -> list[Record]:
     """Rewrite the manifest atomically with the last line of each source; return those lines."""
     with _locked(os.path.dirname(manifest)):
         records = read_manifest(manifest)
-        last = {r["source"]: r for r in records}
+        last = {(r["source"], r["output"]): r for r in records}  # a source converted to two formats keeps both
         if len(last) < len(records):
             with atomic.atomic_write(manifest) as f:
                 f.write((_HEADER + "".join(_row(r) for r in last.values())).encode("utf-8", "surrogateescape"))
@@ -253,30 +254,31 @@ def _claims(records: Iterable[Record]) -> dict[str, Record]:
 def _expand(source: PathLike, out_root: str, ours: set[str]) -> Iterator[tuple[str, str]]:
     """``(file, path relative to the output folder)`` for one source: a folder, a glob or a file.
 
-    Leaves out convert's own outputs, and the output folder when it lies inside a folder source.
+    Leaves out convert's own outputs, and the output folder when it lies inside a folder source;
+    ``out_root`` and ``ours`` are real paths, so that a symbolic link to them is left out too.
     """
     text = os.fspath(source)
     if os.path.isdir(text):
         known = set(registry.extensions())
-        top = os.path.abspath(text)
+        top = os.path.realpath(text)
         for root, dirs, files in os.walk(text):
             dirs[:] = sorted(
                 d
                 for d in dirs
-                if not d.startswith(".") and (top == out_root or os.path.abspath(os.path.join(root, d)) != out_root)
+                if not d.startswith(".") and (top == out_root or os.path.realpath(os.path.join(root, d)) != out_root)
             )
             for name in sorted(files):
                 path = os.path.join(root, name)
                 if (
                     not name.startswith(".")
                     and os.path.splitext(name)[1].lower() in known
-                    and os.path.abspath(path) not in ours
+                    and os.path.realpath(path) not in ours
                 ):
                     yield path, os.path.relpath(path, text)
         return
     if _GLOB_CHARS.search(text) and not os.path.exists(text):
         matches = sorted(
-            p for p in glob.glob(text, recursive=True) if not os.path.isdir(p) and os.path.abspath(p) not in ours
+            p for p in glob.glob(text, recursive=True) if not os.path.isdir(p) and os.path.realpath(p) not in ours
         )
         if not matches:
             raise FileNotFoundError(f"no file matches {text!r}")
@@ -314,11 +316,13 @@ def plan(sources: PathLike | Iterable[PathLike], out_dir: PathLike, format: str 
     if os.path.exists(out_root) and not os.path.isdir(out_root):
         raise ValueError(f"the output folder {out_root!r} is a file; choose a folder")
     manifest = os.path.join(out_root, MANIFEST)
-    ours = set(_claims(read_manifest(manifest))) | {manifest}
+    if os.path.islink(manifest):  # appending would change the file it points to, outside the output folder
+        raise ValueError(f"{manifest!r} is a symbolic link, not a tmd_nb convert manifest; move it away")
+    ours = {os.path.realpath(p) for p in [*_claims(read_manifest(manifest)), manifest]}
     pairs: list[tuple[str, str]] = []
     seen: set[str] = set()
     for source in sources:
-        for path, relative in _expand(source, out_root, ours):
+        for path, relative in _expand(source, os.path.realpath(out_root), ours):
             path = os.path.abspath(path)
             if path not in seen:
                 seen.add(path)
