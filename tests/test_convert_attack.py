@@ -114,3 +114,19 @@ def test_file_names_of_any_bytes_survive_the_manifest(scan, tmp_path):
     assert again.ok and len(again.skipped) == len(names) + 1
     table = pd.read_csv(out / batch.MANIFEST, encoding_errors="surrogateescape")
     assert sorted(os.fsencode(os.path.basename(s)) for s in table["source"]) == sorted([*names, b"a.tmd"])
+
+
+@pytest.mark.parametrize(
+    "line",
+    ['"' + "x" * 200_000 + '",1,1,tmd,,/x,failed,,', "a,\0,b,,,,,,", "/a,²,1,tmd,,/b,converted,,", "only,three,fields"],
+    ids=["field-over-csv-limit", "nul", "superscript-size", "short"],
+)
+def test_a_bad_line_in_the_manifest_costs_that_line_only(scan, tmp_path, line):
+    """A line no run wrote, first in the manifest, neither stops the run nor hides the lines after it."""
+    out = tmp_path / "out"
+    assert batch.convert(scan, out, jobs=1, progress=False).ok
+    path = out / batch.MANIFEST
+    header, rest = path.read_text(encoding="utf-8").split("\n", 1)
+    path.write_text(f"{header}\n{line}\n{rest}", encoding="utf-8")
+    again = batch.convert(scan, out, jobs=1, progress=False)
+    assert again.ok and again.skipped == [(str(scan / "a.tmd"), str(out / "a.npz"))]

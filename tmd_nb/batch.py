@@ -184,15 +184,21 @@ def read_manifest(path: PathLike) -> list[Record]:
     if not text.endswith("\n"):
         text = text[: text.rfind("\n") + 1]  # a line being appended, or cut by a power failure
     records = []
-    with contextlib.suppress(csv.Error):
-        for row in csv.reader(io.StringIO(text[len(_HEADER) :], newline="")):
-            if len(row) != len(FIELDS):
-                continue
-            record: Record = dict(zip(FIELDS, row, strict=True))
-            for key in ("size", "mtime_ns"):
-                record[key] = int(record[key]) if record[key].isdigit() else None
-            record["channel"] = record["channel"] or None
-            records.append(record)
+    rows = csv.reader(io.StringIO(text[len(_HEADER) :], newline=""))
+    while True:
+        try:
+            row = next(rows)
+        except StopIteration:
+            break
+        except csv.Error:  # a line no run wrote (a field over csv's limit): that line only is left out
+            continue
+        if len(row) != len(FIELDS):
+            continue
+        record: Record = dict(zip(FIELDS, row, strict=True))
+        for key in ("size", "mtime_ns"):
+            record[key] = int(record[key]) if record[key].isascii() and record[key].isdigit() else None
+        record["channel"] = record["channel"] or None
+        records.append(record)
     return records
 
 
