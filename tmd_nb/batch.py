@@ -16,8 +16,9 @@ The manifest
         the absolute path of the scan; ``size`` and ``mtime_ns``: its size in bytes and its
         modification time in nanoseconds when it was read;
     ``format``
-        the format it was read as (empty when it could not be read), ``channel`` (empty: one
-        height map per file for now);
+        the format it was read as (empty when it could not be read), ``channel``: the channel
+        read from a file of several (an instrument's), as given to ``channel=``; empty for the
+        default channel and for files of one height map;
     ``output``
         the absolute path written; ``status``: ``started`` (being converted: the output did not
         exist when it began), ``converted``, ``skipped`` (already done), ``failed`` (``reason``
@@ -44,8 +45,8 @@ Resuming
     once complete (:mod:`tmd_nb.storage.atomic`). A run that is interrupted (Ctrl-C, a killed
     process or worker) leaves finished outputs, their manifest lines and, at worst, temporary
     files; running it again skips an output only when its manifest line says it came from the
-    same source, unchanged (size and ``mtime_ns``), and the output still has the recorded
-    SHA-256; it removes the temporary files of dead processes and converts the rest.
+    same source, unchanged (size and ``mtime_ns``), read with the same channel, and the output
+    still has the recorded SHA-256; it removes the temporary files of dead processes and converts the rest.
 
 Processes
     Local work runs on a process pool started with ``forkserver``; in a script that calls
@@ -355,20 +356,32 @@ def _loads(path: str, format: str) -> bool:
     return True
 
 
-def _holds(path: str, format: str, source: str) -> bool:
-    """Whether ``path`` loads whole as ``format`` with the heights of ``source`` (at the output's dtype)."""
+def _holds(path: str, format: str, source: str, channel: str | None = None) -> bool:
+    """Whether ``path`` loads whole as ``format`` with the heights of ``source``'s ``channel`` (output dtype)."""
     import numpy as np
 
     try:
         if registry.recognise(path).name != format:
             return False
         heights = np.asarray(registry.load(path)["height_map"])
-        expected = np.asarray(registry.load(source)["height_map"])
+        expected = np.asarray(registry.load(source, channel=_channel_arg(channel))["height_map"])
         return heights.shape == expected.shape and np.array_equal(
             heights, expected.astype(heights.dtype), equal_nan=heights.dtype.kind in "fc"
         )
-    except (OSError, FormatError, MemoryError, ValueError, TypeError):
+    except (OSError, FormatError, MemoryError, ValueError, TypeError, KeyError):
         return False
+
+
+def _channel_arg(channel: str | None) -> int | str | None:
+    """The manifest's text of a channel as ``load`` takes it: digits are an index, anything else a name."""
+    return int(channel) if channel is not None and channel.lstrip("-").isdigit() else channel
+
+
+def _channel_of(source: str, channel: int | str | None) -> str | None:
+    """The channel read from ``source``, as the manifest writes it: None for a file of one height map."""
+    if channel is None or registry.recognise(source).channels is None:
+        return None
+    return str(channel)
 
 
 def _reason(exc: BaseException, source: str = "") -> str:
@@ -376,7 +389,8 @@ def _reason(exc: BaseException, source: str = "") -> str:
     if isinstance(exc, OSError) and exc.strerror and exc.filename in (source, None):
         text = exc.strerror
     else:
-        lines = str(exc).strip().splitlines()
+        message = exc.args[0] if isinstance(exc, KeyError) and len(exc.args) == 1 else exc  # str() quotes a KeyError
+        lines = str(message).strip().splitlines()
         text = lines[0] if lines else ""
     if source:
         for name in (repr(source), source):
@@ -397,6 +411,7 @@ def _existing(
     overwrite: bool,
     record: Record | None,
     manifest: str | None,
+    channel: str | None = None,
 ) -> tuple[str, str]:
     """What to do about whatever is at ``output``: ``("convert" | "skip", sha256 of the file there or "")``.
 
@@ -421,17 +436,18 @@ def _existing(
             "a file convert did not write is there at the output name; not replaced (overwrite=True replaces it)"
         )
     unchanged = record["source"] == source and (record["size"], record["mtime_ns"]) == (st.st_size, st.st_mtime_ns)
+    same_channel = (record["channel"] or None) == channel
     if record["status"] == "started":
         # Convert renames only complete outputs into place, then says so; a file there with no such line
         # is ours only if it holds the unchanged source's heights (the line may be hand-made, or older
         # than a file the user put there).
-        if unchanged and _holds(output, format, source):
+        if unchanged and _holds(output, format, source, channel):
             return "skip", digest
         raise _NotReplaced(
             "a file convert cannot tell it wrote is there at the output name; not replaced (overwrite=True replaces it)"
         )
     if record["output_sha256"] == digest:
-        return ("skip" if unchanged else "convert"), digest
+        return ("skip" if unchanged and same_channel else "convert"), digest
     if _loads(output, format):
         raise _NotReplaced(
             "the file at the output name changed since convert wrote it; not replaced (overwrite=True replaces it)"
@@ -459,11 +475,13 @@ def convert_file(
     overwrite: bool = False,
     record: Record | None = None,
     manifest: str | None = None,
+    channel: int | str | None = None,
 ) -> Record:
     """Convert one file; never raises for a bad file. What :func:`convert` runs on every worker.
 
     ``record`` is the manifest line that claims ``output`` (see :mod:`tmd_nb.batch`), if any;
-    ``manifest`` the manifest's path, read again when a file at ``output`` is not accounted for.
+    ``manifest`` the manifest's path, read again when a file at ``output`` is not accounted for;
+    ``channel`` the channel to read from a file of several (ignored for a file of one height map).
 
     Returns
     -------
@@ -479,7 +497,8 @@ def convert_file(
         result.update(size=st.st_size, mtime_ns=st.st_mtime_ns)
         if not stat.S_ISREG(st.st_mode):
             raise FormatError(f"{source!r} is not a regular file")
-        action, digest = _existing(source, output, format, st, overwrite, record, manifest)
+        result["channel"] = used = _channel_of(source, channel)
+        action, digest = _existing(source, output, format, st, overwrite, record, manifest, used)
         result["output_sha256"] = digest  # still ours whatever happens next
         if action == "skip":
             result.update(status="skipped", format=(record or {}).get("format") or registry.recognise(source).name)
@@ -488,7 +507,7 @@ def convert_file(
         result["format"] = fmt.name
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            data = registry.load(source)
+            data = registry.load(source, channel=_channel_arg(used))
             after = os.stat(source)
             if (after.st_size, after.st_mtime_ns, after.st_ino) != (st.st_size, st.st_mtime_ns, st.st_ino):
                 raise FormatError(f"{source!r} changed while it was being read; run again")
@@ -607,7 +626,14 @@ def _died(task: Task) -> Record:
 
 
 def _run_local(
-    tasks: list[Task], format: str, overwrite: bool, manifest: str, jobs: int, start: Callable, done: Callable
+    tasks: list[Task],
+    format: str,
+    overwrite: bool,
+    manifest: str,
+    jobs: int,
+    start: Callable,
+    done: Callable,
+    channel: int | str | None = None,
 ) -> None:
     """Run the tasks in this process (``jobs=1``) or on a process pool, one file per worker at a time.
 
@@ -620,7 +646,7 @@ def _run_local(
     if method is None:
         for task in tasks:
             start([task])
-            done(convert_file(task[0], task[1], format, overwrite, task[2], manifest))
+            done(convert_file(task[0], task[1], format, overwrite, task[2], manifest, channel))
         return
     context = multiprocessing.get_context(method)
     queue = collections.deque(tasks)
@@ -628,7 +654,7 @@ def _run_local(
 
     def run(pool: cf.ProcessPoolExecutor, task: Task) -> cf.Future:
         start([task])
-        return pool.submit(convert_file, task[0], task[1], format, overwrite, task[2], manifest)
+        return pool.submit(convert_file, task[0], task[1], format, overwrite, task[2], manifest, channel)
 
     while queue:
         with cf.ProcessPoolExecutor(min(jobs, len(queue)), mp_context=context, initializer=_worker_setup) as pool:
@@ -670,14 +696,20 @@ def _run_local(
 
 
 def convert_files(
-    batch: list[Task], format: str = "npz", overwrite: bool = False, manifest: str | None = None
+    batch: list[Task],
+    format: str = "npz",
+    overwrite: bool = False,
+    manifest: str | None = None,
+    channel: int | str | None = None,
 ) -> list[Record]:
     """:func:`convert_file` over a batch of ``(source, output, record)``: one Dask task for several small files.
 
     First removes what killed saves of these outputs left on this worker's host.
     """
     _remove(atomic.stale_temporaries(*(output for _, output, _ in batch)))
-    return [convert_file(source, output, format, overwrite, record, manifest) for source, output, record in batch]
+    return [
+        convert_file(source, output, format, overwrite, record, manifest, channel) for source, output, record in batch
+    ]
 
 
 def _batches(tasks: list[Task], workers: int) -> list[list[Task]]:
@@ -688,7 +720,14 @@ def _batches(tasks: list[Task], workers: int) -> list[list[Task]]:
 
 
 def _run_dask(
-    tasks: list[Task], format: str, overwrite: bool, manifest: str, client: Any, start: Callable, done: Callable
+    tasks: list[Task],
+    format: str,
+    overwrite: bool,
+    manifest: str,
+    client: Any,
+    start: Callable,
+    done: Callable,
+    channel: int | str | None = None,
 ) -> None:
     """Run the tasks on ``client`` (not necessarily the default client), in batches: paths go to the workers.
 
@@ -700,7 +739,7 @@ def _run_dask(
     start(tasks)
     batches = _batches(tasks, len(client.scheduler_info().get("workers", ())))
     # pure=False: unique keys, so a second run on the same client never reuses the first one's results.
-    options = {"format": format, "overwrite": overwrite, "manifest": manifest, "pure": False}
+    options = {"format": format, "overwrite": overwrite, "manifest": manifest, "channel": channel, "pure": False}
     futures = client.map(convert_files, batches, **options)
     by_key = {f.key: batch for f, batch in zip(futures, batches, strict=True)}
     pending = as_completed(futures, loop=client.loop)
@@ -769,6 +808,7 @@ def convert(
     jobs: int | None = None,
     client: Any = None,
     progress: bool = True,
+    channel: int | str | None = None,
 ) -> ConvertReport:
     """Convert every scan in ``sources`` to ``format`` in ``out_dir``, in parallel, resumably.
 
@@ -795,6 +835,11 @@ def convert(
         files.
     progress : bool
         Show a progress bar (a widget in a notebook, text in a terminal).
+    channel : str or int, optional
+        Of files with several channels (instruments' files): the channel to read, by name or
+        index (``tmd_nb.channels(path)`` lists them); None: the topography. Files of one height
+        map ignore it. A file without that channel is reported as failed; the others go on.
+        The manifest records it: an output made from another channel is converted again.
 
     Returns
     -------
@@ -811,6 +856,8 @@ def convert(
     FileNotFoundError
         A source does not exist or a pattern matches nothing (before any file is written).
     """
+    if channel is not None and (isinstance(channel, bool) or not isinstance(channel, (str, int))):
+        raise TypeError(f"channel must be a channel's name (str), its index (int) or None, not {channel!r}")
     pairs = plan(sources, out_dir, format)
     workers = _job_count(jobs)
     out_root = os.path.abspath(os.fspath(out_dir))
@@ -887,9 +934,9 @@ def convert(
     _remove(atomic.stale_temporaries(manifest, *first))  # what killed saves of these files left
     try:
         if client is not None:
-            _run_dask(tasks, format, overwrite, manifest, client, start, done)
+            _run_dask(tasks, format, overwrite, manifest, client, start, done, channel)
         else:
-            _run_local(tasks, format, overwrite, manifest, workers, start, done)
+            _run_local(tasks, format, overwrite, manifest, workers, start, done, channel)
         for result in clashes:
             done(result)
     finally:

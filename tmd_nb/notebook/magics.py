@@ -428,6 +428,11 @@ class TmdMagics(Magics):
     @argument("--jobs", type=int, metavar="N", help="local worker processes (default: every core)")
     @argument("--scheduler", metavar="ADDRESS", help="run on this dask.distributed scheduler instead")
     @argument("--overwrite", action="store_true", help="replace whatever file is at an output name")
+    @argument(
+        "--channel",
+        metavar="CHANNEL",
+        help="of instruments' files: the channel to read, by name or index (default: the topography)",
+    )
     @line_magic
     def tmd_convert(self, line: str) -> Any:
         """Convert scan files or whole folders, in parallel, with a progress bar: ``tmd_nb.convert``.
@@ -445,6 +450,7 @@ class TmdMagics(Magics):
             return None
         if args.jobs is not None and args.jobs < 1:
             raise UsageError(f"%tmd_convert: --jobs must be at least 1, not {args.jobs}")
+        from ..__main__ import channel_arg
         from ..batch import connect, convert
 
         client = None
@@ -458,6 +464,7 @@ class TmdMagics(Magics):
                 overwrite=args.overwrite,
                 jobs=args.jobs,
                 client=client,
+                channel=channel_arg(args.channel),
             )
         except (ValueError, FileNotFoundError, ImportError, ConnectionError) as exc:
             raise UsageError(f"%tmd_convert: {exc}") from None
