@@ -450,7 +450,6 @@ class TmdMagics(Magics):
             return None
         if args.jobs is not None and args.jobs < 1:
             raise UsageError(f"%tmd_convert: --jobs must be at least 1, not {args.jobs}")
-        from ..__main__ import channel_arg
         from ..batch import connect, convert
 
         client = None
@@ -464,7 +463,7 @@ class TmdMagics(Magics):
                 overwrite=args.overwrite,
                 jobs=args.jobs,
                 client=client,
-                channel=channel_arg(args.channel),
+                channel=int(args.channel) if args.channel and args.channel.lstrip("-").isdigit() else args.channel,
             )
         except (ValueError, FileNotFoundError, ImportError, ConnectionError) as exc:
             raise UsageError(f"%tmd_convert: {exc}") from None
