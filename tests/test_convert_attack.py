@@ -6,10 +6,13 @@ import csv
 import hashlib
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import ROOT
 
 from tmd_nb import batch
 
@@ -130,3 +133,18 @@ def test_a_bad_line_in_the_manifest_costs_that_line_only(scan, tmp_path, line):
     path.write_text(f"{header}\n{line}\n{rest}", encoding="utf-8")
     again = batch.convert(scan, out, jobs=1, progress=False)
     assert again.ok and again.skipped == [(str(scan / "a.tmd"), str(out / "a.npz"))]
+
+
+def test_convert_in_an_ipython_script_does_not_send_workers_to_run_it(scan, tmp_path):
+    """``ipython job.ipy``: a new interpreter cannot run a script that is not Python; every worker died."""
+    ipython = Path(sys.executable).with_name("ipython")
+    if not ipython.exists():
+        pytest.skip("no ipython beside this Python")
+    shutil.copy(scan / "a.tmd", scan / "b.tmd")
+    script = tmp_path / "job.ipy"
+    script.write_text(f"%load_ext tmd_nb\nr = %tmd_convert {scan} -o {tmp_path / 'out'} --jobs 2\nprint(r.summary())\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    run = subprocess.run(
+        [str(ipython), "--no-banner", "--colors=NoColor", str(script)], capture_output=True, text=True, env=env
+    )
+    assert "2 converted, 0 skipped (already done), 0 failed" in run.stdout.splitlines(), run.stdout + run.stderr

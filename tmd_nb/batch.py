@@ -572,7 +572,8 @@ def _guarded(main: Any) -> bool:
     """Whether the running ``__main__`` script called us from under ``if __name__ == "__main__":``.
 
     Read from the script's own statement at the outermost frame of ``__main__``; when that cannot
-    be told, the answer is "guarded" (what ``forkserver`` and ``spawn`` need, as before).
+    be told, the answer is "guarded" (what ``forkserver`` and ``spawn`` need, as before), except
+    for a script that is not Python (an IPython ``.ipy`` file), which a new interpreter cannot run.
     """
     frame = sys._getframe(1)
     line = None
@@ -583,8 +584,8 @@ def _guarded(main: Any) -> bool:
     try:
         with open(main.__file__, "rb") as f:
             tree = ast.parse(f.read())
-    except (OSError, SyntaxError, ValueError):
-        return True
+    except (OSError, SyntaxError, ValueError):  # not Python (``ipython script.ipy``): a new interpreter cannot run it
+        return False
     if line is None:
         return True
     for statement in tree.body:
@@ -608,11 +609,12 @@ def _start_method() -> str | None:
         return fresh
     if "fork" in methods and sys.platform.startswith("linux") and threading.active_count() == 1:
         return "fork"
-    print(
-        "convert: converting in this process only; to use several processes, "
-        'call it under `if __name__ == "__main__":`',
-        file=sys.stderr,
+    why = (
+        'call it under `if __name__ == "__main__":`'
+        if str(main.__file__).endswith(".py")
+        else 'run it from a Python script (.py) under `if __name__ == "__main__":`'
     )
+    print(f"convert: converting in this process only; to use several processes, {why}", file=sys.stderr)
     return None
 
 
