@@ -611,7 +611,7 @@ def _start_method() -> str | None:
         return "fork"
     why = (
         'call it under `if __name__ == "__main__":`'
-        if str(main.__file__).endswith(".py")
+        if str(getattr(main, "__file__", "")).endswith(".py")
         else 'run it from a Python script (.py) under `if __name__ == "__main__":`'
     )
     print(f"convert: converting in this process only; to use several processes, {why}", file=sys.stderr)
