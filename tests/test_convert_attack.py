@@ -148,3 +148,14 @@ def test_convert_in_an_ipython_script_does_not_send_workers_to_run_it(scan, tmp_
         [str(ipython), "--no-banner", "--colors=NoColor", str(script)], capture_output=True, text=True, env=env
     )
     assert "2 converted, 0 skipped (already done), 0 failed" in run.stdout.splitlines(), run.stdout + run.stderr
+
+
+@pytest.mark.parametrize("output", ["{src}/a.tmd", "{out}/../scans/a.tmd"])
+def test_a_manifest_line_naming_a_source_as_output_does_not_hide_it(scan, tmp_path, output):
+    """Only files in the output folder can be convert's outputs: a source elsewhere is still converted."""
+    out = tmp_path / "out"
+    out.mkdir()
+    named = output.format(src=scan, out=out)
+    write_manifest(out, [str(scan / "x.tmd"), "1", "1", "tmd", "", named, "converted", "", digest(scan / "a.tmd")])
+    report = batch.convert(scan, out, jobs=1, progress=False)
+    assert report.converted == [(str(scan / "a.tmd"), str(out / "a.npz"))]

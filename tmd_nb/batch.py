@@ -325,7 +325,12 @@ def plan(sources: PathLike | Iterable[PathLike], out_dir: PathLike, format: str 
     manifest = os.path.join(out_root, MANIFEST)
     if os.path.islink(manifest):  # appending would change the file it points to, outside the output folder
         raise ValueError(f"{manifest!r} is a symbolic link, not a tmd_nb convert manifest; move it away")
-    ours = {os.path.realpath(p) for p in [*_claims(read_manifest(manifest)), manifest]}
+    inside = os.path.join(out_root, "")  # a line naming a file elsewhere (hand-made) hides no source
+    ours = {
+        os.path.realpath(p)
+        for p in [*_claims(read_manifest(manifest)), manifest]
+        if os.path.abspath(p).startswith(inside)
+    }
     pairs: list[tuple[str, str]] = []
     seen: set[str] = set()
     for source in sources:
