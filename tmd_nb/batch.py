@@ -33,12 +33,16 @@ The manifest
 
 Whose files are replaced
     An output is convert's own when the manifest's last line about it carries the SHA-256 of
-    the file there now, or says ``started`` (the file appeared after convert began writing it).
-    Only those are replaced, when their source changed or when they no longer load (a damaged
-    output); any other file at an output name (a user's own ``np.savez`` results, a file from
+    the file there now. Only those are replaced, when their source changed or when they no
+    longer load (a damaged output). A line that says ``started`` (a run stopped between renaming
+    the output into place and saying so) names no content: the file there is taken as convert's,
+    and skipped, only when the source is unchanged and the file holds its heights; otherwise it
+    is reported. Any other file at an output name (a user's own ``np.savez`` results, a file from
     another program, an output edited since) is left alone and reported, unless
     ``overwrite=True``. An output of convert is never taken as a source by a later run into the
-    same folder, and a folder source never contributes the output folder inside it.
+    same folder, and a folder source never contributes the output folder inside it (also when
+    reached through a symbolic link). Lines naming files outside the output folder claim
+    nothing, and a manifest that is a symbolic link is refused.
 
 Resuming
     Every output is written to a hidden temporary file beside it and renamed into place only
