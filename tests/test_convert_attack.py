@@ -13,9 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import ROOT
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tmd_nb import batch
 
+NOT_OURS = "a file convert did not write is there at the output name; not replaced (overwrite=True replaces it)"
 UNSURE = "a file convert cannot tell it wrote is there at the output name; not replaced (overwrite=True replaces it)"
 
 
@@ -159,3 +162,40 @@ def test_a_manifest_line_naming_a_source_as_output_does_not_hide_it(scan, tmp_pa
     write_manifest(out, [str(scan / "x.tmd"), "1", "1", "tmd", "", named, "converted", "", digest(scan / "a.tmd")])
     report = batch.convert(scan, out, jobs=1, progress=False)
     assert report.converted == [(str(scan / "a.tmd"), str(out / "a.npz"))]
+
+
+@given(data=st.data())
+def test_no_manifest_changes_a_file_outside_or_a_file_no_line_claims_by_content(tmp_path_factory, tmd_samples, data):
+    """Random hand-made lines (statuses, sizes, paths with '..', outside files, formula-looking text):
+    convert never raises, never touches a file outside the output folder, never replaces a user's file
+    unless a line claims it with a SHA-256, and leaves no temporary file."""
+    base = tmp_path_factory.mktemp("fuzz")
+    src, out = base / "scans", base / "out"
+    src.mkdir()
+    out.mkdir()
+    shutil.copy(tmd_samples / "v2_Dime.tmd", src / "a.tmd")
+    np.savez(out / "a.npz", mine=np.arange(3))
+    outside = base / "victim.npz"
+    np.savez(outside, v=np.arange(3))
+    before = {p: digest(p) for p in (out / "a.npz", outside)}
+    st_a = (src / "a.tmd").stat()
+    text = st.sampled_from
+    line = st.tuples(
+        text([str(src / "a.tmd"), "x", str(outside)]),
+        text([str(st_a.st_size), "1", "", "-1", "9" * 30]),
+        text([str(st_a.st_mtime_ns), "0", ""]),
+        text(["tmd", "npz", "", "=HYPERLINK(1)"]),
+        text(["", "Phase", "0"]),
+        text([str(out / "a.npz"), str(outside), str(out / ".." / "victim.npz"), ""]),
+        text(["started", "converted", "skipped", "failed", "bogus"]),
+        text(["", "+cmd"]),
+        text(["", "0" * 64, before[out / "a.npz"], before[outside]]),
+    )
+    rows = [list(r) for r in data.draw(st.lists(line, max_size=5))]
+    write_manifest(out, *rows)
+    report = batch.convert(src, out, jobs=1, progress=False)
+    assert digest(outside) == before[outside]
+    if not any(r[5] == str(out / "a.npz") and r[8] for r in rows):
+        assert digest(out / "a.npz") == before[out / "a.npz"]
+        assert [reason for _, reason in report.failed] in ([UNSURE], [NOT_OURS])
+    assert not [p for p in os.listdir(out) if p.startswith(".")]
