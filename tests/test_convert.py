@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import ROOT, SHARED
 
 import tmd_nb
 from tmd_nb import batch
@@ -344,3 +344,77 @@ def test_the_convert_magic_completes_its_sources_as_paths(ip, tmp_path, monkeypa
     with provisionalcompleter():
         found = [c.text for c in ip.Completer.completions("%tmd_convert sca", len("%tmd_convert sca"))]
     assert found == ['"scans here/']  # a folder, quoted and left open for what follows
+
+
+# ------------------------------------------------------------------------------------------
+# channels of instruments' files
+# ------------------------------------------------------------------------------------------
+
+DI = SHARED / "data" / "instruments" / "di-3.di"
+NO_NOPE = (
+    "KeyError: the file has no channel 'Nope'; its channels are "
+    "0: 'ZSensor', 1: 'AmplitudeError', 2: 'Phase', 3: 'Height'"
+)
+
+
+@pytest.fixture
+def mixed(tmp_path, tmd_samples) -> Path:
+    """An instrument's file of four channels beside a TMD file of one height map."""
+    src = tmp_path / "mixed"
+    src.mkdir()
+    shutil.copy(DI, src / "di-3.di")
+    shutil.copy(tmd_samples / "v2_Dime.tmd", src / "dime.tmd")
+    return src
+
+
+def channel_lines(out: Path) -> dict[str, str | None]:
+    return {Path(r["source"]).name: r["channel"] for r in batch.read_manifest(out / batch.MANIFEST)}
+
+
+@pytest.mark.parametrize("channel", ["Phase", 2])
+def test_convert_reads_the_channel_given_and_the_manifest_records_it(mixed, tmp_path, channel):
+    out = tmp_path / "out"
+    report = batch.convert(mixed, out, channel=channel, jobs=1, progress=False)
+    assert report.ok and len(report.converted) == 2
+    heights = tmd_nb.load(out / "di-3.npz")["height_map"]
+    np.testing.assert_array_equal(heights, tmd_nb.load(DI, channel="Phase")["height_map"])
+    assert not np.array_equal(heights, tmd_nb.load(DI)["height_map"])
+    assert same_map(tmd_nb.load(out / "dime.npz"), tmd_nb.load(mixed / "dime.tmd"))  # one map: channel ignored
+    assert channel_lines(out) == {"di-3.di": str(channel), "dime.tmd": None}
+
+
+def test_another_channel_converts_the_instruments_file_again_and_only_it(mixed, tmp_path):
+    out = tmp_path / "out"
+    batch.convert(mixed, out, channel="Phase", jobs=1, progress=False)
+    assert batch.convert(mixed, out, channel="Phase", jobs=1, progress=False).skipped == [
+        (str(mixed / "di-3.di"), str(out / "di-3.npz")),
+        (str(mixed / "dime.tmd"), str(out / "dime.npz")),
+    ]
+    report = batch.convert(mixed, out, channel="Height", jobs=1, progress=False)
+    assert report.converted == [(str(mixed / "di-3.di"), str(out / "di-3.npz"))]
+    assert report.skipped == [(str(mixed / "dime.tmd"), str(out / "dime.npz"))]
+    np.testing.assert_array_equal(
+        tmd_nb.load(out / "di-3.npz")["height_map"], tmd_nb.load(DI, channel="Height")["height_map"]
+    )
+
+
+def test_a_wrong_channel_fails_that_file_and_the_run_goes_on(mixed, tmp_path):
+    out = tmp_path / "out"
+    report = batch.convert(mixed, out, channel="Nope", jobs=2, progress=False)
+    assert report.failed == [(str(mixed / "di-3.di"), NO_NOPE)]
+    assert report.converted == [(str(mixed / "dime.tmd"), str(out / "dime.npz"))]
+    assert batch.convert(mixed, out, channel=3, jobs=1, progress=False).converted == [
+        (str(mixed / "di-3.di"), str(out / "di-3.npz"))
+    ]
+    with pytest.raises(TypeError, match=r"^channel must be a channel's name \(str\), its index \(int\) or None"):
+        batch.convert(mixed, out, channel=1.5, progress=False)
+
+
+def test_the_command_line_and_the_magic_take_a_channel(mixed, tmp_path, ip, capsys):
+    out = tmp_path / "cli"
+    assert main(["convert", str(mixed), "-o", str(out), "--channel", "2", "--no-progress"]) == 0
+    np.testing.assert_array_equal(tmd_nb.load(out / "di-3.npz")["height_map"], tmd_nb.load(DI, channel=2)["height_map"])
+    assert main(["convert", str(mixed), "-o", str(out), "--channel", "Nope", "--no-progress"]) == 1
+    assert f"  failed: {mixed / 'di-3.di'}: {NO_NOPE}" in capsys.readouterr().out.splitlines()
+    report = ip.run_line_magic("tmd_convert", f"{mixed} -o {tmp_path / 'magic'} --channel AmplitudeError --jobs 1")
+    assert report.ok and channel_lines(tmp_path / "magic")["di-3.di"] == "AmplitudeError"

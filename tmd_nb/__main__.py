@@ -51,9 +51,20 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="replace whatever file is at an output name, and convert everything again",
     )
+    conv.add_argument(
+        "--channel",
+        metavar="CHANNEL",
+        help="of instruments' files with several channels: the one to read, by name or index (default: the "
+        "topography); files of one height map ignore it",
+    )
     conv.add_argument("--no-progress", action="store_true", help="no progress bar")
     conv.set_defaults(parser=conv)
     return parser
+
+
+def channel_arg(text: str | None) -> int | str | None:
+    """A ``--channel`` value as ``tmd_nb.load`` takes it: digits are an index, anything else a name."""
+    return int(text) if text is not None and text.lstrip("-").isdigit() else text
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -74,6 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             jobs=args.jobs,
             client=client,
             progress=not args.no_progress,
+            channel=channel_arg(args.channel),
         )
     except (ValueError, FileNotFoundError, ImportError) as exc:
         parser.error(str(exc))

@@ -8,16 +8,17 @@ given. Tasks carry paths, never arrays, so workers must see the same file system
 The manifest
     ``OUT/tmd_nb-convert.csv`` records what convert did, one CSV line per event, appended as the
     run goes (one write each, under a lock: a killed run loses none; flushed to disk at least
-    once a second) and tidied to one line per source (the last, written atomically) when a run
-    ends and when the next one starts; where a source has more than one line (a run killed
-    half-way, or one still going) the last counts. Columns:
+    once a second) and tidied to one line per source and output (the last, written atomically)
+    when a run ends and when the next one starts; where a pair has more than one line (a run
+    killed half-way, or one still going) the last counts. Columns:
 
     ``source``
         the absolute path of the scan; ``size`` and ``mtime_ns``: its size in bytes and its
         modification time in nanoseconds when it was read;
     ``format``
-        the format it was read as (empty when it could not be read), ``channel`` (empty: one
-        height map per file for now);
+        the format it was read as (empty when it could not be read), ``channel``: the channel
+        read from a file of several (an instrument's), as given to ``channel=``; empty for the
+        default channel and for files of one height map;
     ``output``
         the absolute path written; ``status``: ``started`` (being converted: the output did not
         exist when it began), ``converted``, ``skipped`` (already done), ``failed`` (``reason``
@@ -26,25 +27,30 @@ The manifest
         the SHA-256 of the output as convert wrote or last verified it (empty when there is
         none).
 
-    ``pandas.read_csv(path)`` reads it (``.drop_duplicates("source", keep="last")`` while a
-    run is going).
+    ``pandas.read_csv(path)`` reads it (``.drop_duplicates(["source", "output"], keep="last")``
+    while a run is going). File names that are not UTF-8 are kept as their bytes (so that a rerun
+    finds them): read such a manifest with ``encoding_errors="surrogateescape"``.
 
 Whose files are replaced
     An output is convert's own when the manifest's last line about it carries the SHA-256 of
-    the file there now, or says ``started`` (the file appeared after convert began writing it).
-    Only those are replaced, when their source changed or when they no longer load (a damaged
-    output); any other file at an output name (a user's own ``np.savez`` results, a file from
+    the file there now. Only those are replaced, when their source changed or when they no
+    longer load (a damaged output). A line that says ``started`` (a run stopped between renaming
+    the output into place and saying so) names no content: the file there is taken as convert's,
+    and skipped, only when the source is unchanged and the file holds its heights; otherwise it
+    is reported. Any other file at an output name (a user's own ``np.savez`` results, a file from
     another program, an output edited since) is left alone and reported, unless
     ``overwrite=True``. An output of convert is never taken as a source by a later run into the
-    same folder, and a folder source never contributes the output folder inside it.
+    same folder, and a folder source never contributes the output folder inside it (also when
+    reached through a symbolic link). Lines naming files outside the output folder claim
+    nothing, and a manifest that is a symbolic link is refused.
 
 Resuming
     Every output is written to a hidden temporary file beside it and renamed into place only
     once complete (:mod:`tmd_nb.storage.atomic`). A run that is interrupted (Ctrl-C, a killed
     process or worker) leaves finished outputs, their manifest lines and, at worst, temporary
     files; running it again skips an output only when its manifest line says it came from the
-    same source, unchanged (size and ``mtime_ns``), and the output still has the recorded
-    SHA-256; it removes the temporary files of dead processes and converts the rest.
+    same source, unchanged (size and ``mtime_ns``), read with the same channel, and the output
+    still has the recorded SHA-256; it removes the temporary files of dead processes and converts the rest.
 
 Processes
     Local work runs on a process pool started with ``forkserver``; in a script that calls
@@ -120,7 +126,7 @@ class ConvertReport:
     notes : list of (str, str)
         ``(source, message)``: warnings raised while converting (e.g. metadata a format cannot keep).
     manifest : str
-        The manifest of the output folder, one line per source (see :mod:`tmd_nb.batch`).
+        The manifest of the output folder, one line per source and output (see :mod:`tmd_nb.batch`).
     """
 
     converted: list[tuple[str, str]] = field(default_factory=list)
@@ -183,15 +189,21 @@ def read_manifest(path: PathLike) -> list[Record]:
     if not text.endswith("\n"):
         text = text[: text.rfind("\n") + 1]  # a line being appended, or cut by a power failure
     records = []
-    with contextlib.suppress(csv.Error):
-        for row in csv.reader(io.StringIO(text[len(_HEADER) :], newline="")):
-            if len(row) != len(FIELDS):
-                continue
-            record: Record = dict(zip(FIELDS, row, strict=True))
-            for key in ("size", "mtime_ns"):
-                record[key] = int(record[key]) if record[key].isdigit() else None
-            record["channel"] = record["channel"] or None
-            records.append(record)
+    rows = csv.reader(io.StringIO(text[len(_HEADER) :], newline=""))
+    while True:
+        try:
+            row = next(rows)
+        except StopIteration:
+            break
+        except csv.Error:  # a line no run wrote (a field over csv's limit): that line only is left out
+            continue
+        if len(row) != len(FIELDS):
+            continue
+        record: Record = dict(zip(FIELDS, row, strict=True))
+        for key in ("size", "mtime_ns"):
+            record[key] = int(record[key]) if record[key].isascii() and record[key].isdigit() else None
+        record["channel"] = record["channel"] or None
+        records.append(record)
     return records
 
 
@@ -216,7 +228,7 @@ def _append(manifest: str, records: list[Record], sync: bool = True) -> None:
     if not records:
         return
     with _locked(os.path.dirname(manifest)):
-        fd = os.open(manifest, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
+        fd = os.open(manifest, os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
         try:
             text = "".join(_row(r) for r in records)
             size = os.fstat(fd).st_size
@@ -235,7 +247,7 @@ def _tidy(manifest: str) -> list[Record]:
     """Rewrite the manifest atomically with the last line of each source; return those lines."""
     with _locked(os.path.dirname(manifest)):
         records = read_manifest(manifest)
-        last = {r["source"]: r for r in records}
+        last = {(r["source"], r["output"]): r for r in records}  # a source converted to two formats keeps both
         if len(last) < len(records):
             with atomic.atomic_write(manifest) as f:
                 f.write((_HEADER + "".join(_row(r) for r in last.values())).encode("utf-8", "surrogateescape"))
@@ -253,30 +265,31 @@ def _claims(records: Iterable[Record]) -> dict[str, Record]:
 def _expand(source: PathLike, out_root: str, ours: set[str]) -> Iterator[tuple[str, str]]:
     """``(file, path relative to the output folder)`` for one source: a folder, a glob or a file.
 
-    Leaves out convert's own outputs, and the output folder when it lies inside a folder source.
+    Leaves out convert's own outputs, and the output folder when it lies inside a folder source;
+    ``out_root`` and ``ours`` are real paths, so that a symbolic link to them is left out too.
     """
     text = os.fspath(source)
     if os.path.isdir(text):
         known = set(registry.extensions())
-        top = os.path.abspath(text)
+        top = os.path.realpath(text)
         for root, dirs, files in os.walk(text):
             dirs[:] = sorted(
                 d
                 for d in dirs
-                if not d.startswith(".") and (top == out_root or os.path.abspath(os.path.join(root, d)) != out_root)
+                if not d.startswith(".") and (top == out_root or os.path.realpath(os.path.join(root, d)) != out_root)
             )
             for name in sorted(files):
                 path = os.path.join(root, name)
                 if (
                     not name.startswith(".")
                     and os.path.splitext(name)[1].lower() in known
-                    and os.path.abspath(path) not in ours
+                    and os.path.realpath(path) not in ours
                 ):
                     yield path, os.path.relpath(path, text)
         return
     if _GLOB_CHARS.search(text) and not os.path.exists(text):
         matches = sorted(
-            p for p in glob.glob(text, recursive=True) if not os.path.isdir(p) and os.path.abspath(p) not in ours
+            p for p in glob.glob(text, recursive=True) if not os.path.isdir(p) and os.path.realpath(p) not in ours
         )
         if not matches:
             raise FileNotFoundError(f"no file matches {text!r}")
@@ -314,11 +327,18 @@ def plan(sources: PathLike | Iterable[PathLike], out_dir: PathLike, format: str 
     if os.path.exists(out_root) and not os.path.isdir(out_root):
         raise ValueError(f"the output folder {out_root!r} is a file; choose a folder")
     manifest = os.path.join(out_root, MANIFEST)
-    ours = set(_claims(read_manifest(manifest))) | {manifest}
+    if os.path.islink(manifest):  # appending would change the file it points to, outside the output folder
+        raise ValueError(f"{manifest!r} is a symbolic link, not a tmd_nb convert manifest; move it away")
+    inside = os.path.join(out_root, "")  # a line naming a file elsewhere (hand-made) hides no source
+    ours = {
+        os.path.realpath(p)
+        for p in [*_claims(read_manifest(manifest)), manifest]
+        if os.path.abspath(p).startswith(inside)
+    }
     pairs: list[tuple[str, str]] = []
     seen: set[str] = set()
     for source in sources:
-        for path, relative in _expand(source, out_root, ours):
+        for path, relative in _expand(source, os.path.realpath(out_root), ours):
             path = os.path.abspath(path)
             if path not in seen:
                 seen.add(path)
@@ -345,12 +365,41 @@ def _loads(path: str, format: str) -> bool:
     return True
 
 
+def _holds(path: str, format: str, source: str, channel: str | None = None) -> bool:
+    """Whether ``path`` loads whole as ``format`` with the heights of ``source``'s ``channel`` (output dtype)."""
+    import numpy as np
+
+    try:
+        if registry.recognise(path).name != format:
+            return False
+        heights = np.asarray(registry.load(path)["height_map"])
+        expected = np.asarray(registry.load(source, channel=_channel_arg(channel))["height_map"])
+        return heights.shape == expected.shape and np.array_equal(
+            heights, expected.astype(heights.dtype), equal_nan=heights.dtype.kind in "fc"
+        )
+    except (OSError, FormatError, MemoryError, ValueError, TypeError, KeyError):
+        return False
+
+
+def _channel_arg(channel: str | None) -> int | str | None:
+    """The manifest's text of a channel as ``load`` takes it: digits are an index, anything else a name."""
+    return int(channel) if channel is not None and channel.lstrip("-").isdigit() else channel
+
+
+def _channel_of(source: str, channel: int | str | None) -> str | None:
+    """The channel read from ``source``, as the manifest writes it: None for a file of one height map."""
+    if channel is None or registry.recognise(source).channels is None:
+        return None
+    return str(channel)
+
+
 def _reason(exc: BaseException, source: str = "") -> str:
     """One line about ``exc``, without repeating the source's path (the report line starts with it)."""
     if isinstance(exc, OSError) and exc.strerror and exc.filename in (source, None):
         text = exc.strerror
     else:
-        lines = str(exc).strip().splitlines()
+        message = exc.args[0] if isinstance(exc, KeyError) and len(exc.args) == 1 else exc  # str() quotes a KeyError
+        lines = str(message).strip().splitlines()
         text = lines[0] if lines else ""
     if source:
         for name in (repr(source), source):
@@ -371,6 +420,7 @@ def _existing(
     overwrite: bool,
     record: Record | None,
     manifest: str | None,
+    channel: str | None = None,
 ) -> tuple[str, str]:
     """What to do about whatever is at ``output``: ``("convert" | "skip", sha256 of the file there or "")``.
 
@@ -395,10 +445,18 @@ def _existing(
             "a file convert did not write is there at the output name; not replaced (overwrite=True replaces it)"
         )
     unchanged = record["source"] == source and (record["size"], record["mtime_ns"]) == (st.st_size, st.st_mtime_ns)
-    if record["status"] == "started":  # it appeared after convert began writing it: ours, complete (atomic), checked
-        return ("skip" if unchanged and _loads(output, format) else "convert"), digest
+    same_channel = (record["channel"] or None) == channel
+    if record["status"] == "started":
+        # Convert renames only complete outputs into place, then says so; a file there with no such line
+        # is ours only if it holds the unchanged source's heights (the line may be hand-made, or older
+        # than a file the user put there).
+        if unchanged and _holds(output, format, source, channel):
+            return "skip", digest
+        raise _NotReplaced(
+            "a file convert cannot tell it wrote is there at the output name; not replaced (overwrite=True replaces it)"
+        )
     if record["output_sha256"] == digest:
-        return ("skip" if unchanged else "convert"), digest
+        return ("skip" if unchanged and same_channel else "convert"), digest
     if _loads(output, format):
         raise _NotReplaced(
             "the file at the output name changed since convert wrote it; not replaced (overwrite=True replaces it)"
@@ -426,11 +484,13 @@ def convert_file(
     overwrite: bool = False,
     record: Record | None = None,
     manifest: str | None = None,
+    channel: int | str | None = None,
 ) -> Record:
     """Convert one file; never raises for a bad file. What :func:`convert` runs on every worker.
 
     ``record`` is the manifest line that claims ``output`` (see :mod:`tmd_nb.batch`), if any;
-    ``manifest`` the manifest's path, read again when a file at ``output`` is not accounted for.
+    ``manifest`` the manifest's path, read again when a file at ``output`` is not accounted for;
+    ``channel`` the channel to read from a file of several (ignored for a file of one height map).
 
     Returns
     -------
@@ -446,7 +506,8 @@ def convert_file(
         result.update(size=st.st_size, mtime_ns=st.st_mtime_ns)
         if not stat.S_ISREG(st.st_mode):
             raise FormatError(f"{source!r} is not a regular file")
-        action, digest = _existing(source, output, format, st, overwrite, record, manifest)
+        result["channel"] = used = _channel_of(source, channel)
+        action, digest = _existing(source, output, format, st, overwrite, record, manifest, used)
         result["output_sha256"] = digest  # still ours whatever happens next
         if action == "skip":
             result.update(status="skipped", format=(record or {}).get("format") or registry.recognise(source).name)
@@ -455,7 +516,7 @@ def convert_file(
         result["format"] = fmt.name
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            data = registry.load(source)
+            data = registry.load(source, channel=_channel_arg(used))
             after = os.stat(source)
             if (after.st_size, after.st_mtime_ns, after.st_ino) != (st.st_size, st.st_mtime_ns, st.st_ino):
                 raise FormatError(f"{source!r} changed while it was being read; run again")
@@ -520,7 +581,8 @@ def _guarded(main: Any) -> bool:
     """Whether the running ``__main__`` script called us from under ``if __name__ == "__main__":``.
 
     Read from the script's own statement at the outermost frame of ``__main__``; when that cannot
-    be told, the answer is "guarded" (what ``forkserver`` and ``spawn`` need, as before).
+    be told, the answer is "guarded" (what ``forkserver`` and ``spawn`` need, as before), except
+    for a script that is not Python (an IPython ``.ipy`` file), which a new interpreter cannot run.
     """
     frame = sys._getframe(1)
     line = None
@@ -531,8 +593,8 @@ def _guarded(main: Any) -> bool:
     try:
         with open(main.__file__, "rb") as f:
             tree = ast.parse(f.read())
-    except (OSError, SyntaxError, ValueError):
-        return True
+    except (OSError, SyntaxError, ValueError):  # not Python (``ipython script.ipy``): a new interpreter cannot run it
+        return False
     if line is None:
         return True
     for statement in tree.body:
@@ -556,11 +618,12 @@ def _start_method() -> str | None:
         return fresh
     if "fork" in methods and sys.platform.startswith("linux") and threading.active_count() == 1:
         return "fork"
-    print(
-        "convert: converting in this process only; to use several processes, "
-        'call it under `if __name__ == "__main__":`',
-        file=sys.stderr,
+    why = (
+        'call it under `if __name__ == "__main__":`'
+        if str(getattr(main, "__file__", "")).endswith(".py")
+        else 'run it from a Python script (.py) under `if __name__ == "__main__":`'
     )
+    print(f"convert: converting in this process only; to use several processes, {why}", file=sys.stderr)
     return None
 
 
@@ -574,7 +637,14 @@ def _died(task: Task) -> Record:
 
 
 def _run_local(
-    tasks: list[Task], format: str, overwrite: bool, manifest: str, jobs: int, start: Callable, done: Callable
+    tasks: list[Task],
+    format: str,
+    overwrite: bool,
+    manifest: str,
+    jobs: int,
+    start: Callable,
+    done: Callable,
+    channel: int | str | None = None,
 ) -> None:
     """Run the tasks in this process (``jobs=1``) or on a process pool, one file per worker at a time.
 
@@ -587,7 +657,7 @@ def _run_local(
     if method is None:
         for task in tasks:
             start([task])
-            done(convert_file(task[0], task[1], format, overwrite, task[2], manifest))
+            done(convert_file(task[0], task[1], format, overwrite, task[2], manifest, channel))
         return
     context = multiprocessing.get_context(method)
     queue = collections.deque(tasks)
@@ -595,7 +665,7 @@ def _run_local(
 
     def run(pool: cf.ProcessPoolExecutor, task: Task) -> cf.Future:
         start([task])
-        return pool.submit(convert_file, task[0], task[1], format, overwrite, task[2], manifest)
+        return pool.submit(convert_file, task[0], task[1], format, overwrite, task[2], manifest, channel)
 
     while queue:
         with cf.ProcessPoolExecutor(min(jobs, len(queue)), mp_context=context, initializer=_worker_setup) as pool:
@@ -637,14 +707,20 @@ def _run_local(
 
 
 def convert_files(
-    batch: list[Task], format: str = "npz", overwrite: bool = False, manifest: str | None = None
+    batch: list[Task],
+    format: str = "npz",
+    overwrite: bool = False,
+    manifest: str | None = None,
+    channel: int | str | None = None,
 ) -> list[Record]:
     """:func:`convert_file` over a batch of ``(source, output, record)``: one Dask task for several small files.
 
     First removes what killed saves of these outputs left on this worker's host.
     """
     _remove(atomic.stale_temporaries(*(output for _, output, _ in batch)))
-    return [convert_file(source, output, format, overwrite, record, manifest) for source, output, record in batch]
+    return [
+        convert_file(source, output, format, overwrite, record, manifest, channel) for source, output, record in batch
+    ]
 
 
 def _batches(tasks: list[Task], workers: int) -> list[list[Task]]:
@@ -655,7 +731,14 @@ def _batches(tasks: list[Task], workers: int) -> list[list[Task]]:
 
 
 def _run_dask(
-    tasks: list[Task], format: str, overwrite: bool, manifest: str, client: Any, start: Callable, done: Callable
+    tasks: list[Task],
+    format: str,
+    overwrite: bool,
+    manifest: str,
+    client: Any,
+    start: Callable,
+    done: Callable,
+    channel: int | str | None = None,
 ) -> None:
     """Run the tasks on ``client`` (not necessarily the default client), in batches: paths go to the workers.
 
@@ -667,7 +750,7 @@ def _run_dask(
     start(tasks)
     batches = _batches(tasks, len(client.scheduler_info().get("workers", ())))
     # pure=False: unique keys, so a second run on the same client never reuses the first one's results.
-    options = {"format": format, "overwrite": overwrite, "manifest": manifest, "pure": False}
+    options = {"format": format, "overwrite": overwrite, "manifest": manifest, "channel": channel, "pure": False}
     futures = client.map(convert_files, batches, **options)
     by_key = {f.key: batch for f, batch in zip(futures, batches, strict=True)}
     pending = as_completed(futures, loop=client.loop)
@@ -736,6 +819,7 @@ def convert(
     jobs: int | None = None,
     client: Any = None,
     progress: bool = True,
+    channel: int | str | None = None,
 ) -> ConvertReport:
     """Convert every scan in ``sources`` to ``format`` in ``out_dir``, in parallel, resumably.
 
@@ -762,6 +846,11 @@ def convert(
         files.
     progress : bool
         Show a progress bar (a widget in a notebook, text in a terminal).
+    channel : str or int, optional
+        Of files with several channels (instruments' files): the channel to read, by name or
+        index (``tmd_nb.channels(path)`` lists them); None: the topography. Files of one height
+        map ignore it. A file without that channel is reported as failed; the others go on.
+        The manifest records it: an output made from another channel is converted again.
 
     Returns
     -------
@@ -778,6 +867,8 @@ def convert(
     FileNotFoundError
         A source does not exist or a pattern matches nothing (before any file is written).
     """
+    if channel is not None and (isinstance(channel, bool) or not isinstance(channel, (str, int))):
+        raise TypeError(f"channel must be a channel's name (str), its index (int) or None, not {channel!r}")
     pairs = plan(sources, out_dir, format)
     workers = _job_count(jobs)
     out_root = os.path.abspath(os.fspath(out_dir))
@@ -854,9 +945,9 @@ def convert(
     _remove(atomic.stale_temporaries(manifest, *first))  # what killed saves of these files left
     try:
         if client is not None:
-            _run_dask(tasks, format, overwrite, manifest, client, start, done)
+            _run_dask(tasks, format, overwrite, manifest, client, start, done, channel)
         else:
-            _run_local(tasks, format, overwrite, manifest, workers, start, done)
+            _run_local(tasks, format, overwrite, manifest, workers, start, done, channel)
         for result in clashes:
             done(result)
     finally:

@@ -428,6 +428,11 @@ class TmdMagics(Magics):
     @argument("--jobs", type=int, metavar="N", help="local worker processes (default: every core)")
     @argument("--scheduler", metavar="ADDRESS", help="run on this dask.distributed scheduler instead")
     @argument("--overwrite", action="store_true", help="replace whatever file is at an output name")
+    @argument(
+        "--channel",
+        metavar="CHANNEL",
+        help="of instruments' files: the channel to read, by name or index (default: the topography)",
+    )
     @line_magic
     def tmd_convert(self, line: str) -> Any:
         """Convert scan files or whole folders, in parallel, with a progress bar: ``tmd_nb.convert``.
@@ -458,6 +463,7 @@ class TmdMagics(Magics):
                 overwrite=args.overwrite,
                 jobs=args.jobs,
                 client=client,
+                channel=int(args.channel) if args.channel and args.channel.lstrip("-").isdigit() else args.channel,
             )
         except (ValueError, FileNotFoundError, ImportError, ConnectionError) as exc:
             raise UsageError(f"%tmd_convert: {exc}") from None
