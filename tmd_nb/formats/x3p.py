@@ -132,11 +132,12 @@ _OLD_ROOT = re.compile(rb"(</?)((?:[A-Za-z_][\w.-]*:)?)ISO5436(?=[\s>/])")
 
 
 def _members(zf: zipfile.ZipFile) -> dict[str, zipfile.ZipInfo]:
-    """Non-junk file members, by name with ``/`` separators."""
+    """Non-junk file members, by name with ``/`` separators. Not ``ZipInfo.is_dir``: it indexes the
+    name, and zipfile cuts a name at its first NUL, so a hostile entry's name can be empty."""
     out = {}
     for info in zf.infolist():
         name = info.filename.replace("\\", "/")
-        if not info.is_dir() and not name.endswith("/") and not _JUNK.search(name):
+        if name and not name.endswith("/") and not _JUNK.search(name):
             out[name] = info
     return out
 
