@@ -110,3 +110,57 @@ def test_an_edited_height_description_is_refused_or_warned_never_other_heights(
     dst = tmp_path / f"edited.{fmt}"
     rewrite(src, dst, edited_record(record, key, value))
     load_checked(load, dst, original)
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return buf.getvalue()
+
+
+def x3p_with_patch(src: Path, dst: Path, at: np.ndarray | None, values: np.ndarray | None) -> None:
+    """``src`` with its patch members replaced, their checksums in the record made to match."""
+    import zlib
+
+    with zipfile.ZipFile(src) as zin:
+        members = {info.filename: zin.read(info) for info in zin.infolist()}
+    prefix = X3P_RECORD[: -len("record.json")]
+    record = json.loads(members[X3P_RECORD])
+    for name, array in (("__patch_at__", at), ("__patch_values__", values)):
+        if array is not None:
+            members[prefix + name + ".npy"] = npy_bytes(array)
+            record["checksums"][name] = f"{zlib.crc32(members[prefix + name + '.npy']):08x}"
+    members[X3P_RECORD] = json.dumps(record).encode()
+    with zipfile.ZipFile(dst, "w", zipfile.ZIP_DEFLATED) as out:
+        for name, content in members.items():
+            out.writestr(name, content)
+
+
+@pytest.mark.parametrize(
+    ("at", "values"),
+    [
+        (np.array([34, 34], np.uint32), None),  # each point once: this one was loaded, point 0 left rounded
+        (np.array([34, 0], np.uint32), None),  # not in order
+        (np.array([100, 0], np.uint32), None),  # beyond the map
+        (np.array([-1, 0], np.int32), None),
+        (np.array([2**63, 0], np.uint64), None),
+        (np.array([[0, 34]], np.uint32), None),
+        (np.array([34], np.uint32), None),
+        (None, np.array([1.0, 2.0])),
+        (None, np.array([1, 2, 3], np.uint64)),
+        (np.array([], np.uint32), np.array([], np.uint64)),  # the rounded numbers left
+    ],
+)
+def test_an_edited_patch_is_refused(tmp_path: Path, at: np.ndarray | None, values: np.ndarray | None) -> None:
+    original = np.zeros((10, 10), np.uint64)
+    original.flat[[0, 34]] = [2**63 + 1, 2**64 - 1]  # float64 rounds both: the record patches them
+    src = Path(export_to_x3p(original, tmp_path / "map.x3p"))
+    with zipfile.ZipFile(src) as zf:
+        assert json.loads(zf.read(X3P_RECORD))["height"]["patch"] == ["__patch_at__", "__patch_values__"]
+    dst = tmp_path / "edited.x3p"
+    x3p_with_patch(src, dst, at, values)
+    with pytest.raises(FormatError) as info:
+        load_from_x3p(dst)
+    one_line_naming(info.value, dst)

@@ -505,6 +505,7 @@ def _apply(restored: np.ndarray, patch: tuple[np.ndarray | None, np.ndarray | No
         or values.shape != at.shape
         or values.dtype != restored.dtype
         or (at.size and int(at.max()) >= restored.size)
+        or (at.size > 1 and not bool(np.all(at[1:] > at[:-1])))  # as written: each point once, in order
         or not restored.flags.c_contiguous
     ):
         raise FormatError(f"{where}: its tmd_nb patch does not fit the height map {restored.shape} {restored.dtype}")
