@@ -164,3 +164,122 @@ def test_an_edited_patch_is_refused(tmp_path: Path, at: np.ndarray | None, value
     with pytest.raises(FormatError) as info:
         load_from_x3p(dst)
     one_line_naming(info.value, dst)
+
+
+# --------------------------------------------------------------------------- saves
+
+
+def _child(code: str, *args: str):
+    import subprocess
+    import sys
+    import textwrap
+
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+def test_a_killed_save_leaves_the_old_file_and_the_next_save_removes_its_temporary(tmp_path: Path, fmt: str) -> None:
+    import signal
+
+    save, load, _, _ = FORMATS[fmt]
+    path = tmp_path / f"scan.{fmt}"
+    old = np.arange(20.0).reshape(4, 5)
+    save(old, path)
+    before = path.read_bytes()
+    child = _child(
+        """
+        import sys
+        import numpy as np
+        import tmd_nb
+
+        def progress(done, total):  # the temporary file is being written: wait to be killed
+            print("writing", flush=True)
+            sys.stdin.read()
+
+        if sys.argv[2] == "x3p":
+            tmd_nb.export_to_x3p(np.random.default_rng(0).random((1500, 1500)), sys.argv[1], progress=progress)
+        else:  # the Gwyddion writer reports progress once the file is in place: stop at its first write
+            import contextlib
+            from tmd_nb.formats import gwy
+
+            real = gwy.atomic_write
+
+            @contextlib.contextmanager
+            def stopping(path):
+                with real(path) as fp:
+                    class Stop:
+                        def write(self, data):
+                            fp.write(data)
+                            fp.flush()
+                            progress(0, 0)
+                    yield Stop()
+
+            gwy.atomic_write = stopping
+            tmd_nb.export_to_gwy(np.random.default_rng(0).random((1500, 1500)), sys.argv[1])
+        print("finished", flush=True)
+        """,
+        str(path),
+        fmt,
+    )
+    try:
+        line = child.stdout.readline()
+        assert line.strip() == "writing", line + child.stderr.read()
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert child.returncode == -signal.SIGKILL
+    assert path.read_bytes() == before
+    assert np.array_equal(load(path)["height_map"], old)
+    traces = sorted(p.name for p in tmp_path.iterdir() if p.name != path.name)
+    assert len(traces) == 1 and traces[0].startswith(f".{path.name}.") and traces[0].endswith(".tmp"), traces
+    save(old + 1, path)  # the next save of that file removes what the killed one left
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+    assert np.array_equal(load(path)["height_map"], old + 1)
+
+
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+def test_two_processes_saving_one_path_leave_one_whole_file(tmp_path: Path, fmt: str) -> None:
+    path = tmp_path / f"scan.{fmt}"
+    code = """
+        import sys
+        import numpy as np
+        import tmd_nb
+
+        save = tmd_nb.export_to_x3p if sys.argv[2] == "x3p" else tmd_nb.export_to_gwy
+        value = float(sys.argv[3])
+        print("ready", flush=True)
+        sys.stdin.readline()
+        for _ in range(20):
+            save(np.full((64, 64), value), sys.argv[1])
+        print("done", flush=True)
+        """
+    children = [_child(code, str(path), fmt, str(v)) for v in (1.0, 2.0)]
+    try:
+        for child in children:
+            assert child.stdout.readline().strip() == "ready", child.stderr.read()
+        for child in children:  # both start together, released by one line each
+            child.stdin.write("go\n")
+            child.stdin.flush()
+        for child in children:
+            out, err = child.communicate(timeout=300)
+            assert child.returncode == 0 and out.strip() == "done", err
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+    _, load, _, _ = FORMATS[fmt]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a whole file as tmd_nb wrote it: no ModifiedFileWarning
+        got = load(path)["height_map"]
+    assert got.shape == (64, 64) and np.unique(got).tolist() in ([1.0], [2.0])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
