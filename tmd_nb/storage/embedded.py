@@ -339,7 +339,7 @@ def unpack(
     ``legacy`` the heights as a version 1 record fingerprinted them, when that differs from
     ``seen``; ``stored`` the numbers the file stores for the heights, if the format gives them
     (a version 3 record with ``height.stored`` is read from them). ``standard``, for a format whose
-    ``seen`` are the map's standard heights (NaN where not finite), gives the factor of the
+    ``seen`` are the map's standard heights (where they are finite), gives the factor of the
     metadata's height unit: a map restored is then checked to give ``seen`` back, in that unit,
     since the fingerprint covers the file's data but not the record's description of it (an edited
     factor or dtype, or a dropped exact map, would change every height). ``seen`` may be a function
@@ -482,16 +482,17 @@ def _stores(restored: np.ndarray, stored: np.ndarray, block: int = 1 << 20) -> b
 
 def _stands_for(restored: np.ndarray, factor: float, seen: np.ndarray, expected: float) -> bool:
     """Whether ``restored`` in units of ``factor`` (the factor of its metadata's unit, ``expected``)
-    gives back the standard heights ``seen`` (NaN where not finite), as the writer made them."""
+    gives back the standard heights ``seen`` where they are finite, as the writer made them."""
     if factor != expected:
         return False
     try:
         standard = standard_heights(restored, factor)
     except ValueError:
         return False
-    with np.errstate(invalid="ignore"):
-        standard = np.where(np.isfinite(standard), standard, np.nan)
-    return standard.shape == seen.shape and bool(np.array_equal(standard, seen, equal_nan=True))
+    if standard.shape != seen.shape:
+        return False
+    finite = np.isfinite(seen)  # a missing point's height is the record's to give (a patch, the exact map)
+    return bool(np.array_equal(standard[finite], seen[finite]))
 
 
 def _apply(restored: np.ndarray, patch: tuple[np.ndarray | None, np.ndarray | None], where: str) -> None:
