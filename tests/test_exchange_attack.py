@@ -312,3 +312,23 @@ def test_two_processes_saving_one_path_leave_one_whole_file(tmp_path: Path, fmt:
         got = load(path)["height_map"]
     assert got.shape == (64, 64) and np.unique(got).tolist() in ([1.0], [2.0])
     assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+
+
+@pytest.mark.parametrize("first", [True, False])
+def test_an_x3p_file_with_two_members_of_one_name_is_refused(tmp_path: Path, first: bool) -> None:
+    # zipfile (and so x3pio) takes the last of two, other readers the first: the file would show
+    # other heights to each. The first one was loaded without a word when the last was tmd_nb's.
+    src = Path(export_to_x3p(np.arange(6, dtype=np.float32).reshape(2, 3), tmp_path / "map.x3p"))
+    with zipfile.ZipFile(src) as zf:
+        members = [(info.filename, zf.read(info)) for info in zf.infolist()]
+    other = ("bindata/data.bin", np.full((2, 3), 9, np.float32).tobytes())
+    dst = tmp_path / "twice.x3p"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # zipfile's "Duplicate name"
+        with zipfile.ZipFile(dst, "w", zipfile.ZIP_DEFLATED) as out:
+            for name, content in [other, *members] if first else [*members, other]:
+                out.writestr(name, content)
+    with pytest.raises(FormatError) as info:
+        load_from_x3p(dst)
+    one_line_naming(info.value, dst)
+    assert str(info.value) == f"{str(dst)!r} has duplicate member names ('bindata/data.bin')"

@@ -447,6 +447,12 @@ def _checked_zip(fp: Any, where: str) -> tuple[zipfile.ZipFile, dict[str, zipfil
         if info.file_size > MAX_MEMBER_SIZE:
             raise FormatError(f"{what} claims {info.file_size} bytes, more than the {MAX_MEMBER_SIZE} allowed")
     _check_layout(fp, zf, infos, where)
+    seen: set[str] = set()
+    for info in infos:  # readers differ in which of two same-named members they take: refused, as in NPZ
+        name = info.filename.replace("\\", "/")
+        if name in seen:
+            raise FormatError(f"{where} has duplicate member names ({info.filename!r})")
+        seen.add(name)
     members = _members(zf)
     main = _main_name(members)
     if main is None:
