@@ -64,6 +64,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import math
 import os
 import re
 import stat
@@ -388,7 +389,7 @@ def load_from_gwy(file_path: PathLike, *, progress: Progress | None = None) -> d
                 raise FormatError(f"{where}: its tmd_nb entry {name!r} is not valid base64") from None
         # Version 1 records fingerprinted the data with NaN under the mask (0 was written there).
         legacy = seen if mask is None else np.where(mask, np.nan, seen)
-        rec = embedded.unpack(members, seen, where, fields=fields, extra=shown, legacy=legacy)
+        rec = embedded.unpack(members, seen, where, fields=fields, extra=shown, legacy=legacy, standard=_height_factor)
         if rec.current:
             return {"height_map": rec.height_map, **rec.metadata}
         warn(
@@ -469,6 +470,14 @@ def _units(meta: Mapping[str, Any]) -> tuple[tuple[str, float], tuple[str, float
         f"use a length ({', '.join(repr(u) for u in units.LENGTHS)}) or one of "
         f"{', '.join(repr(u) for u in OTHER_UNITS)}"
     )
+
+
+def _height_factor(meta: Mapping[str, Any]) -> float:
+    """Metres per height unit as :func:`export_to_gwy` writes ``meta``'s heights (NaN if it would refuse)."""
+    try:
+        return _units(meta)[1][1]
+    except (TypeError, ValueError):
+        return math.nan
 
 
 def _filled(standard: np.ndarray, finite: np.ndarray) -> np.ndarray:

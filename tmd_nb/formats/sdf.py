@@ -432,6 +432,11 @@ def _tagged(text: str) -> dict[str, str] | None:
     return fields
 
 
+def _numbers_as_stored(meta: Mapping[str, Any]) -> float:
+    """The factor of tmd_nb's record: the data area holds the heights in their own unit."""
+    return 1.0
+
+
 def _record_members(trailer: str, where: str) -> dict[str, bytes] | None:
     """tmd_nb's record from the trailer, as :func:`embedded.unpack` takes it; None if there is none."""
     members: dict[str, bytes] = {}
@@ -562,7 +567,7 @@ def load_from_sdf(file_path: PathLike, *, progress: Progress | None = None) -> d
     if members is None:
         return {"height_map": heights, **standard, **_header_keys(file, trailer, where)}
     seen = _raw_seen(file, body)
-    rec = embedded.unpack(members, seen, where)
+    rec = embedded.unpack(members, seen, where, standard=_numbers_as_stored)
     if rec.current and units.metres_per(units.physical(rec.metadata).height_unit) == z_scale:
         return {"height_map": rec.height_map, **rec.metadata}
     warn(

@@ -132,11 +132,12 @@ _OLD_ROOT = re.compile(rb"(</?)((?:[A-Za-z_][\w.-]*:)?)ISO5436(?=[\s>/])")
 
 
 def _members(zf: zipfile.ZipFile) -> dict[str, zipfile.ZipInfo]:
-    """Non-junk file members, by name with ``/`` separators."""
+    """Non-junk file members, by name with ``/`` separators. Not ``ZipInfo.is_dir``: it indexes the
+    name, and zipfile cuts a name at its first NUL, so a hostile entry's name can be empty."""
     out = {}
     for info in zf.infolist():
         name = info.filename.replace("\\", "/")
-        if not info.is_dir() and not name.endswith("/") and not _JUNK.search(name):
+        if name and not name.endswith("/") and not _JUNK.search(name):
             out[name] = info
     return out
 
@@ -446,6 +447,12 @@ def _checked_zip(fp: Any, where: str) -> tuple[zipfile.ZipFile, dict[str, zipfil
         if info.file_size > MAX_MEMBER_SIZE:
             raise FormatError(f"{what} claims {info.file_size} bytes, more than the {MAX_MEMBER_SIZE} allowed")
     _check_layout(fp, zf, infos, where)
+    seen: set[str] = set()
+    for info in infos:  # readers differ in which of two same-named members they take: refused, as in NPZ
+        name = info.filename.replace("\\", "/")
+        if name in seen:
+            raise FormatError(f"{where} has duplicate member names ({info.filename!r})")
+        seen.add(name)
     members = _members(zf)
     main = _main_name(members)
     if main is None:

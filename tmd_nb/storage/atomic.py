@@ -4,7 +4,7 @@ Every writer in tmd_nb saves through :func:`atomic_write`: the bytes go to a hid
 file beside the target, are flushed to disk with ``fsync`` and only then renamed over the
 target, so that at any instant the path holds either the complete old file or the complete new
 one. On an exception the temporary file is removed and the target is untouched; if the process
-is killed, the hidden temporary file is the only trace.
+is killed, the hidden temporary file is the only trace, and the next save of that file removes it.
 
 Temporary names
     ``.<name>.<host>-<pid>-<random>.tmp``: ``<host>`` is 8 hex digits of a hash of the host name,
@@ -201,4 +201,7 @@ def atomic_write(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    for stale in stale_temporaries(target):  # what killed saves of this file left (their writers are gone)
+        with contextlib.suppress(OSError):
+            os.unlink(stale)
     _fsync_directory(directory)

@@ -331,13 +331,18 @@ def unpack(
     extra: tuple[np.ndarray, ...] = (),
     legacy: np.ndarray | None = None,
     stored: np.ndarray | None = None,
+    standard: Callable[[Mapping[str, Any]], float] | None = None,
 ) -> Record:
     """Read the record ``members`` (as :func:`pack` made them) of a file whose standard heights are ``seen``.
 
     ``fields`` and ``extra`` are what :func:`pack` was given, as the file's reader sees them now;
     ``legacy`` the heights as a version 1 record fingerprinted them, when that differs from
     ``seen``; ``stored`` the numbers the file stores for the heights, if the format gives them
-    (a version 3 record with ``height.stored`` is read from them). ``seen`` may be a function
+    (a version 3 record with ``height.stored`` is read from them). ``standard``, for a format whose
+    ``seen`` are the map's standard heights (where they are finite), gives the factor of the
+    metadata's height unit: a map restored is then checked to give ``seen`` back, in that unit,
+    since the fingerprint covers the file's data but not the record's description of it (an edited
+    factor or dtype, or a dropped exact map, would change every height). ``seen`` may be a function
     making the heights, called only when they are needed. Raises :class:`FormatError` naming
     ``where`` for a malformed or damaged record.
     """
@@ -379,7 +384,7 @@ def unpack(
             or (missing is not None and missing != MISSING)
         ):
             raise ValueError("malformed fields")
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:  # 1e400 as an int: OverflowError
         raise FormatError(f"{where}: its tmd_nb record is malformed: {exc}") from None
     check_height_map_header(dtype, (1, 1), f"{where} tmd_nb record")
     if obj["tmd_nb"] >= 2:
@@ -441,7 +446,53 @@ def unpack(
     restored = from_stored(seen, dtype) if by_stored else restore(seen, dtype, factor)
     if patch is not None:
         _apply(restored, patch, where)
+    if by_stored and not _stores(restored, seen):
+        raise FormatError(
+            f"{where}: its tmd_nb record does not describe the file's heights "
+            f"(as {dtype.str} they are other numbers than the file stores)"
+        )
+    if standard is not None and not _stands_for(restored, factor, seen, standard(meta)):
+        # The fingerprint covers the file's data, not the record's own description of it: an edited
+        # factor or dtype, or a dropped exact map, would otherwise change every height silently.
+        raise FormatError(
+            f"{where}: its tmd_nb record does not describe the file's heights "
+            f"(as {dtype.str} in units of {factor!r} m they are other numbers)"
+        )
     return Record(restored, meta, current=True)
+
+
+def _stores(restored: np.ndarray, stored: np.ndarray, block: int = 1 << 20) -> bool:
+    """Whether ``restored`` (its real part) cast to the stored numbers' type gives them back, as
+    the writer made them: a record naming another dtype (a float map read as bool) is refused.
+    Compared a block at a time, so that no copy of the map is made."""
+    if restored is stored:
+        return True
+    if restored.shape != stored.shape:
+        return False
+    flat, numbers = restored.reshape(-1), stored.reshape(-1)
+    for start in range(0, flat.size, block):
+        part = flat[start : start + block]
+        part = part.real if part.dtype.kind == "c" else part
+        with np.errstate(invalid="ignore", over="ignore"):
+            cast = part.astype(numbers.dtype)
+        if not np.array_equal(cast, numbers[start : start + block], equal_nan=numbers.dtype.kind == "f"):
+            return False
+    return True
+
+
+def _stands_for(restored: np.ndarray, factor: float, seen: np.ndarray, expected: float) -> bool:
+    """Whether ``restored`` in units of ``factor`` (the factor of its metadata's unit, ``expected``)
+    gives back the standard heights ``seen`` where they are finite, as the writer made them."""
+    if factor != expected:
+        return False
+    try:
+        standard = standard_heights(restored, factor)
+    except ValueError:
+        return False
+    if standard.shape != seen.shape:
+        return False
+    finite = np.isfinite(seen)  # a missing point's height is the record's to give (a patch, the exact map)
+    return bool(np.array_equal(standard[finite], seen[finite]))
 
 
 def _apply(restored: np.ndarray, patch: tuple[np.ndarray | None, np.ndarray | None], where: str) -> None:
@@ -455,6 +506,7 @@ def _apply(restored: np.ndarray, patch: tuple[np.ndarray | None, np.ndarray | No
         or values.shape != at.shape
         or values.dtype != restored.dtype
         or (at.size and int(at.max()) >= restored.size)
+        or (at.size > 1 and not bool(np.all(at[1:] > at[:-1])))  # as written: each point once, in order
         or not restored.flags.c_contiguous
     ):
         raise FormatError(f"{where}: its tmd_nb patch does not fit the height map {restored.shape} {restored.dtype}")
