@@ -16,10 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import require
+from hypothesis import given
+from hypothesis import strategies as st
 from test_instruments_fuzz import NAMES, SAMPLES, Child, check, fresh
 
 import tmd_nb
-from tmd_nb.formats import registry
+from tmd_nb.formats import instruments, registry
 
 #: The dimensions of each sample, as its header states them (columns and rows; the profile's points).
 DIMENSIONS = {
@@ -143,3 +145,31 @@ def test_a_zip_member_without_a_name_is_recognised_without_raising(tmp_path: Pat
         z.writestr(zipfile.ZipInfo(""), b"x")
     with pytest.raises(tmd_nb.FormatError, match=r"^'.*unnamed\.npz'"):
         tmd_nb.load(path)
+
+
+@pytest.mark.slow
+def test_a_text_line_of_millions_of_numbers_stays_within_the_bound(tmp_path: Path) -> None:
+    # 18 MB on one line: SurfaceTopography's x-y-z reader, tried first, kept an array per column
+    # and went past 256 MB + 50 x the file (a MemoryError under the cap, 1.3 GB without it).
+    path = tmp_path / "wide.asc"
+    path.write_text(" ".join(["1e999"] * 3_000_000) + "\n")
+    result = fresh(path)
+    assert result["outcome"] == "FormatError", result
+
+
+@given(
+    lengths=st.lists(st.integers(0, 2 * instruments.MAX_TABLE_LINE), min_size=1, max_size=24),
+    ending=st.sampled_from(["\n", "\r\n", "\r"]),
+)
+def test_the_longest_line_is_measured_across_reads(
+    tmp_path_factory: pytest.TempPathFactory, lengths: list[int], ending: str
+) -> None:
+    path = tmp_path_factory.getbasetemp() / "lines.xyz"
+    path.write_bytes(ending.join("1" * n for n in lengths).encode())
+    assert instruments._lines_fit(path) == (max(lengths) <= instruments.MAX_TABLE_LINE)
+
+
+def test_an_xyz_table_still_loads(tmp_path: Path) -> None:
+    path = tmp_path / "grid.xyz"
+    path.write_text("".join(f"{x} {y} {x + 10 * y}\r\n" for y in range(3) for x in range(4)))
+    np.testing.assert_array_equal(tmd_nb.load(path)["height_map"], np.arange(4) + 10 * np.arange(3)[:, None])
