@@ -9,6 +9,8 @@ Each file is loaded in the capped child of ``test_instruments_fuzz`` (memory aft
 from __future__ import annotations
 
 import struct
+import subprocess
+import sys
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -173,3 +175,23 @@ def test_an_xyz_table_still_loads(tmp_path: Path) -> None:
     path = tmp_path / "grid.xyz"
     path.write_text("".join(f"{x} {y} {x + 10 * y}\r\n" for y in range(3) for x in range(4)))
     np.testing.assert_array_equal(tmd_nb.load(path)["height_map"], np.arange(4) + 10 * np.arange(3)[:, None])
+
+
+def test_a_damaged_tiff_is_one_line_and_nothing_on_standard_error(tmp_path: Path) -> None:
+    # StripOffsets pointed at 0: tifffile logged three lines on standard error for each of the
+    # several times the file was opened, besides the result.
+    data = bytearray((SAMPLES / "example_ps.tiff").read_bytes())
+    (ifd,) = struct.unpack_from("<I", data, 4)
+    (count,) = struct.unpack_from("<H", data, ifd)
+    strips = next(ifd + 2 + 12 * i for i in range(count) if struct.unpack_from("<H", data, ifd + 2 + 12 * i)[0] == 273)
+    struct.pack_into("<I", data, strips + 8, 0)  # where the StripOffsets are: at 0
+    path = tmp_path / "damaged.tiff"
+    path.write_bytes(bytes(data))
+    code = (
+        "import tmd_nb, warnings\n"
+        "warnings.simplefilter('ignore')\n"
+        f"print(tmd_nb.load({str(path)!r})['height_map'].shape)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (result.stdout, result.stderr) == ("(512, 512)\n", "")

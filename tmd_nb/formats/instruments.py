@@ -40,12 +40,13 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import logging
 import math
 import os
 import struct
 import threading
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from io import BufferedReader, FileIO
 from typing import Any
@@ -207,6 +208,37 @@ def _lines_fit(path: PathLike) -> bool:
 _FITS = {"ibw": lambda path, head, size: _ibw_fits(head, size), "xyz": lambda path, head, size: _lines_fit(path)}
 
 
+#: Libraries below SurfaceTopography that log what they find wrong in a file (tifffile: three
+#: lines on standard error for each damaged TIFF it is given): the FormatError says it once.
+_CHATTY_LOGGERS = ("tifffile",)
+_quiet_lock = threading.Lock()
+_quiet_depth = 0
+_quiet_saved: list[bool] = []  # the loggers' own state, put back when the last reader is done
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Warnings ignored and :data:`_CHATTY_LOGGERS` silenced while SurfaceTopography reads."""
+    global _quiet_depth
+    loggers = [logging.getLogger(name) for name in _CHATTY_LOGGERS]
+    with _quiet_lock:
+        if _quiet_depth == 0:
+            _quiet_saved[:] = [logger.disabled for logger in loggers]
+            for logger in loggers:
+                logger.disabled = True
+        _quiet_depth += 1
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        with _quiet_lock:
+            _quiet_depth -= 1
+            if _quiet_depth == 0:
+                for logger, disabled in zip(loggers, _quiet_saved, strict=True):
+                    logger.disabled = disabled
+
+
 def _library() -> Any:
     """SurfaceTopography.IO, imported on first use (seconds), or None when it is not installed."""
     try:
@@ -269,8 +301,7 @@ def _detect(io: Any, path: PathLike, head: bytes) -> str | None:
             continue
         source = _source(path, reader.format())
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
+            with _quiet():
                 _close(reader(source))
         except MemoryError:
             raise
@@ -343,8 +374,7 @@ def _open(path: PathLike) -> tuple[Any, str, Any]:
         raise FormatError(f"{where} is of no format SurfaceTopography reads")
     source = _source(path, name)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with _quiet():
             return io.open_topography(source, format=name), name, source
     except MemoryError:
         _close(None, source)
@@ -526,8 +556,7 @@ def load_from_instrument(
         chosen = described[index]
         _check_size(file_path, name, chosen["shape"])
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
+            with _quiet():
                 topography = reader.topography(channel_index=index)
                 heights = topography.heights()
                 sizes = tuple(float(s) for s in topography.physical_sizes)
