@@ -40,12 +40,13 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import logging
 import math
 import os
 import struct
 import threading
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from io import BufferedReader, FileIO
 from typing import Any
@@ -180,8 +181,62 @@ def _ibw_fits(head: bytes, size: int) -> bool:
     return all(0 <= f <= size for f in fields) and sum(fields) <= size and 0 <= npnts <= size
 
 
+#: The longest line SurfaceTopography's x-y-z table reader is given. It keeps one array per column
+#: of a line, so one line of millions of numbers took over 70 x its size (1.3 GB for 18 MB); a
+#: table of x, y, z (and a few more columns) has lines far shorter than this.
+MAX_TABLE_LINE = 1 << 16
+
+
+def _lines_fit(path: PathLike) -> bool:
+    """Whether no line of the file at ``path`` is longer than :data:`MAX_TABLE_LINE` bytes."""
+    run = 0
+    with open(path, "rb") as fp:
+        while chunk := fp.read(1 << 20):
+            lines = chunk.replace(b"\r", b"\n").split(b"\n")  # read as text: any line ending
+            if len(lines) == 1:
+                run += len(chunk)
+            else:
+                if run + len(lines[0]) > MAX_TABLE_LINE or max(map(len, lines[1:-1]), default=0) > MAX_TABLE_LINE:
+                    return False
+                run = len(lines[-1])
+            if run > MAX_TABLE_LINE:
+                return False
+    return True
+
+
 #: Checks of a header's sizes against the file's, made before the format's reader is tried.
-_FITS = {"ibw": _ibw_fits}
+_FITS = {"ibw": lambda path, head, size: _ibw_fits(head, size), "xyz": lambda path, head, size: _lines_fit(path)}
+
+
+#: Libraries below SurfaceTopography that log what they find wrong in a file (tifffile: three
+#: lines on standard error for each damaged TIFF it is given): the FormatError says it once.
+_CHATTY_LOGGERS = ("tifffile",)
+_quiet_lock = threading.Lock()
+_quiet_depth = 0
+_quiet_saved: list[bool] = []  # the loggers' own state, put back when the last reader is done
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Warnings ignored and :data:`_CHATTY_LOGGERS` silenced while SurfaceTopography reads."""
+    global _quiet_depth
+    loggers = [logging.getLogger(name) for name in _CHATTY_LOGGERS]
+    with _quiet_lock:
+        if _quiet_depth == 0:
+            _quiet_saved[:] = [logger.disabled for logger in loggers]
+            for logger in loggers:
+                logger.disabled = True
+        _quiet_depth += 1
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        with _quiet_lock:
+            _quiet_depth -= 1
+            if _quiet_depth == 0:
+                for logger, disabled in zip(loggers, _quiet_saved, strict=True):
+                    logger.disabled = disabled
 
 
 def _library() -> Any:
@@ -242,12 +297,11 @@ def _detect(io: Any, path: PathLike, head: bytes) -> str | None:
         if reader.format() in BY_EXTENSION_ONLY and ext not in _BY_NAME[reader.format()].extensions:
             continue
         fits = _FITS.get(reader.format())
-        if fits is not None and not fits(head, size):
+        if fits is not None and not fits(path, head, size):
             continue
         source = _source(path, reader.format())
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
+            with _quiet():
                 _close(reader(source))
         except MemoryError:
             raise
@@ -320,8 +374,7 @@ def _open(path: PathLike) -> tuple[Any, str, Any]:
         raise FormatError(f"{where} is of no format SurfaceTopography reads")
     source = _source(path, name)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with _quiet():
             return io.open_topography(source, format=name), name, source
     except MemoryError:
         _close(None, source)
@@ -503,8 +556,7 @@ def load_from_instrument(
         chosen = described[index]
         _check_size(file_path, name, chosen["shape"])
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
+            with _quiet():
                 topography = reader.topography(channel_index=index)
                 heights = topography.heights()
                 sizes = tuple(float(s) for s in topography.physical_sizes)

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 from collections.abc import Mapping
 from typing import Any
 
@@ -281,12 +282,29 @@ def _decode_metadata(
     return meta
 
 
+def looks_like_npz(head: bytes, path: PathLike) -> bool:
+    """Whether ``head`` starts a zip archive that is not an XML document's container.
+
+    numpy names every member of an NPZ ``*.npy``; a zip whose first member is ``*.xml`` is an
+    instrument's (Sensofar PLUX's ``index.xml``, a spreadsheet's ``[Content_Types].xml``) and is
+    left to the formats after this one, instead of being refused as an NPZ without arrays.
+    """
+    if head.startswith(b"PK\x05\x06"):
+        return True  # an empty archive
+    if not head.startswith(ZIP_MAGIC):
+        return False
+    if len(head) < 30:
+        return True
+    (length,) = struct.unpack_from("<H", head, 26)
+    return not head[30 : 30 + length].lower().endswith(b".xml")
+
+
 FORMAT = Format(
     name="npz",
     title="NPZ",
     extensions=(".npz",),
     summary="height map + typed metadata (numpy zip archive)",
-    recognise=lambda head, path: head.startswith((ZIP_MAGIC, b"PK\x05\x06")),
+    recognise=looks_like_npz,
     load=load_from_npz,
     save=export_to_npz,
     check=encode_npz_members,

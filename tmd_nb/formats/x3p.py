@@ -137,6 +137,7 @@ def _members(zf: zipfile.ZipFile) -> dict[str, zipfile.ZipInfo]:
     out = {}
     for info in zf.infolist():
         name = info.filename.replace("\\", "/")
+        # An empty name (a damaged length field) is no member: zipfile's is_dir() raises IndexError on it.
         if name and not name.endswith("/") and not _JUNK.search(name):
             out[name] = info
     return out
