@@ -139,16 +139,32 @@ metadata_dicts = st.dictionaries(
 )
 
 
-def _known_unit(meta: dict) -> dict:
-    """``meta`` with a ``"units"`` value a writer with units refuses (no known length) made ``"um"``."""
-    value = meta.get("units")
-    if value is None or (isinstance(value, str) and value.strip() in ("m", "mm", "um", "nm")):
-        return meta
-    return {**meta, "units": "um"}
+def _real(value: object) -> bool:
+    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool | np.bool_)
 
 
-#: Metadata an X3P or Gwyddion writer takes: ``"units"``, when present, names a length.
-writable_metadata_dicts = metadata_dicts.map(_known_unit)
+def _writable(meta: dict) -> dict:
+    """``meta`` with the physical keys a writer with units checks made acceptable: a unit key that
+    names no known length becomes ``"um"``, a length that is not a positive finite number 2.0, an
+    offset that is not a finite number 0.0 (the writers refuse those, naming the key)."""
+    out = dict(meta)
+    for key in ("units", "lateral_unit", "height_unit"):
+        value = out.get(key)
+        if key in out and not (isinstance(value, str) and value.strip() in ("m", "mm", "um", "nm")):
+            out[key] = "um"
+    for key in ("x_length", "y_length"):
+        value = out.get(key)
+        if key in out and not (_real(value) and math.isfinite(float(value)) and 1e-30 < float(value) < 1e30):
+            out[key] = 2.0
+    for key in ("x_offset", "y_offset"):
+        value = out.get(key)
+        if key in out and not (_real(value) and math.isfinite(float(value)) and abs(float(value)) < 1e30):
+            out[key] = 0.0
+    return out
+
+
+#: Metadata an X3P, Gwyddion or SDF writer takes: the physical keys, when present, are ones it can write.
+writable_metadata_dicts = metadata_dicts.map(_writable)
 
 
 # --------------------------------------------------------------------------- the IPython shell
