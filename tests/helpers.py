@@ -6,10 +6,14 @@ The shell itself comes from the ``shell`` and ``ip`` fixtures in conftest.py.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
+import os
 import pathlib
 import re
 import struct
+import subprocess
+import sys
 import zoneinfo
 from typing import Any
 
@@ -188,3 +192,23 @@ def usage_error(ip: InteractiveShell, capsys: pytest.CaptureFixture[str], cell: 
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("UsageError: "), err
     return lines[0].removeprefix("UsageError: ")
+
+
+# --------------------------------------------------------------------------- memory, in a capped process
+
+HERE = pathlib.Path(__file__).resolve().parent
+MB = 1 << 20
+
+
+def memory_probe(path: pathlib.Path, returned: int = 0, timeout: int = 600) -> dict:
+    """Load ``path`` in a child capped at its baseline + 256 MB + 50 x size + ``returned``
+    (tests/memory_probe.py, which also caps its CPU time); its JSON result."""
+    out = subprocess.run(
+        [sys.executable, str(HERE / "memory_probe.py"), str(path), str(256 * MB), "50", str(returned)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])},
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])

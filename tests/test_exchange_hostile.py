@@ -7,13 +7,9 @@ as for NPY/NPZ/TMD: each crafted file is loaded in a subprocess whose address sp
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import re
 import struct
-import subprocess
-import sys
 import warnings
 import zipfile
 from pathlib import Path
@@ -22,6 +18,7 @@ from typing import Any
 import hostile_files as hostile
 import numpy as np
 import pytest
+from helpers import memory_probe
 from hostile_files import gwy_channel, gwy_component, gwy_object
 
 from tmd_nb import FormatError, export_to_gwy, export_to_x3p, load_gwy, load_x3p
@@ -32,19 +29,6 @@ from tmd_nb.storage import embedded
 
 HERE = Path(__file__).resolve().parent
 MB = 1 << 20
-
-
-def probe(path: Path, returned: int = 0) -> dict:
-    """Load ``path`` in a child capped at its baseline + 256 MB + 50 x size + ``returned``."""
-    out = subprocess.run(
-        [sys.executable, str(HERE / "memory_probe.py"), str(path), str(256 * MB), "50", str(returned)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])},
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def one_line_naming(exc: BaseException, path: Path) -> str:
@@ -87,7 +71,7 @@ def test_memory_stays_within_the_returned_arrays_plus_256_mb_plus_50_times_the_f
     tmp_path: Path, maker: str, outcome: str, message: str, returned: int
 ) -> None:
     path = hostile.MAKERS[maker](tmp_path)
-    result = probe(path, returned)
+    result = memory_probe(path, returned)
     assert result["outcome"] == outcome, result
     if outcome == "FormatError":
         assert message in result["message"] and path.name in result["message"], result

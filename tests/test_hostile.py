@@ -16,7 +16,6 @@ import pathlib
 import re
 import socket
 import stat
-import subprocess
 import sys
 import warnings
 import zoneinfo
@@ -26,7 +25,7 @@ import helpers
 import hostile_files as hostile
 import numpy as np
 import pytest
-from helpers import usage_error
+from helpers import memory_probe, usage_error
 from hostile_files import TAG, npy_bytes, npz_with_metadata, write_zip
 from hypothesis import given
 from hypothesis import strategies as st
@@ -66,16 +65,7 @@ def assert_one_short_line(exc: BaseException, name: str) -> None:
 
 
 def probe(path: Path, returned: int = 0) -> dict:
-    """Load ``path`` in a child capped at its baseline + 256 MB + 50 x size + ``returned``."""
-    out = subprocess.run(
-        [sys.executable, str(HERE / "memory_probe.py"), str(path), str(256 * MB), "50", str(returned)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])},
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return memory_probe(path, returned, timeout=300)
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ import gwyfile
 import numpy as np
 import pytest
 import sdfio
-from helpers import assert_identical, height_maps, metadata_dicts
+from helpers import assert_identical, height_maps, memory_probe, metadata_dicts
 from hypothesis import example, given
 from hypothesis import strategies as st
 
@@ -526,23 +526,6 @@ def test_load_reports_progress(tmp_path):
 MB = 1 << 20
 
 
-def probe(path: Path, returned: int = 0) -> dict:
-    """Load ``path`` in a child capped at its baseline + 256 MB + 50 x size + ``returned`` (tests/memory_probe.py)."""
-    import json
-    import os
-    import sys
-
-    out = subprocess.run(
-        [sys.executable, str(HERE / "memory_probe.py"), str(path), str(256 * MB), "50", str(returned)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])},
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "outcome", "message"),
@@ -575,7 +558,7 @@ def test_memory_stays_within_the_returned_array_plus_256_mb_plus_50_times_the_fi
         header = binary_header(4000, 4000, data_type=0, revision=b"BCR-1.0")
         path.write_bytes(header + bytes(range(256)) * (4000 * 4000 // 256))
         returned = 8 * 4000 * 4000
-    result = probe(path, returned)
+    result = memory_probe(path, returned)
     assert result["outcome"] == outcome, result
     if outcome == "FormatError":
         assert message in result["message"] and path.name in result["message"], result
