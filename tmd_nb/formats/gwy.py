@@ -69,7 +69,7 @@ import os
 import re
 import stat
 import struct
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -80,6 +80,7 @@ from ..storage import embedded, limits, units
 from ..storage._io import Progress, open_file, read_into
 from ..storage._io import Reporter as _Reporter
 from ..storage.atomic import atomic_write
+from ..storage.npyfile import write_data
 from .base import Format, PathLike
 
 __all__ = ["FORMAT", "MAGIC", "OTHER_UNITS", "check", "export_to_gwy", "load_from_gwy", "load_gwy", "scan"]
@@ -94,33 +95,41 @@ MAX_META_TEXT = 1000
 #: nested container costs gwyfile copying quadratic in its entries, which the reader bounds.
 MAX_META_KEYS = 256
 MAX_META_KEY = 256
-#: gwyfile copies the rest of an object after each component: refuse files where that adds up
-#: to more than this many times the file size (plus a constant).
-MAX_COPY_FACTOR = 64
-_COPY_ALLOWANCE = 1 << 30
 #: Height units written as they are, unscaled: base SI units of the quantities Gwyddion channels
 #: hold besides lengths (a prefixed one, "mV", would be read as volts: refused).
 OTHER_UNITS = ("", "V", "A", "N", "Pa", "Hz", "deg", "rad", "K", "s", "W", "T", "S", "C", "F")
 _SCALARS = {ord("b"): 1, ord("c"): 1, ord("i"): 4, ord("q"): 8, ord("d"): 8}
 _ARRAYS = {ord("C"): 1, ord("I"): 4, ord("Q"): 8, ord("D"): 8}
+_SCALAR_FORMATS = {ord("b"): "<B", ord("c"): "<B", ord("i"): "<i", ord("q"): "<q", ord("d"): "<d"}
+_ARRAY_TYPES = {ord("C"): "u1", ord("I"): "<i4", ord("Q"): "<i8", ord("D"): "<f8"}
 _CHANNEL = re.compile(r"0|[1-9][0-9]{0,8}", re.ASCII)
 
 
-class _Walk:
-    """State of :func:`scan`: the file's bytes and the copying gwyfile will do."""
+_NUL = re.compile(b"\\0")
 
-    def __init__(self, buf: bytes | bytearray, where: str) -> None:
-        self.buf, self.where, self.copies = buf, where, 0
+
+class _Walk:
+    """State of :func:`scan` and of building values: the file's bytes (any contiguous buffer)."""
+
+    def __init__(self, buf: Any, where: str) -> None:
+        self.buf, self.where = buf, where
 
     def fail(self, pos: int, what: str) -> FormatError:
         return FormatError(f"{self.where} is not a well-formed Gwyddion file: {what} (at byte {pos + len(MAGIC)})")
 
     def cstring(self, pos: int, end: int, what: str) -> int:
         """Position just past the NUL ending the string at ``pos``, which must come before ``end``."""
-        nul = self.buf.find(b"\0", pos, end)
-        if nul < 0:
+        found = _NUL.search(self.buf, pos, end)
+        if found is None:
             raise self.fail(pos, f"{what} runs past the end of its object")
-        return nul + 1
+        return found.end()
+
+    def text(self, pos: int, stop: int, what: str) -> str:
+        """The UTF-8 text from ``pos`` to its NUL at ``stop - 1``; FormatError naming the byte if it is not UTF-8."""
+        try:
+            return str(self.buf[pos : stop - 1], "utf-8")
+        except UnicodeDecodeError as exc:
+            raise self.fail(pos + exc.start, f"{what} is not UTF-8 text") from None
 
     def obj(self, pos: int, end: int, depth: int) -> int:
         """Check the object at ``pos`` (within ``end``); return where it ends."""
@@ -136,8 +145,6 @@ class _Walk:
             raise self.fail(pos, f"an object declares {size} bytes but only {end - body} remain")
         p = body
         while p < body_end:
-            if depth > 0:  # gwyfile slices the rest of a nested object for each component (twice for 'o')
-                self.copies += 2 * (body_end - p)
             p = self.component(p, body_end, depth)
         return body_end
 
@@ -165,29 +172,79 @@ class _Walk:
             elif code == ord("S"):
                 for _ in range(count):
                     p = self.cstring(p, end, "a string")
-            else:  # gwyfile slices the rest of the component's buffer for each object of the array
-                rest = end if depth > 0 else None
-                starts = 0
+            else:
                 for _ in range(count):
-                    starts += p
                     p = self.obj(p, end, depth + 1)
-                # at the top level the buffer handed to gwyfile ends with this component, at p
-                self.copies += count * (rest if rest is not None else p) - starts
         else:
             raise self.fail(pos, f"unknown type code {bytes([code])!r}")
         if p > end:
             raise self.fail(pos, "a component runs past the end of its object")
         return p
 
+    # Building values, from a structure scan() has checked: only UTF-8 can still be wrong.
 
-def scan(buf: bytes | bytearray, where: str) -> list[tuple[int, int]]:
+    def value(self, pos: int) -> tuple[str, Any, int]:
+        """The component at ``pos``: its name, its value and where it ends."""
+        p = self.cstring(pos, len(self.buf), "a component name")
+        name = self.text(pos, p, "a component name")
+        code = self.buf[p]
+        p += 1
+        value: Any
+        if code in _SCALARS:
+            fmt = _SCALAR_FORMATS[code]
+            (value,) = struct.unpack_from(fmt, self.buf, p)
+            value = value != 0 if code == ord("b") else value
+            return name, value, p + _SCALARS[code]
+        if code == ord("s"):
+            q = self.cstring(p, len(self.buf), "a string")
+            return name, self.text(p, q, "a string"), q
+        if code == ord("o"):
+            return (name, *self.object(p))
+        (count,) = struct.unpack_from("<I", self.buf, p)
+        p += 4
+        if code in _ARRAYS:
+            # a view of the file's bytes: a reader copies what it keeps
+            value = np.frombuffer(self.buf, dtype=_ARRAY_TYPES[code], count=count, offset=p)
+            return name, value, p + count * _ARRAYS[code]
+        items: list[Any] = []
+        for _ in range(count):
+            if code == ord("S"):
+                q = self.cstring(p, len(self.buf), "a string")
+                items.append(self.text(p, q, "a string"))
+                p = q
+            else:
+                item, p = self.object(p)
+                items.append(item)
+        return name, items, p
+
+    def object(self, pos: int) -> tuple[GwyObject, int]:
+        body = self.cstring(pos, len(self.buf), "an object's type name")
+        obj = GwyObject(self.text(pos, body, "an object's type name"))
+        (size,) = struct.unpack_from("<I", self.buf, body)
+        p, end = body + 4, body + 4 + size
+        while p < end:
+            key, value, p = self.value(p)
+            obj[key] = value
+        return obj, end
+
+
+class GwyObject(dict[str, Any]):
+    """A Gwyddion object read from a file: its type name (``name``) and its components by name."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name
+
+
+def scan(buf: Any, where: str) -> list[tuple[int, int]]:
     """Check the structure of a serialized top-level ``GwyContainer``; return its components' spans.
 
-    ``buf`` is the file without its ``GWYP`` magic. Raises :class:`FormatError` naming ``where``.
+    ``buf`` is the file without its ``GWYP`` magic (any contiguous bytes-like buffer). Raises
+    :class:`FormatError` naming ``where``.
     """
     walk = _Walk(buf, where)
     name_end = walk.cstring(0, min(len(buf), MAX_NAME), "the top object's type name")
-    if buf[: name_end - 1] != b"GwyContainer":
+    if bytes(buf[: name_end - 1]) != b"GwyContainer":
         raise FormatError(f"{where} holds a {bytes(buf[: min(name_end - 1, 40)])!r} object, not a GwyContainer")
     if name_end + 4 > len(buf):
         raise walk.fail(0, "truncated container header")
@@ -205,8 +262,6 @@ def scan(buf: bytes | bytearray, where: str) -> list[tuple[int, int]]:
         q = walk.component(p, end, 0)
         spans.append((p, q))
         p = q
-    if walk.copies > MAX_COPY_FACTOR * len(buf) + _COPY_ALLOWANCE:
-        raise FormatError(f"{where} is laid out so that reading it would copy {walk.copies} bytes; refused")
     return spans
 
 
@@ -215,43 +270,49 @@ def scan(buf: bytes | bytearray, where: str) -> list[tuple[int, int]]:
 # --------------------------------------------------------------------------------------------
 
 
-def _read_container(path: PathLike, where: str, progress: Progress | None) -> dict[str, Any]:
-    """The top-level entries of a ``.gwy`` file, each parsed by gwyfile after :func:`scan`."""
-    from gwyfile.objects import component_from_buffer
+class _Entries:
+    """The top-level entries of a ``.gwy`` file, checked by :func:`scan` and built only when asked for."""
 
-    with open_file(path, where) as fp:
-        st = os.fstat(fp.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise FormatError(f"{where} is not a regular file")
-        buf = bytearray(st.st_size)
-        read_into(fp, memoryview(buf), where, _Reporter(progress, st.st_size))
-    if not buf.startswith(MAGIC):
-        raise FormatError(
-            f"{where} is not a Gwyddion file: it does not start with {MAGIC!r} (it starts with {bytes(buf[:8])!r})"
-        )
-    del buf[: len(MAGIC)]  # in place: no second copy of a large file
-    body = buf
-    entries: dict[str, Any] = {}
-    for start, end in scan(body, where):
-        try:
-            name, value, _, _ = component_from_buffer(bytes(memoryview(body)[start:end]), return_size=True)
-        # What gwyfile raises on a value scan() cannot judge: a name or string that is not UTF-8, a
-        # 'C' array (numpy's zero-size '<S' dtype). A KeyError, IndexError, TypeError or
-        # AttributeError would be a bug, gwyfile's or tmd_nb's, and is left to surface as one.
-        except (UnicodeDecodeError, ValueError, struct.error, NotImplementedError) as exc:
+    def __init__(self, path: PathLike, where: str, progress: Progress | None) -> None:
+        with open_file(path, where) as fp:
+            st = os.fstat(fp.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise FormatError(f"{where} is not a regular file")
+            # numpy's allocation, not bytearray's: no pass to zero it, large pages for a large file
+            raw = np.empty(st.st_size, dtype=np.uint8)
+            read_into(fp, raw.data, where, _Reporter(progress, st.st_size), parallel=True)
+        if raw[: len(MAGIC)].tobytes() != MAGIC:
             raise FormatError(
-                f"{where} has a malformed entry at byte {start + len(MAGIC)}: {type(exc).__name__}: {exc}"
-            ) from None
-        entries[name] = value
-    return entries
+                f"{where} is not a Gwyddion file: it does not start with {MAGIC!r} "
+                f"(it starts with {raw[:8].tobytes()!r})"
+            )
+        body = raw[len(MAGIC) :].data
+        self.walk = _Walk(body, where)
+        self.spans: dict[str, int] = {}
+        for start, _ in scan(body, where):
+            end = self.walk.cstring(start, len(body), "a component name")
+            self.spans[self.walk.text(start, end, "a component name")] = start
+        self.built: dict[str, Any] = {}
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.spans
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.spans)
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self.built:
+            self.built[key] = self.walk.value(self.spans[key])[1]
+        return self.built[key]
+
+    def get(self, key: str) -> Any:
+        return self[key] if key in self.spans else None
 
 
-def _field(entries: Mapping[str, Any], key: str, where: str) -> tuple[np.ndarray, Any]:
-    """The checked ``(yres, xres)`` float64 array of the data field at ``key``, and the field."""
-    from gwyfile.objects import GwyDataField
-
+def _field(entries: _Entries, key: str, where: str) -> tuple[np.ndarray, Any]:
+    """The checked ``(yres, xres)`` float64 array of the data field at ``key`` (a view of the file), and the field."""
     field = entries[key]
-    if not isinstance(field, GwyDataField):
+    if not isinstance(field, GwyObject) or field.name != "GwyDataField":
         raise FormatError(f"{where}: {key} is not a GwyDataField")
     xres, yres, data = field.get("xres"), field.get("yres"), field.get("data")
     if type(xres) is not int or type(yres) is not int or xres < 1 or yres < 1:
@@ -310,7 +371,7 @@ def _fields(field: Any, where: str) -> dict[str, Any]:
     }
 
 
-def _channel(entries: Mapping[str, Any], where: str) -> int:
+def _channel(entries: _Entries, where: str) -> int:
     numbers = []
     for key in entries:
         parts = key.split("/")
@@ -353,17 +414,16 @@ def load_from_gwy(file_path: PathLike, *, progress: Progress | None = None) -> d
         The file cannot be read.
     """
     where = repr(os.fspath(file_path))
-    entries = _read_container(file_path, where, progress)
+    entries = _Entries(file_path, where, progress)
     channel = _channel(entries, where)
-    data, field = _field(entries, f"/{channel}/data", where)
-    seen = np.array(data, dtype=np.float64)
+    data, field = _field(entries, f"/{channel}/data", where)  # a view of the file's bytes
     mask_key = f"/{channel}/mask"
     shown: tuple[np.ndarray, ...] = ()
     mask = None
     if mask_key in entries:
         shown = (_field(entries, mask_key, where)[0],)
-        if shown[0].shape != seen.shape:
-            raise FormatError(f"{where}: {mask_key} has shape {shown[0].shape}, the data {seen.shape}")
+        if shown[0].shape != data.shape:
+            raise FormatError(f"{where}: {mask_key} has shape {shown[0].shape}, the data {data.shape}")
         mask = shown[0] > 0.5
     fields = _fields(field, where)
     standard = {
@@ -375,7 +435,7 @@ def load_from_gwy(file_path: PathLike, *, progress: Progress | None = None) -> d
         "height_unit": _as_gwyddion_reads(fields["si_unit_z"]),
     }
     found = {} if mask is None else {"mask": mask}
-    record = {k[len(RECORD_PREFIX) :]: v for k, v in entries.items() if k.startswith(RECORD_PREFIX)}
+    record = {k[len(RECORD_PREFIX) :]: entries[k] for k in entries if k.startswith(RECORD_PREFIX)}
     if embedded.RECORD in record:
         members: dict[str, bytes] = {}
         for name, value in record.items():
@@ -383,15 +443,17 @@ def load_from_gwy(file_path: PathLike, *, progress: Progress | None = None) -> d
                 raise FormatError(f"{where}: its tmd_nb entry {name!r} is not a string")
             try:
                 members[name] = (
-                    value.encode("utf-8") if name == embedded.RECORD else base64.b64decode(value, validate=True)
+                    # strict: only the alphabet and its padding (b64decode's validate= is a regex, 10x slower)
+                    value.encode("utf-8") if name == embedded.RECORD else binascii.a2b_base64(value, strict_mode=True)
                 )
             except (binascii.Error, ValueError):
                 raise FormatError(f"{where}: its tmd_nb entry {name!r} is not valid base64") from None
         # Version 1 records fingerprinted the data with NaN under the mask (0 was written there).
-        legacy = seen if mask is None else np.where(mask, np.nan, seen)
-        rec = embedded.unpack(members, seen, where, fields=fields, extra=shown, legacy=legacy, standard=_height_factor)
+        legacy = None if mask is None else lambda: np.where(mask, np.nan, data)
+        rec = embedded.unpack(members, data, where, fields=fields, extra=shown, legacy=legacy, standard=_height_factor)
         if rec.current:
             return {"height_map": rec.height_map, **rec.metadata}
+        seen = np.array(data, dtype=np.float64)
         warn(
             f"{where}: its data changed after tmd_nb wrote it, or its mask, lengths, offsets or units did "
             "(edited by other software?); loaded the file's data and lengths, with the other tmd_nb metadata",
@@ -411,7 +473,7 @@ def load_from_gwy(file_path: PathLike, *, progress: Progress | None = None) -> d
             selection = mask & ~gone if recorded is None else (mask & ~gone) | (recorded & gone)
             found = {"mask": selection} if selection.any() or recorded is not None else {}
         return {"height_map": seen, **kept, **standard, **found}
-    out: dict[str, Any] = {"height_map": seen, **standard, **found}
+    out: dict[str, Any] = {"height_map": np.array(data, dtype=np.float64), **standard, **found}
     title = entries.get(f"/{channel}/data/title")
     if isinstance(title, str):
         out["title"] = title
@@ -546,12 +608,18 @@ def _build(data: Any) -> Any:
     limits.check_record(meta, "a Gwyddion file")
     rows, cols = embedded.grid(array).shape
     x_length, y_length = phys.x_length or float(cols), phys.y_length or float(rows)
-    standard = embedded.standard_heights(embedded.grid(array), height)
-    finite = np.isfinite(standard)
-    seen = np.where(finite, standard, np.nan)
-    values = _filled(standard, finite)
     user_mask = _user_mask(meta, array.shape) if array.size else None  # an empty map's grid is one missing point
-    mask = ~finite if user_mask is None else user_mask | ~finite
+    # Every height finite (the usual map): one blockwise pass gives what the file and record need.
+    surveyed = embedded.survey(array, height)
+    if surveyed is not None:
+        seen = values = surveyed.heights
+        mask = user_mask
+    else:
+        standard = embedded.standard_heights(embedded.grid(array), height)
+        finite = np.isfinite(standard)
+        seen = np.where(finite, standard, np.nan)
+        values = _filled(standard, finite)
+        mask = ~finite if user_mask is None else user_mask | ~finite
 
     unit = phys.lateral_unit
     xreal, yreal = units.in_si("x_length", x_length, unit, lateral), units.in_si("y_length", y_length, unit, lateral)
@@ -577,11 +645,14 @@ def _build(data: Any) -> Any:
         "/0/data/title": _gwy_text(title) if isinstance(title, str) else "Height",
     }
     masks: tuple[np.ndarray, ...] = ()
-    if mask.any() or user_mask is not None:
+    if mask is not None and (user_mask is not None or mask.any()):
         masks = (mask.astype(np.float64),)
         entries["/0/mask"] = field(masks[0])
     fields = _fields(entries["/0/data"], "")
-    record = embedded.pack(array, meta, seen, height, fields=fields, extra=masks, filled=values)
+    if surveyed is not None:
+        record = embedded.pack(array, meta, seen, height, fields=fields, extra=masks, surveyed=surveyed)
+    else:
+        record = embedded.pack(array, meta, seen, height, fields=fields, extra=masks, filled=values)
     shown: dict[str, str] = {}
     for k, v in meta.items():  # display only: the record keeps every key
         name = _gwy_text(k)
@@ -635,7 +706,10 @@ def export_to_gwy(
     with atomic_write(output_path) as fp:
         fp.write(MAGIC)
         for piece in pieces:
-            fp.write(piece if isinstance(piece, bytes) else piece.data)
+            if isinstance(piece, bytes):
+                fp.write(piece)
+            else:  # a map's values, from their own buffer, written back to disk as they go
+                write_data(fp, piece, None)
     if progress is not None:
         progress(size + len(MAGIC), size + len(MAGIC))
     return os.path.abspath(output_path)

@@ -55,6 +55,8 @@ from __future__ import annotations
 
 import io
 import json
+import math
+import re
 import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -65,6 +67,7 @@ import numpy as np
 from ..errors import FormatError
 from ..heightmap import HEIGHT_MAP, check_height_map_header
 from . import metadata
+from .blockwise import combine_crcs, map_blocks
 from .libraries import crc32_of
 from .npyfile import data_size, header_bytes, parse_header, write_npy
 
@@ -76,6 +79,7 @@ __all__ = [
     "RECORD_VERSION",
     "RESERVED",
     "Record",
+    "Survey",
     "fingerprint",
     "from_stored",
     "grid",
@@ -83,6 +87,7 @@ __all__ = [
     "pack",
     "restore",
     "standard_heights",
+    "survey",
     "unpack",
 ]
 
@@ -135,11 +140,38 @@ def fingerprint(
         crc = zlib.crc32(seen.dtype.newbyteorder("<").str.encode("ascii"), crc)
     if fields is None and not extra:
         return f"{crc:08x}"
+    return _fingerprint_of(crc, seen.shape, fields, extra)
+
+
+def _fingerprint_of(
+    crc: int, shape: tuple[int, ...], fields: Mapping[str, Any] | None, extra: tuple[np.ndarray, ...]
+) -> str:
+    """:func:`fingerprint` (version 2 and later) from ``crc``, the CRC-32 of the heights' part."""
     for array in extra:
         crc = _crc_values(array, zlib.crc32(repr(array.shape).encode("ascii"), crc))
     text = json.dumps(dict(fields or {}), sort_keys=True, ensure_ascii=True, allow_nan=True)
-    crc = zlib.crc32(f"{seen.shape!r}{text}".encode("ascii"), crc)
+    crc = zlib.crc32(f"{shape!r}{text}".encode("ascii"), crc)
     return f"{crc:08x}"
+
+
+_SEAL = re.compile(rb', "seal": "([0-9a-f]{8})"\}\Z')
+
+
+def _sealed(text: str) -> str:
+    """The record's JSON ``text`` (an object) with its seal added as its last key: the CRC-32 of
+    ``text``. It ties the record's description of the heights (dtype, factor, patch, exact map)
+    and its metadata to the fingerprint of the file's data, so that an edit of the record alone is
+    found without converting every height back to compare (:func:`_stands_for`)."""
+    return f'{text[:-1]}, "seal": "{zlib.crc32(text.encode("ascii")):08x}"}}'
+
+
+def _seal_holds(raw: bytes) -> bool:
+    """Whether the record's bytes end with a seal that is the CRC-32 of the record without it."""
+    found = _SEAL.search(raw, max(0, len(raw) - 32))
+    if found is None:
+        return False
+    text = raw[: found.start()] + b"}"
+    return f"{zlib.crc32(text):08x}".encode("ascii") == found.group(1)
 
 
 def _checksum(raw: bytes) -> str:
@@ -234,6 +266,59 @@ def _differing(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.flatnonzero((bytes_a != bytes_b).any(axis=1))
 
 
+@dataclass
+class Survey:
+    """What a save needs of a map's standard heights, found in one blockwise pass (:func:`survey`)."""
+
+    #: The standard heights: the map times the factor, as float64, every one finite.
+    heights: np.ndarray
+    #: CRC-32 of ``heights``' bytes (as :func:`fingerprint` finds it: there is no NaN to make alike).
+    crc: int
+    #: Flat C-order indices of the points that ``restore`` does not give back bit for bit.
+    differing: np.ndarray
+
+
+def _native_float(dtype: np.dtype) -> bool:
+    return dtype.kind == "f" and dtype.isnative and dtype.itemsize in (2, 4, 8)
+
+
+def survey(height_map: np.ndarray, factor: float) -> Survey | None:
+    """The standard heights of a native float map and what :func:`pack` needs of them, in one pass.
+
+    Each block is converted, checked, fingerprinted and converted back while in cache, the blocks
+    shared among threads (:mod:`.blockwise`): several times faster than :func:`standard_heights`
+    then :func:`pack` on a large map. ``None`` when the map is of another type or has a height
+    that is not finite (missing, or beyond float64 in SI units): the caller takes the general way.
+    """
+    if not _native_float(height_map.dtype) or height_map.size == 0 or not math.isfinite(factor) or factor == 0:
+        return None
+    flat = np.ascontiguousarray(height_map).reshape(-1)
+    heights = np.empty(height_map.shape, dtype=np.float64)
+    out = heights.reshape(-1)
+    unsigned = f"u{flat.dtype.itemsize}"
+
+    def job(start: int, stop: int) -> tuple[int, int, np.ndarray] | None:
+        block, standard = flat[start:stop], out[start:stop]
+        with np.errstate(over="ignore", invalid="ignore"):
+            np.multiply(block, factor, out=standard, dtype=np.float64)
+            if not np.isfinite(standard).all():
+                return None
+            back = np.empty(block.shape, dtype=block.dtype)
+            if factor == 1.0:  # as restore(): a cast, no division
+                np.copyto(back, standard, casting="unsafe")
+            else:
+                np.divide(standard, factor, out=back, casting="unsafe")
+        differing = np.flatnonzero(back.view(unsigned) != block.view(unsigned))
+        return crc32_of(standard.data), standard.nbytes, differing + start
+
+    parts = map_blocks(flat.size, 8, job)
+    if any(part is None for part in parts):
+        return None
+    done = [part for part in parts if part is not None]
+    crc = combine_crcs([(c, n) for c, n, _ in done])
+    return Survey(heights, crc, np.concatenate([d for _, _, d in done]))
+
+
 def pack(
     height_map: np.ndarray,
     meta: Mapping[str, Any],
@@ -244,6 +329,7 @@ def pack(
     extra: tuple[np.ndarray, ...] = (),
     filled: np.ndarray | None = None,
     stored: bool = False,
+    surveyed: Survey | None = None,
 ) -> dict[str, bytes]:
     """The record of ``height_map`` and ``meta``, whose standard heights are ``seen`` (NaN where missing).
 
@@ -252,7 +338,9 @@ def pack(
 
     ``fields`` and ``extra`` are the other standard fields and arrays a reader sees (see
     :func:`fingerprint`); ``filled`` is what the file holds instead of ``seen`` when the format
-    fills missing points with values (they are recorded under :data:`MISSING`).
+    fills missing points with values (they are recorded under :data:`MISSING`). ``surveyed``,
+    :func:`survey`'s findings for ``height_map`` (``seen`` is then its heights), spares the
+    passes over the map that they answer.
 
     Returns ``{"record.json": JSON bytes, "<array name>": NPY bytes, ...}``. Raises ``TypeError``
     naming the key of a metadata value that cannot be stored, before anything is written.
@@ -260,15 +348,21 @@ def pack(
     encoded, arrays = metadata.encode(meta, reserved=set(RESERVED))
     for name, value in arrays.items():
         header_bytes(value, f"metadata array {name!r}")
-    candidate = from_stored(seen, height_map.dtype) if stored else restore(seen, height_map.dtype, factor)
-    exact = not _same_bits(height_map, candidate)
+    at: np.ndarray | None = None
+    if surveyed is not None and not stored:
+        exact = surveyed.differing.size > 0
+        at = surveyed.differing
+    else:
+        candidate = from_stored(seen, height_map.dtype) if stored else restore(seen, height_map.dtype, factor)
+        exact = not _same_bits(height_map, candidate)
+        if exact and candidate.shape == height_map.shape and height_map.size:
+            at = _differing(height_map, candidate)
+        del candidate
     patch: tuple[np.ndarray, np.ndarray] | None = None
-    if exact and candidate.shape == height_map.shape and height_map.size:
-        at = _differing(height_map, candidate)
+    if exact and at is not None:
         index = at.astype(np.uint32) if height_map.size <= 1 << 32 else at
         if len(at) * (index.dtype.itemsize + height_map.dtype.itemsize) <= height_map.nbytes // 4:
             patch, exact = (index, np.ascontiguousarray(height_map).reshape(-1)[at]), False
-    del candidate
     missing = None
     if filled is not None:
         gaps = np.isnan(seen) & ~np.isnan(filled)
@@ -298,12 +392,16 @@ def pack(
         # a version 2 reader reads what needs no more; it would ignore a patch or stored numbers
         "tmd_nb": RECORD_VERSION if stored or patch is not None else 2,
         "height": described,
-        "fingerprint": fingerprint(shown, fields or {}, extra, stored=stored),
+        "fingerprint": (
+            _fingerprint_of(surveyed.crc, seen.shape, fields, extra)
+            if surveyed is not None and not stored and filled is None
+            else fingerprint(shown, fields or {}, extra, stored=stored)
+        ),
         "checksums": {name: _checksum(raw) for name, raw in members.items()},
         "metadata": encoded,
     }
     # ASCII: a lone surrogate in a key or string survives as a JSON escape.
-    text = json.dumps(record, ensure_ascii=True, allow_nan=False)
+    text = _sealed(json.dumps(record, ensure_ascii=True, allow_nan=False))
     metadata.check_json_text(text, "the metadata")  # what unpack would refuse is refused here
     return {RECORD: text.encode("ascii"), **members}
 
@@ -329,7 +427,7 @@ def unpack(
     *,
     fields: Mapping[str, Any] | None = None,
     extra: tuple[np.ndarray, ...] = (),
-    legacy: np.ndarray | None = None,
+    legacy: np.ndarray | Callable[[], np.ndarray] | None = None,
     stored: np.ndarray | None = None,
     standard: Callable[[Mapping[str, Any]], float] | None = None,
 ) -> Record:
@@ -343,7 +441,7 @@ def unpack(
     metadata's height unit: a map restored is then checked to give ``seen`` back, in that unit,
     since the fingerprint covers the file's data but not the record's description of it (an edited
     factor or dtype, or a dropped exact map, would change every height). ``seen`` may be a function
-    making the heights, called only when they are needed. Raises :class:`FormatError` naming
+    making the heights, called only when they are needed, and so may ``legacy``. Raises :class:`FormatError` naming
     ``where`` for a malformed or damaged record.
     """
     text = members[RECORD]
@@ -413,6 +511,7 @@ def unpack(
             f"{where}: its tmd_nb record's metadata has a 'height_map' key, which would replace the height map"
         )
     base: np.ndarray
+    quick: np.ndarray | None = None  # the map restored by _restore_quickly, when it applies
     if by_stored:
         if stored is None:
             raise FormatError(f"{where}: its tmd_nb record is read from stored numbers this file does not give")
@@ -421,10 +520,16 @@ def unpack(
     else:
         base = seen() if callable(seen) else seen
         if obj["tmd_nb"] < 2:
-            base = base if legacy is None else legacy
+            base = base if legacy is None else legacy() if callable(legacy) else legacy
             current = stamp == fingerprint(base)
         else:
-            current = stamp == fingerprint(base, fields or {}, extra)
+            found = None
+            if exact is None:
+                found = _restore_quickly(base, dtype, factor, gaps if missing is not None else None, patch, where)
+            if found is not None and stamp == _fingerprint_of(found[1], base.shape, fields, extra):
+                current, quick = True, found[0]
+            else:  # NaNs in the data (the fingerprint makes them alike), or the data changed
+                current = stamp == fingerprint(base, fields or {}, extra)
     if not current:
         usable = gaps is not None and gaps.dtype == np.bool_ and gaps.shape == base.shape
         return Record(None, meta, current=False, missing=gaps if usable else None)
@@ -434,7 +539,8 @@ def unpack(
             raise FormatError(f"{where}: its tmd_nb record refers to a missing {MISSING!r} member")
         if gaps.dtype != np.bool_ or gaps.shape != seen.shape:
             raise FormatError(f"{where}: its tmd_nb member {MISSING!r} is not a bool array of shape {seen.shape}")
-        seen = np.where(gaps, np.nan, seen)
+        if quick is None or "seal" not in obj:  # the quick way made them NaN already; _stands_for needs them
+            seen = np.where(gaps, np.nan, seen)
     if exact is not None:
         if HEIGHT_MAP not in arrays:
             raise FormatError(f"{where}: its tmd_nb record refers to a missing exact height map")
@@ -443,15 +549,24 @@ def unpack(
         if array.shape != seen.shape and not (array.size == 0 and seen.shape == (1, 1)):
             raise FormatError(f"{where}: its tmd_nb height map has shape {array.shape}, the file's data {seen.shape}")
         return Record(array, meta, current=True)
-    restored = from_stored(seen, dtype) if by_stored else restore(seen, dtype, factor)
-    if patch is not None:
-        _apply(restored, patch, where)
+    if quick is not None:
+        restored = quick
+    else:
+        restored = from_stored(seen, dtype) if by_stored else restore(seen, dtype, factor)
+        if patch is not None:
+            _apply(restored, patch, where)
     if by_stored and not _stores(restored, seen):
         raise FormatError(
             f"{where}: its tmd_nb record does not describe the file's heights "
             f"(as {dtype.str} they are other numbers than the file stores)"
         )
-    if standard is not None and not _stands_for(restored, factor, seen, standard(meta)):
+    if "seal" in obj and not by_stored:
+        if not _seal_holds(text):
+            raise FormatError(
+                f"{where}: its tmd_nb record does not describe the file's heights "
+                "(the record changed after it was written: its seal does not match)"
+            )
+    elif standard is not None and not _stands_for(restored, factor, seen, standard(meta)):
         # The fingerprint covers the file's data, not the record's own description of it: an edited
         # factor or dtype, or a dropped exact map, would otherwise change every height silently.
         raise FormatError(
@@ -495,8 +610,10 @@ def _stands_for(restored: np.ndarray, factor: float, seen: np.ndarray, expected:
     return bool(np.array_equal(standard[finite], seen[finite]))
 
 
-def _apply(restored: np.ndarray, patch: tuple[np.ndarray | None, np.ndarray | None], where: str) -> None:
-    """Put the patch's exact values into ``restored``; FormatError if the patch does not fit it."""
+def _checked_patch(
+    patch: tuple[np.ndarray | None, np.ndarray | None], shape: tuple[int, ...], dtype: np.dtype, where: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """The patch's indices and values; FormatError if they do not fit a map of ``shape`` and ``dtype``."""
     at, values = patch
     if at is None or values is None:
         raise FormatError(f"{where}: its tmd_nb record refers to a missing patch member")
@@ -504,10 +621,62 @@ def _apply(restored: np.ndarray, patch: tuple[np.ndarray | None, np.ndarray | No
         at.dtype.kind != "u"
         or at.ndim != 1
         or values.shape != at.shape
-        or values.dtype != restored.dtype
-        or (at.size and int(at.max()) >= restored.size)
+        or values.dtype != dtype
+        or (at.size and int(at.max()) >= math.prod(shape))
         or (at.size > 1 and not bool(np.all(at[1:] > at[:-1])))  # as written: each point once, in order
-        or not restored.flags.c_contiguous
     ):
+        raise FormatError(f"{where}: its tmd_nb patch does not fit the height map {shape} {dtype}")
+    return at, values
+
+
+def _apply(restored: np.ndarray, patch: tuple[np.ndarray | None, np.ndarray | None], where: str) -> None:
+    """Put the patch's exact values into ``restored``; FormatError if the patch does not fit it."""
+    at, values = _checked_patch(patch, restored.shape, restored.dtype, where)
+    if not restored.flags.c_contiguous:
         raise FormatError(f"{where}: its tmd_nb patch does not fit the height map {restored.shape} {restored.dtype}")
     restored.reshape(-1)[at] = values
+
+
+def _restore_quickly(
+    seen: np.ndarray,
+    dtype: np.dtype,
+    factor: float,
+    gaps: np.ndarray | None,
+    patch: tuple[np.ndarray | None, np.ndarray | None] | None,
+    where: str,
+) -> tuple[np.ndarray, int] | None:
+    """``restore``, the missing points and the patch in one blockwise pass, with the CRC-32 of ``seen``'s bytes.
+
+    The CRC is the fingerprint's when ``seen`` holds no NaN (a NaN's payload is made alike there).
+    ``None`` when the map is not a native float one, or ``seen`` not contiguous float64: the
+    caller takes the general way, which also names what does not fit.
+    """
+    if (
+        not _native_float(dtype)
+        or seen.dtype != np.float64
+        or not seen.dtype.isnative
+        or not seen.flags.c_contiguous
+        or seen.size == 0
+        or (gaps is not None and (gaps.dtype != np.bool_ or gaps.shape != seen.shape))
+    ):
+        return None
+    at, values = _checked_patch(patch, seen.shape, dtype, where) if patch is not None else (None, None)
+    restored = np.empty(seen.shape, dtype=dtype)
+    flat, out = seen.reshape(-1), restored.reshape(-1)
+    holes = None if gaps is None else np.ascontiguousarray(gaps).reshape(-1)
+
+    def job(start: int, stop: int) -> tuple[int, int]:
+        block, back = flat[start:stop], out[start:stop]
+        with np.errstate(over="ignore", invalid="ignore"):
+            if factor == 1.0:  # as restore(): a cast, no division
+                np.copyto(back, block, casting="unsafe")
+            else:
+                np.divide(block, factor, out=back, casting="unsafe")
+        if holes is not None:
+            np.copyto(back, np.nan, where=holes[start:stop])
+        if at is not None and values is not None:
+            first, last = np.searchsorted(at, (start, stop))
+            out[at[first:last]] = values[first:last]
+        return crc32_of(block.data), block.nbytes
+
+    return restored, combine_crcs(map_blocks(flat.size, 8, job))

@@ -1,0 +1,67 @@
+"""Several passes over a large map, fused a block at a time and shared between the cores.
+
+Checking a height map on save or load takes a handful of cheap operations over every point (a
+CRC-32, a unit conversion, a comparison); done one whole-map pass after another, each streams
+the map through memory again and the sum costs several times reading the file. Here the map is
+cut into blocks that fit in a core's cache, every operation runs on a block while it is there,
+and the blocks are shared among threads (numpy's ufuncs and the CRC release the GIL), so that
+the whole costs about one pass. Small maps run in the calling thread.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+from .libraries import crc32_combine
+
+__all__ = ["BLOCK_BYTES", "combine_crcs", "map_blocks"]
+
+T = TypeVar("T")
+
+#: Bytes of the widest array a block covers: with the arrays an operation reads and writes, a
+#: block stays within a core's cache (about 1-2 MiB of L2 on today's machines).
+BLOCK_BYTES = 1 << 20
+
+_pool: ThreadPoolExecutor | None = None
+
+
+def _forget_pool() -> None:
+    """In a forked child the pool's threads are gone: make a new pool when one is needed."""
+    global _pool
+    _pool = None
+
+
+os.register_at_fork(after_in_child=_forget_pool)
+
+
+def _threads() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def map_blocks(points: int, itemsize: int, job: Callable[[int, int], T]) -> list[T]:
+    """``[job(start, stop) for each block]`` over ``range(points)``, in order, on every core.
+
+    ``itemsize`` is the widest item size in bytes among the arrays ``job`` touches, so that a
+    block of ``BLOCK_BYTES`` holds it. ``job`` must touch only its own block of any output.
+    """
+    step = max(1, BLOCK_BYTES // max(1, itemsize))
+    starts = range(0, points, step)
+    if len(starts) < 2 or _threads() < 2:
+        return [job(s, min(s + step, points)) for s in starts]
+    global _pool
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max_workers=_threads(), thread_name_prefix="tmd_nb-blocks")
+    return list(_pool.map(lambda s: job(s, min(s + step, points)), starts))
+
+
+def combine_crcs(parts: list[tuple[int, int]], crc: int = 0) -> int:
+    """The CRC-32 of consecutive pieces from ``(crc32 of the piece, its length in bytes)``, after ``crc``."""
+    for part, length in parts:
+        crc = crc32_combine(crc, part, length)
+    return crc
