@@ -35,7 +35,17 @@ Vendor extension files, IDs ``https://pypi.org/project/tmd-nb/<name>``
 
 x3pio builds and checks ``main.xml`` (its data MD5 included); tmd_nb writes the zip itself
 (:func:`tmd_nb.storage.archive.write_zip`): members deflated in parallel at the ``level`` NPZ
-takes, ``main.xml`` first.
+takes, ``main.xml`` first, then ``md5checksum.hex``, ``bindata/data.bin`` and the vendor files
+in name order.
+
+A Dask height map is streamed into ``bindata/data.bin`` block row by block row, as NPZ streams
+it (at most two block rows in memory, besides the chunks being deflated): the MD5 that
+``main.xml`` states and the record's fingerprint are gathered from the stored bytes as they are
+written, so ``data.bin`` comes first and ``main.xml``, its checksum file and the vendor files
+follow. Each member holds the same bytes, deflated alike, as the same map in memory gives. A
+map whose stored numbers do not give it back bit for bit, so that the record needs a patch or an
+exact copy (complex maps with an imaginary part, 64-bit integers beyond 2**53, float128), is
+computed whole instead, once a block shows it: a stream cannot hold those members.
 
 What :func:`load_x3p` reads
 ---------------------------
@@ -464,8 +474,10 @@ def export_to_x3p(
     data : numpy.ndarray or mapping
         A 2-D height map, or a dict with a ``"height_map"`` array and metadata (any value
         :func:`tmd_nb.export_to_npz` stores).
-        A Dask array (height map or metadata value) is computed first: X3P files are
-        written whole; NPY and NPZ stream maps larger than memory instead.
+        A Dask height map is streamed block row by block row (a map larger than memory is
+        saved in bounded memory, as NPZ saves it), unless the record needs a patch or an exact
+        copy of it (see the module docstring): then it is computed whole. Dask metadata values
+        are computed.
     output_path : str or os.PathLike
         Where to write; the file is replaced atomically.
     level : str or int, optional
@@ -488,7 +500,9 @@ def export_to_x3p(
     ValueError
         ``lateral_unit``, ``height_unit`` or ``units`` is not a known length unit (the message
         names the key and the known units), or ``level`` is unknown; raised before anything is
-        written.
+        written. A height beyond float64 range in metres is found as the heights are read (in a
+        Dask map, as its blocks stream); whatever is raised, a file at ``output_path`` stays as
+        it was.
     """
     problem = level_problem(level)
     if problem is not None:
