@@ -248,3 +248,25 @@ def test_dask_x3p_save_keeps_peak_memory_far_below_the_map(tmp_path):
     expected = np.random.default_rng([7, 1]).standard_normal(size=(256, 4096))
     expected[::97, ::89] = np.nan
     assert np.array_equal(windows[7 * 256 : 8 * 256, 4096:], expected, equal_nan=True)
+
+
+@pytest.mark.slow
+def test_a_save_whose_blocks_compute_on_a_local_cluster_is_the_same_file(tmp_path):
+    # The blocks run in worker processes: what the record needs is gathered from the bytes written
+    # here, and a map needing a patch is found there (the exception comes back) and computed whole.
+    distributed = pytest.importorskip("distributed")
+    maps = {"float32": surface((300, 90)), "int64": surface((300, 90), np.float64).astype(np.int64)}
+    maps["int64"][150, 45] = 2**60 + 1  # a patch
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+    with cluster, distributed.Client(cluster):
+        for name, a in maps.items():
+            lazy = {"height_map": da.from_array(a, chunks=(60, 45)), "date": DATE, "units": "um"}
+            export_to_x3p(lazy, tmp_path / f"{name}-dask.x3p")
+            export_to_x3p({**lazy, "height_map": a}, tmp_path / f"{name}-memory.x3p")
+            memory, streamed = (
+                zipfile.ZipFile(tmp_path / f"{name}-memory.x3p"),
+                zipfile.ZipFile(tmp_path / f"{name}-dask.x3p"),
+            )
+            with memory as zm, streamed as zd:
+                assert {n: zm.read(n) for n in zm.namelist()} == {n: zd.read(n) for n in zd.namelist()}
+            assert_identical({**lazy, "height_map": a}, load_x3p(tmp_path / f"{name}-dask.x3p"))
