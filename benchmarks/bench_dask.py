@@ -3,7 +3,8 @@
 Three measurements, each against its in-process baseline in the same run:
 
 * export of a Dask-backed float32 map to compressed NPZ (default 4 GiB) vs the export of the same
-  array in memory: time and peak RSS, each in its own subprocess;
+  array in memory: time and peak RSS, each in its own subprocess; and the same Dask map saved as
+  X3P (streamed into ``data.bin`` as NPZ streams it): its peak RSS against the NPZ save's;
 * 256 x 256 windows read with ``open_dask`` from a compressed NPZ tmd_nb wrote (default 1 GiB):
   median time and RSS growth, in a subprocess (warm page cache);
 * converting the sample scans x 100 copies: files per second of a plain loop (``load`` +
@@ -56,10 +57,10 @@ EXPORT = textwrap.dedent(
     import numpy as np
     import tmd_nb
     exec(sys.argv[4])
-    mode, rows, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    mode, rows, path, save = sys.argv[1], int(sys.argv[2]), sys.argv[3], getattr(tmd_nb, sys.argv[5])
     cols, band_rows = rows, 512
     base = band(band_rows, cols)
-    if mode == "dask":
+    if mode.startswith("dask"):
         import dask, dask.array as da
         from dask import delayed
         parts = [
@@ -70,7 +71,7 @@ EXPORT = textwrap.dedent(
         data = np.concatenate([block(base, i) for i in range(rows // band_rows)], axis=0)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()
-    tmd_nb.export_to_npz({"height_map": data}, path)
+    save({"height_map": data}, path)
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(seconds, before // 1024, peak // 1024)
@@ -109,21 +110,29 @@ def run_child(code: str, *args: str) -> list[float]:
 
 def bench_export(tmp: Path, rows: int, repeats: int) -> str:
     gib = rows * rows * 4 / 2**30
-    results: dict[str, list[list[float]]] = {"memory": [], "dask": []}
+    results: dict[str, list[list[float]]] = {"memory": [], "dask": [], "dask-x3p": []}
+    saves = {"memory": "export_to_npz", "dask": "export_to_npz", "dask-x3p": "export_to_x3p"}
+    sizes = {}
     for _ in range(repeats):
-        for mode in ("memory", "dask"):
-            path = tmp / f"{mode}.npz"
-            results[mode].append(run_child(EXPORT, mode, str(rows), str(path), MAP))
-            size = path.stat().st_size
+        for mode in results:
+            path = tmp / f"{mode}.{saves[mode][len('export_to_') :]}"
+            results[mode].append(run_child(EXPORT, mode, str(rows), str(path), MAP, saves[mode]))
+            sizes[mode] = path.stat().st_size
             path.unlink()
+    size = sizes["dask"]
     lines = [f"export of a {rows}x{rows} float32 map ({gib:.2f} GiB) to compressed NPZ, {repeats} run(s), median:"]
-    medians = {}
+    medians, growth = {}, {}
+    labels = {
+        "memory": "in memory (numpy array)",
+        "dask": "Dask array (512-row blocks)",
+        "dask-x3p": "Dask array, saved as X3P",
+    }
     for mode, runs in results.items():
         seconds = statistics.median(r[0] for r in runs)
         peak = max(r[2] for r in runs)
         base = max(r[1] for r in runs)
-        medians[mode] = seconds
-        label = "in memory (numpy array)" if mode == "memory" else "Dask array (512-row blocks)"
+        medians[mode], growth[mode] = seconds, max(r[2] - r[1] for r in runs)
+        label = labels[mode]
         lines.append(
             f"  {label:30s} {seconds:7.2f} s  {rows * rows * 4 / 1e6 / seconds:7.0f} MB/s  "
             f"peak RSS {peak:6.0f} MiB (before the export {base:5.0f} MiB)"
@@ -131,12 +140,16 @@ def bench_export(tmp: Path, rows: int, repeats: int) -> str:
     lines.append(
         f"  Dask speed / in-memory speed: {medians['memory'] / medians['dask']:.2f}x; file {size / 1e6:.0f} MB"
     )
+    lines.append(
+        f"  Dask save's peak RSS growth, X3P / NPZ: {growth['dask-x3p'] / max(growth['dask'], 1):.2f}x "
+        f"({growth['dask-x3p']:.0f} / {growth['dask']:.0f} MiB); X3P file {sizes['dask-x3p'] / 1e6:.0f} MB"
+    )
     return "\n".join(lines)
 
 
 def bench_windows(tmp: Path, rows: int, count: int) -> str:
     path = tmp / "large.npz"
-    run_child(EXPORT, "dask", str(rows), str(path), MAP)
+    run_child(EXPORT, "dask", str(rows), str(path), MAP, "export_to_npz")
     median, worst, grown = run_child(WINDOWS, str(path), str(count))
     size = path.stat().st_size
     path.unlink()

@@ -23,6 +23,9 @@ def test_bench_dask_quick_prints_every_section(tmp_path):
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert re.search(r"^  Dask speed / in-memory speed: \d+\.\d\dx; file \d+ MB$", out, re.M), out
+    assert re.search(
+        r"^  Dask save's peak RSS growth, X3P / NPZ: \d+\.\d\dx \(\d+ / \d+ MiB\); X3P file \d+ MB$", out, re.M
+    ), out
     assert re.search(r"^  median [\d.]+ ms, slowest [\d.]+ ms, RSS growth [\d.]+ MiB$", out, re.M), out
     for name in ("plain loop: load + export_to_npz", "convert(jobs=2)", "convert(client=LocalCluster of 2 workers)"):
         assert re.search(rf"^  {re.escape(name)} +[\d.]+ files/s +[\d.]+x$", out, re.M), out

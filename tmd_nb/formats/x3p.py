@@ -35,7 +35,17 @@ Vendor extension files, IDs ``https://pypi.org/project/tmd-nb/<name>``
 
 x3pio builds and checks ``main.xml`` (its data MD5 included); tmd_nb writes the zip itself
 (:func:`tmd_nb.storage.archive.write_zip`): members deflated in parallel at the ``level`` NPZ
-takes, ``main.xml`` first.
+takes, ``main.xml`` first, then ``md5checksum.hex``, ``bindata/data.bin`` and the vendor files
+in name order.
+
+A Dask height map is streamed into ``bindata/data.bin`` block row by block row, as NPZ streams
+it (at most two block rows in memory, besides the chunks being deflated): the MD5 that
+``main.xml`` states and the record's fingerprint are gathered from the stored bytes as they are
+written, so ``data.bin`` comes first and ``main.xml``, its checksum file and the vendor files
+follow. Each member holds the same bytes, deflated alike, as the same map in memory gives. A
+map whose stored numbers do not give it back bit for bit, so that the record needs a patch or an
+exact copy (complex maps with an imaginary part, 64-bit integers beyond 2**53, float128), is
+computed whole instead, once a block shows it: a stream cannot hold those members.
 
 What :func:`load_x3p` reads
 ---------------------------
@@ -71,6 +81,7 @@ refuses (before writing) what the reader would refuse: see :mod:`tmd_nb.storage.
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import errno
 import hashlib
@@ -83,7 +94,7 @@ import struct
 import zipfile
 import zlib
 from collections.abc import Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -98,7 +109,7 @@ from ..errors import (
     renamed_keyword,
     warn,
 )
-from ..heightmap import in_memory, split_height_map
+from ..heightmap import in_memory, is_dask_array, split_height_map
 from ..storage import embedded, limits, metadata, units
 from ..storage._io import Progress, open_file
 from ..storage.archive import ZIP_MAGIC, write_zip
@@ -248,60 +259,60 @@ def _stored(shown: np.ndarray, z_type: str) -> np.ndarray:
         return np.ascontiguousarray(values, dtype=_RAW_TYPES[z_type])
 
 
-def _build(data: Any) -> tuple[list[tuple[str, bytes, np.ndarray]], int]:
-    """Validate ``data`` and lay out the X3P container: ``(name, head, array)`` members, data bytes.
+class _Plan:
+    """What the heights of a map are written as, checked before anything is written."""
 
-    x3pio builds and checks ``main.xml`` (from a one-point stand-in surface with the real axes,
-    so that the heights are never converted); the heights are stored as they are, in their own
-    unit, with the Z increment saying how many metres that unit is. ValueError/TypeError before
-    anything is written. The x3pio functions used below its public API (``build_main``,
-    ``validate``, the extensions' members) are those of x3pio 2.0; every X3P test goes through them.
-    """
-    import x3pio
-    from x3pio.codec.archive import format_checksum_file, md5_hex
-    from x3pio.codec.xml import DataLink, build_main
-    from x3pio.model.extensions import content_of
-    from x3pio.model.naming import CHECKSUM_FILE, DATA_FILE, MAIN_XML
-    from x3pio.model.validation import validate
+    def __init__(self, array: Any, meta: dict[str, Any]) -> None:
+        """Validate the map (numpy or Dask) and its metadata; ValueError/TypeError naming the key.
 
-    array, meta = split_height_map(in_memory(data))  # a Dask array is computed: the file is written whole
-    phys = units.written(meta)  # TypeError/ValueError naming a length or offset that cannot be written as given
-    lateral, height = units.factors(meta)  # ValueError naming the key of a unit that is no known length
-    limits.check_lengths(phys, "an X3P file")
-    limits.check_record(meta, "an X3P file", max_arrays=MAX_ARRAYS)
-    shown = embedded.grid(array)
-    rows, cols = shown.shape
-    # Each axis on its own: a length given for one axis only is kept; a missing one is 1 unit per pixel.
-    x_length, y_length = phys.x_length or float(cols), phys.y_length or float(rows)
-    unit = phys.lateral_unit
-    units.in_si("x_length", x_length, unit, lateral)  # ValueError naming a length beyond range in metres
-    units.in_si("y_length", y_length, unit, lateral)
-    x_scale, y_scale = x_length / cols * lateral, y_length / rows * lateral
-    x_offset, y_offset = (
-        units.in_si("x_offset", phys.x_offset, unit, lateral),
-        units.in_si("y_offset", phys.y_offset, unit, lateral),
-    )
-    if height > 1.0:  # only a unit above a metre can take a finite height beyond float64 range in metres
-        embedded.standard_heights(shown, height)  # ValueError naming it: readers would see a missing point
-    z_type = _z_type(shown.dtype)
-    stored = _stored(shown, z_type)
-    raw = stored.reshape(-1).view(np.uint8)
-    # main.xml states the MD5 of the heights: one pass over them, on a thread of its own while
-    # the record and the rest of the XML are made (hashlib releases the GIL).
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tmd_nb-md5") as pool:
-        digest = pool.submit(lambda: hashlib.md5(raw.data, usedforsecurity=False).hexdigest())
+        x3pio builds ``main.xml`` from a one-point stand-in surface with the real axes, so that
+        the heights are never converted; they are stored as they are, in their own unit, with the
+        Z increment saying how many metres that unit is.
+        """
+        import x3pio
+
+        phys = units.written(meta)  # TypeError/ValueError naming a length or offset that cannot be written as given
+        lateral, height = units.factors(meta)  # ValueError naming the key of a unit that is no known length
+        limits.check_lengths(phys, "an X3P file")
+        limits.check_record(meta, "an X3P file", max_arrays=MAX_ARRAYS)
+        rows, cols = array.shape if array.size else (1, 1)  # an empty map is written as one missing point
+        # Each axis on its own: a length given for one axis only is kept; a missing one is 1 unit per pixel.
+        x_length, y_length = phys.x_length or float(cols), phys.y_length or float(rows)
+        unit = phys.lateral_unit
+        units.in_si("x_length", x_length, unit, lateral)  # ValueError naming a length beyond range in metres
+        units.in_si("y_length", y_length, unit, lateral)
+        x_scale, y_scale = x_length / cols * lateral, y_length / rows * lateral
+        x_offset, y_offset = (
+            units.in_si("x_offset", phys.x_offset, unit, lateral),
+            units.in_si("y_offset", phys.y_offset, unit, lateral),
+        )
+        self.meta, self.height, self.shape = meta, height, (rows, cols)
+        self.z_type = _z_type(array.dtype)
         try:
-            file = x3pio.Surface.from_array(
+            self.file = x3pio.Surface.from_array(
                 np.zeros((1, 1)),
                 x_scale=x_scale,
                 y_scale=y_scale,
-                z_type=x3pio.DataType(z_type),
+                z_type=x3pio.DataType(self.z_type),
                 z_scale=height,
                 metadata=_record2(meta),
                 placement=x3pio.Placement.translation(x_offset, y_offset, 0.0),
                 coordinate_system=x3pio.CoordinateSystem.VIEW,
             )
-            record = embedded.pack(array, meta, stored, height, fields=_fields(file), stored=True)
+        except x3pio.X3pFormatError as exc:
+            raise ValueError(f"cannot write this height map as X3P: {exc}") from None
+
+    def members(self, record: Mapping[str, bytes], digest: str) -> list[tuple[str, bytes, np.ndarray]]:
+        """``main.xml`` (stating the data's MD5 ``digest``), its checksum file and the record's members."""
+        import x3pio
+        from x3pio.codec.archive import format_checksum_file, md5_hex
+        from x3pio.codec.xml import DataLink, build_main
+        from x3pio.model.extensions import content_of
+        from x3pio.model.naming import CHECKSUM_FILE, DATA_FILE, MAIN_XML
+        from x3pio.model.validation import validate
+
+        file = self.file
+        try:
             for name, content in record.items():
                 file.extensions[f"{VENDOR}/{name if name == embedded.RECORD else name + '.npy'}"] = content
             validate(file)
@@ -312,22 +323,123 @@ def _build(data: Any) -> tuple[list[tuple[str, bytes, np.ndarray]], int]:
                 placement=file.placement,
                 feature_type=file.feature_type,
                 metadata=file.metadata,
-                size=(shown.shape[1], shown.shape[0], 1),
+                size=(self.shape[1], self.shape[0], 1),
                 count=None,
                 datums=None,
-                link=DataLink(DATA_FILE, digest.result(), None, None),
+                link=DataLink(DATA_FILE, digest, None, None),
                 vendor_ids=vendor_ids,
             )
         except x3pio.X3pFormatError as exc:
             raise ValueError(f"cannot write this height map as X3P: {exc}") from None
-    none = np.empty(0, np.uint8)
-    members = [
-        (MAIN_XML, main, none),
-        (CHECKSUM_FILE, format_checksum_file(md5_hex(main)), none),
-        (DATA_FILE, b"", raw),
-        *sorted((name, content_of(content), none) for name, content in extension_files.items()),
-    ]
-    return members, raw.nbytes
+        none = np.empty(0, np.uint8)
+        return [
+            (MAIN_XML, main, none),
+            (CHECKSUM_FILE, format_checksum_file(md5_hex(main)), none),
+            *sorted((name, content_of(content), none) for name, content in extension_files.items()),
+        ]
+
+
+def _build(array: np.ndarray, meta: dict[str, Any]) -> list[tuple[str, bytes, np.ndarray]]:
+    """The members of the X3P container of a map in memory: ``(name, head, array)``, ``main.xml`` first.
+
+    ValueError/TypeError before anything is written. The x3pio functions used below its public
+    API (``build_main``, ``validate``, the extensions' members) are those of x3pio 2.0; every X3P
+    test goes through them.
+    """
+    from x3pio.model.naming import DATA_FILE
+
+    plan = _Plan(array, meta)
+    shown = embedded.grid(array)
+    if plan.height > 1.0:  # only a unit above a metre can take a finite height beyond float64 range in metres
+        embedded.standard_heights(shown, plan.height)  # ValueError naming it: readers would see a missing point
+    stored = _stored(shown, plan.z_type)
+    raw = stored.reshape(-1).view(np.uint8)
+    # main.xml states the MD5 of the heights: one pass over them, on a thread of its own while
+    # the record is made (hashlib releases the GIL).
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tmd_nb-md5") as pool:
+        digest = pool.submit(lambda: hashlib.md5(raw.data, usedforsecurity=False).hexdigest())
+        record = embedded.pack(array, meta, stored, plan.height, fields=_fields(plan.file), stored=True)
+        members = plan.members(record, digest.result())
+    return [members[0], members[1], (DATA_FILE, b"", raw), *members[2:]]
+
+
+class _NeedsExactCopy(Exception):
+    """A block of a streamed map that its stored numbers do not give back bit for bit: the record
+    needs a patch or an exact copy of the map, made of the whole map."""
+
+
+def _stored_block(block: np.ndarray, z_type: str, height: float, block_info: Any = None) -> np.ndarray:
+    """One block's stored numbers, checked as :func:`_build` checks the whole map.
+
+    Pure (it may run on a Dask worker): what the record needs of the numbers is gathered where
+    they are written.
+    """
+    (row, _), (col, _) = block_info[None]["array-location"]
+    if height > 1.0:
+        embedded.standard_heights(block, height, origin=(row, col))
+    stored = _stored(block, z_type)
+    if not embedded.restores(block, stored):
+        raise _NeedsExactCopy(f"block at {(row, col)}")
+    return stored
+
+
+class _Digests:
+    """The MD5 of ``data.bin`` and the record's fingerprint, over the stored bytes as they are
+    written (in order), on a thread of their own: at most a few pieces wait for it."""
+
+    _AHEAD = 4
+
+    def __init__(self, gathered: embedded.Gathered) -> None:
+        self.md5 = hashlib.md5(usedforsecurity=False)
+        self.gathered = gathered
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tmd_nb-md5")
+        self.pending: collections.deque[Future[None]] = collections.deque()
+
+    def __call__(self, piece: memoryview) -> None:
+        self.pending.append(self.pool.submit(self._update, piece))
+        while len(self.pending) > self._AHEAD:
+            self.pending.popleft().result()
+
+    def _update(self, piece: memoryview) -> None:
+        self.md5.update(piece)
+        self.gathered.add_stored(piece)
+
+    def hexdigest(self) -> str:
+        while self.pending:
+            self.pending.popleft().result()
+        return self.md5.hexdigest()
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _write_streamed(fp: Any, array: Any, plan: _Plan, level: Level, progress: Progress | None) -> None:
+    """Write the X3P container of a Dask map, block row by block row: ``data.bin`` first, then
+    ``main.xml`` (its MD5 known only then) and the record, gathered as the blocks went by."""
+    from x3pio.model.naming import DATA_FILE
+
+    raw_type = np.dtype(_RAW_TYPES[plan.z_type])
+    gathered = embedded.Gathered(array.dtype, array.shape, raw_type)
+    stored = array.map_blocks(
+        _stored_block,
+        plan.z_type,
+        plan.height,
+        dtype=raw_type,
+        meta=np.empty((0, 0), raw_type),
+    )
+    digests = _Digests(gathered)
+
+    def then() -> list[tuple[str, bytes, np.ndarray]]:
+        digest = digests.hexdigest()
+        record = embedded.pack_gathered(gathered, plan.meta, plan.height, fields=_fields(plan.file))
+        return plan.members(record, digest)
+
+    try:
+        write_zip(
+            fp, [(DATA_FILE, b"", stored)], level=level, progress=progress, observe={DATA_FILE: digests}, then=then
+        )
+    finally:
+        digests.close()
 
 
 def _fields(file: Any) -> dict[str, float]:
@@ -362,8 +474,10 @@ def export_to_x3p(
     data : numpy.ndarray or mapping
         A 2-D height map, or a dict with a ``"height_map"`` array and metadata (any value
         :func:`tmd_nb.export_to_npz` stores).
-        A Dask array (height map or metadata value) is computed first: X3P files are
-        written whole; NPY and NPZ stream maps larger than memory instead.
+        A Dask height map is streamed block row by block row (a map larger than memory is
+        saved in bounded memory, as NPZ saves it), unless the record needs a patch or an exact
+        copy of it (see the module docstring): then it is computed whole. Dask metadata values
+        are computed.
     output_path : str or os.PathLike
         Where to write; the file is replaced atomically.
     level : str or int, optional
@@ -386,12 +500,28 @@ def export_to_x3p(
     ValueError
         ``lateral_unit``, ``height_unit`` or ``units`` is not a known length unit (the message
         names the key and the known units), or ``level`` is unknown; raised before anything is
-        written.
+        written. A height beyond float64 range in metres is found as the heights are read (in a
+        Dask map, as its blocks stream); whatever is raised, a file at ``output_path`` stays as
+        it was.
     """
     problem = level_problem(level)
     if problem is not None:
         raise ValueError(problem)
-    members, _ = _build(data)
+    array, meta = split_height_map(data, lazy=True)
+    if is_dask_array(array):
+        meta = in_memory(meta)  # metadata values are small: computed, as a map in memory has them
+        if array.size:  # an empty map is written as one missing point, and a copy of it
+            plan = _Plan(array, meta)
+            try:
+                with atomic_write(output_path) as fp:
+                    _write_streamed(fp, array, plan, level, progress)
+                return os.path.abspath(output_path)
+            except _NeedsExactCopy:
+                pass  # the temporary file is gone: the map is computed and written whole below
+        array, meta = split_height_map({**meta, "height_map": np.asarray(array.compute())})
+    else:
+        array, meta = split_height_map(in_memory(data))
+    members = _build(array, meta)
     with atomic_write(output_path) as fp:
         write_zip(fp, members, level=level, progress=progress)
     return os.path.abspath(output_path)

@@ -211,15 +211,23 @@ def write_zip(
     level: Level = None,
     progress: Progress | None = None,
     threads: int | None = None,
+    observe: Mapping[str, Callable[[memoryview], None]] | None = None,
+    then: Callable[[], Sequence[tuple[str, bytes, np.ndarray]]] | None = None,
 ) -> None:
     """Write a zip archive of ``(name, head, array)`` members, as :func:`write_npz` writes its own.
 
     Each member holds ``head`` followed by the bytes of ``array`` in C order (a raw binary file
     of another zip-based format, such as X3P's ``bindata/data.bin``; ``head`` alone with an
     empty array for a text member), deflated at ``level`` as NPZ members are, on ``threads``
-    threads, with the same chunk index. ``progress`` counts array data bytes.
+    threads, with the same chunk index. A Dask array is streamed block row by block row, as
+    :func:`write_npz` streams it. ``progress`` counts array data bytes.
+
+    ``observe[name](piece)`` is called with the bytes of member ``name``'s array, in order
+    (``head`` left out), as they are written: for what a format states about them (X3P's MD5)
+    when the array is never whole. ``then()``, called once ``members`` are written, gives text
+    members (empty arrays) to write after them: those that state what ``observe`` found.
     """
-    _write_archive(fp, list(members), Codec(level), progress, threads)
+    _write_archive(fp, list(members), Codec(level), progress, threads, observe or {}, then)
 
 
 def _write_archive(
@@ -228,6 +236,8 @@ def _write_archive(
     codec: Codec | None,
     progress: Progress | None,
     threads: int | None,
+    observe: Mapping[str, Callable[[memoryview], None]] | None = None,
+    then: Callable[[], Sequence[tuple[str, bytes, np.ndarray]]] | None = None,
 ) -> None:
     if codec is not None and codec.level == 0:
         codec = None
@@ -237,8 +247,13 @@ def _write_archive(
     deflater = Deflater(codec, workers) if codec is not None else None
     entries: list[_Entry] = []
     behind = WriteBehind(fp, total)
+    observe = observe or {}
     try:
         for name, header, array in items:
+            entries.append(_write_member(fp, name, header, array, deflater, reporter, behind, observe.get(name)))
+        for name, header, array in then() if then is not None else ():
+            if array.nbytes:
+                raise ValueError(f"member {name!r} written after the others must be text only (no array)")
             entries.append(_write_member(fp, name, header, array, deflater, reporter, behind))
         _write_central_directory(fp, entries)
     finally:
@@ -256,6 +271,7 @@ def _write_member(
     deflater: Deflater | None,
     reporter: Reporter,
     behind: WriteBehind,
+    observe: Callable[[memoryview], None] | None = None,
 ) -> _Entry:
     try:
         raw_name = name.encode("ascii")
@@ -295,11 +311,13 @@ def _write_member(
         fp.write(header)
         for piece in data_pieces(array, _io.CHUNK):
             crc = crc32_of(piece, crc)
+            if observe is not None:
+                observe(piece)
             fp.write(piece)
             behind.wrote(len(piece))
             reporter.add(len(piece))
     else:
-        crc = deflater.member(fp, header, array, reporter, behind, entry.index, entry.crcs)
+        crc = deflater.member(fp, header, array, reporter, behind, entry.index, entry.crcs, observe)
     end = fp.tell()
     entry.crc, entry.csize = crc, end - data_start
     if not zip64 and entry.csize >= ZIP64_LIMIT:  # pragma: no cover - deflate never grows data by 1/8

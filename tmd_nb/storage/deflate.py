@@ -64,7 +64,7 @@ import itertools
 import math
 import os
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, BinaryIO
 
@@ -265,11 +265,16 @@ class Deflater:
         behind: WriteBehind,
         index: list[tuple[int, int]],
         crcs: list[int],
+        observe: Callable[[memoryview], None] | None = None,
     ) -> int:
+        """Deflate ``header`` + ``array`` into ``fp`` (see :func:`_deflate_member`); ``observe`` is
+        called with the array's bytes in order, as their CRC-32 is computed."""
         split = self.codec.final is not None and array.nbytes >= SPLIT_MIN
         if self.workers > 1 and self.pool is None and (array.nbytes > DEFLATE_CHUNK or split):
             self.pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="tmd_nb-deflate")
-        return _deflate_member(fp, header, array, self.codec, self.pool, self.workers, reporter, behind, index, crcs)
+        return _deflate_member(
+            fp, header, array, self.codec, self.pool, self.workers, reporter, behind, index, crcs, observe
+        )
 
     def close(self) -> None:
         if self.pool is not None:
@@ -287,6 +292,7 @@ def _deflate_member(
     behind: WriteBehind,
     index: list[tuple[int, int]],
     crcs: list[int],
+    observe: Callable[[memoryview], None] | None = None,
 ) -> int:
     """Deflate header + array bytes into ``fp`` as one stream; return the CRC-32 of the input.
 
@@ -312,6 +318,7 @@ def _deflate_member(
     width = max(1, workers - 1) if final_job is not None else workers
     restarts: list[tuple[int, int]] = []  # (chunks before it, uncompressed offset): where the stream restarts
     chunks = 0
+    skip = len(header)  # bytes of the header not yet passed to observe
 
     def emit(out: list[bytes], n: int) -> None:
         for part in out:
@@ -330,6 +337,12 @@ def _deflate_member(
             crc, piece_start = 0, done_in
         for p in pieces:  # the main thread computes the CRC while the workers compress
             crc = crc32_of(p, crc)
+            if observe is not None:  # the array's bytes only, in order: the header is skipped
+                if skip >= len(p):
+                    skip -= len(p)
+                    continue
+                observe(p[skip:])
+                skip = 0
         done_in += sum(len(p) for p in pieces)
         chunks += 1
         if pool is None:
@@ -348,6 +361,8 @@ def _deflate_member(
             pieces_crc.append((crc, done_in - piece_start))
             crc, piece_start = 0, done_in
         crc = crc32_of(final_data, crc)
+        if observe is not None:
+            observe(final_data)
         emit(final_job.result() if final_job is not None else codec.compress_final(final_data), final_n)
     pieces_crc.append((crc, done_in + final_n - piece_start))
     if restarts:

@@ -78,6 +78,7 @@ __all__ = [
     "RECORD",
     "RECORD_VERSION",
     "RESERVED",
+    "Gathered",
     "Record",
     "Survey",
     "fingerprint",
@@ -85,7 +86,9 @@ __all__ = [
     "grid",
     "npy_bytes",
     "pack",
+    "pack_gathered",
     "restore",
+    "restores",
     "standard_heights",
     "survey",
     "unpack",
@@ -140,13 +143,11 @@ def fingerprint(
         crc = zlib.crc32(seen.dtype.newbyteorder("<").str.encode("ascii"), crc)
     if fields is None and not extra:
         return f"{crc:08x}"
-    return _fingerprint_of(crc, seen.shape, fields, extra)
+    return _stamp(crc, seen.shape, fields, extra)
 
 
-def _fingerprint_of(
-    crc: int, shape: tuple[int, ...], fields: Mapping[str, Any] | None, extra: tuple[np.ndarray, ...]
-) -> str:
-    """:func:`fingerprint` (version 2 and later) from ``crc``, the CRC-32 of the heights' part."""
+def _stamp(crc: int, shape: tuple[int, ...], fields: Mapping[str, Any] | None, extra: tuple[np.ndarray, ...]) -> str:
+    """The fingerprint from the CRC-32 of the heights: the other arrays shown and the fields added."""
     for array in extra:
         crc = _crc_values(array, zlib.crc32(repr(array.shape).encode("ascii"), crc))
     text = json.dumps(dict(fields or {}), sort_keys=True, ensure_ascii=True, allow_nan=True)
@@ -200,11 +201,12 @@ def from_stored(stored: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return restore(stored, dtype, 1.0)
 
 
-def standard_heights(array: np.ndarray, factor: float) -> np.ndarray:
+def standard_heights(array: np.ndarray, factor: float, origin: tuple[int, int] = (0, 0)) -> np.ndarray:
     """The heights in SI units (float64) other software should see; complex maps give their real part.
 
     ``ValueError`` when a finite height is beyond float64 range in SI units (``1e306`` km): it
-    would be written as infinite, which these formats hold as a missing point.
+    would be written as infinite, which these formats hold as a missing point. ``array`` may be
+    a block of a larger map starting at index ``origin``: the message names the map's index.
     """
     values = array.real if array.dtype.kind == "c" else array
     with np.errstate(over="ignore"):
@@ -213,7 +215,8 @@ def standard_heights(array: np.ndarray, factor: float) -> np.ndarray:
     if infinite.any() and (overflow := infinite & ~np.isinf(np.asarray(values, dtype=np.float64))).any():
         bad = np.unravel_index(int(np.argmax(overflow)), overflow.shape)
         raise ValueError(
-            f"height {values[bad].item()!r} at index {tuple(int(i) for i in bad)} is beyond float64 range "
+            f"height {values[bad].item()!r} at index {tuple(int(i) + o for i, o in zip(bad, origin, strict=True))} "
+            "is beyond float64 range "
             f"in SI units ({factor!r} per unit), so it cannot be written as a height"
         )
     return standard
@@ -345,9 +348,7 @@ def pack(
     Returns ``{"record.json": JSON bytes, "<array name>": NPY bytes, ...}``. Raises ``TypeError``
     naming the key of a metadata value that cannot be stored, before anything is written.
     """
-    encoded, arrays = metadata.encode(meta, reserved=set(RESERVED))
-    for name, value in arrays.items():
-        header_bytes(value, f"metadata array {name!r}")
+    encoded, arrays = _encoded(meta)
     at: np.ndarray | None = None
     if surveyed is not None and not stored:
         exact = surveyed.differing.size > 0
@@ -369,9 +370,66 @@ def pack(
         if gaps.any():
             missing = gaps
     shown = seen if filled is None else filled
+    if surveyed is not None and not stored and filled is None:
+        stamp = _stamp(surveyed.crc, seen.shape, fields or {}, extra)
+    else:
+        stamp = fingerprint(shown, fields or {}, extra, stored=stored)
+    return _assemble(
+        height_map.dtype,
+        encoded,
+        arrays,
+        factor,
+        stamp,
+        exact=height_map if exact else None,
+        patch=patch,
+        missing=missing,
+        stored=stored,
+    )
+
+
+def pack_gathered(
+    gathered: Gathered, meta: Mapping[str, Any], factor: float, *, fields: Mapping[str, Any]
+) -> dict[str, bytes]:
+    """The record :func:`pack` makes with ``stored`` (no ``extra``, no ``filled``), from what
+    ``gathered`` saw of a map streamed a block at a time: the same bytes, the map never whole.
+    For a map whose stored numbers give it back bit for bit (:func:`restores`, every block): one
+    that needs a patch or an exact copy must be packed whole."""
+    encoded, arrays = _encoded(meta)
+    return _assemble(
+        gathered.dtype,
+        encoded,
+        arrays,
+        factor,
+        gathered.fingerprint(fields),
+        exact=None,
+        patch=None,
+        missing=None,
+        stored=True,
+    )
+
+
+def _encoded(meta: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    encoded, arrays = metadata.encode(meta, reserved=set(RESERVED))
+    for name, value in arrays.items():
+        header_bytes(value, f"metadata array {name!r}")
+    return encoded, arrays
+
+
+def _assemble(
+    dtype: np.dtype,
+    encoded: dict[str, Any],
+    arrays: Mapping[str, np.ndarray],
+    factor: float,
+    stamp: str,
+    *,
+    exact: np.ndarray | None,
+    patch: tuple[np.ndarray, np.ndarray] | None,
+    missing: np.ndarray | None,
+    stored: bool,
+) -> dict[str, bytes]:
     members: dict[str, bytes] = {}
-    if exact:
-        members[HEIGHT_MAP] = npy_bytes(height_map)
+    if exact is not None:
+        members[HEIGHT_MAP] = npy_bytes(exact)
     if patch is not None:
         members[PATCH_AT], members[PATCH_VALUES] = npy_bytes(patch[0]), npy_bytes(patch[1])
     if missing is not None:
@@ -379,9 +437,9 @@ def pack(
     for name, value in arrays.items():
         members[name] = npy_bytes(value)
     described: dict[str, Any] = {
-        "dtype": height_map.dtype.str,
+        "dtype": dtype.str,
         "factor": factor,
-        "exact": HEIGHT_MAP if exact else None,
+        "exact": HEIGHT_MAP if exact is not None else None,
         "missing": MISSING if missing is not None else None,
     }
     if patch is not None:
@@ -392,11 +450,7 @@ def pack(
         # a version 2 reader reads what needs no more; it would ignore a patch or stored numbers
         "tmd_nb": RECORD_VERSION if stored or patch is not None else 2,
         "height": described,
-        "fingerprint": (
-            _fingerprint_of(surveyed.crc, seen.shape, fields, extra)
-            if surveyed is not None and not stored and filled is None
-            else fingerprint(shown, fields or {}, extra, stored=stored)
-        ),
+        "fingerprint": stamp,
         "checksums": {name: _checksum(raw) for name, raw in members.items()},
         "metadata": encoded,
     }
@@ -404,6 +458,59 @@ def pack(
     text = _sealed(json.dumps(record, ensure_ascii=True, allow_nan=False))
     metadata.check_json_text(text, "the metadata")  # what unpack would refuse is refused here
     return {RECORD: text.encode("ascii"), **members}
+
+
+def restores(block: np.ndarray, stored: np.ndarray) -> bool:
+    """Whether ``stored`` (a block of the numbers a format stores) gives back ``block`` of the map bit
+    for bit, as :func:`pack` restores it: a map all of whose blocks do needs no patch or exact copy."""
+    return _same_bits(block, from_stored(stored, block.dtype))
+
+
+class Gathered:
+    """The fingerprint :func:`pack` gives stored numbers (``stored``), gathered as they stream.
+
+    :meth:`add_stored` takes their little-endian bytes in C order, cut anywhere (even within a
+    number): their CRC-32, every NaN made the same NaN, as :func:`fingerprint` computes it over
+    the whole, so that a map need never be whole to be fingerprinted.
+    """
+
+    def __init__(self, dtype: np.dtype, shape: tuple[int, int], stored_dtype: np.dtype) -> None:
+        self.dtype, self.shape, self.stored_dtype = dtype, shape, stored_dtype.newbyteorder("<")
+        self.crc = 0
+        self._carry = b""
+
+    def add_stored(self, piece: memoryview) -> None:
+        data = memoryview(piece).cast("B")
+        if self.stored_dtype.kind != "f":
+            self.crc = crc32_of(data, self.crc)
+            return
+        size = self.stored_dtype.itemsize
+        if self._carry:
+            need = size - len(self._carry)
+            self._carry += bytes(data[:need])
+            data = data[need:]
+            if len(self._carry) < size:
+                return
+            self._crc_numbers(memoryview(self._carry))
+            self._carry = b""
+        whole = len(data) - len(data) % size
+        self._crc_numbers(data[:whole])
+        self._carry = bytes(data[whole:])
+
+    def _crc_numbers(self, data: memoryview) -> None:
+        values = np.frombuffer(data, dtype=self.stored_dtype)
+        nan = np.isnan(values)
+        if nan.any():
+            values = np.where(nan, np.array(np.nan, self.stored_dtype), values)
+            data = values.view(np.uint8).data
+        self.crc = crc32_of(data, self.crc)
+
+    def fingerprint(self, fields: Mapping[str, Any]) -> str:
+        """What :func:`fingerprint` gives the whole stored numbers (``stored``), with ``fields``."""
+        if self._carry:
+            raise ValueError(f"{len(self._carry)} bytes of the stored numbers are not a whole number")
+        crc = zlib.crc32(self.stored_dtype.str.encode("ascii"), self.crc)
+        return _stamp(crc, self.shape, fields, ())
 
 
 @dataclass
@@ -526,7 +633,7 @@ def unpack(
             found = None
             if exact is None:
                 found = _restore_quickly(base, dtype, factor, gaps if missing is not None else None, patch, where)
-            if found is not None and stamp == _fingerprint_of(found[1], base.shape, fields, extra):
+            if found is not None and stamp == _stamp(found[1], base.shape, fields, extra):
                 current, quick = True, found[0]
             else:  # NaNs in the data (the fingerprint makes them alike), or the data changed
                 current = stamp == fingerprint(base, fields or {}, extra)
