@@ -176,7 +176,7 @@ def _seal_holds(raw: bytes) -> bool:
 
 
 def _checksum(raw: bytes) -> str:
-    return f"{zlib.crc32(raw):08x}"
+    return f"{crc32_of(raw):08x}"
 
 
 def restore(seen: np.ndarray, dtype: np.dtype, factor: float) -> np.ndarray:
@@ -781,9 +781,9 @@ def _restore_quickly(
                 np.divide(block, factor, out=back, casting="unsafe")
         if holes is not None:
             np.copyto(back, np.nan, where=holes[start:stop])
-        if at is not None and values is not None:
-            first, last = np.searchsorted(at, (start, stop))
-            out[at[first:last]] = values[first:last]
         return crc32_of(block.data), block.nbytes
 
-    return restored, combine_crcs(map_blocks(flat.size, 8, job))
+    crc = combine_crcs(map_blocks(flat.size, 8, job))
+    if at is not None:  # one scatter: per block, it held the GIL the other thread was waiting for
+        out[at] = values
+    return restored, crc
