@@ -1,4 +1,4 @@
-"""Gwyddion native files (``.gwy``), read and written through the ``gwyfile`` library.
+"""Gwyddion native files (``.gwy``): written through the ``gwyfile`` library, read by tmd_nb's own parser.
 
 A ``.gwy`` file is ``GWYP`` followed by one serialized ``GwyContainer``: an object is its type
 name (NUL-terminated), a uint32 byte size and its components; a component is a name, a type
@@ -48,15 +48,16 @@ wrote it (a rescale in Gwyddion, say) loads the file's own values with a warning
 other tmd_nb metadata keys; the points tmd_nb filled as missing that the file still masks stay
 NaN (they are no measurement, whatever else changed), and ``mask`` is the rest of the file's mask.
 
-Safety: ``gwyfile`` trusts the sizes in the file, so the whole structure is first walked here
-(:func:`scan`) without building anything: every name and string must end within its object,
-every object and array must fit in its parent, nesting is at most :data:`MAX_DEPTH` deep, and
-the copying gwyfile does (the rest of an object for each component, the rest of an object array
-for each object) is counted and bounded by :data:`MAX_COPY_FACTOR` times the file size, so that
-parsing stays linear. Only then are the top-level entries handed to gwyfile, one at a time.
-Malformed files raise :class:`~tmd_nb.errors.FormatError` naming the file. The writer refuses
-lengths that are not finite in metres and records over the reader's limit, and shows at most
-:data:`MAX_META_KEYS` short keys in ``/0/meta``, so that whatever it writes loads again.
+Reading is tmd_nb's own (:class:`_Walk`): the file is read into one buffer (on several threads),
+its whole structure walked first (:func:`scan`) without building anything: every name and string
+must end within its object, every object and array must fit in its parent, nesting is at most
+:data:`MAX_DEPTH` deep. Then only the entries a load needs are built (the channel's data field and
+mask, title and metadata, tmd_nb's record), their arrays as views of the buffer: nothing is copied
+that is not kept, so parsing is linear in the file (``gwyfile``, which writes the file here, copied
+the rest of an object for each of its components when it read). Malformed files raise
+:class:`~tmd_nb.errors.FormatError` naming the file. The writer refuses lengths that are not finite
+in metres and records over the reader's limit, and shows at most :data:`MAX_META_KEYS` short keys
+in ``/0/meta``, so that whatever it writes loads again.
 """
 
 from __future__ import annotations
@@ -92,7 +93,8 @@ MAX_NAME = 4096
 #: Longest text shown per key in ``/0/meta``.
 MAX_META_TEXT = 1000
 #: Keys shown in ``/0/meta`` (the first ones), and the longest key shown, in UTF-8 bytes: a
-#: nested container costs gwyfile copying quadratic in its entries, which the reader bounds.
+#: display for Gwyddion's metadata browser (gwyfile, and tmd_nb before, read a nested container
+#: with copying quadratic in its entries).
 MAX_META_KEYS = 256
 MAX_META_KEY = 256
 #: Height units written as they are, unscaled: base SI units of the quantities Gwyddion channels

@@ -42,6 +42,13 @@ standard fields, a *record*:
     division, so that a float64 map in millimetres needs no exact copy. Versions 1 and 2 are
     read with the standard heights, as before.
 
+``seal`` (the record's last key, any version)
+    ``"<crc32>"``: the CRC-32 of the record's JSON text as written without it (the text up to
+    ``, "seal": ...`` closed with ``}``). It ties the record's own description of the heights
+    (dtype, factor, patch, exact map) and its metadata to the fingerprint of the file's data: an
+    edit of the record alone is a :class:`FormatError`. Records without a seal (written before
+    it) are checked instead by converting the restored map back to the standard heights.
+
 Version 1 records (tmd_nb before physical fields were fingerprinted) have a fingerprint of the
 heights only and no checksums or ``missing``: they are read as before, the format passing the
 heights as version 1 saw them; an edit of their lengths alone goes unnoticed, as it did then.
