@@ -531,6 +531,180 @@ def exchange_targets(rows: list[Row]) -> str:
     return "\n".join(out)
 
 
+# ------------------------------------------------------------------------------------------
+# instruments' files (through SurfaceTopography) and convert of a folder of them
+# ------------------------------------------------------------------------------------------
+
+INSTRUMENTS = ROOT.parent / "shared" / "data" / "instruments"
+#: Copies of each instrument file in the folder ``convert`` is timed on: work for two cores.
+CONVERT_COPIES = 12
+
+
+def instrument_files() -> list[Path]:
+    return sorted(p for p in INSTRUMENTS.glob("*") if p.is_file() and p.suffix != ".md") if INSTRUMENTS.is_dir() else []
+
+
+def _copies(path: Path, tmp: Path, n: int, tag: str) -> list[Path]:
+    """``n`` copies of ``path``: every timed load reads a file read for the first time by that name,
+    as a user's load does (tmd_nb remembers the format of the last file it recognised)."""
+    out = []
+    for i in range(n):
+        copy = tmp / f"{tag}{i}-{path.name}"
+        copy.write_bytes(path.read_bytes())
+        out.append(copy)
+    return out
+
+
+def _surfacetopography_read(fmt: str | None, index: int) -> Callable[[Path], object]:
+    """SurfaceTopography's own read of one channel's heights: detection (or the format given), the
+    channel, its heights; warnings ignored as tmd_nb ignores them."""
+    import warnings
+
+    import SurfaceTopography as st
+
+    def read(path: Path) -> object:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            reader = st.open_topography(str(path), format=fmt) if fmt else st.open_topography(str(path))
+            try:
+                return reader.topography(channel_index=index).heights()
+            finally:
+                reader.close()
+
+    return read
+
+
+def bench_vendor(tmp: Path, repeats: int) -> list[Row]:
+    """``tmd_nb.load`` of each instrument file against SurfaceTopography's own read of the same
+    channel: ``open_topography(path)`` (it detects the format, as ``load`` does) and, as the floor,
+    ``open_topography(path, format=...)``. Every call reads a fresh copy (no remembered detection);
+    one file of each is read first, so that no row times an import."""
+    from tmd_nb.formats import instruments
+
+    rows: list[Row] = []
+    for path in instrument_files():
+        warm = _copies(path, tmp, 1, "warm")[0]
+        data = tmd_nb.load(warm)
+        names = [c["name"] for c in instruments.channels_of(warm)]
+        index = names.index(data["channel"])
+        fmt = instruments._detect(instruments._library(), warm, warm.read_bytes()[:512])
+        heights = np.ma.asarray(_surfacetopography_read(None, index)(warm))
+        # the same heights (SurfaceTopography indexes x, y; tmd_nb rows, columns; missing points NaN)
+        ours_map = data["height_map"]
+        theirs_map = np.ma.filled(heights.astype(np.float64), np.nan)
+        theirs_map = theirs_map.reshape(1, -1) if theirs_map.ndim == 1 else theirs_map.T
+        assert np.array_equal(ours_map, theirs_map, equal_nan=True), path.name
+        nbytes = ours_map.nbytes
+        timed: dict[str, Timing] = {}
+        for label, read in (
+            ("tmd_nb.load", lambda p: tmd_nb.load(p)),
+            ("open_topography", _surfacetopography_read(None, index)),
+            ("open_topography(fmt)", _surfacetopography_read(fmt, index)),
+        ):
+            fresh = iter(_copies(path, tmp, repeats + 1, "t"))
+            timed[label] = measure(label, lambda read=read, fresh=fresh: read(next(fresh)), nbytes, repeats, path)
+            for copy in tmp.glob(f"t*-{path.name}"):
+                copy.unlink()
+        warm.unlink()
+        name = f"{path.name} {ours_map.shape[1]}x{ours_map.shape[0]}"
+        ours, detected, given = timed.values()
+        rows.append(Row(name, "load vs ST's read", ours, detected))
+        rows.append(Row(name, "load vs ST's read, format given", ours, given))
+        print(f"  measured {path.name}", file=sys.stderr, flush=True)
+    return rows
+
+
+def vendor_targets(rows: list[Row]) -> str:
+    """Each file: tmd_nb.load within 1.2x of SurfaceTopography's own read (which detects the format too)."""
+    out = []
+    for r in rows:
+        if r.op == "load vs ST's read":
+            slow = r.ours.seconds / r.theirs.seconds
+            out.append(
+                f"  {r.data:<40} load within 1.2x of SurfaceTopography's read: {r.ours.seconds * 1e3:6.2f} ms vs "
+                f"{r.theirs.seconds * 1e3:6.2f} ms, {slow:.2f}x -> {'MET' if slow <= 1.2 else 'NOT MET'}"
+            )
+    return "\n".join(out)
+
+
+@dataclass
+class ConvertRun:
+    workers: int
+    files: int
+    seconds: float  # median wall time
+    cpu: float  # median CPU seconds of this process and every process it started (user + system)
+
+
+def _stop_forkserver() -> None:
+    """Stop multiprocessing's fork server and wait for it, so that its CPU time (and that of the
+    workers it forked and reaped) counts in RUSAGE_CHILDREN. A private hook of the standard library
+    (its own tests use it); the next pool starts a new server."""
+    import multiprocessing.forkserver as fs
+
+    stop = getattr(getattr(fs, "_forkserver", None), "_stop", None)
+    if stop is not None:
+        stop()
+
+
+def bench_convert(tmp: Path, repeats: int, copies: int = CONVERT_COPIES) -> list[ConvertRun]:
+    """``tmd_nb.convert`` of a folder of the instrument files (``copies`` of each) to NPZ, with
+    one worker (in this process) and with two (a process pool): wall time, and CPU time of this
+    process and its children together. Each run writes into an empty folder (nothing skipped) and
+    starts its pool afresh, as a run of ``tmd-nb convert`` does: the workers' imports are timed."""
+    import shutil
+
+    src = tmp / "mixed"
+    src.mkdir()
+    for path in instrument_files():
+        if path.suffix == ".txt":
+            continue  # .txt is not offered for folder conversion (GENERIC)
+        _copies(path, src, copies, "c")
+    files = len(list(src.iterdir()))
+    runs = []
+    for workers in (1, 2):
+        wall, cpu = [], []
+        for i in range(repeats):
+            out = tmp / f"out{workers}-{i}"
+            gc.collect()
+            s0, c0, t0 = (
+                resource.getrusage(resource.RUSAGE_SELF),
+                resource.getrusage(resource.RUSAGE_CHILDREN),
+                time.perf_counter(),
+            )
+            report = tmd_nb.convert(src, out, format="npz", jobs=workers, progress=False)
+            _stop_forkserver()
+            t1 = time.perf_counter()
+            s1, c1 = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+            assert report.ok and len(report.converted) == files, str(report)
+            wall.append(t1 - t0)
+            cpu.append(sum(b.ru_utime - a.ru_utime + b.ru_stime - a.ru_stime for a, b in ((s0, s1), (c0, c1))))
+            shutil.rmtree(out)
+        runs.append(ConvertRun(workers, files, statistics.median(wall), statistics.median(cpu)))
+        print(f"  measured convert, {workers} worker(s)", file=sys.stderr, flush=True)
+    shutil.rmtree(src)
+    return runs
+
+
+def convert_table(runs: list[ConvertRun]) -> str:
+    one = runs[0]
+    lines = [f"  {'workers':>7} {'files':>5} {'wall s':>7} {'CPU s':>7} {'CPU/wall':>8} {'speedup':>7}"]
+    for r in runs:
+        lines.append(
+            f"  {r.workers:>7} {r.files:>5} {r.seconds:7.2f} {r.cpu:7.2f} {r.cpu / r.seconds:8.2f} "
+            f"{one.seconds / r.seconds:6.2f}x"
+        )
+    two = next((r for r in runs if r.workers == 2), None)
+    if two is not None:
+        # Both cores busy is not enough: busy importing is no conversion. Both, and the work done faster.
+        both, speedup = two.cpu / two.seconds, one.seconds / two.seconds
+        met = both >= 1.8 and speedup >= 1.6
+        lines.append(
+            f"  convert of a mixed-vendor folder using both cores (2 workers: CPU/wall >= 1.8, >= 1.6x the speed "
+            f"of 1): {both:.2f}, {speedup:.2f}x -> {'MET' if met else 'NOT MET'}"
+        )
+    return "\n".join(lines)
+
+
 def cpu_seconds(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
     """(median CPU seconds of the whole process, every thread, user + system; median wall seconds)."""
     cpu, wall = [], []
@@ -618,9 +792,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=None, metavar="PATH", help="also write the machine and every row as JSON")
     parser.add_argument(
         "--only",
-        choices=("all", "exchange"),
+        choices=("all", "exchange", "vendor"),
         default="all",
-        help="exchange: only the X3P/GWY rows (at --exchange-size), not the NPZ/NPY/TMD ones",
+        help="exchange: only the X3P/GWY rows (at --exchange-size), not the NPZ/NPY/TMD ones; "
+        "vendor: only instruments' files against SurfaceTopography, and convert of a folder of them",
     )
     parser.add_argument(
         "--exchange-size", type=int, default=None, help=f"side of the X3P/GWY map (default {EXCHANGE_SIZE}, quick 256)"
@@ -633,6 +808,22 @@ def main(argv: list[str] | None = None) -> int:
     ]
     started = time.perf_counter()
     print(machine(), flush=True)
+    if args.only == "vendor":
+        with tempfile.TemporaryDirectory(dir=args.dir, prefix="tmd_nb-bench-") as tmp:
+            vendor = bench_vendor(Path(tmp), repeats)
+            runs = bench_convert(Path(tmp), repeats, 2 if args.quick else CONVERT_COPIES)
+        print(f"median of {repeats} repeat(s); files in a temporary directory on {args.dir or tempfile.gettempdir()}")
+        print()
+        print(table(vendor))
+        print()
+        print("Instrument-file targets (every load reads a copy not read before: format detection included):")
+        print(vendor_targets(vendor))
+        print()
+        print(f"convert of a folder of the instrument files to NPZ (median of {repeats}, imports of workers included):")
+        print(convert_table(runs))
+        load = " ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
+        print(f"\ntotal {time.perf_counter() - started:.0f} s; load average at the end {load}")
+        return 0
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="tmd_nb-bench-") as tmp:
         exchange = bench_exchange(side, Path(tmp), repeats)
     if args.only == "exchange":
