@@ -39,6 +39,7 @@ as damage (the fuzz tests load under a memory cap and would not see it).
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import datetime as dt
 import logging
 import math
@@ -272,6 +273,38 @@ def _one_line(exc: BaseException) -> str:
 # The last file detected: recognise() and load() of one file open it by trial once, not twice.
 _detected: dict[tuple[str, int, int, bytes], str | None] = {}
 _detected_lock = threading.Lock()
+# Within handing_over(): the reader whose trial recognised a file, with its key and source (one at most).
+_handed: contextvars.ContextVar[list[tuple[Any, Any, Any]] | None] = contextvars.ContextVar("_handed", default=None)
+
+
+@contextlib.contextmanager
+def handing_over() -> Iterator[None]:
+    """Within it, the reader whose trial recognised a file is kept for the load of that file that
+    follows, instead of being closed and the file opened again (as SurfaceTopography's own
+    ``open_topography`` keeps it); whatever no load took is closed on leaving. Nested: the
+    outermost one closes."""
+    if _handed.get() is not None:
+        yield
+        return
+    token = _handed.set([])
+    try:
+        yield
+    finally:
+        for _, reader, source in _handed.get() or ():
+            _close(reader, source)
+        _handed.reset(token)
+
+
+def _take(path: PathLike, head: bytes) -> tuple[Any, Any] | None:
+    """The (reader, source) kept by :func:`handing_over` for this file, unchanged since, or None."""
+    kept = _handed.get()
+    if not kept:
+        return None
+    key, reader, source = kept.pop()
+    if key == _key(path, head):
+        return reader, source
+    _close(reader, source)
+    return None
 
 
 def _key(path: PathLike, head: bytes) -> tuple[str, int, int, bytes]:
@@ -321,14 +354,19 @@ def _detect(io: Any, path: PathLike, head: bytes) -> str | None:
         source = _source(path, reader.format())
         try:
             with _quiet():
-                _close(reader(source))
+                opened = reader(source)
         except MemoryError:
+            _close(None, source)
             raise
         except Exception:  # any failure of a trial means "not this reader"
-            continue
-        finally:
             _close(None, source)
+            continue
         found = reader.format()
+        kept = _handed.get()
+        if kept is not None and not kept:
+            kept.append((key, opened, source))  # for the load that follows (handing_over)
+        else:
+            _close(opened, source)
         break
     with _detected_lock:
         _detected.clear()
@@ -388,9 +426,13 @@ def _open(path: PathLike) -> tuple[Any, str, Any]:
         vendor = _vendor_by_look(head, path)
         what = f"a {vendor.title} file" if vendor is not None else "an instrument's file"
         raise FormatError(f"{where} is {what}; reading it needs SurfaceTopography: {INSTALL}")
-    name = _detect(io, path, head)
+    with handing_over():
+        name = _detect(io, path, head)
+        taken = _take(path, head) if name is not None else None
     if name is None:
         raise FormatError(f"{where} is of no format SurfaceTopography reads")
+    if taken is not None:
+        return taken[0], name, taken[1]
     source = _source(path, name)
     try:
         with _quiet():
