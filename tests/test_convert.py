@@ -462,3 +462,22 @@ def test_workers_start_with_the_instrument_library_imported_once_by_the_fork_ser
     )
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == str(instrument)
+
+
+def test_an_instruments_file_is_opened_once_by_the_reader_that_recognised_it(tmp_path, monkeypatch):
+    from SurfaceTopography.IO.DI import DIReader
+
+    opened = []
+    init = DIReader.__init__
+
+    def counting(self, *args, **kwargs):
+        opened.append(args[0])
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(DIReader, "__init__", counting)
+    source = tmp_path / "once.di"  # a file not detected before (detection is remembered for the last file)
+    shutil.copy(DI, source)
+    result = batch.convert_file(str(source), str(tmp_path / "once.npz"))
+    assert result["status"] == "converted", result["reason"]
+    assert len(opened) == 1 and opened[0].closed
+    np.testing.assert_array_equal(tmd_nb.load(tmp_path / "once.npz")["height_map"], tmd_nb.load(DI)["height_map"])

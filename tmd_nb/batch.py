@@ -89,7 +89,7 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from .errors import FormatError, shorten
-from .formats import registry
+from .formats import instruments, registry
 from .formats.base import PathLike
 from .storage import atomic
 
@@ -512,15 +512,16 @@ def convert_file(
         if action == "skip":
             result.update(status="skipped", format=(record or {}).get("format") or registry.recognise(source).name)
             return result
-        fmt = registry.recognise(source)
-        result["format"] = fmt.name
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            data = registry.load(source, channel=_channel_arg(used))
-            after = os.stat(source)
-            if (after.st_size, after.st_mtime_ns, after.st_ino) != (st.st_size, st.st_mtime_ns, st.st_ino):
-                raise FormatError(f"{source!r} changed while it was being read; run again")
-            registry.save(data, output, format=format)
+        with instruments.handing_over():  # an instrument's file is read by the reader that recognised it
+            fmt = registry.recognise(source)
+            result["format"] = fmt.name
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                data = registry.load(source, channel=_channel_arg(used))
+                after = os.stat(source)
+                if (after.st_size, after.st_mtime_ns, after.st_ino) != (st.st_size, st.st_mtime_ns, st.st_ino):
+                    raise FormatError(f"{source!r} changed while it was being read; run again")
+                registry.save(data, output, format=format)
         result["output_sha256"] = _sha256(output)
         result["notes"] = sorted({str(w.message).splitlines()[0] for w in caught})
         result["status"] = "converted"
