@@ -733,6 +733,27 @@ def bench_convert(tmp: Path, repeats: int, copies: int = CONVERT_COPIES) -> list
     return runs
 
 
+def _busy(n: int) -> float:
+    """A pure-Python loop of ``n`` steps; its CPU seconds."""
+    t0, x = time.process_time(), 0
+    for i in range(n):
+        x += i * i
+    return time.process_time() - t0
+
+
+def cores_free(steps: int = 5_000_000) -> float:
+    """CPU/wall of two busy loops on a two-process pool: how many cores this machine gives us now
+    (2.0 when it is quiet; less while other people's work runs). The ceiling of convert's CPU/wall."""
+    import concurrent.futures as cf
+    import multiprocessing
+
+    with cf.ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("forkserver")) as pool:
+        list(pool.map(_busy, [1, 1]))
+        t0 = time.perf_counter()
+        cpu = sum(pool.map(_busy, [steps, steps]))
+        return cpu / (time.perf_counter() - t0)
+
+
 def convert_table(runs: list[ConvertRun]) -> str:
     """Each run's wall and CPU time, and its speed against one worker of the same kind (in this
     process, or the command line with ``--jobs 1``)."""
@@ -867,7 +888,9 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(dir=args.dir, prefix="tmd_nb-bench-") as tmp:
             vendor = bench_vendor(Path(tmp), repeats)
             before = " ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
+            free = [cores_free()]
             runs = bench_convert(Path(tmp), repeats, 2 if args.quick else CONVERT_COPIES)
+            free.append(cores_free())
         print(f"median of {repeats} repeat(s); files in a temporary directory on {args.dir or tempfile.gettempdir()}")
         print()
         print(table(vendor))
@@ -877,6 +900,10 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(f"convert of a folder of the instrument files to NPZ (median of {repeats}; load average {before}):")
         print(convert_table(runs))
+        print(
+            f"  cores free (CPU/wall of two busy loops on two processes, before and after): "
+            f"{free[0]:.2f}, {free[1]:.2f}: convert's CPU/wall cannot exceed it"
+        )
         load = " ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
         print(f"\ntotal {time.perf_counter() - started:.0f} s; load average at the end {load}")
         return 0
