@@ -3,6 +3,7 @@
     python benchmarks/bench.py            # the full run (a few minutes on 2 cores)
     python benchmarks/bench.py --quick    # a smoke run of a few seconds
     python benchmarks/bench.py --json benchmarks/results.json   # also keep the numbers (the docs plot them)
+    python benchmarks/bench.py --only vendor   # instruments' files against SurfaceTopography, and convert
 
 Every number is the median of several repeats, measured through the public API
 (``tmd_nb.export_to_npz``, ``load_from_npz``, ``export_to_npy``, ``load_from_npy``,
