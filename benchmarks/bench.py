@@ -3,6 +3,7 @@
     python benchmarks/bench.py            # the full run (a few minutes on 2 cores)
     python benchmarks/bench.py --quick    # a smoke run of a few seconds
     python benchmarks/bench.py --json benchmarks/results.json   # also keep the numbers (the docs plot them)
+    python benchmarks/bench.py --only vendor   # instruments' files against SurfaceTopography, and convert
 
 Every number is the median of several repeats, measured through the public API
 (``tmd_nb.export_to_npz``, ``load_from_npz``, ``export_to_npy``, ``load_from_npy``,
@@ -19,11 +20,13 @@ import argparse
 import dataclasses
 import gc
 import json
+import math
 import os
 import platform
 import resource
 import statistics
 import struct
+import subprocess
 import sys
 import tempfile
 import time
@@ -31,6 +34,7 @@ import tracemalloc
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -531,6 +535,253 @@ def exchange_targets(rows: list[Row]) -> str:
     return "\n".join(out)
 
 
+# ------------------------------------------------------------------------------------------
+# instruments' files (through SurfaceTopography) and convert of a folder of them
+# ------------------------------------------------------------------------------------------
+
+INSTRUMENTS = ROOT.parent / "shared" / "data" / "instruments"
+#: Copies of each instrument file in the folder ``convert`` is timed on: work for two cores.
+CONVERT_COPIES = 24
+
+
+def instrument_files() -> list[Path]:
+    return sorted(p for p in INSTRUMENTS.glob("*") if p.is_file() and p.suffix != ".md") if INSTRUMENTS.is_dir() else []
+
+
+def _copies(path: Path, tmp: Path, n: int, tag: str) -> list[Path]:
+    """``n`` copies of ``path``: every timed load reads a file read for the first time by that name,
+    as a user's load does (tmd_nb remembers the format of the last file it recognised)."""
+    out = []
+    for i in range(n):
+        copy = tmp / f"{tag}{i}-{path.name}"
+        copy.write_bytes(path.read_bytes())
+        out.append(copy)
+    return out
+
+
+def _surfacetopography_read(fmt: str | None, index: int) -> Callable[[Path], object]:
+    """SurfaceTopography's own read of one channel's heights: detection (or the format given), the
+    channel, its heights; warnings ignored as tmd_nb ignores them."""
+    import warnings
+
+    import SurfaceTopography as st
+
+    def read(path: Path) -> object:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            reader = st.open_topography(str(path), format=fmt) if fmt else st.open_topography(str(path))
+            try:
+                return reader.topography(channel_index=index).heights()
+            finally:
+                reader.close()
+
+    return read
+
+
+def bench_vendor(tmp: Path, repeats: int) -> list[Row]:
+    """``tmd_nb.load`` of each instrument file against SurfaceTopography's own read of the same
+    channel: ``open_topography(path)`` (it detects the format, as ``load`` does) and, as the floor,
+    ``open_topography(path, format=...)``. Every call reads a fresh copy (no remembered detection);
+    one file of each is read first, so that no row times an import."""
+    from tmd_nb.formats import instruments
+
+    rows: list[Row] = []
+    for path in instrument_files():
+        warm = _copies(path, tmp, 1, "warm")[0]
+        data = tmd_nb.load(warm)
+        names = [c["name"] for c in instruments.channels_of(warm)]
+        index = names.index(data["channel"])
+        fmt = instruments._detect(instruments._library(), warm, warm.read_bytes()[:512])
+        heights = np.ma.asarray(_surfacetopography_read(None, index)(warm))
+        # the same heights (SurfaceTopography indexes x, y; tmd_nb rows, columns; missing points NaN)
+        ours_map = data["height_map"]
+        theirs_map = np.ma.filled(heights.astype(np.float64), np.nan)
+        theirs_map = theirs_map.reshape(1, -1) if theirs_map.ndim == 1 else theirs_map.T
+        assert np.array_equal(ours_map, theirs_map, equal_nan=True), path.name
+        nbytes = ours_map.nbytes
+        timed: dict[str, Timing] = {}
+        for label, read in (
+            ("tmd_nb.load", lambda p: tmd_nb.load(p)),
+            ("open_topography", _surfacetopography_read(None, index)),
+            ("open_topography(fmt)", _surfacetopography_read(fmt, index)),
+        ):
+            fresh = iter(_copies(path, tmp, repeats + 1, "t"))
+            timed[label] = measure(label, lambda read=read, fresh=fresh: read(next(fresh)), nbytes, repeats, path)
+            for copy in tmp.glob(f"t*-{path.name}"):
+                copy.unlink()
+        warm.unlink()
+        name = f"{path.name} {ours_map.shape[1]}x{ours_map.shape[0]}"
+        ours, detected, given = timed.values()
+        rows.append(Row(name, "load vs ST's read", ours, detected))
+        rows.append(Row(name, "load vs ST's read, format given", ours, given))
+        print(f"  measured {path.name}", file=sys.stderr, flush=True)
+    return rows
+
+
+def vendor_targets(rows: list[Row]) -> str:
+    """Each file: tmd_nb.load within 1.2x of SurfaceTopography's own read (which detects the format too)."""
+    out = []
+    for r in rows:
+        if r.op == "load vs ST's read":
+            slow = r.ours.seconds / r.theirs.seconds
+            out.append(
+                f"  {r.data:<40} load within 1.2x of SurfaceTopography's read: {r.ours.seconds * 1e3:6.2f} ms vs "
+                f"{r.theirs.seconds * 1e3:6.2f} ms, {slow:.2f}x -> {'MET' if slow <= 1.2 else 'NOT MET'}"
+            )
+    return "\n".join(out)
+
+
+@dataclass
+class ConvertRun:
+    label: str
+    workers: int
+    files: int
+    seconds: float  # median wall time
+    cpu: float  # median CPU seconds of this process and every process working for it (user + system)
+
+
+def _forkserver() -> Any:
+    """multiprocessing's fork server (private: the standard library's own tests use it)."""
+    import multiprocessing.forkserver as fs
+
+    return getattr(fs, "_forkserver", None)
+
+
+def _stop_forkserver() -> None:
+    """Stop the fork server and wait for it, so that its CPU time (and that of the workers it forked
+    and reaped) counts in RUSAGE_CHILDREN; the next pool starts a new one."""
+    stop = getattr(_forkserver(), "_stop", None)
+    if stop is not None:
+        stop()
+
+
+def _forkserver_cpu() -> float:
+    """CPU seconds of the running fork server and the workers it reaped (/proc: user + system of
+    both), 0 when none runs or /proc is missing."""
+    pid = getattr(_forkserver(), "_forkserver_pid", None)
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")  # utime stime cutime cstime
+
+
+def bench_convert(tmp: Path, repeats: int, copies: int = CONVERT_COPIES) -> list[ConvertRun]:
+    """``tmd_nb.convert`` of a folder of the instrument files (``copies`` of each) to NPZ: one
+    worker (in this process, which has read such files before), and two (a process pool) both as
+    a first run (the fork server starts and imports tmd_nb and SurfaceTopography: a run of
+    ``tmd-nb convert``) and with the server running (a later run in the same session). Wall time,
+    and CPU time of this process and every process working for it. Each run writes into an empty
+    folder (nothing skipped)."""
+    import shutil
+
+    src = tmp / "mixed"
+    src.mkdir()
+    for path in instrument_files():
+        if path.suffix == ".txt":
+            continue  # .txt is not offered for folder conversion (GENERIC)
+        _copies(path, src, copies, "c")
+    files = len(list(src.iterdir()))
+    tmd_nb.load(next(src.iterdir()))  # this process has SurfaceTopography imported, as after any load
+
+    def run(workers: int, first: bool) -> tuple[float, float]:
+        out = tmp / "out"
+        gc.collect()
+        if first:
+            _stop_forkserver()
+        s0, c0, f0 = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN), 0.0
+        f0 = _forkserver_cpu()
+        t0 = time.perf_counter()
+        report = tmd_nb.convert(src, out, format="npz", jobs=workers, progress=False)
+        t1 = time.perf_counter()
+        f1 = _forkserver_cpu()  # the pool's workers have exited and been reaped by now
+        if first:
+            _stop_forkserver()
+        s1, c1 = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        assert report.ok and len(report.converted) == files, str(report)
+        shutil.rmtree(out)
+        cpu = sum(b.ru_utime - a.ru_utime + b.ru_stime - a.ru_stime for a, b in ((s0, s1), (c0, c1)))
+        return t1 - t0, cpu + (0.0 if first else f1 - f0)
+
+    runs = []
+    for label, workers, first in (
+        ("1 worker (in this process)", 1, False),
+        ("2 workers, first run", 2, True),
+        ("2 workers, server running", 2, False),
+    ):
+        if workers > 1 and not first:
+            run(workers, False)  # start the server (it stays)
+        wall, cpu = zip(*(run(workers, first) for _ in range(repeats)), strict=True)
+        runs.append(ConvertRun(label, workers, files, statistics.median(wall), statistics.median(cpu)))
+        print(f"  measured convert, {label}", file=sys.stderr, flush=True)
+    # The command line, each run a new interpreter (imports and the pool's start included on both sides):
+    # wall time only (the fork server outlives the command, so its CPU time reaches no one's RUSAGE_CHILDREN).
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    for workers in (1, 2):
+        wall = []
+        for _ in range(repeats):
+            command = [sys.executable, "-m", "tmd_nb", "convert", str(src), "-o", str(tmp / "out"), "--no-progress"]
+            t0 = time.perf_counter()
+            subprocess.run([*command, "--jobs", str(workers)], check=True, env=env, capture_output=True)
+            wall.append(time.perf_counter() - t0)
+            shutil.rmtree(tmp / "out")
+        label = f"tmd-nb convert --jobs {workers}"
+        runs.append(ConvertRun(label, workers, files, statistics.median(wall), float("nan")))
+        print(f"  measured {label}", file=sys.stderr, flush=True)
+    shutil.rmtree(src)
+    return runs
+
+
+def _busy(n: int) -> float:
+    """A pure-Python loop of ``n`` steps; its CPU seconds."""
+    t0, x = time.process_time(), 0
+    for i in range(n):
+        x += i * i
+    return time.process_time() - t0
+
+
+def cores_free(steps: int = 5_000_000) -> float:
+    """CPU/wall of two busy loops on a two-process pool: how many cores this machine gives us now
+    (2.0 when it is quiet; less while other people's work runs). The ceiling of convert's CPU/wall."""
+    import concurrent.futures as cf
+    import multiprocessing
+
+    with cf.ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("forkserver")) as pool:
+        list(pool.map(_busy, [1, 1]))
+        t0 = time.perf_counter()
+        cpu = sum(pool.map(_busy, [steps, steps]))
+        return cpu / (time.perf_counter() - t0)
+
+
+def convert_table(runs: list[ConvertRun]) -> str:
+    """Each run's wall and CPU time, and its speed against one worker of the same kind (in this
+    process, or the command line with ``--jobs 1``)."""
+    lines = [f"  {'':<28} {'files':>5} {'wall s':>7} {'CPU s':>7} {'CPU/wall':>8} {'speedup':>7}"]
+    for r in runs:
+        one = next(o for o in runs if o.workers == 1 and o.label.startswith("tmd-nb") == r.label.startswith("tmd-nb"))
+        cpu = f"{r.cpu:7.2f} {r.cpu / r.seconds:8.2f}" if math.isfinite(r.cpu) else f"{'-':>7} {'-':>8}"
+        lines.append(f"  {r.label:<28} {r.files:>5} {r.seconds:7.2f} {cpu} {one.seconds / r.seconds:6.2f}x")
+    one = runs[0]
+    # Both cores busy is not enough (busy importing is no conversion): both busy, and the work done faster.
+    for r in runs[1:3]:
+        both, speedup = r.cpu / r.seconds, one.seconds / r.seconds
+        met = both >= 1.8 and speedup >= 1.6
+        lines.append(
+            f"  convert using both cores, {r.label} (CPU/wall >= 1.8, >= 1.6x the speed of 1 worker): "
+            f"{both:.2f}, {speedup:.2f}x -> {'MET' if met else 'NOT MET'}"
+        )
+    cli = [r for r in runs if r.label.startswith("tmd-nb")]
+    if len(cli) == 2:
+        speedup = cli[0].seconds / cli[1].seconds
+        lines.append(
+            f"  tmd-nb convert --jobs 2 >= 1.6x the speed of --jobs 1 (a new interpreter each): {speedup:.2f}x "
+            f"-> {'MET' if speedup >= 1.6 else 'NOT MET'}"
+        )
+    return "\n".join(lines)
+
+
 def cpu_seconds(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
     """(median CPU seconds of the whole process, every thread, user + system; median wall seconds)."""
     cpu, wall = [], []
@@ -618,9 +869,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=None, metavar="PATH", help="also write the machine and every row as JSON")
     parser.add_argument(
         "--only",
-        choices=("all", "exchange"),
+        choices=("all", "exchange", "vendor"),
         default="all",
-        help="exchange: only the X3P/GWY rows (at --exchange-size), not the NPZ/NPY/TMD ones",
+        help="exchange: only the X3P/GWY rows (at --exchange-size), not the NPZ/NPY/TMD ones; "
+        "vendor: only instruments' files against SurfaceTopography, and convert of a folder of them",
     )
     parser.add_argument(
         "--exchange-size", type=int, default=None, help=f"side of the X3P/GWY map (default {EXCHANGE_SIZE}, quick 256)"
@@ -633,6 +885,29 @@ def main(argv: list[str] | None = None) -> int:
     ]
     started = time.perf_counter()
     print(machine(), flush=True)
+    if args.only == "vendor":
+        with tempfile.TemporaryDirectory(dir=args.dir, prefix="tmd_nb-bench-") as tmp:
+            vendor = bench_vendor(Path(tmp), repeats)
+            before = " ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
+            free = [cores_free()]
+            runs = bench_convert(Path(tmp), repeats, 2 if args.quick else CONVERT_COPIES)
+            free.append(cores_free())
+        print(f"median of {repeats} repeat(s); files in a temporary directory on {args.dir or tempfile.gettempdir()}")
+        print()
+        print(table(vendor))
+        print()
+        print("Instrument-file targets (every load reads a copy not read before: format detection included):")
+        print(vendor_targets(vendor))
+        print()
+        print(f"convert of a folder of the instrument files to NPZ (median of {repeats}; load average {before}):")
+        print(convert_table(runs))
+        print(
+            f"  cores free (CPU/wall of two busy loops on two processes, before and after): "
+            f"{free[0]:.2f}, {free[1]:.2f}: convert's CPU/wall cannot exceed it"
+        )
+        load = " ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
+        print(f"\ntotal {time.perf_counter() - started:.0f} s; load average at the end {load}")
+        return 0
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="tmd_nb-bench-") as tmp:
         exchange = bench_exchange(side, Path(tmp), repeats)
     if args.only == "exchange":

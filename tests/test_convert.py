@@ -418,3 +418,66 @@ def test_the_command_line_and_the_magic_take_a_channel(mixed, tmp_path, ip, caps
     assert f"  failed: {mixed / 'di-3.di'}: {NO_NOPE}" in capsys.readouterr().out.splitlines()
     report = ip.run_line_magic("tmd_convert", f"{mixed} -o {tmp_path / 'magic'} --channel AmplitudeError --jobs 1")
     assert report.ok and channel_lines(tmp_path / "magic")["di-3.di"] == "AmplitudeError"
+
+
+SCRIPT = """
+import concurrent.futures as cf
+import multiprocessing
+import sys
+
+import tmd_nb
+
+
+def imported():
+    return "SurfaceTopography" in sys.modules
+
+
+if __name__ == "__main__":
+    report = tmd_nb.convert(sys.argv[1], sys.argv[2], jobs=2, progress=False)
+    assert report.ok and len(report.converted) == 2, str(report)
+    # A worker forked by the same server after the run, which has read no file.
+    with cf.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("forkserver")) as pool:
+        print(pool.submit(imported).result())
+"""
+
+
+@pytest.mark.parametrize("instrument", [True, False])
+def test_workers_start_with_the_instrument_library_imported_once_by_the_fork_server(tmd_samples, tmp_path, instrument):
+    # SurfaceTopography takes seconds of CPU to import: imported by each worker, it cost more than
+    # converting a folder of small instrument files; a folder without any need not import it at all.
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(tmd_samples / "v2_Dime.tmd", src / "dime.tmd")
+    shutil.copy(DI if instrument else tmd_samples / "v2_Surface.tmd", src / ("di-3.di" if instrument else "s.tmd"))
+    script = tmp_path / "run.py"
+    script.write_text(SCRIPT)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    run = subprocess.run(
+        [sys.executable, str(script), str(src), str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == str(instrument)
+
+
+def test_an_instruments_file_is_opened_once_by_the_reader_that_recognised_it(tmp_path, monkeypatch):
+    from SurfaceTopography.IO.DI import DIReader
+
+    opened = []
+    init = DIReader.__init__
+
+    def counting(self, *args, **kwargs):
+        opened.append(args[0])
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(DIReader, "__init__", counting)
+    source = tmp_path / "once.di"  # a file not detected before (detection is remembered for the last file)
+    shutil.copy(DI, source)
+    result = batch.convert_file(str(source), str(tmp_path / "once.npz"))
+    assert result["status"] == "converted", result["reason"]
+    assert len(opened) == 1 and opened[0].closed
+    np.testing.assert_array_equal(tmd_nb.load(tmp_path / "once.npz")["height_map"], tmd_nb.load(DI)["height_map"])

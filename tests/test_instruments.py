@@ -404,6 +404,61 @@ def test_channels_reads_no_heights(monkeypatch: pytest.MonkeyPatch) -> None:
         tmd_nb.load(sample("di-3.di"))
 
 
+@pytest.mark.parametrize("name", [n for n in EXPECTED if not n.endswith(".txt")])
+def test_a_vendor_file_is_tried_first_by_its_own_reader(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # SurfaceTopography tries its text readers first, which read a binary file line by line before
+    # failing (slower than the vendor's reader on the whole file): a file with its vendor's signature
+    # or extension is tried by that vendor's reader first, and found by it.
+    import SurfaceTopography.IO as io
+
+    tried: list[str] = []
+
+    def spy(reader: Any) -> Any:
+        def init(self: Any, *args: Any, **kwargs: Any) -> None:
+            tried.append(reader.format())
+            reader.__init__(self, *args, **kwargs)
+
+        return type(reader.__name__, (reader,), {"__init__": init})
+
+    monkeypatch.setattr(io, "readers", [spy(r) for r in io.readers])
+    copy = tmp_path / name  # a file not detected before (detection is remembered for the last file)
+    copy.write_bytes(sample(name).read_bytes())
+    data = tmd_nb.load(copy)
+    assert data["instrument_format"] == EXPECTED[name][0]
+    assert tried == [next(v.name for v in instruments.VENDORS if v.title == EXPECTED[name][0])]
+
+
+def test_a_vendor_file_is_opened_once_by_the_reader_that_recognised_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As SurfaceTopography's open_topography does: the reader whose trial recognised the file reads
+    # it (opening it again cost a NanoScope file its header parsed twice); one nobody loads is closed.
+    from SurfaceTopography.IO.DI import DIReader
+
+    opened: list[Any] = []
+    init = DIReader.__init__
+
+    def counting(self: Any, *args: Any, **kwargs: Any) -> None:
+        opened.append(args[0])
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(DIReader, "__init__", counting)
+    copies = []
+    for i in range(3):  # files not detected before (detection is remembered for the last file)
+        copies.append(tmp_path / f"{i}.di")
+        copies[-1].write_bytes(sample("di-3.di").read_bytes())
+    assert tmd_nb.load(copies[0])["channel"] == "ZSensor"
+    assert len(opened) == 1 and opened[0].closed
+    assert [c["name"] for c in tmd_nb.channels(copies[1])] == ["ZSensor", "AmplitudeError", "Phase", "Height"]
+    assert len(opened) == 2 and opened[1].closed
+    with instruments.handing_over():
+        assert registry.recognise(copies[2]) is instruments.FORMAT
+        assert not opened[2].closed  # kept for a load
+    assert len(opened) == 3 and opened[2].closed  # none came: closed
+
+
 def test_formats_tmd_nb_reads_itself_are_never_handed_to_surfacetopography() -> None:
     # A format of the registry that SurfaceTopography also reads (SDF, once tmd_nb reads it) must
     # be in instruments.OWN, or a damaged file of it would be read by the other reader instead.

@@ -89,7 +89,7 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from .errors import FormatError, shorten
-from .formats import registry
+from .formats import instruments, registry
 from .formats.base import PathLike
 from .storage import atomic
 
@@ -512,15 +512,16 @@ def convert_file(
         if action == "skip":
             result.update(status="skipped", format=(record or {}).get("format") or registry.recognise(source).name)
             return result
-        fmt = registry.recognise(source)
-        result["format"] = fmt.name
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            data = registry.load(source, channel=_channel_arg(used))
-            after = os.stat(source)
-            if (after.st_size, after.st_mtime_ns, after.st_ino) != (st.st_size, st.st_mtime_ns, st.st_ino):
-                raise FormatError(f"{source!r} changed while it was being read; run again")
-            registry.save(data, output, format=format)
+        with instruments.handing_over():  # an instrument's file is read by the reader that recognised it
+            fmt = registry.recognise(source)
+            result["format"] = fmt.name
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                data = registry.load(source, channel=_channel_arg(used))
+                after = os.stat(source)
+                if (after.st_size, after.st_mtime_ns, after.st_ino) != (st.st_size, st.st_mtime_ns, st.st_ino):
+                    raise FormatError(f"{source!r} changed while it was being read; run again")
+                registry.save(data, output, format=format)
         result["output_sha256"] = _sha256(output)
         result["notes"] = sorted({str(w.message).splitlines()[0] for w in caught})
         result["status"] = "converted"
@@ -629,6 +630,32 @@ def _start_method() -> str | None:
 
 Task = tuple[str, str, "Record | None"]
 
+#: What a worker imports to read an instrument's file: seconds (scipy, pandas), on every core at once.
+_INSTRUMENT_LIBRARY = "SurfaceTopography.IO"
+
+
+def _preload(tasks: list[Task]) -> None:
+    """Have the fork server import tmd_nb (and SurfaceTopography, for instruments' files) once, so that
+    each worker it forks starts with them instead of importing them itself.
+
+    SurfaceTopography takes 1-2 s of CPU to import: in every worker, that is a core's worth of work
+    per worker before the first file (more than converting a hundred small files), paid again by
+    each pool. Imported once in the server, the workers of this pool and of later ones in this
+    session fork with it loaded. The server starts with the first pool that needs it: a server
+    already running keeps what it imported. The user's own preload modules are kept.
+    """
+    from multiprocessing import forkserver
+
+    server = getattr(forkserver, "_forkserver", None)
+    modules = list(getattr(server, "_preload_modules", None) or ["__main__"])
+    wanted = [__name__]
+    instrument = set(registry.by_name("instrument").extensions)
+    if _INSTRUMENT_LIBRARY.split(".")[0] in sys.modules or any(
+        os.path.splitext(source)[1].lower() in instrument for source, _, _ in tasks
+    ):
+        wanted.append(_INSTRUMENT_LIBRARY)
+    multiprocessing.get_context("forkserver").set_forkserver_preload(modules + [m for m in wanted if m not in modules])
+
 
 def _died(task: Task) -> Record:
     record: Record = {k: None for k in FIELDS}
@@ -660,6 +687,8 @@ def _run_local(
             done(convert_file(task[0], task[1], format, overwrite, task[2], manifest, channel))
         return
     context = multiprocessing.get_context(method)
+    if method == "forkserver":
+        _preload(tasks)
     queue = collections.deque(tasks)
     suspects: list[Task] = []
 

@@ -191,20 +191,21 @@ def load(
     OSError
         The file cannot be read (missing, a directory, a pipe, permission denied).
     """
-    fmt = recognise(file_path)
-    options: dict[str, Any] = {"progress": progress}
-    if mmap:
-        if not fmt.mmap:
-            takers = one_of([f.title for f in FORMATS if f.mmap])
-            raise ValueError(f"mmap=True applies to {takers} files only; {os.fspath(file_path)!r} is {fmt.title}")
-        options["mmap"] = True
-    if fmt.channels is not None:
-        return fmt.load(file_path, channel=channel, **options)
-    if channel is not None:
-        raise ValueError(
-            f"{os.fspath(file_path)!r} is a {fmt.title} file of one height map: it takes no channel={channel!r}"
-        )
-    return fmt.load(file_path, **options)
+    with instruments.handing_over():  # an instrument's file is opened once, by the reader that recognised it
+        fmt = recognise(file_path)
+        options: dict[str, Any] = {"progress": progress}
+        if mmap:
+            if not fmt.mmap:
+                takers = one_of([f.title for f in FORMATS if f.mmap])
+                raise ValueError(f"mmap=True applies to {takers} files only; {os.fspath(file_path)!r} is {fmt.title}")
+            options["mmap"] = True
+        if fmt.channels is not None:
+            return fmt.load(file_path, channel=channel, **options)
+        if channel is not None:
+            raise ValueError(
+                f"{os.fspath(file_path)!r} is a {fmt.title} file of one height map: it takes no channel={channel!r}"
+            )
+        return fmt.load(file_path, **options)
 
 
 @renamed_keyword("path", "file_path")
@@ -232,9 +233,10 @@ def channels(file_path: PathLike) -> list[dict[str, Any]]:
     OSError
         The file cannot be read.
     """
-    fmt = recognise(file_path)
-    if fmt.channels is not None:
-        return fmt.channels(file_path)
+    with instruments.handing_over():
+        fmt = recognise(file_path)
+        if fmt.channels is not None:
+            return fmt.channels(file_path)
     data = fmt.load(file_path)
     shape = tuple(int(n) for n in np.shape(data["height_map"]))
     unit = data.get("height_unit")
