@@ -53,7 +53,9 @@ Safety: ``gwyfile`` trusts the sizes in the file, so the whole structure is firs
 every object and array must fit in its parent, nesting is at most :data:`MAX_DEPTH` deep, and
 the copying gwyfile does (the rest of an object for each component, the rest of an object array
 for each object) is counted and bounded by :data:`MAX_COPY_FACTOR` times the file size, so that
-parsing stays linear. Only then are the top-level entries handed to gwyfile, one at a time.
+parsing stays linear. Only then are the entries a load needs built, at most :data:`MAX_OBJECTS`
+objects (an object array of millions of empty objects would otherwise take far more memory than
+its file).
 Malformed files raise :class:`~tmd_nb.errors.FormatError` naming the file. The writer refuses
 lengths that are not finite in metres and records over the reader's limit, and shows at most
 :data:`MAX_META_KEYS` short keys in ``/0/meta``, so that whatever it writes loads again.
@@ -89,6 +91,9 @@ MAGIC = b"GWYP"
 RECORD_PREFIX = "/tmd_nb/"
 MAX_DEPTH = 32
 MAX_NAME = 4096
+#: Objects built for one load (the channel, its units, metadata and title hold a few dozen): an
+#: object array costs 5 bytes of file per object but a few hundred bytes of memory once built.
+MAX_OBJECTS = 100_000
 #: Longest text shown per key in ``/0/meta``.
 MAX_META_TEXT = 1000
 #: Keys shown in ``/0/meta`` (the first ones), and the longest key shown, in UTF-8 bytes: a
@@ -113,6 +118,7 @@ class _Walk:
 
     def __init__(self, buf: Any, where: str) -> None:
         self.buf, self.where = buf, where
+        self.objects = 0  # built so far
 
     def fail(self, pos: int, what: str) -> FormatError:
         return FormatError(f"{self.where} is not a well-formed Gwyddion file: {what} (at byte {pos + len(MAGIC)})")
@@ -218,6 +224,9 @@ class _Walk:
         return name, items, p
 
     def object(self, pos: int) -> tuple[GwyObject, int]:
+        self.objects += 1
+        if self.objects > MAX_OBJECTS:
+            raise self.fail(pos, f"the entries a load reads hold more than {MAX_OBJECTS} objects")
         body = self.cstring(pos, len(self.buf), "an object's type name")
         obj = GwyObject(self.text(pos, body, "an object's type name"))
         (size,) = struct.unpack_from("<I", self.buf, body)
