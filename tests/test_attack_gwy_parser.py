@@ -522,3 +522,93 @@ def test_a_dask_block_of_another_dtype_than_promised_saves_what_it_computes(tmp_
         computed = lying.compute()
     back = load_x3p(path)["height_map"]
     assert back.dtype == computed.dtype and back.tobytes() == computed.tobytes()
+
+
+def with_filler_in_the_data_field(path: Path, pad: int) -> None:
+    """``path`` with a ``pad``-byte-named component first in ``/0/data``: its data moves by as many bytes."""
+    body = memoryview(path.read_bytes())[4:]
+    head = b"/0/data\0o"
+    parts = []
+    for start, end in gwy.scan(body, "x"):
+        part = bytes(body[start:end])
+        if part.startswith(head):
+            obj = part[len(head) :]
+            name_end = obj.index(b"\0") + 1
+            inner = hostile.gwy_component("p" * pad, b"c", b"\1") + obj[name_end + 4 :]
+            part = head + obj[:name_end] + struct.pack("<I", len(inner)) + inner
+        parts.append(part)
+    path.write_bytes(gwy_bytes(*parts))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("pad", range(1, 9))
+def test_a_record_over_unaligned_data_restores_every_point(tmp_path: Path, monkeypatch, dtype, pad: int) -> None:
+    # The sealed record's quick way reads the data in place, wherever the file puts it.
+    monkeypatch.setattr(blockwise, "BLOCK_BYTES", 64)
+    monkeypatch.setattr(blockwise, "_threads", lambda: 2)
+    hm = np.random.default_rng(pad).normal(size=(30, 20)).astype(dtype)
+    hm[2, 2] = np.nan
+    path = saved(tmp_path, hm)
+    with_filler_in_the_data_field(path, pad)
+    assert gwy._Entries(path, "x", None)["/0/data"]["data"].ctypes.data % 8 == (pad + 3) % 8
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the fields a reader sees did not change: no warning
+        back = load_gwy(path)["height_map"]
+    assert back.dtype == hm.dtype and back.tobytes() == hm.tobytes()
+
+
+@pytest.mark.parametrize(
+    "spoil",
+    [
+        pytest.param(lambda b: b[:20] + b"\n" + b[20:], id="newline"),
+        pytest.param(lambda b: b + b"\n", id="trailing newline"),
+        pytest.param(lambda b: b" " + b, id="leading space"),
+        pytest.param(lambda b: b + b"==", id="extra padding"),
+        pytest.param(lambda b: b.rstrip(b"=") if b.endswith(b"=") else b[:-1], id="padding dropped"),
+        pytest.param(lambda b: b[:8] + b"=" + b[8:], id="padding inside"),
+        pytest.param(lambda b: b.replace(b"+", b"-").replace(b"/", b"_") + b"-_" * (b.count(b"+") == 0), id="urlsafe"),
+        pytest.param(lambda b: b[:4] + "é".encode() + b[4:], id="non-ASCII"),
+    ],
+)
+def test_base64_members_are_read_strictly(tmp_path: Path, spoil) -> None:
+    path = saved(tmp_path, patched_map())
+    name = gwy.RECORD_PREFIX + embedded.PATCH_VALUES
+    text = gwyfile.load(str(path))[name].encode("ascii")
+    rewritten(path, **{name.replace("/", "__S__"): spoil(text)})
+    assert f"its tmd_nb entry {embedded.PATCH_VALUES!r} is not valid base64" in str(load_refused(path))
+
+
+@FAST
+@given(seed=st.integers(0, 2**32 - 1), flips=st.integers(1, 3))
+def test_a_damaged_record_is_refused_or_warned_never_a_silently_other_map(tmp_path_factory, seed, flips) -> None:
+    # Bytes changed within tmd_nb's entries (record, patch, gaps, metadata array), structure kept.
+    rng = np.random.default_rng(seed)
+    hm = patched_map()
+    hm[1, 1] = np.nan
+    path = saved(tmp_path_factory.mktemp("flip"), hm, mask=hm > 1.5)
+    raw = bytearray(path.read_bytes())
+    body = memoryview(bytes(raw))[4:]
+    spots = [
+        (start + 4, end + 4)
+        for start, end in gwy.scan(body, "x")
+        if bytes(body[start : start + len(gwy.RECORD_PREFIX)]) == gwy.RECORD_PREFIX.encode()
+    ]
+    for _ in range(flips):
+        start, end = spots[int(rng.integers(len(spots)))]
+        name_end = raw.index(b"\0", start) + 2  # past the name and its type code
+        at = int(rng.integers(name_end, end - 1))  # not the string's NUL: the structure stays
+        raw[at] = int(rng.choice([c for c in b'0123456789abcdef"{}[],: eE+-.A/=xyz' if c != raw[at]]))
+    path.write_bytes(bytes(raw))
+    try:
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            back = load_gwy(path)
+    except FormatError as exc:
+        assert one_line_naming(exc, path), str(exc)
+        return
+    if any(issubclass(w.category, tmd_nb.ModifiedFileWarning) for w in seen):
+        theirs = np.asarray(gwyfile.load(str(path))["/0/data"].data).reshape(hm.shape)
+        finite = np.isfinite(back["height_map"])
+        np.testing.assert_array_equal(back["height_map"][finite], theirs[finite])
+        return
+    assert back["height_map"].dtype == hm.dtype and back["height_map"].tobytes() == hm.tobytes()
