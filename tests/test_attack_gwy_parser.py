@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import io
+import itertools
 import json
 import os
 import re
@@ -85,24 +86,44 @@ def objects_in_meta(count: int) -> bytes:
 def test_an_object_array_a_load_builds_is_bounded(tmp_path: Path) -> None:
     # /0/meta is built for gwyddion_meta: 5 bytes of file per object became ~430 bytes of memory.
     path = tmp_path / "objects.gwy"
-    path.write_bytes(objects_in_meta(gwy.MAX_OBJECTS + 1))
+    path.write_bytes(objects_in_meta(gwy.MAX_BUILT + 1))
     message = str(load_refused(path))
-    assert f"more than {gwy.MAX_OBJECTS} objects" in message
+    assert f"more than {gwy.MAX_BUILT} components and objects" in message
     path.write_bytes(objects_in_meta(1000))  # a few are read as ever (and dropped from gwyddion_meta)
     assert load_gwy(path)["gwyddion_meta"] == {}
+    many = b"".join(hostile.gwy_component(f"k{i}", b"i", struct.pack("<i", i)) for i in range(gwy.MAX_BUILT))
+    path.write_bytes(
+        gwy_bytes(
+            hostile.gwy_channel(), hostile.gwy_component("/0/meta", b"o", hostile.gwy_object(b"GwyContainer", many))
+        )
+    )
+    assert f"more than {gwy.MAX_BUILT} components and objects" in str(load_refused(path))
+    few = b"".join(hostile.gwy_component(f"k{i}", b"i", struct.pack("<i", i)) for i in range(10_000))
+    path.write_bytes(
+        gwy_bytes(
+            hostile.gwy_channel(), hostile.gwy_component("/0/meta", b"o", hostile.gwy_object(b"GwyContainer", few))
+        )
+    )
+    assert load_gwy(path)["gwyddion_meta"] == {f"k{i}": i for i in range(10_000)}
 
 
-@pytest.mark.parametrize("where", ["meta", "field"])
+@pytest.mark.parametrize("where", ["meta", "field", "meta arrays"])
 def test_millions_of_empty_objects_stay_within_the_memory_budget(tmp_path: Path, where: str) -> None:
-    # 20 MB of file took over 1.2 GB before the bound (MemoryError in the capped child).
+    # 20 MB of empty objects took over 1.2 GB before the bound (MemoryError in the capped child);
+    # 18 MB of empty arrays with 3-letter names, 1 GB (43 times their file).
     count = 4_000_000
     empty = b"\0" + struct.pack("<I", 0)
     junk = hostile.gwy_component("junk", b"O", struct.pack("<I", count) + empty * count)
     if where == "meta":
         meta = hostile.gwy_component("/0/meta", b"o", hostile.gwy_object(b"GwyContainer", junk))
         content = gwy_bytes(hostile.gwy_channel(), meta)
-    else:
+    elif where == "field":
         content = gwy_bytes(hostile.gwy_component("/0/data", b"o", field(2, 2, None, junk)))
+    else:
+        names = itertools.product(range(1, 128), repeat=3)
+        arrays = b"".join(bytes(name) + b"\0D" + bytes(4) for name, _ in zip(names, range(2_000_000), strict=False))
+        meta = hostile.gwy_component("/0/meta", b"o", hostile.gwy_object(b"GwyContainer", arrays))
+        content = gwy_bytes(hostile.gwy_channel(), meta)
     path = tmp_path / f"{where}.gwy"
     path.write_bytes(content)
     found = memory_probe(path, timeout=120)
