@@ -14,6 +14,7 @@ import itertools
 import json
 import os
 import re
+import shutil
 import struct
 import subprocess
 import sys
@@ -29,6 +30,7 @@ import hostile_files as hostile
 import numpy as np
 import pytest
 import x3pio
+from conftest import require
 from helpers import memory_probe
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -209,11 +211,12 @@ def test_lying_structures_are_one_line_format_errors(tmp_path: Path, content: by
 def test_a_file_that_shrinks_between_its_size_and_its_read_is_refused(tmp_path: Path, monkeypatch) -> None:
     path = tmp_path / "shrinks.gwy"
     export_to_gwy(np.random.default_rng(1).normal(size=(600, 600)), path)  # read on several threads
-    real = os.fstat
+    real, size = os.fstat, path.stat().st_size
 
     def shrinking(fd: int) -> os.stat_result:
         found = real(fd)
-        os.truncate(path, found.st_size // 2)  # another program truncates it meanwhile
+        if os.path.samestat(found, os.stat(path)) and found.st_size == size:  # the load's own file
+            os.truncate(path, found.st_size // 2)  # another program truncates it meanwhile
         return found
 
     monkeypatch.setattr(gwy.os, "fstat", shrinking)
@@ -633,3 +636,64 @@ def test_a_damaged_record_is_refused_or_warned_never_a_silently_other_map(tmp_pa
         np.testing.assert_array_equal(back["height_map"][finite], theirs[finite])
         return
     assert back["height_map"].dtype == hm.dtype and back["height_map"].tobytes() == hm.tobytes()
+
+
+def test_a_dask_x3p_save_keeps_nan_payloads_and_infinities(tmp_path: Path) -> None:
+    hm = hm32()
+    bits = hm.view(np.uint32)
+    bits[0, 0], bits[5, 5], bits[7, 7] = 0x7FC00001, 0xFFC00000, 0x7F800000
+    streamed, whole = tmp_path / "s.x3p", tmp_path / "w.x3p"
+    with dask.config.set(scheduler="threads"):
+        export_to_x3p({"height_map": da.from_array(hm, chunks=(7, 11))}, streamed)
+    export_to_x3p({"height_map": hm}, whole)
+    assert load_x3p(streamed)["height_map"].tobytes() == hm.tobytes()
+    assert streamed.read_bytes() != b"" and x3pio.read(streamed, verify=True).layers[0].z.shape == hm.shape
+    assert load_x3p(whole)["height_map"].tobytes() == hm.tobytes()
+
+
+def test_a_dask_x3p_save_computed_whole_after_all_leaves_no_temporary_file(tmp_path: Path) -> None:
+    # 64-bit integers beyond 2**53: float64 cannot give them back, so the stream gives up for a copy.
+    big = np.arange(600, dtype=np.int64).reshape(20, 30) + 2**60
+    path = tmp_path / "c.x3p"
+    with dask.config.set(scheduler="threads"):
+        export_to_x3p({"height_map": da.from_array(big, chunks=(7, 11))}, path)
+    back = load_x3p(path)["height_map"]
+    assert back.dtype == big.dtype and np.array_equal(back, big)
+    assert [p.name for p in tmp_path.iterdir()] == ["c.x3p"]
+
+
+def test_a_file_that_shrinks_while_read_with_progress_is_refused(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "shrinks.gwy"
+    export_to_gwy(np.random.default_rng(1).normal(size=(600, 600)), path)
+    real, size = os.fstat, path.stat().st_size
+
+    def shrinking(fd: int) -> os.stat_result:
+        found = real(fd)
+        if os.path.samestat(found, os.stat(path)) and found.st_size == size:  # the load's own file
+            os.truncate(path, found.st_size - 1)
+        return found
+
+    monkeypatch.setattr(gwy.os, "fstat", shrinking)
+    with pytest.raises(FormatError, match="shrank while being read") as info:
+        load_gwy(path, progress=lambda done, total: None)  # read in order, one piece at a time
+    assert one_line_naming(info.value, path)
+
+
+def test_a_file_gwyddion_saved_again_loads_exactly(tmp_path: Path) -> None:
+    # The real peer: Gwyddion reads tmd_nb's file (patch, gaps, user mask) and writes its own.
+    require(shutil.which("gwyddion") is not None, "Gwyddion is not installed")
+    hm = patched_map()
+    hm[3, 4] = np.nan
+    mask = np.zeros(hm.shape, bool)
+    mask[10:12, 10:20] = True
+    path = saved(tmp_path, hm, mask=mask, title="t")
+    out = tmp_path / "again.gwy"
+    env = {k: v for k, v in os.environ.items() if k != "DISPLAY"}
+    subprocess.run(
+        ["gwyddion", f"--convert-to-gwy={out}", str(path)], check=True, capture_output=True, timeout=120, env=env
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        back = load_gwy(out)
+    assert back["height_map"].tobytes() == hm.tobytes()
+    assert back["mask"].dtype == np.bool_ and np.array_equal(back["mask"], mask) and back["title"] == "t"
