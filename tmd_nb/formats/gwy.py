@@ -52,9 +52,11 @@ Reading is tmd_nb's own (:class:`_Walk`): the file is read into one buffer (on s
 its whole structure walked first (:func:`scan`) without building anything: every name and string
 must end within its object, every object and array must fit in its parent, nesting is at most
 :data:`MAX_DEPTH` deep. Then only the entries a load needs are built (the channel's data field and
-mask, title and metadata, tmd_nb's record), their arrays as views of the buffer: nothing is copied
-that is not kept, so parsing is linear in the file (``gwyfile``, which writes the file here, copied
-the rest of an object for each of its components when it read). Malformed files raise
+mask, title and metadata, tmd_nb's record), at most :data:`MAX_BUILT` components and objects
+(millions of empty objects or arrays would take far more memory than their file), their arrays as
+views of the buffer: nothing is copied that is not kept, so parsing is linear in the file
+(``gwyfile``, which writes the file here, copied the rest of an object for each of its components
+when it read). Malformed files raise
 :class:`~tmd_nb.errors.FormatError` naming the file. The writer refuses lengths that are not finite
 in metres and records over the reader's limit, and shows at most :data:`MAX_META_KEYS` short keys
 in ``/0/meta``, so that whatever it writes loads again.
@@ -90,6 +92,10 @@ MAGIC = b"GWYP"
 RECORD_PREFIX = "/tmd_nb/"
 MAX_DEPTH = 32
 MAX_NAME = 4096
+#: Components and objects built for one load (the channel, its units, metadata and title hold a
+#: few dozen): each costs a few bytes of file (an object in an object array 5, an empty array
+#: with a 3-letter name 8) but a few hundred bytes of memory once built.
+MAX_BUILT = 100_000
 #: Longest text shown per key in ``/0/meta``.
 MAX_META_TEXT = 1000
 #: Keys shown in ``/0/meta`` (the first ones), and the longest key shown, in UTF-8 bytes: a
@@ -115,6 +121,7 @@ class _Walk:
 
     def __init__(self, buf: Any, where: str) -> None:
         self.buf, self.where = buf, where
+        self.built = 0  # components and objects built so far
 
     def fail(self, pos: int, what: str) -> FormatError:
         return FormatError(f"{self.where} is not a well-formed Gwyddion file: {what} (at byte {pos + len(MAGIC)})")
@@ -183,10 +190,16 @@ class _Walk:
             raise self.fail(pos, "a component runs past the end of its object")
         return p
 
-    # Building values, from a structure scan() has checked: only UTF-8 can still be wrong.
+    # Building values, from a structure scan() has checked: only UTF-8 and their number can still be wrong.
+
+    def count_built(self, pos: int) -> None:
+        self.built += 1
+        if self.built > MAX_BUILT:
+            raise self.fail(pos, f"the entries a load reads hold more than {MAX_BUILT} components and objects")
 
     def value(self, pos: int) -> tuple[str, Any, int]:
         """The component at ``pos``: its name, its value and where it ends."""
+        self.count_built(pos)
         p = self.cstring(pos, len(self.buf), "a component name")
         name = self.text(pos, p, "a component name")
         code = self.buf[p]
@@ -220,6 +233,7 @@ class _Walk:
         return name, items, p
 
     def object(self, pos: int) -> tuple[GwyObject, int]:
+        self.count_built(pos)
         body = self.cstring(pos, len(self.buf), "an object's type name")
         obj = GwyObject(self.text(pos, body, "an object's type name"))
         (size,) = struct.unpack_from("<I", self.buf, body)

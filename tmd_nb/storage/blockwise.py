@@ -11,6 +11,7 @@ the whole costs about one pass. Small maps run in the calling thread.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -26,6 +27,13 @@ T = TypeVar("T")
 BLOCK_BYTES = 1 << 20
 
 _pool: ThreadPoolExecutor | None = None
+#: Set in the pool's threads: a job that maps blocks itself runs them in its own thread, since
+#: waiting there for the pool's other threads could wait forever (all of them waiting likewise).
+_inside = threading.local()
+
+
+def _mark_inside() -> None:
+    _inside.active = True
 
 
 def _forget_pool() -> None:
@@ -52,11 +60,11 @@ def map_blocks(points: int, itemsize: int, job: Callable[[int, int], T]) -> list
     """
     step = max(1, BLOCK_BYTES // max(1, itemsize))
     starts = range(0, points, step)
-    if len(starts) < 2 or _threads() < 2:
+    if len(starts) < 2 or _threads() < 2 or getattr(_inside, "active", False):
         return [job(s, min(s + step, points)) for s in starts]
     global _pool
     if _pool is None:
-        _pool = ThreadPoolExecutor(max_workers=_threads(), thread_name_prefix="tmd_nb-blocks")
+        _pool = ThreadPoolExecutor(max_workers=_threads(), thread_name_prefix="tmd_nb-blocks", initializer=_mark_inside)
     return list(_pool.map(lambda s: job(s, min(s + step, points)), starts))
 
 
