@@ -64,13 +64,14 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import itertools
 import math
 import os
 import re
 import stat
 import struct
 import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -672,6 +673,28 @@ def _write_pieces(fp: BinaryIO, pieces: list[bytes | np.ndarray | _Stream]) -> N
 _MAX_SIZE = 0xFFFF_FFFF
 
 
+#: Bytes encoded to base64 at a time.
+_BASE64_PIECE = 3 << 18
+
+
+def _base64_stream(parts: Iterable[bytes | memoryview], size: int) -> _Stream:
+    """A string entry holding the base64 text of the concatenated ``parts`` (``size`` bytes in
+    all), encoded a piece at a time as they are written: the text of the whole, never whole."""
+
+    def write(fp: BinaryIO) -> None:
+        carry = b""
+        for part in parts:
+            view = memoryview(part).cast("B")
+            for start in range(0, len(view), _BASE64_PIECE):
+                data = carry + view[start : start + _BASE64_PIECE]
+                cut = len(data) - len(data) % 3  # whole 3-byte groups: their text is the whole's, cut
+                fp.write(binascii.b2a_base64(data[:cut], newline=False))
+                carry = data[cut:]
+        fp.write(binascii.b2a_base64(carry, newline=False) + b"\0")
+
+    return _Stream("s", 4 * -(-size // 3) + 1, write)
+
+
 class _Plan:
     """What :func:`export_to_gwy` writes besides the heights, checked before anything is written."""
 
@@ -731,6 +754,8 @@ class _Plan:
                 entries[RECORD_PREFIX + name] = content
             elif name == embedded.RECORD:
                 entries[RECORD_PREFIX + name] = content.decode("utf-8")
+            elif len(content) > _BASE64_PIECE:  # a large array (a patch, a mask): no whole copy of its text
+                entries[RECORD_PREFIX + name] = _base64_stream([content], len(content))
             else:
                 entries[RECORD_PREFIX + name] = base64.b64encode(content).decode("ascii")
         typecodes = {k: ("s" if isinstance(v, str | _Stream) else "o") for k, v in entries.items()}
@@ -798,8 +823,8 @@ class _Streamed:
         self.crcs: list[tuple[int, int]] = []  # CRC-32 and length of the values written, in order
         self.at: list[np.ndarray] = []
         self.values: list[np.ndarray] = []
-        index = 4 if array.size <= 1 << 32 else 8
-        self.cost, self.budget, self.patched = index + array.dtype.itemsize, array.nbytes // 4, 0
+        self.index = np.dtype(np.uint32 if array.size <= 1 << 32 else np.intp)  # as pack() stores the indices
+        self.cost, self.budget, self.patched = self.index.itemsize + array.dtype.itemsize, array.nbytes // 4, 0
 
     @property
     def missing(self) -> bool:
@@ -809,9 +834,9 @@ class _Streamed:
         """The record's patch, as :func:`embedded.pack` makes it (None without one)."""
         if not self.at:
             return None
-        at = np.concatenate(self.at)
-        index = at.astype(np.uint32) if self.array.size <= 1 << 32 else at
-        return index, np.concatenate(self.values).astype(self.array.dtype, copy=False)
+        at, values = np.concatenate(self.at), np.concatenate(self.values).astype(self.array.dtype, copy=False)
+        self.at, self.values = [], []
+        return at, values
 
     def _put(self, fp: BinaryIO, values: np.ndarray) -> None:
         raw = np.ascontiguousarray(values, dtype="<f8").reshape(-1).view(np.uint8).data
@@ -842,7 +867,7 @@ class _Streamed:
                     self.patched += at.size
                     if self.patched * self.cost > self.budget:
                         raise _Whole(f"block row {i}: the record needs an exact copy of the map")
-                    self.at.append(at + (row + r) * cols)
+                    self.at.append((at + (row + r) * cols).astype(self.index))
                     self.values.append(part.reshape(-1)[at])
                 if redo is None and not whole:
                     redo = i
@@ -898,18 +923,8 @@ class _Streamed:
         crc = zlib.crc32(head)
         for gaps in self._gap_groups():
             crc = zlib.crc32(gaps.view(np.uint8).data, crc)
-        size = len(head) + self.array.size
-
-        def write(fp: BinaryIO) -> None:
-            carry = head
-            for gaps in self._gap_groups():
-                data = carry + gaps.view(np.uint8).tobytes()
-                cut = len(data) - len(data) % 3  # base64 of whole 3-byte groups: the text of the whole, cut
-                fp.write(binascii.b2a_base64(data[:cut], newline=False))
-                carry = data[cut:]
-            fp.write(binascii.b2a_base64(carry, newline=False) + b"\0")
-
-        return crc, _Stream("s", 4 * -(-size // 3) + 1, write)
+        parts = itertools.chain([memoryview(head)], (gaps.view(np.uint8).data for gaps in self._gap_groups()))
+        return crc, _base64_stream(parts, len(head) + self.array.size)
 
     def crc(self) -> int:
         return combine_crcs(self.crcs)
