@@ -17,6 +17,8 @@ What :func:`export_to_gwy` writes (keys of the top container)
     ``si_unit_xy`` and ``si_unit_z`` (``GwySIUnit``). Missing points (NaN, and infinities) are
     filled with the mean of the finite heights, so that whatever ignores the mask (colour
     range, statistics) sees values within the data's range, never an invented 0, and masked.
+    The mean is summed a row at a time and the row sums added exactly (``math.fsum``), then
+    clamped into the heights' range: the same bits however a map is chunked.
 ``/0/mask``
     A ``GwyDataField`` of the same grid, 1 where masked, 0 elsewhere: present when the map has
     missing points or its metadata holds a ``"mask"`` (a bool array of the map's shape).
@@ -32,6 +34,19 @@ What :func:`export_to_gwy` writes (keys of the top container)
 ``/tmd_nb/record.json``, ``/tmd_nb/<name>``
     tmd_nb's record (:mod:`tmd_nb.storage.embedded`) as string entries: the JSON as it is, each
     NPY array in base64 (``height_map`` when the float64 metres do not give back the exact map).
+
+The file is not compressed: a Dask height map is streamed into ``/0/data`` block row by block
+row (at most two block rows in memory, besides the record), the same bytes as the map in memory
+gives. What the rest of the file needs of the heights (the fill, the mask, the record's patch,
+``__missing__`` and fingerprint) is gathered from the block values in the writing process, as
+they are written (the blocks themselves may be computed anywhere), and the container's size,
+which precedes everything, is written last. Heights are written as they come while every one is
+finite; a missing point stops the writing, not the gathering, and the block rows from the first
+such point are computed a second time and written filled (two passes over those: each block row
+is checked to give the same values again). A map whose record needs an exact copy of it (more
+differing points than a patch holds) is computed whole, once a block shows it, as is one whose
+finite heights sum beyond float64. A Gwyddion object's size is a uint32: a map beyond 4 GiB is
+refused.
 
 What :func:`load_gwy` reads
 ---------------------------
