@@ -276,3 +276,17 @@ def test_dask_gwy_save_keeps_peak_memory_far_below_the_map(tmp_path, dtype, miss
     back = load_gwy(out)["height_map"]  # the record's fingerprint checked against the data
     assert back.dtype == np.dtype(dtype)
     assert np.array_equal(back[7 * 256 : 8 * 256, 4096:], expected, equal_nan=True)
+
+
+@pytest.mark.slow
+def test_a_save_whose_blocks_compute_on_a_local_cluster_is_the_same_file(tmp_path):
+    # The blocks run in worker processes: the patch, the missing points and the fingerprint are
+    # gathered from the values written here.
+    distributed = pytest.importorskip("distributed")
+    a = surface((300, 90), np.float64)
+    a[40:44, 10] = np.nan
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+    with cluster, distributed.Client(cluster):
+        memory, lazy = both(tmp_path, a, {"units": "mm", "mask": a > 5}, (60, 45))
+    assert lazy == memory
+    assert b"/tmd_nb/__patch_at__\0" in lazy and b"/tmd_nb/__missing__\0" in lazy
