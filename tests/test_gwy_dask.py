@@ -94,15 +94,31 @@ def test_a_users_mask_is_the_channels_mask_as_in_memory(tmp_path, whole, missing
     dtype=st.sampled_from(["<f4", "<f8", ">f8", "<f2", "<i2", "<u2", "<i4", "|u1", "|b1", "<c8"]),
     unit=st.sampled_from(["m", "mm", "nm", "V"]),
     gaps=st.floats(0, 1),
+    group=st.sampled_from([1, 200, gwy._GROUP]),  # rows handled at a time within a block row
+    masked=st.booleans(),
 )
-def test_any_chunking_gives_the_file_of_the_map_in_memory(tmp_path, rows, cols, block, dtype, unit, gaps):
+def test_any_chunking_gives_the_file_of_the_map_in_memory(
+    tmp_path, rows, cols, block, dtype, unit, gaps, group, masked
+):
     rng = np.random.default_rng(rows * 1000 + cols)
     a = (rng.normal(size=(rows, cols)) * 1000).astype(dtype)
     if a.dtype.kind == "f":
         a[rng.random(a.shape) < gaps] = np.nan
-    memory, lazy = both(tmp_path, a, {"height_unit": unit}, block)
+    meta = {"height_unit": unit, **({"mask": rng.random(a.shape) < 0.3} if masked else {})}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(gwy, "_GROUP", group)
+        memory, lazy = both(tmp_path, a, meta, block)
     assert lazy == memory
-    assert_identical({"height_map": a, "height_unit": unit}, load_gwy(tmp_path / "dask.gwy"))
+    assert_identical({"height_map": a, **meta}, load_gwy(tmp_path / "dask.gwy"))
+
+
+def test_a_missing_point_within_a_block_row_rewrites_it_from_its_start(tmp_path, whole, monkeypatch):
+    # Rows are handled a few at a time: those before the missing point were written, and are again.
+    monkeypatch.setattr(gwy, "_GROUP", 8 * 30 * 3)
+    a = surface((50, 30), np.float64)
+    a[37, 29] = np.nan
+    memory, lazy = both(tmp_path, a, {"units": "um"}, (25, 30))
+    assert lazy == memory and len(whole) == 1
 
 
 @pytest.mark.parametrize(
