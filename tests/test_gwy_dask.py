@@ -306,3 +306,13 @@ def test_a_save_whose_blocks_compute_on_a_local_cluster_is_the_same_file(tmp_pat
         memory, lazy = both(tmp_path, a, {"units": "mm", "mask": a > 5}, (60, 45))
     assert lazy == memory
     assert b"/tmd_nb/__patch_at__\0" in lazy and b"/tmd_nb/__missing__\0" in lazy
+
+
+def test_heights_summing_beyond_float64_are_computed_whole_and_filled_within_their_range(tmp_path, whole):
+    a = np.full((20, 10), 1.5e308)
+    a[3, 3] = np.nan
+    a[5, 5] = 1.0e308
+    memory, lazy = both(tmp_path, a, {"units": "m"}, (6, 4))
+    assert lazy == memory and len(whole) == 2  # the row sums overflow: the mean is taken term by term
+    assert 1.0e308 <= gwyfile.load(str(tmp_path / "dask.gwy"))["/0/data"].data[3, 3] <= 1.5e308
+    assert_identical({"height_map": a, "units": "m"}, load_gwy(tmp_path / "dask.gwy"))

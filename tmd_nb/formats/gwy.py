@@ -579,12 +579,14 @@ class _Heights:
         """Take whole rows of the standard heights (2-D) and where they are finite."""
         if finite.all():
             self.count += standard.size
-            self.sums.append(standard.sum(axis=1))
+            with np.errstate(over="ignore"):  # a sum beyond float64: fill() says so
+                self.sums.append(standard.sum(axis=1))
             self.lows.append(standard.min(axis=1))
             self.highs.append(standard.max(axis=1))
             return
         self.count += int(np.count_nonzero(finite))
-        self.sums.append(np.where(finite, standard, 0.0).sum(axis=1))
+        with np.errstate(over="ignore"):
+            self.sums.append(np.where(finite, standard, 0.0).sum(axis=1))
         self.lows.append(np.where(finite, standard, np.inf).min(axis=1))
         self.highs.append(np.where(finite, standard, -np.inf).max(axis=1))
 
