@@ -4,7 +4,9 @@ Three measurements, each against its in-process baseline in the same run:
 
 * export of a Dask-backed float32 map to compressed NPZ (default 4 GiB) vs the export of the same
   array in memory: time and peak RSS, each in its own subprocess; and the same Dask map saved as
-  X3P (streamed into ``data.bin`` as NPZ streams it): its peak RSS against the NPZ save's;
+  X3P (streamed into ``data.bin`` as NPZ streams it) and as GWY (streamed into ``/0/data``; at
+  most 22528 x 22528, as a Gwyddion object holds at most 4 GiB of float64 heights): their peak
+  RSS against the NPZ save's;
 * 256 x 256 windows read with ``open_dask`` from a compressed NPZ tmd_nb wrote (default 1 GiB):
   median time and RSS growth, in a subprocess (warm page cache);
 * converting the sample scans x 100 copies: files per second of a plain loop (``load`` +
@@ -29,6 +31,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT.parent / "shared" / "data" / "tmd"
+#: The largest square map of 512-row blocks whose float64 heights a Gwyddion data field holds (4 GiB).
+GWY_ROWS = 22528
 
 # The map: a band of a quantised rough surface (like the real scans: heights on a grid of about
 # range / 2^15), repeated down the rows with a shift per block row, so that computing a block
@@ -110,13 +114,20 @@ def run_child(code: str, *args: str) -> list[float]:
 
 def bench_export(tmp: Path, rows: int, repeats: int) -> str:
     gib = rows * rows * 4 / 2**30
-    results: dict[str, list[list[float]]] = {"memory": [], "dask": [], "dask-x3p": []}
-    saves = {"memory": "export_to_npz", "dask": "export_to_npz", "dask-x3p": "export_to_x3p"}
+    results: dict[str, list[list[float]]] = {"memory": [], "dask": [], "dask-x3p": [], "dask-gwy": []}
+    saves = {
+        "memory": "export_to_npz",
+        "dask": "export_to_npz",
+        "dask-x3p": "export_to_x3p",
+        "dask-gwy": "export_to_gwy",
+    }
+    sides = {mode: rows for mode in results}
+    sides["dask-gwy"] = min(rows, GWY_ROWS)
     sizes = {}
     for _ in range(repeats):
         for mode in results:
             path = tmp / f"{mode}.{saves[mode][len('export_to_') :]}"
-            results[mode].append(run_child(EXPORT, mode, str(rows), str(path), MAP, saves[mode]))
+            results[mode].append(run_child(EXPORT, mode, str(sides[mode]), str(path), MAP, saves[mode]))
             sizes[mode] = path.stat().st_size
             path.unlink()
     size = sizes["dask"]
@@ -126,6 +137,7 @@ def bench_export(tmp: Path, rows: int, repeats: int) -> str:
         "memory": "in memory (numpy array)",
         "dask": "Dask array (512-row blocks)",
         "dask-x3p": "Dask array, saved as X3P",
+        "dask-gwy": "Dask array, saved as GWY",
     }
     for mode, runs in results.items():
         seconds = statistics.median(r[0] for r in runs)
@@ -134,7 +146,7 @@ def bench_export(tmp: Path, rows: int, repeats: int) -> str:
         medians[mode], growth[mode] = seconds, max(r[2] - r[1] for r in runs)
         label = labels[mode]
         lines.append(
-            f"  {label:30s} {seconds:7.2f} s  {rows * rows * 4 / 1e6 / seconds:7.0f} MB/s  "
+            f"  {label:30s} {seconds:7.2f} s  {sides[mode] ** 2 * 4 / 1e6 / seconds:7.0f} MB/s  "
             f"peak RSS {peak:6.0f} MiB (before the export {base:5.0f} MiB)"
         )
     lines.append(
@@ -143,6 +155,11 @@ def bench_export(tmp: Path, rows: int, repeats: int) -> str:
     lines.append(
         f"  Dask save's peak RSS growth, X3P / NPZ: {growth['dask-x3p'] / max(growth['dask'], 1):.2f}x "
         f"({growth['dask-x3p']:.0f} / {growth['dask']:.0f} MiB); X3P file {sizes['dask-x3p'] / 1e6:.0f} MB"
+    )
+    lines.append(
+        f"  Dask save's peak RSS growth, GWY / NPZ: {growth['dask-gwy'] / max(growth['dask'], 1):.2f}x "
+        f"({growth['dask-gwy']:.0f} / {growth['dask']:.0f} MiB); GWY file {sizes['dask-gwy'] / 1e6:.0f} MB "
+        f"({sides['dask-gwy']}x{sides['dask-gwy']})"
     )
     return "\n".join(lines)
 

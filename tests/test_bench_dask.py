@@ -26,6 +26,11 @@ def test_bench_dask_quick_prints_every_section(tmp_path):
     assert re.search(
         r"^  Dask save's peak RSS growth, X3P / NPZ: \d+\.\d\dx \(\d+ / \d+ MiB\); X3P file \d+ MB$", out, re.M
     ), out
+    assert re.search(
+        r"^  Dask save's peak RSS growth, GWY / NPZ: \d+\.\d\dx \(\d+ / \d+ MiB\); GWY file \d+ MB \(\d+x\d+\)$",
+        out,
+        re.M,
+    ), out
     assert re.search(r"^  median [\d.]+ ms, slowest [\d.]+ ms, RSS growth [\d.]+ MiB$", out, re.M), out
     for name in ("plain loop: load + export_to_npz", "convert(jobs=2)", "convert(client=LocalCluster of 2 workers)"):
         assert re.search(rf"^  {re.escape(name)} +[\d.]+ files/s +[\d.]+x$", out, re.M), out

@@ -17,6 +17,8 @@ What :func:`export_to_gwy` writes (keys of the top container)
     ``si_unit_xy`` and ``si_unit_z`` (``GwySIUnit``). Missing points (NaN, and infinities) are
     filled with the mean of the finite heights, so that whatever ignores the mask (colour
     range, statistics) sees values within the data's range, never an invented 0, and masked.
+    The mean is summed a row at a time and the row sums added exactly (``math.fsum``), then
+    clamped into the heights' range: the same bits however a map is chunked.
 ``/0/mask``
     A ``GwyDataField`` of the same grid, 1 where masked, 0 elsewhere: present when the map has
     missing points or its metadata holds a ``"mask"`` (a bool array of the map's shape).
@@ -32,6 +34,19 @@ What :func:`export_to_gwy` writes (keys of the top container)
 ``/tmd_nb/record.json``, ``/tmd_nb/<name>``
     tmd_nb's record (:mod:`tmd_nb.storage.embedded`) as string entries: the JSON as it is, each
     NPY array in base64 (``height_map`` when the float64 metres do not give back the exact map).
+
+The file is not compressed: a Dask height map is streamed into ``/0/data`` block row by block
+row (at most two block rows in memory, besides the record), the same bytes as the map in memory
+gives. What the rest of the file needs of the heights (the fill, the mask, the record's patch,
+``__missing__`` and fingerprint) is gathered from the block values in the writing process, as
+they are written (the blocks themselves may be computed anywhere), and the container's size,
+which precedes everything, is written last. Heights are written as they come while every one is
+finite; a missing point stops the writing, not the gathering, and the block rows from the first
+such point are computed a second time and written filled (two passes over those: each block row
+is checked to give the same values again). A map whose record needs an exact copy of it (more
+differing points than a patch holds) is computed whole, once a block shows it, as is one whose
+finite heights sum beyond float64. A Gwyddion object's size is a uint32: a map beyond 4 GiB is
+refused.
 
 What :func:`load_gwy` reads
 ---------------------------
@@ -67,23 +82,27 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import itertools
 import math
 import os
 import re
 import stat
 import struct
-from collections.abc import Iterator, Mapping
-from typing import Any
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, BinaryIO
 
 import numpy as np
 
 from ..errors import FormatError, ModifiedFileWarning, renamed_keyword, warn
-from ..heightmap import in_memory, split_height_map
+from ..heightmap import in_memory, is_dask_array, split_height_map
 from ..storage import embedded, limits, units
 from ..storage._io import Progress, open_file, read_into
 from ..storage._io import Reporter as _Reporter
 from ..storage.atomic import atomic_write
-from ..storage.npyfile import write_data
+from ..storage.blockwise import combine_crcs
+from ..storage.libraries import crc32_of
+from ..storage.npyfile import block_rows, c_order_header, write_data
 from .base import Format, PathLike
 
 __all__ = ["FORMAT", "MAGIC", "OTHER_UNITS", "check", "export_to_gwy", "load_from_gwy", "load_gwy", "scan"]
@@ -558,18 +577,60 @@ def _height_factor(meta: Mapping[str, Any]) -> float:
         return math.nan
 
 
+class _Heights:
+    """The count, sum, least and greatest of the finite standard heights, gathered rows at a time.
+
+    Row by row, so that a map streamed a block row at a time (whatever its chunks) and the same
+    map in memory are filled alike, bit for bit: each row is summed alone, as numpy sums a row,
+    and the row sums are added exactly (``math.fsum``), in no order that chunks could change.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.sums: list[np.ndarray] = []
+        self.lows: list[np.ndarray] = []
+        self.highs: list[np.ndarray] = []
+
+    def add(self, standard: np.ndarray, finite: np.ndarray) -> None:
+        """Take whole rows of the standard heights (2-D) and where they are finite."""
+        if finite.all():
+            self.count += standard.size
+            with np.errstate(over="ignore"):  # a sum beyond float64: fill() says so
+                self.sums.append(standard.sum(axis=1))
+            self.lows.append(standard.min(axis=1))
+            self.highs.append(standard.max(axis=1))
+            return
+        self.count += int(np.count_nonzero(finite))
+        with np.errstate(over="ignore"):
+            self.sums.append(np.where(finite, standard, 0.0).sum(axis=1))
+        self.lows.append(np.where(finite, standard, np.inf).min(axis=1))
+        self.highs.append(np.where(finite, standard, -np.inf).max(axis=1))
+
+    def fill(self) -> float | None:
+        """The mean of the finite heights within their range (0.0 without any); None if their sum is beyond float64."""
+        if not self.count:
+            return 0.0
+        sums = np.concatenate(self.sums)
+        if not np.isfinite(sums).all():
+            return None
+        try:
+            mean = math.fsum(sums.tolist()) / self.count
+        except OverflowError:
+            return None
+        low, high = float(np.min(np.concatenate(self.lows))), float(np.max(np.concatenate(self.highs)))
+        return min(max(mean, low), high)
+
+
 def _filled(standard: np.ndarray, finite: np.ndarray) -> np.ndarray:
     """``standard`` with its missing points set to the mean of the finite ones: within the data's range."""
     if finite.all():
         return standard
-    fill = 0.0
-    if finite.any():
-        heights = standard[finite]
-        with np.errstate(over="ignore"):
-            fill = float(np.mean(heights))
-        if not np.isfinite(fill):  # the sum overflowed (heights near float64's limit): the mean term by term
-            fill = float(np.sum(heights / heights.size))
-        fill = min(max(fill, float(heights.min())), float(heights.max()))
+    heights = _Heights()
+    heights.add(standard, finite)
+    fill = heights.fill()
+    if fill is None:  # the sum overflowed (heights near float64's limit): the mean term by term
+        kept = standard[finite]
+        fill = min(max(float(np.sum(kept / kept.size)), float(kept.min())), float(kept.max()))
     return np.where(finite, standard, fill)
 
 
@@ -581,19 +642,35 @@ def _user_mask(meta: Mapping[str, Any], shape: tuple[int, ...]) -> np.ndarray | 
     return None
 
 
-def _pieces(obj: Any) -> tuple[list[bytes | np.ndarray], int]:
+class _Stream:
+    """A component whose value the streaming writer makes as it goes: ``size`` bytes, written by
+    ``write(fp)``; a data field's values (``D``, ``count`` of them) or a string (``s``, its NUL
+    included)."""
+
+    def __init__(self, code: str, size: int, write: Callable[[BinaryIO], None], count: int = 0) -> None:
+        self.code, self.size, self.write, self.count = code, size, write, count
+
+
+def _pieces(obj: Any) -> tuple[list[bytes | np.ndarray | _Stream], int]:
     """gwyfile's serialization of ``obj`` as pieces to write in turn, and their length in bytes.
 
     Byte for byte what ``obj.serialize()`` gives, but float64 arrays (a data field's ``data``)
     stay arrays, written from their own buffer: no copy of the map is joined into one bytes
-    object (that join, not the disk, was most of a save's time).
+    object (that join, not the disk, was most of a save's time). A :class:`_Stream` value is a
+    piece of its own.
     """
     from gwyfile.objects import guess_typecode, serialize_component
 
-    body: list[bytes | np.ndarray] = []
+    body: list[bytes | np.ndarray | _Stream] = []
     size = 0
     for key in obj:
         value = obj[key]
+        if isinstance(value, _Stream):
+            head = key.encode("utf-8") + b"\0" + value.code.encode("ascii")
+            head += struct.pack("<I", value.count) if value.code == "D" else b""
+            body += [head, value]
+            size += len(head) + value.size
+            continue
         code = obj.typecodes.get(key) or guess_typecode(value)
         if code == "o":
             sub, n = _pieces(value)
@@ -609,21 +686,120 @@ def _pieces(obj: Any) -> tuple[list[bytes | np.ndarray], int]:
             raw = serialize_component(key, value, code)
             body.append(raw)
             size += len(raw)
+    if size > _MAX_SIZE:
+        raise ValueError(f"a Gwyddion {obj.name} holds at most {_MAX_SIZE:,} bytes; this one would be {size:,}")
     head = obj.name.encode("utf-8") + b"\0" + struct.pack("<I", size)
     return [head, *body], len(head) + size
 
 
+def _write_pieces(fp: BinaryIO, pieces: list[bytes | np.ndarray | _Stream]) -> None:
+    for piece in pieces:
+        if isinstance(piece, bytes):
+            fp.write(piece)
+        elif isinstance(piece, _Stream):
+            piece.write(fp)
+        else:  # a map's values, from their own buffer, written back to disk as they go
+            write_data(fp, piece, None)
+
+
+#: The largest object a ``.gwy`` file holds: its size is a uint32.
+_MAX_SIZE = 0xFFFF_FFFF
+
+
+#: Bytes encoded to base64 at a time.
+_BASE64_PIECE = 3 << 18
+
+
+def _base64_stream(parts: Iterable[bytes | memoryview], size: int) -> _Stream:
+    """A string entry holding the base64 text of the concatenated ``parts`` (``size`` bytes in
+    all), encoded a piece at a time as they are written: the text of the whole, never whole."""
+
+    def write(fp: BinaryIO) -> None:
+        carry = b""
+        for part in parts:
+            view = memoryview(part).cast("B")
+            for start in range(0, len(view), _BASE64_PIECE):
+                data = carry + view[start : start + _BASE64_PIECE]
+                cut = len(data) - len(data) % 3  # whole 3-byte groups: their text is the whole's, cut
+                fp.write(binascii.b2a_base64(data[:cut], newline=False))
+                carry = data[cut:]
+        fp.write(binascii.b2a_base64(carry, newline=False) + b"\0")
+
+    return _Stream("s", 4 * -(-size // 3) + 1, write)
+
+
+class _Plan:
+    """What :func:`export_to_gwy` writes besides the heights, checked before anything is written."""
+
+    def __init__(self, shape: tuple[int, ...], meta: dict[str, Any]) -> None:
+        """ValueError/TypeError naming a unit, length or offset that cannot be written, or a record over the limits."""
+        phys = units.written(meta)  # TypeError/ValueError naming a length or offset that cannot be written as given
+        (self.xy_unit, lateral), (self.z_unit, self.height) = _units(meta)
+        limits.check_lengths(phys, "a Gwyddion file")
+        limits.check_record(meta, "a Gwyddion file")
+        rows, cols = shape if math.prod(shape) else (1, 1)  # an empty map's grid is one missing point
+        x_length, y_length = phys.x_length or float(cols), phys.y_length or float(rows)
+        unit = phys.lateral_unit
+        self.xreal = units.in_si("x_length", x_length, unit, lateral)
+        self.yreal = units.in_si("y_length", y_length, unit, lateral)
+        self.xoff = units.in_si("x_offset", phys.x_offset, unit, lateral)
+        self.yoff = units.in_si("y_offset", phys.y_offset, unit, lateral)
+        title = meta.get("title")
+        self.title = _gwy_text(title) if isinstance(title, str) else "Height"
+        self.shown: dict[str, str] = {}
+        for k, v in meta.items():  # display only: the record keeps every key
+            name = _gwy_text(k)
+            if (
+                len(self.shown) < MAX_META_KEYS
+                and len(name.encode()) <= MAX_META_KEY
+                and (t := _meta_text(v)) is not None
+            ):
+                self.shown[name] = t
+        self.fields = _fields(self.field(np.zeros((1, 1))), "")
+
+    def field(self, values: np.ndarray | _Stream, shape: tuple[int, int] = (1, 1)) -> Any:
+        """A data field of ``values``: an array, or a stream of a ``shape`` grid's values."""
+        from gwyfile.objects import GwyDataField, GwySIUnit
+
+        field = GwyDataField(
+            np.ascontiguousarray(values, dtype=np.float64) if isinstance(values, np.ndarray) else np.zeros((1, 1)),
+            xreal=self.xreal,
+            yreal=self.yreal,
+            xoff=self.xoff,
+            yoff=self.yoff,
+            si_unit_xy=GwySIUnit(unitstr=self.xy_unit),
+            si_unit_z=GwySIUnit(unitstr=self.z_unit),
+        )
+        if isinstance(values, _Stream):
+            field["yres"], field["xres"] = shape
+            field["data"] = values
+        return field
+
+    def container(self, entries: dict[str, Any], record: Mapping[str, bytes | _Stream]) -> Any:
+        """The top-level container: ``entries`` (the data, title and mask), ``/0/meta`` and the record."""
+        from gwyfile.objects import GwyContainer
+
+        entries = dict(entries)
+        if self.shown:
+            entries["/0/meta"] = GwyContainer(self.shown, typecodes=dict.fromkeys(self.shown, "s"))
+        for name, content in record.items():
+            if isinstance(content, _Stream):
+                entries[RECORD_PREFIX + name] = content
+            elif name == embedded.RECORD:
+                entries[RECORD_PREFIX + name] = content.decode("utf-8")
+            elif len(content) > _BASE64_PIECE:  # a large array (a patch, a mask): no whole copy of its text
+                entries[RECORD_PREFIX + name] = _base64_stream([content], len(content))
+            else:
+                entries[RECORD_PREFIX + name] = base64.b64encode(content).decode("ascii")
+        typecodes = {k: ("s" if isinstance(v, str | _Stream) else "o") for k, v in entries.items()}
+        return GwyContainer(entries, typecodes=typecodes)
+
+
 def _build(data: Any) -> Any:
     """Validate ``data`` and make the file's top-level container; ValueError/TypeError before anything is written."""
-    from gwyfile.objects import GwyContainer, GwyDataField, GwySIUnit
-
-    array, meta = split_height_map(in_memory(data))  # a Dask array is computed: the file is written whole
-    phys = units.written(meta)  # TypeError/ValueError naming a length or offset that cannot be written as given
-    (xy_unit, lateral), (z_unit, height) = _units(meta)
-    limits.check_lengths(phys, "a Gwyddion file")
-    limits.check_record(meta, "a Gwyddion file")
-    rows, cols = embedded.grid(array).shape
-    x_length, y_length = phys.x_length or float(cols), phys.y_length or float(rows)
+    array, meta = split_height_map(in_memory(data))  # a Dask array is computed: this is the way of a map in memory
+    plan = _Plan(array.shape, meta)
+    height = plan.height
     user_mask = _user_mask(meta, array.shape) if array.size else None  # an empty map's grid is one missing point
     # Every height finite (the usual map): one blockwise pass gives what the file and record need.
     surveyed = embedded.survey(array, height)
@@ -637,50 +813,194 @@ def _build(data: Any) -> Any:
         values = _filled(standard, finite)
         mask = ~finite if user_mask is None else user_mask | ~finite
 
-    unit = phys.lateral_unit
-    xreal, yreal = units.in_si("x_length", x_length, unit, lateral), units.in_si("y_length", y_length, unit, lateral)
-    xoff, yoff = (
-        units.in_si("x_offset", phys.x_offset, unit, lateral),
-        units.in_si("y_offset", phys.y_offset, unit, lateral),
-    )
-
-    def field(values: np.ndarray) -> Any:
-        return GwyDataField(
-            np.ascontiguousarray(values, dtype=np.float64),
-            xreal=xreal,
-            yreal=yreal,
-            xoff=xoff,
-            yoff=yoff,
-            si_unit_xy=GwySIUnit(unitstr=xy_unit),
-            si_unit_z=GwySIUnit(unitstr=z_unit),
-        )
-
-    title = meta.get("title")
-    entries: dict[str, Any] = {
-        "/0/data": field(values),
-        "/0/data/title": _gwy_text(title) if isinstance(title, str) else "Height",
-    }
+    entries: dict[str, Any] = {"/0/data": plan.field(values), "/0/data/title": plan.title}
     masks: tuple[np.ndarray, ...] = ()
     if mask is not None and (user_mask is not None or mask.any()):
         masks = (mask.astype(np.float64),)
-        entries["/0/mask"] = field(masks[0])
-    fields = _fields(entries["/0/data"], "")
+        entries["/0/mask"] = plan.field(masks[0])
     if surveyed is not None:
-        record = embedded.pack(array, meta, seen, height, fields=fields, extra=masks, surveyed=surveyed)
+        record = embedded.pack(array, meta, seen, height, fields=plan.fields, extra=masks, surveyed=surveyed)
     else:
-        record = embedded.pack(array, meta, seen, height, fields=fields, extra=masks, filled=values)
-    shown: dict[str, str] = {}
-    for k, v in meta.items():  # display only: the record keeps every key
-        name = _gwy_text(k)
-        if len(shown) < MAX_META_KEYS and len(name.encode()) <= MAX_META_KEY and (t := _meta_text(v)) is not None:
-            shown[name] = t
-    if shown:
-        entries["/0/meta"] = GwyContainer(shown, typecodes=dict.fromkeys(shown, "s"))
-    for name, content in record.items():
-        text = content.decode("utf-8") if name == embedded.RECORD else base64.b64encode(content).decode("ascii")
-        entries[RECORD_PREFIX + name] = text
-    typecodes = {k: ("o" if not isinstance(v, str) else "s") for k, v in entries.items()}
-    return GwyContainer(entries, typecodes=typecodes)
+        record = embedded.pack(array, meta, seen, height, fields=plan.fields, extra=masks, filled=values)
+    return plan.container(entries, record)
+
+
+class _Whole(Exception):
+    """A Dask map whose file streaming cannot write as the map in memory gives it: its record needs
+    an exact copy of the map, or its heights' sum is beyond float64. It is computed whole instead."""
+
+
+#: Bytes of float64 heights handled at a time within a block row: the temporaries of a save.
+_GROUP = 1 << 22
+
+
+class _Streamed:
+    """A Dask map's ``/0/data`` values, written block row by block row, and what the rest of the
+    file needs of them, gathered from the blocks as they are written (in this process: the blocks
+    themselves may be computed anywhere).
+
+    Heights written as they come while every one is finite. The first missing point stops the
+    writing (the fill, the mean of every finite height, is not known yet) but not the gathering;
+    the block rows from there on are then computed a second time and written filled, each checked
+    to give the same values again.
+    """
+
+    def __init__(self, array: Any, factor: float) -> None:
+        self.array, self.factor = array, factor
+        rows, cols = array.shape
+        self.shape: tuple[int, int] = (rows, cols)
+        self.step = max(1, _GROUP // (8 * cols))  # rows per group
+        self.heights = _Heights()
+        #: Where each group's points are missing (packed bits, None for none), and its points.
+        self.gaps: list[tuple[np.ndarray | None, int]] = []
+        self.crcs: list[tuple[int, int]] = []  # CRC-32 and length of the values written, in order
+        self.at: list[np.ndarray] = []
+        self.values: list[np.ndarray] = []
+        self.index = np.dtype(np.uint32 if array.size <= 1 << 32 else np.intp)  # as pack() stores the indices
+        self.cost, self.budget, self.patched = self.index.itemsize + array.dtype.itemsize, array.nbytes // 4, 0
+
+    @property
+    def missing(self) -> bool:
+        return any(packed is not None for packed, _ in self.gaps)
+
+    def patch(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The record's patch, as :func:`embedded.pack` makes it (None without one)."""
+        if not self.at:
+            return None
+        at, values = np.concatenate(self.at), np.concatenate(self.values).astype(self.array.dtype, copy=False)
+        self.at, self.values = [], []
+        return at, values
+
+    def _put(self, fp: BinaryIO, values: np.ndarray) -> None:
+        raw = np.ascontiguousarray(values, dtype="<f8").reshape(-1).view(np.uint8).data
+        fp.write(raw)
+        self.crcs.append((crc32_of(raw), len(raw)))
+
+    def write(self, fp: BinaryIO) -> None:
+        """Write the values of ``/0/data``: every block row computed once, those from the first
+        with a missing point twice; :class:`_Whole` if the record needs an exact copy."""
+        cols = self.shape[1]
+        redo: int | None = None  # the first block row with a missing point
+        restart = fp.tell()
+        kept = 0
+        again: list[int] = []  # CRC-32 of the block rows computed again, to check they are the same
+        row = 0
+        for i, band in enumerate(block_rows(self.array)):
+            if redo is None:
+                restart, kept = fp.tell(), len(self.crcs)
+            for r in range(0, band.shape[0], self.step):
+                part = band[r : r + self.step]
+                standard = embedded.standard_heights(part, self.factor, origin=(row + r, 0))
+                finite = np.isfinite(standard)
+                whole = bool(finite.all())
+                self.heights.add(standard, finite)
+                self.gaps.append((None if whole else np.packbits(~finite.reshape(-1)), finite.size))
+                at = embedded.unrestored(part, standard if whole else np.where(finite, standard, np.nan), self.factor)
+                if at.size:
+                    self.patched += at.size
+                    if self.patched * self.cost > self.budget:
+                        raise _Whole(f"block row {i}: the record needs an exact copy of the map")
+                    self.at.append((at + (row + r) * cols).astype(self.index))
+                    self.values.append(part.reshape(-1)[at])
+                if redo is None and not whole:
+                    redo = i
+                    fp.seek(restart)  # this block row is written filled, once the fill is known
+                    del self.crcs[kept:]
+                if redo is None:
+                    self._put(fp, standard)
+            if redo is not None:
+                again.append(crc32_of(band.reshape(-1).view(np.uint8).data))
+            row += band.shape[0]
+        if redo is None:
+            return
+        fill = self.heights.fill()
+        if fill is None:
+            raise _Whole("the heights' sum is beyond float64")
+        for k, band in enumerate(block_rows(self.array, redo)):
+            if crc32_of(band.reshape(-1).view(np.uint8).data) != again[k]:
+                raise ValueError(
+                    f"block row {redo + k} of the Dask array computed to other values the second time: a "
+                    "Gwyddion save of a map with missing points computes the block rows from the first such "
+                    "point twice; persist the array first"
+                )
+            for r in range(0, band.shape[0], self.step):
+                standard = embedded.standard_heights(band[r : r + self.step], self.factor)
+                finite = np.isfinite(standard)
+                self._put(fp, standard if finite.all() else np.where(finite, standard, fill))
+
+    def _gap_groups(self) -> Iterator[np.ndarray]:
+        """Where points are missing, a group at a time (bool, flat)."""
+        for packed, size in self.gaps:
+            yield np.zeros(size, np.bool_) if packed is None else np.unpackbits(packed, count=size).view(np.bool_)
+
+    def mask(self, user_mask: np.ndarray | None) -> _Stream:
+        """``/0/mask``'s values (the user's mask or a missing point, as 1.0), their CRC-32 going on
+        after the heights' as :func:`embedded.fingerprint` takes them."""
+        rows, cols = self.shape
+        users = None if user_mask is None else np.ascontiguousarray(user_mask).reshape(-1)
+
+        def write(fp: BinaryIO) -> None:
+            self.crcs.append((zlib.crc32(repr(self.shape).encode("ascii")), len(repr(self.shape))))
+            start = 0
+            for gaps in self._gap_groups():
+                shown = gaps if users is None else gaps | users[start : start + gaps.size]
+                start += gaps.size
+                self._put(fp, shown.astype(np.float64))
+
+        return _Stream("D", 8 * rows * cols, write, rows * cols)
+
+    def missing_member(self) -> tuple[int, _Stream]:
+        """The CRC-32 of the record's :data:`embedded.MISSING` member (NPY bytes of a bool array),
+        and the member as a string entry: its base64 text, streamed."""
+        head = c_order_header(np.dtype(np.bool_), self.shape)
+        crc = zlib.crc32(head)
+        for gaps in self._gap_groups():
+            crc = zlib.crc32(gaps.view(np.uint8).data, crc)
+        parts = itertools.chain([memoryview(head)], (gaps.view(np.uint8).data for gaps in self._gap_groups()))
+        return crc, _base64_stream(parts, len(head) + self.array.size)
+
+    def crc(self) -> int:
+        return combine_crcs(self.crcs)
+
+
+def _write_streamed(fp: BinaryIO, array: Any, meta: dict[str, Any], plan: _Plan, record: embedded.Streamed) -> None:
+    """Write the ``.gwy`` file of a Dask map: ``/0/data``'s values block row by block row, then
+    the title, the mask and the record, gathered as they went; the container's size last."""
+    from gwyfile.objects import GwyContainer
+
+    rows, cols = array.shape
+    user_mask = _user_mask(meta, array.shape)
+    heights = _Streamed(array, plan.height)
+    fp.write(MAGIC)
+    top = fp.tell()
+    fp.write(b"GwyContainer\0" + b"\0" * 4)  # its size, known at the end
+    data = {"/0/data": plan.field(_Stream("D", 8 * rows * cols, heights.write, rows * cols), (rows, cols))}
+    _write_pieces(fp, _pieces(GwyContainer(data, typecodes={"/0/data": "o"}))[0][1:])
+    after: dict[str, Any] = {"/0/data/title": plan.title}
+    if user_mask is not None or heights.missing:
+        after["/0/mask"] = plan.field(heights.mask(user_mask), (rows, cols))
+    _write_pieces(fp, _pieces(GwyContainer(after, typecodes={"/0/data/title": "s", "/0/mask": "o"}))[0][1:])
+    missing = heights.missing_member() if heights.missing else None
+    members = record.pack(
+        array.dtype,
+        (rows, cols),
+        plan.height,
+        heights.crc(),
+        fields=plan.fields,
+        patch=heights.patch(),
+        missing=None if missing is None else missing[0],
+    )
+    streams: dict[str, bytes | _Stream] = {}
+    for name, content in members.items():  # the one member given as None is the streamed one
+        streams[name] = content if content is not None else missing[1] if missing is not None else b""
+    _write_pieces(fp, _pieces(plan.container({}, streams))[0][1:])
+    size = fp.tell() - top - len(b"GwyContainer\0") - 4
+    if size > _MAX_SIZE:
+        raise ValueError(f"a Gwyddion GwyContainer holds at most {_MAX_SIZE:,} bytes; this one would be {size:,}")
+    end = fp.tell()
+    fp.seek(top + len(b"GwyContainer\0"))
+    fp.write(struct.pack("<I", size))
+    fp.seek(end)
 
 
 def export_to_gwy(
@@ -698,8 +1018,11 @@ def export_to_gwy(
     data : numpy.ndarray or mapping
         A 2-D height map, or a dict with a ``"height_map"`` array and metadata (any value
         :func:`tmd_nb.export_to_npz` stores).
-        A Dask array (height map or metadata value) is computed first: Gwyddion files are
-        written whole; NPY and NPZ stream maps larger than memory instead.
+        A Dask height map is streamed block row by block row (a map larger than memory is saved
+        in bounded memory), the same file as the map in memory gives. A map with missing points
+        has its block rows from the first such point computed twice (the fill, their mean, is
+        known only after the last block); one whose record needs an exact copy is computed
+        whole (see the module docstring). Dask metadata values are computed.
     output_path : str or os.PathLike
         Where to write; the file is replaced atomically.
     progress : callable, optional
@@ -716,16 +1039,35 @@ def export_to_gwy(
         A metadata value cannot be stored (the message names its key), or the height map is not
         a numeric 2-D array; raised before anything is written.
     ValueError
-        A unit Gwyddion would misread (the message names the key and the units it takes).
+        A unit Gwyddion would misread (the message names the key and the units it takes), or a
+        map beyond the 4 GiB a Gwyddion object holds. A height beyond float64 range in SI units
+        is found as the heights are read (in a Dask map, as its blocks stream); whatever is
+        raised, a file at ``output_path`` stays as it was.
     """
+    array, meta = split_height_map(data, lazy=True)
+    if is_dask_array(array) and array.size:  # an empty map is written as one missing point, and a copy of it
+        meta = in_memory(meta)  # metadata values are small: computed, as a map in memory has them
+        plan = _Plan(array.shape, meta)
+        record = embedded.Streamed(meta)  # TypeError naming a key that cannot be stored, before writing
+        if 8 * array.size > _MAX_SIZE:
+            raise ValueError(
+                f"a {array.shape[0]} x {array.shape[1]} map is {8 * array.size:,} bytes of float64 heights; "
+                f"a Gwyddion data field holds at most {_MAX_SIZE:,}"
+            )
+        try:
+            with atomic_write(output_path) as fp:
+                _write_streamed(fp, array, meta, plan, record)
+                size = fp.tell()
+            if progress is not None:
+                progress(size, size)
+            return os.path.abspath(output_path)
+        except _Whole:
+            pass  # the temporary file is gone: the map is computed and written whole below
+        data = {**meta, "height_map": np.asarray(array.compute())}
     pieces, size = _pieces(_build(data))
     with atomic_write(output_path) as fp:
         fp.write(MAGIC)
-        for piece in pieces:
-            if isinstance(piece, bytes):
-                fp.write(piece)
-            else:  # a map's values, from their own buffer, written back to disk as they go
-                write_data(fp, piece, None)
+        _write_pieces(fp, pieces)
     if progress is not None:
         progress(size + len(MAGIC), size + len(MAGIC))
     return os.path.abspath(output_path)

@@ -87,6 +87,7 @@ __all__ = [
     "RESERVED",
     "Gathered",
     "Record",
+    "Streamed",
     "Survey",
     "fingerprint",
     "from_stored",
@@ -99,6 +100,7 @@ __all__ = [
     "standard_heights",
     "survey",
     "unpack",
+    "unrestored",
 ]
 
 RECORD = "record.json"
@@ -415,6 +417,56 @@ def pack_gathered(
     )
 
 
+class Streamed:
+    """The record :func:`pack` makes (with ``filled``, not ``stored``), for a map a format writes a
+    block at a time: the metadata encoded first (``TypeError`` naming a key before anything is
+    written), the rest from what the writer gathered of the blocks (:meth:`pack`)."""
+
+    def __init__(self, meta: Mapping[str, Any]) -> None:
+        self.encoded, self.arrays = _encoded(meta)
+
+    def pack(
+        self,
+        dtype: np.dtype,
+        shape: tuple[int, int],
+        factor: float,
+        crc: int,
+        *,
+        fields: Mapping[str, Any],
+        patch: tuple[np.ndarray, np.ndarray] | None,
+        missing: int | None,
+    ) -> dict[str, bytes | None]:
+        """The record's members, the same bytes :func:`pack` gives the whole map.
+
+        ``crc``: the CRC-32 of what a reader sees as :func:`fingerprint` takes it (the filled
+        heights, then each other array shown after its shape's ``repr``); ``patch``: the points
+        :func:`unrestored` found, as :func:`pack` holds them; ``missing``: the CRC-32 of the
+        :data:`MISSING` member's NPY bytes (a bool array of ``shape``), which the caller writes
+        itself: its value here is ``None``.
+        """
+        return _assemble(
+            dtype,
+            self.encoded,
+            self.arrays,
+            factor,
+            _stamp(crc, shape, fields, ()),
+            exact=None,
+            patch=patch,
+            missing=missing,
+            stored=False,
+        )
+
+
+def unrestored(block: np.ndarray, seen: np.ndarray, factor: float) -> np.ndarray:
+    """Flat C-order indices of the points of ``block`` (of a map streamed a block at a time) that
+    its standard heights ``seen`` (NaN where missing) do not give back bit for bit, as :func:`pack`
+    restores them: the points of its patch."""
+    candidate = restore(seen, block.dtype, factor)
+    if _same_bits(block, candidate):
+        return np.empty(0, dtype=np.intp)
+    return _differing(block, candidate)
+
+
 def _encoded(meta: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     encoded, arrays = metadata.encode(meta, reserved=set(RESERVED))
     for name, value in arrays.items():
@@ -431,16 +483,21 @@ def _assemble(
     *,
     exact: np.ndarray | None,
     patch: tuple[np.ndarray, np.ndarray] | None,
-    missing: np.ndarray | None,
+    missing: np.ndarray | int | None,
     stored: bool,
-) -> dict[str, bytes]:
-    members: dict[str, bytes] = {}
+) -> dict[str, Any]:
+    """``{record.json: its bytes, member name: NPY bytes, ...}``; a ``missing`` given as the CRC-32
+    of its NPY bytes (a member the caller streams) is listed with ``None``."""
+    members: dict[str, bytes | None] = {}
+    crcs: dict[str, str] = {}
     if exact is not None:
         members[HEIGHT_MAP] = npy_bytes(exact)
     if patch is not None:
         members[PATCH_AT], members[PATCH_VALUES] = npy_bytes(patch[0]), npy_bytes(patch[1])
-    if missing is not None:
+    if isinstance(missing, np.ndarray):
         members[MISSING] = npy_bytes(missing)
+    elif missing is not None:
+        members[MISSING], crcs[MISSING] = None, f"{missing:08x}"
     for name, value in arrays.items():
         members[name] = npy_bytes(value)
     described: dict[str, Any] = {
@@ -458,7 +515,7 @@ def _assemble(
         "tmd_nb": RECORD_VERSION if stored or patch is not None else 2,
         "height": described,
         "fingerprint": stamp,
-        "checksums": {name: _checksum(raw) for name, raw in members.items()},
+        "checksums": {name: crcs[name] if raw is None else _checksum(raw) for name, raw in members.items()},
         "metadata": encoded,
     }
     # ASCII: a lone surrogate in a key or string survives as a JSON escape.

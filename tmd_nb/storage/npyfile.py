@@ -148,9 +148,17 @@ def header_bytes(array: np.ndarray, what: str) -> bytes:
     if not is_array_kind(dtype):
         raise TypeError(f"{what} has unsupported dtype {dtype}; use a bool, numeric, str, bytes or datetime dtype")
     if is_dask_array(array):  # written in C order, block row by block row
-        header = {"descr": npformat.dtype_to_descr(dtype), "fortran_order": False, "shape": tuple(array.shape)}
-    else:
-        header = npformat.header_data_from_array_1_0(array)
+        return c_order_header(dtype, tuple(array.shape))
+    return _header(npformat.header_data_from_array_1_0(array))
+
+
+def c_order_header(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
+    """The NPY header of an array of ``dtype`` and ``shape`` in C order, as numpy writes it: for
+    data written a piece at a time, never whole in memory."""
+    return _header({"descr": npformat.dtype_to_descr(dtype), "fortran_order": False, "shape": shape})
+
+
+def _header(header: dict[str, Any]) -> bytes:
     buf = io.BytesIO()
     try:
         npformat.write_array_header_1_0(buf, header)
@@ -201,6 +209,26 @@ def block_row(array: Any, i: int) -> np.ndarray:
     return band
 
 
+def block_rows(array: Any, start: int = 0) -> Iterator[np.ndarray]:
+    """The block rows of a 2-D Dask array from block row ``start`` on, computed in turn
+    (:func:`block_row`): the next one on a helper thread while the caller handles this one, so that
+    at most two are held at a time."""
+    count = array.numblocks[0]
+    if start >= count:
+        return
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tmd_nb-block-row")
+    try:
+        ahead = pool.submit(block_row, array, start)
+        for i in range(start, count):
+            band = ahead.result()
+            if i + 1 < count:
+                ahead = pool.submit(block_row, array, i + 1)
+            yield band
+            del band
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def block_row_pieces(array: Any, piece: int) -> Iterator[memoryview]:
     """The C-order bytes of a 2-D Dask array, computed one block row at a time, in pieces of ``piece``.
 
@@ -211,30 +239,21 @@ def block_row_pieces(array: Any, piece: int) -> Iterator[memoryview]:
     compression), so at most two block rows are held at a time, besides the pieces in flight.
     """
     carry = bytearray()
-    count = array.numblocks[0]
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tmd_nb-block-row")
-    try:
-        ahead = pool.submit(block_row, array, 0)
-        for i in range(count):
-            band = ahead.result()
-            if i + 1 < count:
-                ahead = pool.submit(block_row, array, i + 1)
-            raw = band.reshape(-1).view(np.uint8).data
-            pos = 0
-            if carry:
-                pos = min(piece - len(carry), len(raw))
-                carry += raw[:pos]
-                if len(carry) < piece:
-                    continue
-                yield memoryview(bytes(carry))
-                carry = bytearray()
-            while len(raw) - pos >= piece:
-                yield raw[pos : pos + piece]
-                pos += piece
-            carry += raw[pos:]
-            del band, raw
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+    for band in block_rows(array):
+        raw = band.reshape(-1).view(np.uint8).data
+        pos = 0
+        if carry:
+            pos = min(piece - len(carry), len(raw))
+            carry += raw[:pos]
+            if len(carry) < piece:
+                continue
+            yield memoryview(bytes(carry))
+            carry = bytearray()
+        while len(raw) - pos >= piece:
+            yield raw[pos : pos + piece]
+            pos += piece
+        carry += raw[pos:]
+        del band, raw
     if carry:
         yield memoryview(bytes(carry))
 
