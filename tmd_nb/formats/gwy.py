@@ -761,8 +761,8 @@ class _Plan:
         """A data field of ``values``: an array, or a stream of a ``shape`` grid's values."""
         from gwyfile.objects import GwyDataField, GwySIUnit
 
-        field = GwyDataField(
-            np.ascontiguousarray(values, dtype=np.float64) if isinstance(values, np.ndarray) else np.zeros((1, 1)),
+        field = GwyDataField(  # gwyfile would flatten (copy) a map given here: it is set below
+            np.zeros((1, 1)),
             xreal=self.xreal,
             yreal=self.yreal,
             xoff=self.xoff,
@@ -773,6 +773,9 @@ class _Plan:
         if isinstance(values, _Stream):
             field["yres"], field["xres"] = shape
             field["data"] = values
+        else:
+            field["yres"], field["xres"] = values.shape
+            field["data"] = np.ascontiguousarray(values, dtype=np.float64).reshape(-1)
         return field
 
     def container(self, entries: dict[str, Any], record: Mapping[str, bytes | _Stream]) -> Any:
