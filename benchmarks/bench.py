@@ -926,7 +926,13 @@ def main(argv: list[str] | None = None) -> int:
         for d in data:
             rows += bench_dataset(d, Path(tmp), repeats, levels)
             print(f"  measured {d.name}", file=sys.stderr, flush=True)
-    rows += exchange
+    vendor: list[Row] = []
+    runs: list[ConvertRun] = []
+    if instrument_files():  # the shared sample files, beside the checkout
+        with tempfile.TemporaryDirectory(dir=args.dir, prefix="tmd_nb-bench-") as tmp:
+            vendor = bench_vendor(Path(tmp), repeats)
+            runs = bench_convert(Path(tmp), repeats, 2 if args.quick else CONVERT_COPIES)
+    rows += exchange + vendor
     print(f"median of {repeats} repeat(s); files in a temporary directory on {args.dir or tempfile.gettempdir()}")
     print()
     print(table(rows))
@@ -942,6 +948,13 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print("Exchange-format targets:")
     print(exchange_targets(exchange))
+    if vendor:
+        print()
+        print("Instrument-file targets (every load reads a copy not read before: format detection included):")
+        print(vendor_targets(vendor))
+        print()
+        print(f"convert of a folder of the instrument files to NPZ (median of {repeats}):")
+        print(convert_table(runs))
     print()
     print("What bounds them (each part timed alone, medians):")
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="tmd_nb-bench-") as tmp:
@@ -953,6 +966,7 @@ def main(argv: list[str] | None = None) -> int:
             "machine": machine().removeprefix("machine: "),
             "repeats": repeats,
             "rows": [dataclasses.asdict(r) for r in rows],
+            "convert": [dataclasses.asdict(r) for r in runs],
         }
         Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
     return 0
