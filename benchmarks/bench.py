@@ -330,7 +330,7 @@ def ladder(rows: list[Row], levels: list[int | str]) -> str:
     labels = {lv: "fastest (default)" if lv == "default" else str(lv) for lv in levels}
     head = f"  {'data':<40} " + " ".join(f"{labels[lv]:>22}" for lv in levels)
     lines = [head, f"  {'':<40} " + " ".join(f"{'speed   size':>22}" for _ in levels), "  " + "-" * (len(head) - 2)]
-    data = list(dict.fromkeys(r.data for r in rows))
+    data = list(dict.fromkeys(r.data for r in rows if r.op in ops.values()))  # the NPZ data sets
     by = {(r.data, r.op): r for r in rows}
     scans = [d for d in data if d.startswith("scan ")]
 

@@ -673,7 +673,10 @@ def _run_local(
     done: Callable,
     channel: int | str | None = None,
 ) -> None:
-    """Run the tasks in this process (``jobs=1``) or on a process pool, one file per worker at a time.
+    """Run the tasks in this process (``jobs=1``) or on a process pool of ``jobs`` workers.
+
+    Each worker has its next file waiting (twice as many files are sent as there are workers), so
+    that it never idles while this process takes a result and writes the manifest line.
 
     When a worker dies, the pool breaks: the files then in the workers are tried again, each alone
     in a fresh process, and the others go on in a new pool. On Ctrl-C (``KeyboardInterrupt``) no
@@ -703,7 +706,7 @@ def _run_local(
                 while queue or running:
                     broken = False
                     try:
-                        while queue and len(running) < jobs:
+                        while queue and len(running) < 2 * jobs:
                             future = run(pool, queue[0])  # raises before the file leaves the queue
                             running[future] = queue.popleft()
                     except cf.process.BrokenProcessPool:  # it broke since the last wait: the file was not sent
