@@ -130,9 +130,17 @@ class Timing:
 
 
 def measure(label: str, fn: Callable[[], object], nbytes: int, repeats: int, file: Path | None = None) -> Timing:
+    """Median wall time of ``fn`` over ``repeats`` calls, then its peak memory (one more call).
+
+    Before each call the disk cache's dirty pages are written out (``os.sync``, not timed): an
+    fsync may otherwise also wait for what earlier rows wrote, which made a save's time depend on
+    the rows before it.
+    """
     times = []
     for _ in range(repeats):
         gc.collect()
+        if hasattr(os, "sync"):
+            os.sync()
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
