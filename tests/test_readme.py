@@ -75,5 +75,33 @@ def test_speed_figures_are_those_of_results_json() -> None:
         if shown_size:
             assert shown_size == f"{ours['file_bytes'] / theirs['file_bytes']:.3f}", line
     npy = next(line for line in table if line.startswith("| NPY save |"))
-    assert np.isclose(float(npy.split("|")[3].strip()[:-1]), 0.56)  # the figure the benchmarks page shows
+    assert np.isclose(float(npy.split("|")[3].strip()[:-1]), 1.13)  # the figure benchmarks/README.md discusses
     assert results["machine"].split(";")[0].split(",")[0] in speed  # the same machine is named
+
+
+def test_exchange_and_instrument_figures_are_those_of_results_json() -> None:
+    """The README's X3P/GWY table, its instrument-file range and its convert figure are the committed run's."""
+    results = json.loads((ROOT / "benchmarks" / "results.json").read_text())
+    rows = {(r["data"], r["op"]): r for r in results["rows"]}
+    speed = _section("Speed")
+    table = [line for line in speed.splitlines() if line.startswith(("| X3P", "| GWY"))]
+    assert len(table) == 10, table
+    for line in table:
+        operation, baseline, shown_speed, shown_size = (cell.strip() for cell in line.split("|")[1:5])
+        op, dtype = operation.rsplit(", ", 1)
+        r = rows[(f"scan-like 2000x2000 {dtype}, mm", op)]
+        assert baseline == f"`{r['theirs']['label']}`", line
+        assert shown_speed == f"{r['theirs']['seconds'] / r['ours']['seconds']:.2f}x", line
+        if shown_size:
+            assert shown_size == f"{r['ours']['file_bytes'] / r['theirs']['file_bytes']:.3f}", line
+    vendor = {
+        r["data"]: r["ours"]["seconds"] / r["theirs"]["seconds"]
+        for r in results["rows"]
+        if r["op"] == "load vs ST's read"
+    }
+    binary = [v for d, v in vendor.items() if not d.startswith("xyz")]
+    assert f"{min(binary):.2f}-{max(binary):.2f}x" in speed
+    assert f"{next(v for d, v in vendor.items() if d.startswith('xyz')):.2f}x" in speed
+    warm = next(c for c in results["convert"] if c["label"] == "2 workers, server running")
+    one = next(c for c in results["convert"] if c["workers"] == 1 and not c["label"].startswith("tmd-nb"))
+    assert f"{one['seconds'] / warm['seconds']:.2f}x" in speed and f"{warm['cpu'] / warm['seconds']:.2f}" in speed
