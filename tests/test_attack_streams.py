@@ -441,3 +441,17 @@ def test_ctrl_c_during_a_convert_leaves_no_half_written_outputs_and_the_next_run
         f"{len(good) - len(done)} converted, {len(done)} skipped (already done), 2 failed"
     ), stdout + stderr
     assert sorted(files(out)) == sorted([batch.MANIFEST] + [Path(n).stem + ".npz" for n in good])
+
+
+def test_a_dask_map_declaring_more_than_a_gwyddion_field_holds_is_refused_before_any_block_is_computed(tmp_path):
+    path, before = old_file(tmp_path)
+    computed = []
+
+    def block(b):
+        computed.append(1)  # pragma: no cover - never computed
+        return np.zeros(b.shape)
+
+    lazy = da.map_blocks(block, da.empty((1 << 17, 1 << 17), chunks=(1 << 12, 1 << 17)), meta=np.zeros((0, 0)))
+    with pytest.raises(ValueError, match=r"^a 131072 x 131072 map is 137,438,953,472 bytes of float64 heights; a Gwyd"):
+        export_to_gwy(lazy, path)
+    assert not computed and path.read_bytes() == before and files(tmp_path) == ["scan.gwy"]
