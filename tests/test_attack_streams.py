@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 
 import tmd_nb
 from tmd_nb import batch, export_to_gwy
+from tmd_nb.storage import units
 
 da = pytest.importorskip("dask.array")
 
@@ -374,10 +375,11 @@ def mixed(tmp_path, tmd_samples) -> Path:
     return src
 
 
-def convert_cli(src: Path, out: Path, **kw) -> subprocess.Popen:
+def convert_cli(src: Path, out: Path, format: str = "npz", **kw) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(ROOT), TMD_NB_TEST_KILL_WORKER="killer.tmd")
+    command = ["convert", str(src), "-o", str(out), "--jobs", "2", "--no-progress", "--format", format]
     return subprocess.Popen(
-        [sys.executable, "-m", "tmd_nb", "convert", str(src), "-o", str(out), "--jobs", "2", "--no-progress"],
+        [sys.executable, "-m", "tmd_nb", *command],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -386,9 +388,10 @@ def convert_cli(src: Path, out: Path, **kw) -> subprocess.Popen:
     )
 
 
-def test_a_mixed_folder_with_a_corrupt_file_and_a_worker_killer_converts_every_good_file_once(mixed, tmp_path):
+@pytest.mark.parametrize("format", ["npz", "gwy"])
+def test_a_mixed_folder_with_a_corrupt_file_and_a_worker_killer_converts_every_good_file_once(mixed, tmp_path, format):
     out = tmp_path / "out"
-    child = convert_cli(mixed, out)
+    child = convert_cli(mixed, out, format)
     stdout, stderr = child.communicate(timeout=300)
     assert child.returncode == 1, stdout + stderr
     good = sorted(p.name for p in mixed.iterdir() if p.name not in ("corrupt.tmd", "killer.tmd"))
@@ -406,10 +409,17 @@ def test_a_mixed_folder_with_a_corrupt_file_and_a_worker_killer_converts_every_g
         assert [line["status"] for line in lines if line["source"] == str(mixed / name)][-1] == "converted"
         output = Path(final[name]["output"])
         assert batch._sha256(str(output)) == final[name]["output_sha256"]
-        np.testing.assert_array_equal(
-            tmd_nb.load(output)["height_map"], tmd_nb.load(mixed / name)["height_map"], strict=True
-        )
-    assert sorted(files(out)) == sorted([batch.MANIFEST] + [Path(n).stem + ".npz" for n in good])
+        source = tmd_nb.load(mixed / name)
+        np.testing.assert_array_equal(tmd_nb.load(output)["height_map"], source["height_map"], strict=True)
+        if format == "gwy":  # what an independent reader sees: the heights in metres, gaps masked
+            field = gwyfile.load(str(output))
+            metres = units.metres_per(units.physical(source).height_unit or "mm")
+            finite = np.isfinite(source["height_map"])
+            np.testing.assert_array_equal(
+                field["/0/data"].data[finite], source["height_map"][finite].astype(np.float64) * metres
+            )
+            assert finite.all() or (field["/0/mask"].data[~finite] == 1.0).all()
+    assert sorted(files(out)) == sorted([batch.MANIFEST] + [f"{Path(n).stem}.{format}" for n in good])
 
 
 def test_ctrl_c_during_a_convert_leaves_no_half_written_outputs_and_the_next_run_finishes(mixed, tmp_path):
