@@ -52,10 +52,20 @@ def in_memory(data: Any) -> Any:
     For the writers that need the whole array at once (TMD); NPY and NPZ stream Dask arrays instead.
     """
     if is_dask_array(data):
-        return np.asarray(data.compute())
+        return _computed(data)
     if isinstance(data, Mapping) and any(is_dask_array(v) for v in data.values()):
-        return {k: np.asarray(v.compute()) if is_dask_array(v) else v for k, v in data.items()}
+        return {
+            k: (_computed(v) if k == HEIGHT_MAP else np.asarray(v.compute())) if is_dask_array(v) else v
+            for k, v in data.items()
+        }
     return data
+
+
+def _computed(array: Any) -> np.ndarray:
+    """A Dask height map computed; a masked one stays a ``MaskedArray``, which :func:`split_height_map`
+    refuses (``np.asarray`` would drop its mask, and the masked points would be saved as heights)."""
+    value = array.compute()
+    return value if isinstance(value, np.ma.MaskedArray) else np.asarray(value)
 
 
 @overload
@@ -79,7 +89,9 @@ def split_height_map(data: Any, what: str = "data", *, lazy: bool = False) -> tu
         what = f"{what}['height_map']"
     else:
         array, meta = data, {}
-    if isinstance(array, np.ma.MaskedArray):
+    if isinstance(array, np.ma.MaskedArray) or (
+        is_dask_array(array) and isinstance(getattr(array, "_meta", None), np.ma.MaskedArray)
+    ):
         raise TypeError(
             f"{what} is a masked array; save array.filled(np.nan) and the mask "
             "(np.ma.getmaskarray(array)) as a separate metadata entry instead"

@@ -593,6 +593,9 @@ class _Heights:
 
     def add(self, standard: np.ndarray, finite: np.ndarray) -> None:
         """Take whole rows of the standard heights (2-D) and where they are finite."""
+        # C order: numpy sums a row of a Fortran-ordered map in another order (other last bits),
+        # and a map's file must not depend on its memory layout.
+        standard, finite = np.ascontiguousarray(standard), np.ascontiguousarray(finite)
         if finite.all():
             self.count += standard.size
             with np.errstate(over="ignore"):  # a sum beyond float64: fill() says so

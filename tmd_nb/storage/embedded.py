@@ -377,7 +377,7 @@ def pack(
     if filled is not None:
         gaps = np.isnan(seen) & ~np.isnan(filled)
         if gaps.any():
-            missing = gaps
+            missing = np.ascontiguousarray(gaps)  # C order whatever the map's: the same bytes for the same map
     shown = seen if filled is None else filled
     if surveyed is not None and not stored and filled is None:
         stamp = _stamp(surveyed.crc, seen.shape, fields or {}, extra)

@@ -200,7 +200,13 @@ def data_pieces(array: np.ndarray, piece: int) -> Iterator[memoryview]:
 
 def block_row(array: Any, i: int) -> np.ndarray:
     """Block row ``i`` of a 2-D Dask array, computed, as a C-contiguous numpy array of the promised shape."""
-    band = np.ascontiguousarray(array.blocks[i].compute())
+    computed = array.blocks[i].compute()
+    if isinstance(computed, np.ma.MaskedArray):  # ascontiguousarray would drop the mask: masked points saved as heights
+        raise TypeError(
+            f"block row {i} of the Dask array computed to a masked array; make the masked points NaN "
+            "(da.ma.filled(array, np.nan)) and save the mask as a separate metadata entry"
+        )
+    band = np.ascontiguousarray(computed)
     if band.shape != (array.chunks[0][i], array.shape[1]) or band.dtype != array.dtype:
         raise ValueError(
             f"block row {i} of the Dask array computed to shape {band.shape} and dtype {band.dtype}, "
