@@ -145,6 +145,54 @@ def test_convert_works_without_dask_and_tqdm(archive, tmp_path):
 
 COPIES = 100
 
+INTERRUPT_WHILE_HOLDING_A_LOCK = """
+import os, signal, sys, threading
+from pathlib import Path
+from tmd_nb import batch
+
+src, out = Path(sys.argv[1]), Path(sys.argv[2])
+tasks = [(str(f), str(out / (f.stem + ".npz")), None) for f in sorted(src.iterdir())]
+lock = threading.Lock()  # as a manifest write holds one
+results = []
+
+def done(result):
+    with lock:
+        results.append(result["status"])
+        if len(results) == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C arrives while a result is being handled
+            results.append("still handling")
+
+try:
+    batch._run_local(tasks, "npz", False, str(out / batch.MANIFEST), 2, lambda started: None, done)
+except KeyboardInterrupt:
+    print("interrupted", results[:3], lock.locked(), len(results) - 1 < len(tasks))
+"""
+
+
+def test_a_ctrl_c_while_a_result_is_handled_stops_the_pool_cleanly(tmd_samples, tmp_path):
+    """A Ctrl-C that arrived inside the handling of a result (which holds the manifest's lock)
+    raised there and left the lock taken, and the clean-up then waited for it: convert hung."""
+    src = tmp_path / "src"
+    src.mkdir()
+    scans = sorted(tmd_samples.glob("*.tmd"))
+    for i in range(40):
+        os.symlink(scans[i % len(scans)], src / f"{i:03d}_{scans[i % len(scans)].name}")
+    (tmp_path / "out").mkdir()
+    script = tmp_path / "interrupt.py"
+    script.write_text(INTERRUPT_WHILE_HOLDING_A_LOCK)
+    try:
+        ran = subprocess.run(
+            [sys.executable, str(script), str(src), str(tmp_path / "out")],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("the pool hung after a Ctrl-C that arrived while a result was being handled")
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.strip() == "interrupted ['converted', 'converted', 'still handling'] False True", ran.stdout
+
 
 @pytest.mark.slow
 @pytest.mark.parametrize(

@@ -657,6 +657,29 @@ def _preload(tasks: list[Task]) -> None:
     multiprocessing.get_context("forkserver").set_forkserver_preload(modules + [m for m in wanted if m not in modules])
 
 
+#: How often the pool's loop looks for a Ctrl-C noted while it waits for results (seconds).
+_INTERRUPT_POLL = 0.2
+
+
+@contextlib.contextmanager
+def _interrupt_as_flag() -> Iterator[threading.Event]:
+    """Ctrl-C, while a pool runs, sets a flag instead of raising wherever this process happens to be.
+
+    A ``KeyboardInterrupt`` raised inside the executor's ``submit`` or a manifest write can leave a
+    lock taken that the clean-up then waits for, forever. The loop checks the flag between steps and
+    raises there. Only the main thread can handle signals: elsewhere the flag is never set.
+    """
+    flag = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: flag.set())
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+
+
 def _died(task: Task) -> Record:
     record: Record = {k: None for k in FIELDS}
     record.update(source=task[0], output=task[1], status="failed", reason=_DIED, output_sha256="", notes=[])
@@ -699,11 +722,34 @@ def _run_local(
         start([task])
         return pool.submit(convert_file, task[0], task[1], format, overwrite, task[2], manifest, channel)
 
+    with _interrupt_as_flag() as interrupted:
+        _run_pool(queue, suspects, jobs, context, run, done, interrupted)
+    for task in suspects:  # each alone, so that a file that kills its worker takes no other down
+        with cf.ProcessPoolExecutor(1, mp_context=context, initializer=_worker_setup) as pool:
+            future = run(pool, task)
+            try:
+                done(future.result())
+            except cf.process.BrokenProcessPool:
+                done(_died(task))
+
+
+def _run_pool(
+    queue: collections.deque[Task],
+    suspects: list[Task],
+    jobs: int,
+    context: Any,
+    run: Callable[[cf.ProcessPoolExecutor, Task], cf.Future],
+    done: Callable,
+    interrupted: threading.Event,
+) -> None:
+    """The pool's loop of :func:`_run_local`: files out, results in, a dead worker's files set aside."""
     while queue:
         with cf.ProcessPoolExecutor(min(jobs, len(queue)), mp_context=context, initializer=_worker_setup) as pool:
             running: dict[cf.Future, Task] = {}
             try:
                 while queue or running:
+                    if interrupted.is_set():
+                        raise KeyboardInterrupt
                     broken = False
                     try:
                         while queue and len(running) < 2 * jobs:
@@ -711,7 +757,11 @@ def _run_local(
                             running[future] = queue.popleft()
                     except cf.process.BrokenProcessPool:  # it broke since the last wait: the file was not sent
                         broken = True
-                    finished, _ = cf.wait(running, return_when=cf.ALL_COMPLETED if broken else cf.FIRST_COMPLETED)
+                    finished, _ = cf.wait(
+                        running,
+                        timeout=None if broken else _INTERRUPT_POLL,
+                        return_when=cf.ALL_COMPLETED if broken else cf.FIRST_COMPLETED,
+                    )
                     if any(isinstance(f.exception(), cf.process.BrokenProcessPool) for f in finished):
                         finished, _ = cf.wait(running)  # the whole pool is gone: every future ends now
                     for future in finished:
@@ -729,13 +779,6 @@ def _run_local(
                     if future.done() and not future.cancelled() and future.exception() is None:
                         done(future.result())
                 raise
-    for task in suspects:  # each alone, so that a file that kills its worker takes no other down
-        with cf.ProcessPoolExecutor(1, mp_context=context, initializer=_worker_setup) as pool:
-            future = run(pool, task)
-            try:
-                done(future.result())
-            except cf.process.BrokenProcessPool:
-                done(_died(task))
 
 
 def convert_files(
