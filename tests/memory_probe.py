@@ -34,6 +34,16 @@ def vm(field: str = "VmSize") -> int:
     raise RuntimeError(f"no {field} in /proc/self/status")
 
 
+def reset_peak() -> int:
+    """Reset this process's peak resident size (VmHWM) to its current one; return that, in bytes.
+
+    For a child measuring what a save adds: its ``ru_maxrss`` keeps the forking parent's peak.
+    """
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return vm("VmHWM")
+
+
 def main() -> None:
     path, budget, factor = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     returned = int(sys.argv[4]) if len(sys.argv) > 4 else 0

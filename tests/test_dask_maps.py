@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -102,6 +103,7 @@ BOUNDED = textwrap.dedent(
     import sys
     import dask, dask.array as da, numpy as np
     import tmd_nb
+    from memory_probe import reset_peak, vm  # the child runs in the tests folder
 
     dask.config.set(scheduler="synchronous")  # one block row computed at a time, on this thread
     rows, cols = 16384, 16384  # 1 GiB of float32
@@ -112,15 +114,10 @@ BOUNDED = textwrap.dedent(
         da.empty((rows, cols), dtype=np.float32, chunks=(band, 4096)),
         dtype=np.float32,
     )
-    def hwm():  # peak RSS in KiB since the last reset (ru_maxrss keeps the forking parent's peak)
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # reset VmHWM to the current RSS
-    before = hwm()
+    before = reset_peak()  # bytes
     tmd_nb.export_to_npz({"height_map": x}, sys.argv[1])
-    peak = hwm()
-    print(before // 1024, peak // 1024)
+    peak = vm("VmHWM")
+    print(before // 2**20, peak // 2**20)
     """
 )
 
@@ -129,7 +126,12 @@ BOUNDED = textwrap.dedent(
 def test_dask_export_keeps_peak_memory_far_below_the_map(tmp_path):
     out = tmp_path / "big.npz"
     run = subprocess.run(
-        [sys.executable, "-c", BOUNDED, str(out)], capture_output=True, text=True, timeout=300, check=False
+        [sys.executable, "-c", BOUNDED, str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        cwd=Path(__file__).parent,
     )
     assert run.returncode == 0, run.stderr
     before_mib, peak_mib = map(int, run.stdout.split())

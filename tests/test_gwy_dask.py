@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import gwyfile
 import numpy as np
@@ -232,6 +233,7 @@ BOUNDED = textwrap.dedent(
     import dask, dask.array as da, numpy as np
     import gwyfile.objects  # imported before the reset, as any save of the process would have it
     import tmd_nb
+    from memory_probe import reset_peak, vm  # the child runs in the tests folder
 
     dask.config.set(scheduler="synchronous")  # one block row computed at a time, on this thread
     rows, cols, band = 6400, 8192, 256  # 400 MiB of float64 in 16 MiB block rows
@@ -245,15 +247,10 @@ BOUNDED = textwrap.dedent(
         return out
 
     x = da.map_blocks(block, da.empty((rows, cols), dtype=dtype, chunks=(band, 4096)), dtype=dtype)
-    def hwm():  # peak RSS in KiB since the last reset (ru_maxrss keeps the forking parent's peak)
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # reset VmHWM to the current RSS
-    before = hwm()
+    before = reset_peak()  # bytes
     getattr(tmd_nb, sys.argv[5])({"height_map": x, "units": sys.argv[4]}, sys.argv[1])
-    peak = hwm()
-    print(before // 1024, peak // 1024)
+    peak = vm("VmHWM")
+    print(before // 2**20, peak // 2**20)
     """
 )
 
@@ -261,6 +258,7 @@ BOUNDED = textwrap.dedent(
 def peak_growth(path, dtype, missing, unit, save="export_to_gwy"):
     run = subprocess.run(
         [sys.executable, "-c", BOUNDED, str(path), dtype, missing, unit, save],
+        cwd=Path(__file__).parent,
         capture_output=True,
         text=True,
         timeout=600,

@@ -10,6 +10,7 @@ import textwrap
 import tracemalloc
 import zipfile
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -306,6 +307,7 @@ def test_not_a_zip(tmp_path):
 
 MEMORY_SCRIPT = textwrap.dedent("""
     import sys, numpy as np, tmd_nb
+    from memory_probe import reset_peak, vm  # the child runs in the tests folder
     kind, out = sys.argv[1], sys.argv[2]
     n = 64 * 2**20  # 256 MB of float32, made in place (no temporaries inflate the baseline)
     a = np.empty(n, np.float32)
@@ -316,18 +318,13 @@ MEMORY_SCRIPT = textwrap.dedent("""
     a.round(3, out=a)  # compressible, like a quantised scan
     if kind == "strided":
         a = a[:, ::2]  # 128 MB that is not contiguous
-    def hwm():  # peak RSS in KiB since the last reset (ru_maxrss keeps the forking parent's peak)
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # reset VmHWM to the current RSS
-    before = hwm()
+    before = reset_peak()  # bytes
     if kind == "npy":
         tmd_nb.export_to_npy(a, out)
     else:
         tmd_nb.export_to_npz({"height_map": a}, out, compress=kind != "stored")
-    after = hwm()
-    print((after - before) * 1024)
+    after = vm("VmHWM")
+    print(after - before)
 """)
 
 
@@ -337,7 +334,11 @@ def test_save_adds_at_most_64_mb_of_peak_memory(tmp_path, kind):
     require(sys.platform.startswith("linux"), "/proc/self/clear_refs and VmHWM are Linux")
     out = tmp_path / ("a.npy" if kind == "npy" else "a.npz")
     result = subprocess.run(
-        [sys.executable, "-c", MEMORY_SCRIPT, kind, str(out)], capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", MEMORY_SCRIPT, kind, str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).parent,
     )
     assert result.returncode == 0, result.stderr
     added = int(result.stdout.strip())

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -202,6 +203,7 @@ BOUNDED = textwrap.dedent(
     import dask, dask.array as da, numpy as np
     import x3pio  # imported before the reset, as any save of the process would have it
     import tmd_nb
+    from memory_probe import reset_peak, vm  # the child runs in the tests folder
 
     dask.config.set(scheduler="synchronous")  # one block row computed at a time, on this thread
     rows, cols, band = 6400, 8192, 256  # 400 MiB of float64 in 16 MiB block rows
@@ -213,22 +215,22 @@ BOUNDED = textwrap.dedent(
         return out
 
     x = da.map_blocks(block, da.empty((rows, cols), dtype=np.float64, chunks=(band, 4096)), dtype=np.float64)
-    def hwm():  # peak RSS in KiB since the last reset (ru_maxrss keeps the forking parent's peak)
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # reset VmHWM to the current RSS
-    before = hwm()
+    before = reset_peak()  # bytes
     getattr(tmd_nb, sys.argv[2])({"height_map": x, "height_unit": "um"}, sys.argv[1])
-    peak = hwm()
-    print(before // 1024, peak // 1024)
+    peak = vm("VmHWM")
+    print(before // 2**20, peak // 2**20)
     """
 )
 
 
 def peak_growth(path, save):
     run = subprocess.run(
-        [sys.executable, "-c", BOUNDED, str(path), save], capture_output=True, text=True, timeout=600, check=False
+        [sys.executable, "-c", BOUNDED, str(path), save],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+        cwd=Path(__file__).parent,
     )
     assert run.returncode == 0, run.stderr
     before_mib, peak_mib = map(int, run.stdout.split())
