@@ -125,10 +125,11 @@ MAX_META_KEY = 256
 #: Height units written as they are, unscaled: base SI units of the quantities Gwyddion channels
 #: hold besides lengths (a prefixed one, "mV", would be read as volts: refused).
 OTHER_UNITS = ("", "V", "A", "N", "Pa", "Hz", "deg", "rad", "K", "s", "W", "T", "S", "C", "F")
-_SCALARS = {ord("b"): 1, ord("c"): 1, ord("i"): 4, ord("q"): 8, ord("d"): 8}
-_ARRAYS = {ord("C"): 1, ord("I"): 4, ord("Q"): 8, ord("D"): 8}
+#: Type codes of scalars and of arrays of numbers, and how each item is stored; the sizes follow.
 _SCALAR_FORMATS = {ord("b"): "<B", ord("c"): "<B", ord("i"): "<i", ord("q"): "<q", ord("d"): "<d"}
 _ARRAY_TYPES = {ord("C"): "u1", ord("I"): "<i4", ord("Q"): "<i8", ord("D"): "<f8"}
+_SCALARS = {code: struct.calcsize(fmt) for code, fmt in _SCALAR_FORMATS.items()}
+_ARRAYS = {code: np.dtype(kind).itemsize for code, kind in _ARRAY_TYPES.items()}
 _CHANNEL = re.compile(r"0|[1-9][0-9]{0,8}", re.ASCII)
 
 

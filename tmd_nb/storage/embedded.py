@@ -294,6 +294,15 @@ def _native_float(dtype: np.dtype) -> bool:
     return dtype.kind == "f" and dtype.isnative and dtype.itemsize in (2, 4, 8)
 
 
+def _restore_into(out: np.ndarray, standard: np.ndarray, factor: float) -> None:
+    """:func:`restore` of a block of float64 heights into ``out``, a block of a float map: the same
+    numbers, a division by ``factor`` (none when it is 1) and a cast."""
+    if factor == 1.0:
+        np.copyto(out, standard, casting="unsafe")
+    else:
+        np.divide(standard, factor, out=out, casting="unsafe")
+
+
 def survey(height_map: np.ndarray, factor: float) -> Survey | None:
     """The standard heights of a native float map and what :func:`pack` needs of them, in one pass.
 
@@ -316,10 +325,7 @@ def survey(height_map: np.ndarray, factor: float) -> Survey | None:
             if not np.isfinite(standard).all():
                 return None
             back = np.empty(block.shape, dtype=block.dtype)
-            if factor == 1.0:  # as restore(): a cast, no division
-                np.copyto(back, standard, casting="unsafe")
-            else:
-                np.divide(standard, factor, out=back, casting="unsafe")
+            _restore_into(back, standard, factor)
         differing = np.flatnonzero(back.view(unsigned) != block.view(unsigned))
         return crc32_of(standard.data), standard.nbytes, differing + start
 
@@ -839,10 +845,7 @@ def _restore_quickly(
     def job(start: int, stop: int) -> tuple[int, int]:
         block, back = flat[start:stop], out[start:stop]
         with np.errstate(over="ignore", invalid="ignore"):
-            if factor == 1.0:  # as restore(): a cast, no division
-                np.copyto(back, block, casting="unsafe")
-            else:
-                np.divide(block, factor, out=back, casting="unsafe")
+            _restore_into(back, block, factor)
         if holes is not None:
             np.copyto(back, np.nan, where=holes[start:stop])
         return crc32_of(block.data), block.nbytes
