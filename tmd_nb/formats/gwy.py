@@ -63,15 +63,23 @@ wrote it (a rescale in Gwyddion, say) loads the file's own values with a warning
 other tmd_nb metadata keys; the points tmd_nb filled as missing that the file still masks stay
 NaN (they are no measurement, whatever else changed), and ``mask`` is the rest of the file's mask.
 
-Reading is tmd_nb's own (:class:`_Walk`): the file is read into one buffer (on several threads),
-its whole structure walked first (:func:`scan`) without building anything: every name and string
-must end within its object, every object and array must fit in its parent, nesting is at most
-:data:`MAX_DEPTH` deep. Then only the entries a load needs are built (the channel's data field and
+Reading is tmd_nb's own (:class:`_Walk`): the file's whole structure is walked first (:func:`scan`)
+without building anything: every name and string must end within its object, every object and
+array must fit in its parent, nesting is at most :data:`MAX_DEPTH` deep. The file is read into
+one buffer as the walk reaches it (:class:`_Reader`), except number arrays with at least
+:data:`HOLE_MIN` bytes not yet read, which are read when built, each whole at once (so that a
+file changed meanwhile never gives an array of two times): arrays a load does not need (other
+channels) are never read. Then only the entries a load needs are built (the channel's data field and
 mask, title and metadata, tmd_nb's record), at most :data:`MAX_BUILT` components and objects
 (millions of empty objects or arrays would take far more memory than their file), their arrays as
 views of the buffer: nothing is copied that is not kept, so parsing is linear in the file
 (``gwyfile``, which writes the file here, copied the rest of an object for each of its components
-when it read). Malformed files raise
+when it read). The channel's heights are read last: a block at a time into each thread's
+cache-sized scratch buffer and converted back to the map there (tmd_nb's files,
+:class:`~tmd_nb.storage.embedded.Blocks`), or straight into the map returned (other files), so
+that their bytes cross memory once. The file stays open during a load: one replaced (renamed
+over) meanwhile is read as it was opened; one cut short is a FormatError. With a ``progress``
+callback the file is read whole first, reporting as it goes. Malformed files raise
 :class:`~tmd_nb.errors.FormatError` naming the file. The writer refuses lengths that are not finite
 in metres and records over the reader's limit, and shows at most :data:`MAX_META_KEYS` short keys
 in ``/0/meta``, so that whatever it writes loads again.
@@ -79,8 +87,6 @@ in ``/0/meta``, so that whatever it writes loads again.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime as dt
 import itertools
 import math
@@ -96,12 +102,12 @@ import numpy as np
 
 from ..errors import FormatError, ModifiedFileWarning, renamed_keyword, warn
 from ..heightmap import in_memory, is_dask_array, split_height_map
-from ..storage import embedded, limits, units
-from ..storage._io import Progress, open_file, read_into
+from ..storage import blockwise, embedded, limits, units
+from ..storage._io import Progress, open_file, pread_exactly, pread_parallel, read_into
 from ..storage._io import Reporter as _Reporter
 from ..storage.atomic import atomic_write
 from ..storage.blockwise import combine_crcs
-from ..storage.libraries import crc32_of
+from ..storage.libraries import b64decode, b64encode, crc32_of
 from ..storage.npyfile import block_rows, c_order_header, write_data
 from .base import Format, PathLike
 
@@ -133,25 +139,99 @@ _ARRAYS = {code: np.dtype(kind).itemsize for code, kind in _ARRAY_TYPES.items()}
 _CHANNEL = re.compile(r"0|[1-9][0-9]{0,8}", re.ASCII)
 
 
-_NUL = re.compile(b"\\0")
+#: A number array of which at least this many bytes are still unread when the walk reaches it is
+#: left unread (a hole) until a load builds it: arrays a load does not need (other channels) are
+#: never read, and the channel's heights are read a block at a time as they are converted.
+HOLE_MIN = 1 << 20
+#: The first read of a file; each next one, as the walk goes on, twice the last, up to READ_MAX.
+READ_FIRST = 1 << 18
+READ_MAX = 1 << 24
+#: Bytes searched at a time for the NUL ending a name or string: first (most are short), then each time.
+_SEARCH_FIRST = 256
+_SEARCH = 1 << 16
+
+
+class _Reader:
+    """A file read into ``raw`` (of its size) as :class:`_Walk` reaches its bytes, except the holes.
+
+    Positions are the body's (after the magic), as the walk's. The walk goes forward, asking for
+    the bytes it reads (:meth:`need`) and telling those of number arrays it passes over
+    (:meth:`skip`); once it has walked the whole file, only the holes are unread, and a number
+    array is read when it is built (:meth:`fill`). The file stays open until :meth:`close`.
+    """
+
+    def __init__(self, fp: BinaryIO, size: int, where: str) -> None:
+        self.fp, self.fd, self.size, self.where = fp, fp.fileno(), size, where
+        # numpy's allocation, not bytearray's: no pass to zero it, and pages never read cost nothing
+        self.raw = np.empty(size, dtype=np.uint8)
+        self.filled = 0  # the body is read up to here, but for the holes
+        self.step = READ_FIRST
+        self.holes: list[tuple[int, int]] = []
+        self._read(-len(MAGIC), min(size, READ_FIRST) - len(MAGIC))
+        self.filled = min(size, READ_FIRST) - len(MAGIC)
+
+    def _read(self, start: int, stop: int) -> None:
+        at = start + len(MAGIC)
+        pread_parallel(self.fd, self.raw.data[at : stop + len(MAGIC)], at, self.where)
+
+    def need(self, stop: int) -> None:
+        """Read on to ``stop`` at least."""
+        if stop <= self.filled:
+            return
+        end = min(self.size - len(MAGIC), max(stop, self.filled + self.step))
+        self._read(self.filled, end)
+        self.filled, self.step = end, min(2 * self.step, READ_MAX)
+
+    def skip(self, start: int, stop: int) -> None:
+        """The walk passes over a number array's bytes ``start:stop``: leave them unread if they are many."""
+        start = max(start, self.filled)
+        if stop - start >= HOLE_MIN:
+            self.holes.append((start, stop))
+            self.filled = stop
+
+    def unread(self, start: int, stop: int) -> bool:
+        return any(a < stop and start < b for a, b in self.holes)
+
+    def fill(self, start: int, stop: int) -> None:
+        """Read ``start:stop`` if any of it is still unread: all of it, so that what the read-ahead
+        took of it earlier is not mixed with the rest, read later, if the file changed in between."""
+        if not self.unread(start, stop):
+            return
+        self._read(start, stop)
+        kept = []
+        for a, b in self.holes:
+            kept += [piece for piece in ((a, min(b, start)), (max(a, stop), b)) if piece[0] < piece[1]]
+        self.holes = kept
 
 
 class _Walk:
-    """State of :func:`scan` and of building values: the file's bytes (any contiguous buffer)."""
+    """State of :func:`scan` and of building values: the file's bytes (any contiguous buffer), with
+    the :class:`_Reader` filling them as the walk goes when they are being read."""
 
-    def __init__(self, buf: Any, where: str) -> None:
-        self.buf, self.where = buf, where
+    def __init__(self, buf: Any, where: str, reader: _Reader | None = None) -> None:
+        self.buf, self.where, self.reader = buf, where, reader
         self.built = 0  # components and objects built so far
+        #: While building: number arrays left unread, ``(start, stop)``, instead of read (see _Entries.field).
+        self.deferred: list[tuple[int, int]] | None = None
+
+    def need(self, stop: int) -> None:
+        if self.reader is not None:
+            self.reader.need(stop)
 
     def fail(self, pos: int, what: str) -> FormatError:
         return FormatError(f"{self.where} is not a well-formed Gwyddion file: {what} (at byte {pos + len(MAGIC)})")
 
     def cstring(self, pos: int, end: int, what: str) -> int:
         """Position just past the NUL ending the string at ``pos``, which must come before ``end``."""
-        found = _NUL.search(self.buf, pos, end)
-        if found is None:
-            raise self.fail(pos, f"{what} runs past the end of its object")
-        return found.end()
+        lo, size = pos, _SEARCH_FIRST
+        while lo < end:  # a piece at a time (reading on as far as the string goes): memchr, not a whole copy
+            hi = min(end, lo + size)
+            self.need(hi)
+            found = bytes(self.buf[lo:hi]).find(0)
+            if found >= 0:
+                return lo + found + 1
+            lo, size = hi, _SEARCH
+        raise self.fail(pos, f"{what} runs past the end of its object")
 
     def text(self, pos: int, stop: int, what: str) -> str:
         """The UTF-8 text from ``pos`` to its NUL at ``stop - 1``; FormatError naming the byte if it is not UTF-8."""
@@ -167,6 +247,7 @@ class _Walk:
         body = self.cstring(pos, min(end, pos + MAX_NAME), "an object's type name")
         if body + 4 > end:
             raise self.fail(pos, "truncated object header")
+        self.need(body + 4)
         (size,) = struct.unpack_from("<I", self.buf, body)
         body += 4
         body_end = body + size
@@ -181,6 +262,7 @@ class _Walk:
         p = self.cstring(pos, min(end, pos + MAX_NAME), "a component name")
         if p >= end:
             raise self.fail(pos, "a component without a type")
+        self.need(p + 1)
         code = self.buf[p]
         p += 1
         if code in _SCALARS:
@@ -192,10 +274,13 @@ class _Walk:
         elif code in _ARRAYS or code in (ord("S"), ord("O")):
             if p + 4 > end:
                 raise self.fail(pos, "a truncated array count")
+            self.need(p + 4)
             (count,) = struct.unpack_from("<I", self.buf, p)
             p += 4
             if code in _ARRAYS:
                 p += count * _ARRAYS[code]
+                if self.reader is not None and p <= end:
+                    self.reader.skip(p - count * _ARRAYS[code], p)
             elif count > end - p:
                 raise self.fail(pos, f"an array of {count} items in {end - p} bytes")
             elif code == ord("S"):
@@ -238,9 +323,15 @@ class _Walk:
         (count,) = struct.unpack_from("<I", self.buf, p)
         p += 4
         if code in _ARRAYS:
+            stop = p + count * _ARRAYS[code]
+            if self.reader is not None and self.reader.unread(p, stop):
+                if self.deferred is not None:
+                    self.deferred.append((p, stop))
+                else:
+                    self.reader.fill(p, stop)
             # a view of the file's bytes: a reader copies what it keeps
             value = np.frombuffer(self.buf, dtype=_ARRAY_TYPES[code], count=count, offset=p)
-            return name, value, p + count * _ARRAYS[code]
+            return name, value, stop
         items: list[Any] = []
         for _ in range(count):
             if code == ord("S"):
@@ -278,12 +369,18 @@ def scan(buf: Any, where: str) -> list[tuple[int, int]]:
     ``buf`` is the file without its ``GWYP`` magic (any contiguous bytes-like buffer). Raises
     :class:`FormatError` naming ``where``.
     """
-    walk = _Walk(buf, where)
+    return _scan(_Walk(buf, where))
+
+
+def _scan(walk: _Walk) -> list[tuple[int, int]]:
+    """:func:`scan` of ``walk``'s buffer (read as the walk goes, if it has a reader)."""
+    buf, where = walk.buf, walk.where
     name_end = walk.cstring(0, min(len(buf), MAX_NAME), "the top object's type name")
     if bytes(buf[: name_end - 1]) != b"GwyContainer":
         raise FormatError(f"{where} holds a {bytes(buf[: min(name_end - 1, 40)])!r} object, not a GwyContainer")
     if name_end + 4 > len(buf):
         raise walk.fail(0, "truncated container header")
+    walk.need(name_end + 4)
     (size,) = struct.unpack_from("<I", buf, name_end)
     end = name_end + 4 + size
     if end > len(buf):
@@ -307,28 +404,57 @@ def scan(buf: Any, where: str) -> list[tuple[int, int]]:
 
 
 class _Entries:
-    """The top-level entries of a ``.gwy`` file, checked by :func:`scan` and built only when asked for."""
+    """The top-level entries of a ``.gwy`` file, checked by :func:`scan` and built only when asked for.
+
+    Without a progress callback, the file is read as the walk reaches it (:class:`_Reader`), its
+    large number arrays only when built, and the file stays open until :meth:`close` (a context
+    manager); with one, it is read whole first, reporting progress.
+    """
 
     def __init__(self, path: PathLike, where: str, progress: Progress | None) -> None:
-        with open_file(path, where) as fp:
+        self.where = where
+        self.reader: _Reader | None = None
+        fp = open_file(path, where)
+        try:
             st = os.fstat(fp.fileno())
             if not stat.S_ISREG(st.st_mode):
                 raise FormatError(f"{where} is not a regular file")
-            # numpy's allocation, not bytearray's: no pass to zero it, large pages for a large file
-            raw = np.empty(st.st_size, dtype=np.uint8)
-            read_into(fp, raw.data, where, _Reporter(progress, st.st_size), parallel=True)
-        if raw[: len(MAGIC)].tobytes() != MAGIC:
-            raise FormatError(
-                f"{where} is not a Gwyddion file: it does not start with {MAGIC!r} "
-                f"(it starts with {raw[:8].tobytes()!r})"
-            )
-        body = raw[len(MAGIC) :].data
-        self.walk = _Walk(body, where)
-        self.spans: dict[str, int] = {}
-        for start, _ in scan(body, where):
-            end = self.walk.cstring(start, len(body), "a component name")
-            self.spans[self.walk.text(start, end, "a component name")] = start
+            if progress is None:
+                self.reader = _Reader(fp, st.st_size, where)
+                raw = self.reader.raw
+            else:
+                # numpy's allocation, not bytearray's: no pass to zero it, large pages for a large file
+                raw = np.empty(st.st_size, dtype=np.uint8)
+                read_into(fp, raw.data, where, _Reporter(progress, st.st_size))
+                fp.close()
+            if raw[: len(MAGIC)].tobytes() != MAGIC:
+                raise FormatError(
+                    f"{where} is not a Gwyddion file: it does not start with {MAGIC!r} "
+                    f"(it starts with {raw[:8].tobytes()!r})"
+                )
+            self.raw = raw
+            body = raw[len(MAGIC) :].data
+            self.walk = _Walk(body, where, self.reader)
+            self.spans: dict[str, int] = {}
+            self.ends: dict[str, int] = {}
+            for start, stop in _scan(self.walk):
+                end = self.walk.cstring(start, len(body), "a component name")
+                name = self.walk.text(start, end, "a component name")
+                self.spans[name], self.ends[name] = start, stop
+        except BaseException:
+            fp.close()
+            raise
         self.built: dict[str, Any] = {}
+
+    def close(self) -> None:
+        if self.reader is not None:
+            self.reader.fp.close()
+
+    def __enter__(self) -> _Entries:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def __contains__(self, key: str) -> bool:
         return key in self.spans
@@ -344,10 +470,78 @@ class _Entries:
     def get(self, key: str) -> Any:
         return self[key] if key in self.spans else None
 
+    def text_bytes(self, key: str) -> memoryview | None:
+        """The bytes of the string entry ``key`` (its text undecoded), or None if it is not a string."""
+        walk = self.walk
+        walk.count_built(self.spans[key])
+        p = walk.cstring(self.spans[key], len(walk.buf), "a component name")
+        # a string component ends with its string's NUL, as scan() found
+        return walk.buf[p + 1 : self.ends[key] - 1] if walk.buf[p] == ord("s") else None
 
-def _field(entries: _Entries, key: str, where: str) -> tuple[np.ndarray, Any]:
-    """The checked ``(yres, xres)`` float64 array of the data field at ``key`` (a view of the file), and the field."""
-    field = entries[key]
+    def field(self, key: str) -> Any:
+        """``self[key]``, but a ``data`` array of a data field left unread (see :meth:`heights`)."""
+        if key in self.built or self.reader is None:
+            return self[key]
+        deferred: list[tuple[int, int]] = []
+        self.walk.deferred = deferred
+        try:
+            field = self[key]
+        finally:
+            self.walk.deferred = None
+        data = field.get("data") if isinstance(field, GwyObject) else None
+        span = self._span(data) if isinstance(data, np.ndarray) else None
+        for start, stop in deferred:
+            if (start, stop) != span:
+                self.reader.fill(start, stop)
+        return field
+
+    def _span(self, array: np.ndarray) -> tuple[int, int]:
+        """Where ``array``, a view of the file's bytes, lies in them (body positions)."""
+        start = array.__array_interface__["data"][0] - self.raw.__array_interface__["data"][0] - len(MAGIC)
+        return start, start + array.nbytes
+
+    def blocks(self, data: np.ndarray) -> embedded.Blocks | None:
+        """``data`` (the float64 values of a :meth:`field`) a block at a time, while it is unread.
+
+        Each block is read from the file when asked for, into the thread's scratch buffer, never
+        into ``data``: a reader converting the blocks as they come reads the file's bytes once.
+        None when ``data`` is read already, or not of the machine's byte order.
+        """
+        start, stop = self._span(data)
+        reader = self.reader
+        if reader is None or not reader.unread(start, stop) or data.dtype != np.float64 or not data.dtype.isnative:
+            return None
+        fd, where, at, size = reader.fd, self.where, start + len(MAGIC), reader.size
+
+        def read(lo: int, hi: int) -> np.ndarray:
+            buf = blockwise.scratch(8 * (hi - lo))
+            pread_exactly(fd, buf.data, at + 8 * lo, where, size)
+            return buf.view(np.float64)
+
+        return embedded.Blocks(data.shape, read)
+
+    def copy(self, data: np.ndarray) -> np.ndarray:
+        """A float64 copy of ``data``, a view of the file's bytes: read into it from the file while unread."""
+        start, stop = self._span(data)
+        if self.reader is None or not self.reader.unread(start, stop):
+            return np.array(data, dtype=np.float64)
+        out = np.empty(data.shape, dtype=data.dtype)
+        pread_parallel(self.reader.fd, out.reshape(-1).view(np.uint8).data, start + len(MAGIC), self.where)
+        return out.astype(np.float64, copy=False)
+
+    def fill(self, data: np.ndarray) -> np.ndarray:
+        """``data``, a view of the file's bytes, with all its bytes read."""
+        if self.reader is not None:
+            self.reader.fill(*self._span(data))
+        return data
+
+
+def _field(entries: _Entries, key: str, where: str, *, lazy: bool = False) -> tuple[np.ndarray, Any]:
+    """The checked ``(yres, xres)`` float64 array of the data field at ``key`` (a view of the file), and the field.
+
+    With ``lazy``, the array may be unread yet (:meth:`_Entries.field`): see ``blocks``, ``fill`` and ``copy``.
+    """
+    field = entries.field(key) if lazy else entries[key]
     if not isinstance(field, GwyObject) or field.name != "GwyDataField":
         raise FormatError(f"{where}: {key} is not a GwyDataField")
     xres, yres, data = field.get("xres"), field.get("yres"), field.get("data")
@@ -450,9 +644,14 @@ def load_from_gwy(file_path: PathLike, *, progress: Progress | None = None) -> d
         The file cannot be read.
     """
     where = repr(os.fspath(file_path))
-    entries = _Entries(file_path, where, progress)
+    with _Entries(file_path, where, progress) as entries:
+        return _load(entries, where)
+
+
+def _load(entries: _Entries, where: str) -> dict[str, Any]:
     channel = _channel(entries, where)
-    data, field = _field(entries, f"/{channel}/data", where)  # a view of the file's bytes
+    # a view of the file's bytes, maybe unread yet: read only through entries.blocks, .fill or .copy
+    data, field = _field(entries, f"/{channel}/data", where, lazy=True)
     mask_key = f"/{channel}/mask"
     shown: tuple[np.ndarray, ...] = ()
     mask = None
@@ -471,25 +670,33 @@ def load_from_gwy(file_path: PathLike, *, progress: Progress | None = None) -> d
         "height_unit": _as_gwyddion_reads(fields["si_unit_z"]),
     }
     found = {} if mask is None else {"mask": mask}
-    record = {k[len(RECORD_PREFIX) :]: entries[k] for k in entries if k.startswith(RECORD_PREFIX)}
-    if embedded.RECORD in record:
+    names = [k[len(RECORD_PREFIX) :] for k in entries if k.startswith(RECORD_PREFIX)]
+    if embedded.RECORD in names:
         members: dict[str, bytes] = {}
-        for name, value in record.items():
-            if not isinstance(value, str):
+        for name in names:
+            value = entries.text_bytes(RECORD_PREFIX + name)
+            if value is None:
                 raise FormatError(f"{where}: its tmd_nb entry {name!r} is not a string")
             try:
-                members[name] = (
-                    # strict: only the alphabet and its padding (b64decode's validate= is a regex, 10x slower)
-                    value.encode("utf-8") if name == embedded.RECORD else binascii.a2b_base64(value, strict_mode=True)
-                )
-            except (binascii.Error, ValueError):
+                # strict: only the alphabet and its padding; SIMD when pybase64 is there
+                members[name] = bytes(value) if name == embedded.RECORD else b64decode(value)
+            except ValueError:  # binascii.Error is one
                 raise FormatError(f"{where}: its tmd_nb entry {name!r} is not valid base64") from None
         # Version 1 records fingerprinted the data with NaN under the mask (0 was written there).
-        legacy = None if mask is None else lambda: np.where(mask, np.nan, data)
-        rec = embedded.unpack(members, data, where, fields=fields, extra=shown, legacy=legacy, standard=_height_factor)
+        legacy = None if mask is None else lambda: np.where(mask, np.nan, entries.fill(data))
+        rec = embedded.unpack(
+            members,
+            lambda: entries.fill(data),
+            where,
+            fields=fields,
+            extra=shown,
+            legacy=legacy,
+            standard=_height_factor,
+            blocks=entries.blocks(data),
+        )
         if rec.current:
             return {"height_map": rec.height_map, **rec.metadata}
-        seen = np.array(data, dtype=np.float64)
+        seen = entries.copy(data)
         warn(
             f"{where}: its data changed after tmd_nb wrote it, or its mask, lengths, offsets or units did "
             "(edited by other software?); loaded the file's data and lengths, with the other tmd_nb metadata",
@@ -509,7 +716,7 @@ def load_from_gwy(file_path: PathLike, *, progress: Progress | None = None) -> d
             selection = mask & ~gone if recorded is None else (mask & ~gone) | (recorded & gone)
             found = {"mask": selection} if selection.any() or recorded is not None else {}
         return {"height_map": seen, **kept, **standard, **found}
-    out: dict[str, Any] = {"height_map": np.array(data, dtype=np.float64), **standard, **found}
+    out: dict[str, Any] = {"height_map": entries.copy(data), **standard, **found}
     title = entries.get(f"/{channel}/data/title")
     if isinstance(title, str):
         out["title"] = title
@@ -725,9 +932,9 @@ def _base64_stream(parts: Iterable[bytes | memoryview], size: int) -> _Stream:
             for start in range(0, len(view), _BASE64_PIECE):
                 data = carry + view[start : start + _BASE64_PIECE]
                 cut = len(data) - len(data) % 3  # whole 3-byte groups: their text is the whole's, cut
-                fp.write(binascii.b2a_base64(data[:cut], newline=False))
+                fp.write(b64encode(data[:cut]))
                 carry = data[cut:]
-        fp.write(binascii.b2a_base64(carry, newline=False) + b"\0")
+        fp.write(b64encode(carry) + b"\0")
 
     return _Stream("s", 4 * -(-size // 3) + 1, write)
 
@@ -797,7 +1004,7 @@ class _Plan:
             elif len(content) > _BASE64_PIECE:  # a large array (a patch, a mask): no whole copy of its text
                 entries[RECORD_PREFIX + name] = _base64_stream([content], len(content))
             else:
-                entries[RECORD_PREFIX + name] = base64.b64encode(content).decode("ascii")
+                entries[RECORD_PREFIX + name] = b64encode(content).decode("ascii")
         typecodes = {k: ("s" if isinstance(v, str | _Stream) else "o") for k, v in entries.items()}
         return GwyContainer(entries, typecodes=typecodes)
 

@@ -116,6 +116,32 @@ class Reporter:
             self.progress(0, 0)
 
 
+def pread_exactly(fd: int, buf: memoryview, offset: int, where: str, size: int | None = None) -> None:
+    """Fill ``buf`` with the bytes of the file ``fd`` from ``offset`` (any thread: ``preadv`` keeps no position).
+
+    Callers have checked the file's size (``size``, said in the error; else up to the end of
+    ``buf``), so a file that runs out of bytes shrank while being read.
+    """
+    done, total = 0, len(buf)
+    while done < total:
+        n = os.preadv(fd, [buf[done:]], offset + done)
+        if not n:
+            raise FormatError(
+                f"{where} is truncated: it shrank while being read ({offset + done} of "
+                f"{offset + total if size is None else size} bytes present)"
+            )
+        done += n
+
+
+def pread_parallel(fd: int, buf: memoryview, offset: int, where: str) -> None:
+    """:func:`pread_exactly`, a block at a time on every core for a large ``buf``: copying out of
+    the page cache is most of a read, and it shares."""
+    size = offset + len(buf)
+    blockwise.map_blocks(
+        len(buf), 1, lambda start, stop: pread_exactly(fd, buf[start:stop], offset + start, where, size)
+    )
+
+
 def read_into(
     fp: io.RawIOBase | io.BufferedIOBase, buf: memoryview, where: str, reporter: Reporter, *, parallel: bool = False
 ) -> None:
@@ -123,23 +149,10 @@ def read_into(
 
     Callers have checked the file's size against ``len(buf)``, so a file that runs out of bytes
     shrank while being read. With ``parallel`` (``fp`` at its start, no progress to report), a
-    large file is read a block at a time on every core: copying out of the page cache is most
-    of a read, and it shares.
+    large file is read with :func:`pread_parallel`.
     """
-    if parallel and reporter.progress is None and len(buf) >= 2 * blockwise.BLOCK_BYTES:
-        fd = fp.fileno()
-
-        def job(start: int, stop: int) -> None:
-            done = start
-            while done < stop:
-                n = os.preadv(fd, [buf[done:stop]], done)
-                if not n:
-                    raise FormatError(
-                        f"{where} is truncated: it shrank while being read ({done} of {len(buf)} bytes present)"
-                    )
-                done += n
-
-        blockwise.map_blocks(len(buf), 1, job)
+    if parallel and reporter.progress is None:
+        pread_parallel(fp.fileno(), buf, 0, where)
         return
     done, total = 0, len(buf)
     while done < total:

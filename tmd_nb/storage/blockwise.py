@@ -16,9 +16,11 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
+import numpy as np
+
 from .libraries import crc32_combine
 
-__all__ = ["BLOCK_BYTES", "combine_crcs", "map_blocks"]
+__all__ = ["BLOCK_BYTES", "combine_crcs", "map_blocks", "scratch"]
 
 T = TypeVar("T")
 
@@ -35,6 +37,15 @@ _inside = threading.local()
 
 def _mark_inside() -> None:
     _inside.active = True
+
+
+def scratch(nbytes: int) -> np.ndarray:
+    """``nbytes`` of a buffer of this thread's own, kept between calls so that a block read into it
+    is in the cache and costs no fresh pages; valid until the same thread's next call."""
+    buf = getattr(_inside, "scratch", None)
+    if buf is None or buf.size < nbytes:
+        buf = _inside.scratch = np.empty(max(nbytes, BLOCK_BYTES), dtype=np.uint8)
+    return buf[:nbytes]
 
 
 def _forget_pool() -> None:

@@ -85,6 +85,7 @@ __all__ = [
     "RECORD",
     "RECORD_VERSION",
     "RESERVED",
+    "Blocks",
     "Gathered",
     "Record",
     "Streamed",
@@ -243,8 +244,10 @@ def npy_bytes(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _array(raw: bytes, where: str) -> np.ndarray:
-    """The array of an NPY file's bytes; :class:`FormatError` if they are not exactly one."""
+def _array(raw: bytes, where: str, *, copy: bool = True) -> np.ndarray:
+    """The array of an NPY file's bytes; :class:`FormatError` if they are not exactly one.
+
+    Without ``copy``, a read-only view of ``raw`` (for arrays only read here, never handed out)."""
     fp = io.BytesIO(raw)
     dtype, shape, fortran, offset = parse_header(fp, where)
     if offset + data_size(dtype, shape) != len(raw):
@@ -253,7 +256,8 @@ def _array(raw: bytes, where: str) -> np.ndarray:
         )
     try:
         array = np.frombuffer(raw, dtype=dtype, offset=offset, count=int(np.prod(shape)))
-        return array.reshape(shape, order="F" if fortran else "C").copy(order="K")
+        array = array.reshape(shape, order="F" if fortran else "C")
+        return array.copy(order="K") if copy else array
     except ValueError as exc:
         raise FormatError(f"{where} is malformed: {exc}") from None
 
@@ -288,6 +292,18 @@ class Survey:
     crc: int
     #: Flat C-order indices of the points that ``restore`` does not give back bit for bit.
     differing: np.ndarray
+
+
+class Blocks:
+    """Standard heights a reader gives a block at a time instead of whole: float64, native order, C order.
+
+    ``read(start, stop)`` returns the heights of the flat points ``start`` to ``stop``, in a buffer
+    that stays valid until the same thread's next call: :func:`unpack` converts each block while
+    it is in the cache, and the file's bytes are read once, never held whole.
+    """
+
+    def __init__(self, shape: tuple[int, ...], read: Callable[[int, int], np.ndarray]) -> None:
+        self.shape, self.read = shape, read
 
 
 def _native_float(dtype: np.dtype) -> bool:
@@ -607,6 +623,7 @@ def unpack(
     legacy: np.ndarray | Callable[[], np.ndarray] | None = None,
     stored: np.ndarray | None = None,
     standard: Callable[[Mapping[str, Any]], float] | None = None,
+    blocks: Blocks | None = None,
 ) -> Record:
     """Read the record ``members`` (as :func:`pack` made them) of a file whose standard heights are ``seen``.
 
@@ -618,8 +635,10 @@ def unpack(
     metadata's height unit: a map restored is then checked to give ``seen`` back, in that unit,
     since the fingerprint covers the file's data but not the record's description of it (an edited
     factor or dtype, or a dropped exact map, would change every height). ``seen`` may be a function
-    making the heights, called only when they are needed, and so may ``legacy``. Raises :class:`FormatError` naming
-    ``where`` for a malformed or damaged record.
+    making the heights, called only when they are needed, and so may ``legacy``; ``blocks`` the
+    same heights a block at a time (:class:`Blocks`), which a current record with a seal is
+    restored from without ``seen`` being called. Raises :class:`FormatError` naming ``where`` for
+    a malformed or damaged record.
     """
     text = members[RECORD]
     if len(text) > MAX_RECORD:
@@ -676,7 +695,9 @@ def unpack(
             continue
         if name in checksums and checksums[name] != _checksum(raw):
             raise FormatError(f"{where}: its tmd_nb member {name!r} is damaged (its checksum does not match)")
-        arrays[name] = _array(raw, f"{where} tmd_nb member {name!r}")
+        # the patch and the missing points are only read here: views of the member's bytes
+        inner = name in (MISSING, PATCH_AT, PATCH_VALUES)
+        arrays[name] = _array(raw, f"{where} tmd_nb member {name!r}", copy=not inner)
     gaps = arrays.pop(MISSING, None) if missing is not None else None
     patch = (arrays.pop(PATCH_AT, None), arrays.pop(PATCH_VALUES, None)) if patched else None
     try:
@@ -687,68 +708,78 @@ def unpack(
         raise FormatError(
             f"{where}: its tmd_nb record's metadata has a 'height_map' key, which would replace the height map"
         )
-    base: np.ndarray
+    whole: np.ndarray | None = None  # the heights, once ``seen`` has been called
+
+    def heights() -> np.ndarray:
+        nonlocal whole
+        if whole is None:
+            whole = seen() if callable(seen) else seen
+        return whole
+
+    shape = blocks.shape if blocks is not None else None
     quick: np.ndarray | None = None  # the map restored by _restore_quickly, when it applies
     if by_stored:
         if stored is None:
             raise FormatError(f"{where}: its tmd_nb record is read from stored numbers this file does not give")
-        base = stored
+        whole = stored
         current = stamp == fingerprint(stored, fields or {}, extra, stored=True)
+    elif obj["tmd_nb"] < 2:
+        whole = heights() if legacy is None else legacy() if callable(legacy) else legacy
+        current = stamp == fingerprint(whole)
     else:
-        base = seen() if callable(seen) else seen
-        if obj["tmd_nb"] < 2:
-            base = base if legacy is None else legacy() if callable(legacy) else legacy
-            current = stamp == fingerprint(base)
-        else:
-            found = None
-            if exact is None:
-                found = _restore_quickly(base, dtype, factor, gaps if missing is not None else None, patch, where)
-            if found is not None and stamp == _stamp(found[1], base.shape, fields, extra):
-                current, quick = True, found[0]
-            else:  # NaNs in the data (the fingerprint makes them alike), or the data changed
-                current = stamp == fingerprint(base, fields or {}, extra)
+        found = None
+        if exact is None:
+            # read a block at a time only where nothing needs the whole heights after (a sealed record)
+            source = blocks if blocks is not None and "seal" in obj else heights()
+            found = _restore_quickly(source, dtype, factor, gaps if missing is not None else None, patch, where)
+        if found is not None and stamp == _stamp(found[1], found[0].shape, fields, extra):
+            current, quick = True, found[0]
+        else:  # NaNs in the data (the fingerprint makes them alike), or the data changed
+            current = stamp == fingerprint(heights(), fields or {}, extra)
+    if shape is None or whole is not None:
+        shape = heights().shape
     if not current:
-        usable = gaps is not None and gaps.dtype == np.bool_ and gaps.shape == base.shape
+        usable = gaps is not None and gaps.dtype == np.bool_ and gaps.shape == shape
         return Record(None, meta, current=False, missing=gaps if usable else None)
-    seen = base
     if missing is not None:
         if gaps is None:
             raise FormatError(f"{where}: its tmd_nb record refers to a missing {MISSING!r} member")
-        if gaps.dtype != np.bool_ or gaps.shape != seen.shape:
-            raise FormatError(f"{where}: its tmd_nb member {MISSING!r} is not a bool array of shape {seen.shape}")
-        if quick is None or "seal" not in obj:  # the quick way made them NaN already; _stands_for needs them
-            seen = np.where(gaps, np.nan, seen)
+        if gaps.dtype != np.bool_ or gaps.shape != shape:
+            raise FormatError(f"{where}: its tmd_nb member {MISSING!r} is not a bool array of shape {shape}")
     if exact is not None:
         if HEIGHT_MAP not in arrays:
             raise FormatError(f"{where}: its tmd_nb record refers to a missing exact height map")
         array = arrays[HEIGHT_MAP]
         check_height_map_header(array.dtype, array.shape, f"{where} tmd_nb height map")
-        if array.shape != seen.shape and not (array.size == 0 and seen.shape == (1, 1)):
-            raise FormatError(f"{where}: its tmd_nb height map has shape {array.shape}, the file's data {seen.shape}")
+        if array.shape != shape and not (array.size == 0 and shape == (1, 1)):
+            raise FormatError(f"{where}: its tmd_nb height map has shape {array.shape}, the file's data {shape}")
         return Record(array, meta, current=True)
-    if quick is not None:
-        restored = quick
+    if quick is not None and "seal" in obj:
+        restored = quick  # restored, missing points and patch included, and nothing else needs the heights
     else:
-        restored = from_stored(seen, dtype) if by_stored else restore(seen, dtype, factor)
-        if patch is not None:
-            _apply(restored, patch, where)
-    if by_stored and not _stores(restored, seen):
-        raise FormatError(
-            f"{where}: its tmd_nb record does not describe the file's heights "
-            f"(as {dtype.str} they are other numbers than the file stores)"
-        )
-    if "seal" in obj and not by_stored:
-        if not _seal_holds(text):
+        seen = heights() if gaps is None else np.where(gaps, np.nan, heights())
+        if quick is not None:
+            restored = quick
+        else:
+            restored = from_stored(seen, dtype) if by_stored else restore(seen, dtype, factor)
+            if patch is not None:
+                _apply(restored, patch, where)
+        if by_stored and not _stores(restored, seen):
             raise FormatError(
                 f"{where}: its tmd_nb record does not describe the file's heights "
-                "(the record changed after it was written: its seal does not match)"
+                f"(as {dtype.str} they are other numbers than the file stores)"
             )
-    elif standard is not None and not _stands_for(restored, factor, seen, standard(meta)):
-        # The fingerprint covers the file's data, not the record's own description of it: an edited
-        # factor or dtype, or a dropped exact map, would otherwise change every height silently.
+        if "seal" not in obj and standard is not None and not _stands_for(restored, factor, seen, standard(meta)):
+            # The fingerprint covers the file's data, not the record's own description of it: an edited
+            # factor or dtype, or a dropped exact map, would otherwise change every height silently.
+            raise FormatError(
+                f"{where}: its tmd_nb record does not describe the file's heights "
+                f"(as {dtype.str} in units of {factor!r} m they are other numbers)"
+            )
+    if "seal" in obj and not by_stored and not _seal_holds(text):
         raise FormatError(
             f"{where}: its tmd_nb record does not describe the file's heights "
-            f"(as {dtype.str} in units of {factor!r} m they are other numbers)"
+            "(the record changed after it was written: its seal does not match)"
         )
     return Record(restored, meta, current=True)
 
@@ -815,7 +846,7 @@ def _apply(restored: np.ndarray, patch: tuple[np.ndarray | None, np.ndarray | No
 
 
 def _restore_quickly(
-    seen: np.ndarray,
+    seen: np.ndarray | Blocks,
     dtype: np.dtype,
     factor: float,
     gaps: np.ndarray | None,
@@ -825,32 +856,40 @@ def _restore_quickly(
     """``restore``, the missing points and the patch in one blockwise pass, with the CRC-32 of ``seen``'s bytes.
 
     The CRC is the fingerprint's when ``seen`` holds no NaN (a NaN's payload is made alike there).
-    ``None`` when the map is not a native float one, or ``seen`` not contiguous float64: the
-    caller takes the general way, which also names what does not fit.
+    ``seen`` may be :class:`Blocks`, read a block at a time within the pass. ``None`` when the map
+    is not a native float one, or ``seen`` not contiguous float64: the caller takes the general
+    way, which also names what does not fit.
     """
+    shape = seen.shape
+    size = math.prod(shape)
     if (
         not _native_float(dtype)
-        or seen.dtype != np.float64
-        or not seen.dtype.isnative
-        or not seen.flags.c_contiguous
-        or seen.size == 0
-        or (gaps is not None and (gaps.dtype != np.bool_ or gaps.shape != seen.shape))
+        or (
+            isinstance(seen, np.ndarray)
+            and (seen.dtype != np.float64 or not seen.dtype.isnative or not seen.flags.c_contiguous)
+        )
+        or size == 0
+        or (gaps is not None and (gaps.dtype != np.bool_ or gaps.shape != shape))
     ):
         return None
-    at, values = _checked_patch(patch, seen.shape, dtype, where) if patch is not None else (None, None)
-    restored = np.empty(seen.shape, dtype=dtype)
-    flat, out = seen.reshape(-1), restored.reshape(-1)
+    at, values = _checked_patch(patch, shape, dtype, where) if patch is not None else (None, None)
+    restored = np.empty(shape, dtype=dtype)
+    out = restored.reshape(-1)
+    if isinstance(seen, np.ndarray):
+        flat = seen.reshape(-1)
+        seen = Blocks(shape, lambda start, stop: flat[start:stop])
+    read = seen.read
     holes = None if gaps is None else np.ascontiguousarray(gaps).reshape(-1)
 
     def job(start: int, stop: int) -> tuple[int, int]:
-        block, back = flat[start:stop], out[start:stop]
+        block, back = read(start, stop), out[start:stop]
         with np.errstate(over="ignore", invalid="ignore"):
             _restore_into(back, block, factor)
         if holes is not None:
             np.copyto(back, np.nan, where=holes[start:stop])
         return crc32_of(block.data), block.nbytes
 
-    crc = combine_crcs(map_blocks(flat.size, 8, job))
+    crc = combine_crcs(map_blocks(size, 8, job))
     if at is not None:  # one scatter: per block, it held the GIL the other thread was waiting for
         out[at] = values
     return restored, crc
