@@ -78,7 +78,8 @@ when it read). The channel's heights are read last: a block at a time into each 
 cache-sized scratch buffer and converted back to the map there (tmd_nb's files,
 :class:`~tmd_nb.storage.embedded.Blocks`), or straight into the map returned (other files), so
 that their bytes cross memory once. The file stays open during a load: one replaced (renamed
-over) meanwhile is read as it was opened; one cut short is a FormatError. With a ``progress``
+over) meanwhile is read as it was opened; one cut short, or whose size changed by the end of
+the load (rewritten with another layout), is a FormatError. With a ``progress``
 callback the file is read whole first, reporting as it goes. Malformed files raise
 :class:`~tmd_nb.errors.FormatError` naming the file. The writer refuses lengths that are not finite
 in metres and records over the reader's limit, and shows at most :data:`MAX_META_KEYS` short keys
@@ -87,6 +88,7 @@ in ``/0/meta``, so that whatever it writes loads again.
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import itertools
 import math
@@ -167,6 +169,7 @@ class _Reader:
         self.filled = 0  # the body is read up to here, but for the holes
         self.step = READ_FIRST
         self.holes: list[tuple[int, int]] = []
+        self.cuts: list[int] = []  # where each read of the walk but the first began, in order
         self._read(-len(MAGIC), min(size, READ_FIRST) - len(MAGIC))
         self.filled = min(size, READ_FIRST) - len(MAGIC)
 
@@ -179,15 +182,21 @@ class _Reader:
         if stop <= self.filled:
             return
         end = min(self.size - len(MAGIC), max(stop, self.filled + self.step))
+        self.cuts.append(self.filled)
         self._read(self.filled, end)
         self.filled, self.step = end, min(2 * self.step, READ_MAX)
 
     def skip(self, start: int, stop: int) -> None:
-        """The walk passes over a number array's bytes ``start:stop``: leave them unread if they are many."""
-        start = max(start, self.filled)
-        if stop - start >= HOLE_MIN:
+        """The walk passes over a number array's bytes ``start:stop``: leave them unread if they are many,
+        or if two reads of the walk would share them (read whole when built, as a hole: a file changed
+        between the two reads would otherwise give an array of two times)."""
+        unread = max(start, self.filled)
+        later = bisect.bisect_right(self.cuts, start)
+        if stop - unread >= HOLE_MIN or start < self.filled < stop:
+            self.holes.append((unread, stop))
+            self.filled = max(self.filled, stop)
+        elif later < len(self.cuts) and self.cuts[later] < stop:  # read already, in two pieces
             self.holes.append((start, stop))
-            self.filled = stop
 
     def unread(self, start: int, stop: int) -> bool:
         return any(a < stop and start < b for a, b in self.holes)
@@ -395,6 +404,10 @@ def _scan(walk: _Walk) -> list[tuple[int, int]]:
         q = walk.component(p, end, 0)
         spans.append((p, q))
         p = q
+    # The bytes the walk passed over without asking for them, and left no hole of (a number array or
+    # a scalar ending the file beyond the read-ahead), are read now: a view of them must never show
+    # the buffer's uninitialised memory.
+    walk.need(end)
     return spans
 
 
@@ -419,6 +432,11 @@ class _Entries:
             st = os.fstat(fp.fileno())
             if not stat.S_ISREG(st.st_mode):
                 raise FormatError(f"{where} is not a regular file")
+            if st.st_size > _MAX_FILE:  # before its buffer is allocated: a sparse file takes no disk space
+                raise FormatError(
+                    f"{where} is not a Gwyddion file: it is {st.st_size:,} bytes, and a Gwyddion file is one "
+                    f"GwyContainer of at most {_MAX_SIZE:,} bytes"
+                )
             if progress is None:
                 self.reader = _Reader(fp, st.st_size, where)
                 raw = self.reader.raw
@@ -449,6 +467,14 @@ class _Entries:
     def close(self) -> None:
         if self.reader is not None:
             self.reader.fp.close()
+
+    def check_size(self) -> None:
+        """FormatError if the file's size changed while it was read: its structure was walked as it was
+        then, and the arrays read later at the places it gave would be other bytes of another layout."""
+        if self.reader is not None and (now := os.fstat(self.reader.fd).st_size) != self.reader.size:
+            raise FormatError(
+                f"{self.where} changed while being read (it was {self.reader.size:,} bytes, it is {now:,})"
+            )
 
     def __enter__(self) -> _Entries:
         return self
@@ -645,7 +671,9 @@ def load_from_gwy(file_path: PathLike, *, progress: Progress | None = None) -> d
     """
     where = repr(os.fspath(file_path))
     with _Entries(file_path, where, progress) as entries:
-        return _load(entries, where)
+        loaded = _load(entries, where)
+        entries.check_size()
+        return loaded
 
 
 def _load(entries: _Entries, where: str) -> dict[str, Any]:
@@ -915,6 +943,8 @@ def _write_pieces(fp: BinaryIO, pieces: list[bytes | np.ndarray | _Stream]) -> N
 
 #: The largest object a ``.gwy`` file holds: its size is a uint32.
 _MAX_SIZE = 0xFFFF_FFFF
+#: The largest ``.gwy`` file: the magic, the top container's type name and size, and its components.
+_MAX_FILE = len(MAGIC) + len(b"GwyContainer\0") + 4 + _MAX_SIZE
 
 
 #: Bytes encoded to base64 at a time.
