@@ -239,7 +239,7 @@ class _Walk:
             found = bytes(self.buf[lo:hi]).find(0)
             if found >= 0:
                 return lo + found + 1
-            lo, size = hi, _SEARCH
+            lo, size = hi, min(16 * size, _SEARCH)  # a piece a little past a short string costs little
         raise self.fail(pos, f"{what} runs past the end of its object")
 
     def text(self, pos: int, stop: int, what: str) -> str:
