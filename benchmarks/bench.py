@@ -130,12 +130,16 @@ class Timing:
 
 
 def measure(label: str, fn: Callable[[], object], nbytes: int, repeats: int, file: Path | None = None) -> Timing:
-    """Median wall time of ``fn`` over ``repeats`` calls, then its peak memory (one more call).
+    """Median wall time of ``fn`` over ``repeats`` calls, after one untimed call, then its peak memory (one more call).
 
-    Before each call the disk cache's dirty pages are written out (``os.sync``, not timed): an
-    fsync may otherwise also wait for what earlier rows wrote, which made a save's time depend on
-    the rows before it.
+    The untimed call first takes what only a first call pays (the allocator growing its heap
+    into fresh pages, which the kernel may first compact into huge pages: tens of ms for a 32 MB
+    map, after a row that freed other sizes), so that a row times the steady state, whichever
+    row ran before it. Before each call the disk cache's dirty pages are written out
+    (``os.sync``, not timed): an fsync may otherwise also wait for what earlier rows wrote, which
+    made a save's time depend on the rows before it.
     """
+    fn()
     times = []
     for _ in range(repeats):
         gc.collect()
@@ -635,7 +639,7 @@ def bench_vendor(tmp: Path, repeats: int) -> list[Row]:
             ("open_topography", _surfacetopography_read(None, index)),
             ("open_topography(fmt)", _surfacetopography_read(fmt, index)),
         ):
-            fresh = iter(_copies(path, tmp, repeats + 1, "t"))
+            fresh = iter(_copies(path, tmp, repeats + 2, "t"))  # the untimed call, the timed ones, the peak
             timed[label] = measure(label, lambda read=read, fresh=fresh: read(next(fresh)), nbytes, repeats, path)
             for copy in tmp.glob(f"t*-{path.name}"):
                 copy.unlink()
