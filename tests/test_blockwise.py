@@ -6,6 +6,7 @@ Blocks are made small here so that a small map takes many blocks and both thread
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -34,16 +35,52 @@ def small_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(blockwise, "_threads", lambda: 2)
 
 
-def test_blocks_cover_the_range_in_order_on_several_threads() -> None:
-    seen: set[str] = set()
+def test_blocks_cover_the_range_in_order_on_the_calling_thread_and_the_pool() -> None:
+    arrived = threading.Barrier(2, timeout=60)  # each thread's first block waits for the other's
+    first: dict[str, int] = {}
+    lock = threading.Lock()
 
     def job(start: int, stop: int) -> tuple[int, int]:
-        seen.add(threading.current_thread().name)
+        with lock:
+            new = threading.current_thread().name not in first
+            first.setdefault(threading.current_thread().name, start)
+        if new:
+            arrived.wait()
         return start, stop
 
     parts = blockwise.map_blocks(1000, 8, job)
     assert parts == [(s, min(s + 8, 1000)) for s in range(0, 1000, 8)]
-    assert any(name.startswith("tmd_nb-blocks") for name in seen)
+    assert threading.current_thread().name in first
+    assert any(name.startswith("tmd_nb-blocks") for name in first)
+
+
+PAYLOAD = bytes(1 << 20)
+
+
+@pytest.mark.parametrize("where", ["calling thread", "pool"])
+def test_after_a_job_raises_no_block_starts_and_its_error_is_raised(where: str) -> None:
+    log: list[tuple[str, int]] = []
+    arrived = threading.Barrier(2, timeout=60)
+    seen: set[str] = set()
+
+    def job(start: int, stop: int) -> int:
+        name = threading.current_thread().name
+        if name not in seen:
+            seen.add(name)
+            arrived.wait()  # both threads are taking blocks
+        log.append(("start", start))
+        hashlib.sha256(PAYLOAD).digest()  # work without the GIL, as numpy's and the CRC's is
+        if name.startswith("tmd_nb-blocks") == (where == "pool"):  # its first block
+            log.append(("raised", start))
+            raise ZeroDivisionError(f"block {start}")
+        return start
+
+    with pytest.raises(ZeroDivisionError, match=r"^block \d+$"):
+        blockwise.map_blocks(1000, 8, job)
+    raised = next(i for i, entry in enumerate(log) if entry[0] == "raised")
+    # the other thread may have checked for an error just before it was raised: one block more at most
+    assert len([entry for entry in log[raised:] if entry[0] == "start"]) <= 1
+    assert len(log) < 1000 // 8  # not every block
 
 
 def test_crcs_of_pieces_combine_into_the_whole_crc() -> None:

@@ -14,7 +14,7 @@ import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -69,6 +69,11 @@ def map_blocks(points: int, itemsize: int, job: Callable[[int, int], T]) -> list
 
     ``itemsize`` is the widest item size in bytes among the arrays ``job`` touches, so that a
     block of ``BLOCK_BYTES`` holds it. ``job`` must touch only its own block of any output.
+    The calling thread takes blocks too, beside the pool's threads, each taking the next block
+    not yet taken: nothing waits for a thread to wake up before the work starts (on a virtual
+    machine a sleeping thread may take a good part of a millisecond to), and the last block ends
+    the call without a hand-over. After a job raises, no further block is started; the first
+    error is raised.
     """
     step = max(1, BLOCK_BYTES // max(1, itemsize))
     starts = range(0, points, step)
@@ -76,8 +81,34 @@ def map_blocks(points: int, itemsize: int, job: Callable[[int, int], T]) -> list
         return [job(s, min(s + step, points)) for s in starts]
     global _pool
     if _pool is None:
-        _pool = ThreadPoolExecutor(max_workers=_threads(), thread_name_prefix="tmd_nb-blocks", initializer=_mark_inside)
-    return list(_pool.map(lambda s: job(s, min(s + step, points)), starts))
+        _pool = ThreadPoolExecutor(
+            max_workers=_threads() - 1, thread_name_prefix="tmd_nb-blocks", initializer=_mark_inside
+        )
+    results: list[Any] = [None] * len(starts)
+    order = iter(range(len(starts)))  # shared: next() takes one index at a time (the GIL orders it)
+    failed = threading.Event()
+
+    def work() -> None:
+        for i in order:
+            if failed.is_set():
+                return
+            try:
+                results[i] = job(starts[i], min(starts[i] + step, points))
+            except BaseException:
+                failed.set()
+                raise
+
+    helpers = [_pool.submit(work) for _ in range(min(_threads(), len(starts)) - 1)]
+    _inside.active = True  # a job mapping blocks itself runs them in this thread, as in the pool's
+    try:
+        work()
+    finally:
+        _inside.active = False
+        done = [helper.exception() for helper in helpers]  # each ends after at most its current block
+    errors = [error for error in done if error is not None]
+    if errors:
+        raise errors[0]
+    return results
 
 
 def combine_crcs(parts: list[tuple[int, int]], crc: int = 0) -> int:
