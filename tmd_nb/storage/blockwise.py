@@ -30,6 +30,8 @@ T = TypeVar("T")
 BLOCK_BYTES = 1 << 21
 
 _pool: ThreadPoolExecutor | None = None
+#: Held while the pool is made: threads mapping blocks at once for the first time make one pool.
+_making = threading.Lock()
 #: Set in the pool's threads: a job that maps blocks itself runs them in its own thread, since
 #: waiting there for the pool's other threads could wait forever (all of them waiting likewise).
 _inside = threading.local()
@@ -49,9 +51,11 @@ def scratch(nbytes: int) -> np.ndarray:
 
 
 def _forget_pool() -> None:
-    """In a forked child the pool's threads are gone: make a new pool when one is needed."""
-    global _pool
+    """In a forked child the pool's threads are gone: make a new pool when one is needed (with a
+    new lock: a thread of the parent may have held it at the fork, and is gone too)."""
+    global _pool, _making
     _pool = None
+    _making = threading.Lock()
 
 
 os.register_at_fork(after_in_child=_forget_pool)
@@ -72,43 +76,64 @@ def map_blocks(points: int, itemsize: int, job: Callable[[int, int], T]) -> list
     The calling thread takes blocks too, beside the pool's threads, each taking the next block
     not yet taken: nothing waits for a thread to wake up before the work starts (on a virtual
     machine a sleeping thread may take a good part of a millisecond to), and the last block ends
-    the call without a hand-over. After a job raises, no further block is started; the first
-    error is raised.
+    the call without a hand-over. A helper the pool has not started by then (its threads busy
+    with other calls' blocks) is dropped, not waited for; at interpreter exit, when executors
+    take no more work, the calling thread takes every block. After a job raises, no further
+    block is started; the first error raised is raised.
     """
     step = max(1, BLOCK_BYTES // max(1, itemsize))
     starts = range(0, points, step)
     if len(starts) < 2 or _threads() < 2 or getattr(_inside, "active", False):
         return [job(s, min(s + step, points)) for s in starts]
-    global _pool
-    if _pool is None:
-        _pool = ThreadPoolExecutor(
-            max_workers=_threads() - 1, thread_name_prefix="tmd_nb-blocks", initializer=_mark_inside
-        )
+    pool = _pool if _pool is not None else _make_pool()
     results: list[Any] = [None] * len(starts)
     order = iter(range(len(starts)))  # shared: next() takes one index at a time (the GIL orders it)
-    failed = threading.Event()
+    stop = threading.Event()
+    errors: list[BaseException] = []  # in the order raised
 
     def work() -> None:
-        for i in order:
-            if failed.is_set():
-                return
-            try:
+        try:
+            while not stop.is_set():  # checked before taking a block: a block taken is done
+                i = next(order, None)
+                if i is None:
+                    return
                 results[i] = job(starts[i], min(starts[i] + step, points))
-            except BaseException:
-                failed.set()
-                raise
+        except BaseException as error:
+            errors.append(error)
+            stop.set()
 
-    helpers = [_pool.submit(work) for _ in range(min(_threads(), len(starts)) - 1)]
+    helpers = []
+    for _ in range(min(_threads(), len(starts)) - 1):
+        try:
+            helpers.append(pool.submit(work))
+        except RuntimeError:  # the interpreter is exiting (an atexit handler): this thread does every block
+            break
     _inside.active = True  # a job mapping blocks itself runs them in this thread, as in the pool's
     try:
         work()
     finally:
         _inside.active = False
-        done = [helper.exception() for helper in helpers]  # each ends after at most its current block
-    errors = [error for error in done if error is not None]
+        stop.set()  # every block is taken, or this thread was interrupted: none starts any more
+        for helper in helpers:
+            # A helper not started yet may be queued behind another call's block, which may even
+            # wait for this call: it is dropped. One started ends after at most its current block.
+            if not helper.cancel():
+                helper.result()
     if errors:
-        raise errors[0]
+        error = errors[0]
+        errors.clear()
+        raise error
     return results
+
+
+def _make_pool() -> ThreadPoolExecutor:
+    global _pool
+    with _making:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(
+                max_workers=_threads() - 1, thread_name_prefix="tmd_nb-blocks", initializer=_mark_inside
+            )
+        return _pool
 
 
 def combine_crcs(parts: list[tuple[int, int]], crc: int = 0) -> int:
