@@ -126,8 +126,14 @@ def pread_exactly(fd: int, buf: memoryview, offset: int, where: str, size: int |
     while done < total:
         n = os.preadv(fd, [buf[done:]], offset + done)
         if not n:
+            # the file's size now, not where this piece stopped: of pieces read on several threads,
+            # any may be the first to find the end
+            try:
+                present = min(os.fstat(fd).st_size, offset + done)
+            except OSError:
+                present = offset + done
             raise FormatError(
-                f"{where} is truncated: it shrank while being read ({offset + done} of "
+                f"{where} is truncated: it shrank while being read ({present} of "
                 f"{offset + total if size is None else size} bytes present)"
             )
         done += n
