@@ -287,9 +287,9 @@ class _Walk:
             (count,) = struct.unpack_from("<I", self.buf, p)
             p += 4
             if code in _ARRAYS:
-                p += count * _ARRAYS[code]
+                values, p = p, p + count * _ARRAYS[code]
                 if self.reader is not None and p <= end:
-                    self.reader.skip(p - count * _ARRAYS[code], p)
+                    self.reader.skip(values, p)
             elif count > end - p:
                 raise self.fail(pos, f"an array of {count} items in {end - p} bytes")
             elif code == ord("S"):
@@ -505,7 +505,7 @@ class _Entries:
         return walk.buf[p + 1 : self.ends[key] - 1] if walk.buf[p] == ord("s") else None
 
     def field(self, key: str) -> Any:
-        """``self[key]``, but a ``data`` array of a data field left unread (see :meth:`heights`)."""
+        """``self[key]``, but a ``data`` array of a data field left unread (see :meth:`blocks`)."""
         if key in self.built or self.reader is None:
             return self[key]
         deferred: list[tuple[int, int]] = []

@@ -716,7 +716,6 @@ def unpack(
             whole = seen() if callable(seen) else seen
         return whole
 
-    shape = blocks.shape if blocks is not None else None
     quick: np.ndarray | None = None  # the map restored by _restore_quickly, when it applies
     if by_stored:
         if stored is None:
@@ -736,8 +735,8 @@ def unpack(
             current, quick = True, found[0]
         else:  # NaNs in the data (the fingerprint makes them alike), or the data changed
             current = stamp == fingerprint(heights(), fields or {}, extra)
-    if shape is None or whole is not None:
-        shape = heights().shape
+    # the heights were read whole, unless a sealed record was restored from the blocks alone
+    shape = blocks.shape if whole is None and blocks is not None else heights().shape
     if not current:
         usable = gaps is not None and gaps.dtype == np.bool_ and gaps.shape == shape
         return Record(None, meta, current=False, missing=gaps if usable else None)
