@@ -212,3 +212,20 @@ def memory_probe(path: pathlib.Path, returned: int = 0, timeout: int = 600) -> d
     )
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def small_gwy_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """GWY reading at small thresholds: holes from 64 bytes, reads from 16, blocks of 512 bytes, so
+    that a file of a few KB takes every path of a large one."""
+    from tmd_nb.formats import gwy
+    from tmd_nb.storage import blockwise
+
+    monkeypatch.setattr(gwy, "HOLE_MIN", 64)
+    monkeypatch.setattr(gwy, "READ_FIRST", 16)
+    monkeypatch.setattr(gwy, "READ_MAX", 1024)
+    monkeypatch.setattr(blockwise, "BLOCK_BYTES", 512)
+
+
+def open_descriptors() -> int:
+    """How many file descriptors this process holds open (Linux)."""
+    return len(os.listdir("/proc/self/fd"))

@@ -50,6 +50,21 @@ def in_pool() -> bool:
     return threading.current_thread().name.startswith("tmd_nb-blocks")
 
 
+def holding_the_pool(in_block: threading.Event, release: threading.Event) -> Callable[[int, int], int]:
+    """A job whose block on the pool's thread sets ``in_block`` and waits for ``release``; the
+    calling thread's blocks wait until the pool's thread is held so."""
+
+    def held(start: int, stop: int) -> int:
+        if in_pool():
+            in_block.set()
+            release.wait(WAIT)
+        else:
+            in_block.wait(WAIT)
+        return start
+
+    return held
+
+
 class Call(threading.Thread):
     """``fn()`` on a thread of its own; ``done`` is set when it returned or raised."""
 
@@ -104,16 +119,7 @@ def test_a_caller_does_not_wait_for_its_helper_queued_behind_another_callers_blo
     loading a file on a thread of its own and waiting for it would): this call takes every block
     itself, and must not then wait for its helper, which can only start after that block."""
     pool_in_block, second_done = threading.Event(), threading.Event()
-
-    def held(start: int, stop: int) -> int:
-        if in_pool():
-            pool_in_block.set()
-            second_done.wait(WAIT)
-        else:
-            pool_in_block.wait(WAIT)
-        return start
-
-    first = Call(lambda: blockwise.map_blocks(1000, 8, held))
+    first = Call(lambda: blockwise.map_blocks(1000, 8, holding_the_pool(pool_in_block, second_done)))
     assert pool_in_block.wait(WAIT)
     second = Call(lambda: blockwise.map_blocks(1000, 8, lambda start, stop: (start, stop)))
     finished = second.done.wait(3)
@@ -302,16 +308,7 @@ def child_maps_on_a_pool_of_its_own() -> bool:
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork")
 def test_a_child_forked_while_the_pool_is_in_a_block_maps_blocks_on_a_new_pool() -> None:
     pool_in_block, release = threading.Event(), threading.Event()
-
-    def held(start: int, stop: int) -> int:
-        if in_pool():
-            pool_in_block.set()
-            release.wait(WAIT)
-        else:
-            pool_in_block.wait(WAIT)
-        return start
-
-    busy = Call(lambda: blockwise.map_blocks(1000, 8, held))
+    busy = Call(lambda: blockwise.map_blocks(1000, 8, holding_the_pool(pool_in_block, release)))
     try:
         assert pool_in_block.wait(WAIT)
         assert fork_and(child_maps_on_a_pool_of_its_own) == 0

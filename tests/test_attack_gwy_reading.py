@@ -24,21 +24,13 @@ import numpy as np
 import pytest
 from conftest import require
 from gwyfile.objects import GwyContainer, GwyDataField
-from helpers import assert_identical
+from helpers import assert_identical, open_descriptors, small_gwy_reads
 
 from tmd_nb import FormatError, ModifiedFileWarning, export_to_gwy, load_gwy
 from tmd_nb.formats import gwy
 from tmd_nb.storage import blockwise, libraries
 
 SAMPLES = Path("/work/shared/data")
-
-
-def make_small(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Holes from 64 bytes, reads from 16, blocks of 512 bytes: a few KB take every path."""
-    monkeypatch.setattr(gwy, "HOLE_MIN", 64)
-    monkeypatch.setattr(gwy, "READ_FIRST", 16)
-    monkeypatch.setattr(gwy, "READ_MAX", 1024)
-    monkeypatch.setattr(blockwise, "BLOCK_BYTES", 512)
 
 
 def foreign(path: Path, items: dict) -> Path:
@@ -52,10 +44,6 @@ def foreign(path: Path, items: dict) -> Path:
 
 def peer(path: Path) -> dict:
     return gwyfile.load(str(path))
-
-
-def fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
 
 
 # --- bytes no read reached -------------------------------------------------------------------
@@ -77,7 +65,7 @@ def test_a_mask_ending_the_file_is_read_whole(tmp_path: Path, monkeypatch) -> No
     data = np.random.default_rng(1).normal(size=(40, 50))
     mask = (data > 0).astype(np.float64)
     path = foreign(tmp_path / "g.gwy", {"/0/data": GwyDataField(data), "/0/mask": GwyDataField(mask)})
-    make_small(monkeypatch)
+    small_gwy_reads(monkeypatch)
     monkeypatch.setattr(gwy, "HOLE_MIN", 1 << 20)  # the mask is no hole: read by the walk, or not at all
     out = load_gwy(path)
     np.testing.assert_array_equal(out["height_map"], data)
@@ -98,7 +86,7 @@ def test_any_entry_order_reads_as_gwyfile_reads_it(tmp_path: Path, monkeypatch, 
     }
     items[last] = items.pop(last)
     path = foreign(tmp_path / "g.gwy", items)
-    make_small(monkeypatch)
+    small_gwy_reads(monkeypatch)
     monkeypatch.setattr(gwy, "HOLE_MIN", hole_min)
     out, expected = load_gwy(path), peer(path)
     np.testing.assert_array_equal(out["height_map"], expected["/0/data"].data)
@@ -158,14 +146,14 @@ def test_a_file_resized_between_the_walk_and_the_heights_is_refused(tmp_path: Pa
         path.write_bytes(new)
         return real(*args, **kwargs)
 
-    make_small(monkeypatch)
+    small_gwy_reads(monkeypatch)
     monkeypatch.setattr(target, name, rewrite)
-    opened = fds()
+    opened = open_descriptors()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ModifiedFileWarning)
         with pytest.raises(FormatError, match=r"a\.gwy' changed while being read \(it was [\d,]+ bytes, it is"):
             load_gwy(path)
-    assert fds() == opened
+    assert open_descriptors() == opened
 
 
 def test_a_huge_sparse_file_is_refused_before_its_buffer_is_allocated(tmp_path: Path) -> None:
@@ -178,10 +166,10 @@ def test_a_huge_sparse_file_is_refused_before_its_buffer_is_allocated(tmp_path: 
             f.truncate(1 << 40)
         except OSError:
             pytest.skip("this file system holds no 1 TiB sparse file")
-    opened = fds()
+    opened = open_descriptors()
     with pytest.raises(FormatError, match=r"sparse\.gwy' is not a Gwyddion file: it is 1,099,511,627,776 bytes"):
         load_gwy(path)
-    assert fds() == opened
+    assert open_descriptors() == opened
 
 
 # --- base64 ------------------------------------------------------------------------------------
@@ -229,16 +217,16 @@ def _check(case: tuple[Path, dict]) -> bool:
 
 def test_loads_from_many_threads_share_no_scratch_values(tmp_path: Path, monkeypatch) -> None:
     cases = _saved_maps(tmp_path)
-    make_small(monkeypatch)
-    opened = fds()
+    small_gwy_reads(monkeypatch)
+    opened = open_descriptors()
     with ThreadPoolExecutor(6) as pool:
         assert all(pool.map(_check, [cases[i % len(cases)] for i in range(150)]))
-    assert fds() == opened
+    assert open_descriptors() == opened
 
 
 def test_a_load_inside_a_thread_of_the_block_pool(tmp_path: Path, monkeypatch) -> None:
     cases = _saved_maps(tmp_path)
-    make_small(monkeypatch)
+    small_gwy_reads(monkeypatch)
     blockwise.map_blocks(4096, 1, lambda start, stop: None)  # the pool exists
     if blockwise._pool is None:
         pytest.skip("one core: no pool")
@@ -247,7 +235,7 @@ def test_a_load_inside_a_thread_of_the_block_pool(tmp_path: Path, monkeypatch) -
 
 def test_forked_children_load_after_the_parent_read_blocks(tmp_path: Path, monkeypatch) -> None:
     cases = _saved_maps(tmp_path)
-    make_small(monkeypatch)
+    small_gwy_reads(monkeypatch)
     assert all(_check(c) for c in cases)  # the pool and this thread's scratch buffer in use
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads running

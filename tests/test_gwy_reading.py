@@ -17,7 +17,7 @@ import gwyfile
 import numpy as np
 import pytest
 from gwyfile.objects import GwyContainer, GwyDataField
-from helpers import assert_identical, height_maps
+from helpers import assert_identical, height_maps, open_descriptors, small_gwy_reads
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -28,17 +28,9 @@ from tmd_nb.storage import _io, blockwise, embedded, libraries
 FAST = settings(max_examples=max(1, settings.default.max_examples // 4))
 
 
-def make_small(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Holes from 64 bytes, reads from 16, blocks of 512 bytes: a few KB take every path."""
-    monkeypatch.setattr(gwy, "HOLE_MIN", 64)
-    monkeypatch.setattr(gwy, "READ_FIRST", 16)
-    monkeypatch.setattr(gwy, "READ_MAX", 1024)
-    monkeypatch.setattr(blockwise, "BLOCK_BYTES", 512)
-
-
 @pytest.fixture
 def small(monkeypatch: pytest.MonkeyPatch) -> None:
-    make_small(monkeypatch)
+    small_gwy_reads(monkeypatch)
 
 
 def whole(path: Path) -> dict:
@@ -76,7 +68,7 @@ class Reads:
 def test_every_map_reads_the_same_piece_by_piece_as_whole(tmp_path_factory, hm) -> None:
     path = Path(export_to_gwy({"height_map": hm}, tmp_path_factory.mktemp("m") / "a.gwy"))
     with pytest.MonkeyPatch.context() as mp:
-        make_small(mp)
+        small_gwy_reads(mp)
         pieces = load_gwy(path)
     assert_identical({"height_map": hm}, pieces)
     assert_identical(pieces, whole(path))
@@ -215,7 +207,7 @@ def test_a_file_replaced_while_open_is_read_as_it_was_opened(tmp_path: Path, sma
 
 def test_the_file_is_closed_after_a_load_and_after_a_refusal(tmp_path: Path, small) -> None:
     path = Path(export_to_gwy({"height_map": mm_map()}, tmp_path / "a.gwy"))
-    opened = len(os.listdir("/proc/self/fd"))
+    opened = open_descriptors()
     load_gwy(path)
     with open(path, "r+b") as f:  # the record's patch member no longer base64
         raw = f.read()
@@ -223,7 +215,7 @@ def test_the_file_is_closed_after_a_load_and_after_a_refusal(tmp_path: Path, sma
         f.write(b"*")
     with pytest.raises(FormatError, match=r"its tmd_nb entry '__patch_at__' is not valid base64"):
         load_gwy(path)
-    assert len(os.listdir("/proc/self/fd")) == opened
+    assert open_descriptors() == opened
 
 
 @pytest.mark.parametrize("text", [b"\xff\xfe", "é".encode(), b"QUJD\x80", b"QUJD===="])
