@@ -148,18 +148,12 @@ def pread_parallel(fd: int, buf: memoryview, offset: int, where: str) -> None:
     )
 
 
-def read_into(
-    fp: io.RawIOBase | io.BufferedIOBase, buf: memoryview, where: str, reporter: Reporter, *, parallel: bool = False
-) -> None:
+def read_into(fp: io.RawIOBase | io.BufferedIOBase, buf: memoryview, where: str, reporter: Reporter) -> None:
     """Fill ``buf`` from ``fp`` in pieces of :data:`CHUNK` bytes, reporting each to ``reporter``.
 
     Callers have checked the file's size against ``len(buf)``, so a file that runs out of bytes
-    shrank while being read. With ``parallel`` (``fp`` at its start, no progress to report), a
-    large file is read with :func:`pread_parallel`.
+    shrank while being read. (Without progress to report, :func:`pread_parallel` reads on every core.)
     """
-    if parallel and reporter.progress is None:
-        pread_parallel(fp.fileno(), buf, 0, where)
-        return
     done, total = 0, len(buf)
     while done < total:
         n = fp.readinto(buf[done : done + CHUNK])
